@@ -1,0 +1,77 @@
+package v1
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+)
+
+func TestSetDefaultsGPUShareArgs(t *testing.T) {
+	tests := []struct {
+		name string
+		in   GPUShareArgs
+		want GPUShareArgs
+	}{
+		{name: "empty", want: GPUShareArgs{ScoringStrategy: ptr.To[ScoringStrategyType]("MostAllocated")}},
+		{
+			name: "set value kept",
+			in:   GPUShareArgs{ScoringStrategy: ptr.To[ScoringStrategyType]("LeastAllocated")},
+			want: GPUShareArgs{ScoringStrategy: ptr.To[ScoringStrategyType]("LeastAllocated")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.in
+			SetDefaults_GPUShareArgs(&got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
+	defaults := CheckpointPreemptionArgs{
+		MinCandidateNodesPercentage: ptr.To[int32](10),
+		MinCandidateNodesAbsolute:   ptr.To[int32](100),
+		SuspendTimeout:              &metav1.Duration{Duration: 5 * time.Minute},
+		DefaultMinRuntime:           &metav1.Duration{},
+		TimeSliceQuantum:            &metav1.Duration{Duration: time.Minute},
+		TimeSliceMinQuantumFactor:   ptr.To[int32](10),
+	}
+	tests := []struct {
+		name string
+		in   CheckpointPreemptionArgs
+		want CheckpointPreemptionArgs
+	}{
+		{name: "empty", want: defaults},
+		{
+			name: "set values kept, zero included",
+			in: CheckpointPreemptionArgs{
+				MinCandidateNodesPercentage: ptr.To[int32](0),
+				SuspendTimeout:              &metav1.Duration{Duration: time.Minute},
+				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
+			},
+			want: CheckpointPreemptionArgs{
+				MinCandidateNodesPercentage: ptr.To[int32](0),
+				MinCandidateNodesAbsolute:   ptr.To[int32](100),
+				SuspendTimeout:              &metav1.Duration{Duration: time.Minute},
+				DefaultMinRuntime:           &metav1.Duration{},
+				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
+				TimeSliceMinQuantumFactor:   ptr.To[int32](10),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.in
+			SetDefaults_CheckpointPreemptionArgs(&got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,229 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// CheckpointAction is what a GPUCheckpoint asks the node agent to do with a pod.
+// +enum
+// +kubebuilder:validation:Enum=Suspend;Resume;Checkpoint;Restore
+type CheckpointAction string
+
+const (
+	// ActionSuspend moves the pod's GPU memory into host memory; the process lives on.
+	ActionSuspend CheckpointAction = "Suspend"
+	// ActionResume puts a suspended pod's GPU memory back, onto spec.targetGPUs if set.
+	ActionResume CheckpointAction = "Resume"
+	// ActionCheckpoint writes the pod's containers (process and GPU memory) to a checkpoint image.
+	ActionCheckpoint CheckpointAction = "Checkpoint"
+	// ActionRestore puts a restored container's GPU memory onto spec.targetGPUs.
+	ActionRestore CheckpointAction = "Restore"
+)
+
+// CheckpointReason is why a GPUCheckpoint was made.
+// +enum
+// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual
+type CheckpointReason string
+
+const (
+	ReasonPreemption CheckpointReason = "Preemption"
+	ReasonTimeSlice  CheckpointReason = "TimeSlice"
+	ReasonMigration  CheckpointReason = "Migration"
+	ReasonManual     CheckpointReason = "Manual"
+)
+
+// CheckpointPhase is where a GPUCheckpoint stands.
+// +enum
+// +kubebuilder:validation:Enum=Pending;InProgress;Succeeded;Failed
+type CheckpointPhase string
+
+const (
+	PhasePending    CheckpointPhase = "Pending"
+	PhaseInProgress CheckpointPhase = "InProgress"
+	PhaseSucceeded  CheckpointPhase = "Succeeded"
+	PhaseFailed     CheckpointPhase = "Failed"
+)
+
+// Conditions of a GPUCheckpoint.
+const (
+	// CheckpointComplete is True once the action succeeded, False once it failed for good.
+	CheckpointComplete = "Complete"
+	// CheckpointRolledBack is True when a failed action was undone and the pod is back in the
+	// state it had before.
+	CheckpointRolledBack = "RolledBack"
+)
+
+// +genclient
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Namespaced,shortName=gpuckpt
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.podName`
+// +kubebuilder:printcolumn:name="Action",type=string,JSONPath=`.spec.action`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.spec.reason`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="Bytes",type=integer,JSONPath=`.status.bytesMoved`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// GPUCheckpoint asks the agent on a pod's node to suspend, resume, checkpoint or restore the
+// pod's GPU state. It lives in the pod's namespace. The scheduler creates them; users may too
+// (reason Manual).
+type GPUCheckpoint struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the requested action. It is immutable.
+	// +required
+	Spec GPUCheckpointSpec `json:"spec"`
+
+	// status is the agent's progress on it.
+	// +optional
+	Status GPUCheckpointStatus `json:"status,omitempty"`
+}
+
+// GPUCheckpointSpec is the requested action on one pod.
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(self.targetGPUs) || self.action == 'Resume' || self.action == 'Restore'",message="targetGPUs is only allowed with action Resume or Restore"
+// +kubebuilder:validation:XValidation:rule="has(self.preemptor) == (self.reason == 'Preemption')",message="preemptor is required with reason Preemption and not allowed otherwise"
+type GPUCheckpointSpec struct {
+	// podName is the pod, in the GPUCheckpoint's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	PodName string `json:"podName"`
+
+	// podUID, when set, must match the pod's UID: a pod recreated under the same name is not
+	// touched.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	PodUID string `json:"podUID,omitempty"`
+
+	// action is what to do.
+	// +required
+	Action CheckpointAction `json:"action"`
+
+	// reason is why.
+	// +required
+	Reason CheckpointReason `json:"reason"`
+
+	// targetGPUs are the UUIDs of the node's GPUs the pod's memory goes to on Resume or
+	// Restore, one per GPU of the pod, in the order of the pod's kybernate.io/gpus. Empty means
+	// the GPUs the pod had.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=64
+	TargetGPUs []string `json:"targetGPUs,omitempty"`
+
+	// preemptor is the pod this suspension makes room for (reason Preemption).
+	// +optional
+	Preemptor *PodReference `json:"preemptor,omitempty"`
+
+	// image is the checkpoint image to restore from (action Restore).
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Image string `json:"image,omitempty"`
+}
+
+// PodReference names a pod.
+type PodReference struct {
+	// namespace of the pod.
+	// +required
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace"`
+	// name of the pod.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// uid of the pod.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	UID string `json:"uid,omitempty"`
+}
+
+// GPUCheckpointStatus is the agent's progress on a GPUCheckpoint.
+type GPUCheckpointStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// phase is where the action stands.
+	// +optional
+	Phase CheckpointPhase `json:"phase,omitempty"`
+
+	// nodeName is the node whose agent handles the action.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	NodeName string `json:"nodeName,omitempty"`
+
+	// gpus are the UUIDs the pod's memory is on after the action (empty after Suspend and
+	// Checkpoint).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	GPUs []string `json:"gpus,omitempty"`
+
+	// bytesMoved is the GPU memory the action moved.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	BytesMoved int64 `json:"bytesMoved,omitempty"`
+
+	// steps are the timed steps of the action, in order (e.g. Lock, Checkpoint, Dump).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	Steps []StepTiming `json:"steps,omitempty"`
+
+	// startTime is when the agent started the action.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// completionTime is when the action succeeded or failed.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// imageLocation is where a Checkpoint wrote its image.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	ImageLocation string `json:"imageLocation,omitempty"`
+
+	// message says what happened, in particular why the action failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32768
+	Message string `json:"message,omitempty"`
+
+	// conditions: Complete and RolledBack.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+}
+
+// StepTiming is how long one step of an action took.
+type StepTiming struct {
+	// name of the step, e.g. Lock, Checkpoint, Restore, Unlock, Dump.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Name string `json:"name"`
+	// duration of the step.
+	// +required
+	Duration metav1.Duration `json:"duration"`
+	// bytes the step moved, where it moved any.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Bytes int64 `json:"bytes,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// GPUCheckpointList is a list of GPUCheckpoint.
+type GPUCheckpointList struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []GPUCheckpoint `json:"items"`
+}
