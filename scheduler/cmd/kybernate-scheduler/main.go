@@ -11,10 +11,12 @@ import (
 	"sigs.k8s.io/scheduler-plugins/pkg/coscheduling"
 
 	_ "github.com/kybernate/kybernate/apis/config/scheme" // our plugin args in the scheduler's scheme
+	"github.com/kybernate/kybernate/plugins/gpushare"
 )
 
 func main() {
 	command := app.NewSchedulerCommand(
+		app.WithPlugin(gpushare.Name, gpushare.New),
 		app.WithPlugin(coscheduling.Name, coscheduling.New),
 	)
 	os.Exit(cli.Run(command))

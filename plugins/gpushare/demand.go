@@ -1,0 +1,106 @@
+package gpushare
+
+import (
+	"fmt"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// demand is what a pod asks of a node's GPUs.
+type demand struct {
+	// count is the number of distinct GPUs.
+	count int
+	// bytes is the VRAM needed on each GPU; 0 means each GPU whole.
+	bytes int64
+	// model, when set, is the only GPU model the pod may get.
+	model string
+}
+
+// whole reports whether the pod takes its GPUs whole.
+func (d demand) whole() bool { return d.bytes == 0 }
+
+// on is the VRAM the demand takes on a GPU of the given size.
+func (d demand) on(total int64) int64 {
+	if d.whole() || d.bytes > total {
+		return total
+	}
+	return d.bytes
+}
+
+// podDemand reads a pod's GPU demand: the kybernate.io/gpu it requests (as the kubelet counts
+// it: the larger of the sum over containers and any init container) and its annotations. A pod
+// that asks for no GPU has count 0.
+func podDemand(pod *v1.Pod) (demand, error) {
+	var sum, initMax int64
+	for i := range pod.Spec.Containers {
+		sum += gpuLimit(&pod.Spec.Containers[i])
+	}
+	for i := range pod.Spec.InitContainers {
+		c := &pod.Spec.InitContainers[i]
+		if c.RestartPolicy != nil && *c.RestartPolicy == v1.ContainerRestartPolicyAlways {
+			sum += gpuLimit(c) // sidecars run beside the app containers
+			continue
+		}
+		initMax = max(initMax, gpuLimit(c))
+	}
+	count := max(sum, initMax)
+	if count == 0 {
+		return demand{}, nil
+	}
+	d := demand{count: int(count)}
+
+	if s, ok := pod.Annotations[kv1.AnnotationGPUMemory]; ok {
+		q, err := resource.ParseQuantity(strings.TrimSpace(s))
+		if err != nil {
+			return demand{}, fmt.Errorf("annotation %s=%q is not a quantity such as \"40Gi\": %w", kv1.AnnotationGPUMemory, s, err)
+		}
+		if q.Sign() <= 0 {
+			return demand{}, fmt.Errorf("annotation %s=%q must be positive", kv1.AnnotationGPUMemory, s)
+		}
+		d.bytes = q.Value()
+	}
+	if s, ok := pod.Annotations[kv1.AnnotationGPUModel]; ok {
+		d.model = strings.TrimSpace(s)
+		if d.model == "" {
+			return demand{}, fmt.Errorf("annotation %s is empty: remove it or name a GPU model", kv1.AnnotationGPUModel)
+		}
+	}
+	return d, nil
+}
+
+func gpuLimit(c *v1.Container) int64 {
+	if q, ok := c.Resources.Limits[kv1.ResourceGPU]; ok {
+		return q.Value()
+	}
+	if q, ok := c.Resources.Requests[kv1.ResourceGPU]; ok {
+		return q.Value()
+	}
+	return 0
+}
+
+// assignedGPUs reads the kybernate.io/gpus annotation written at binding.
+func assignedGPUs(pod *v1.Pod) []string {
+	s := pod.Annotations[kv1.AnnotationGPUs]
+	if s == "" {
+		return nil
+	}
+	parts := strings.Split(s, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}
+
+// resident reports whether a pod's VRAM is on its GPUs: everything but Suspended and
+// Checkpointed. A pod still Suspending holds its memory until the agent has moved it.
+func resident(pod *v1.Pod) bool {
+	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
+	case kv1.PodSuspended, kv1.PodCheckpointed:
+		return false
+	}
+	return true
+}

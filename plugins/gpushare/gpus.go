@@ -1,0 +1,178 @@
+package gpushare
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kybernate/kybernate/apis/config"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// defaultSlotsPerGPU applies when a GPUNode does not say: one pod per GPU.
+const defaultSlotsPerGPU = 1
+
+// gpu is one GPU of a node as the plugin accounts for it.
+type gpu struct {
+	uuid  string
+	index int32
+	model string
+	total int64
+	// used is the VRAM taken: the demand of the resident pods assigned to the GPU plus memory
+	// the agent sees used by processes that are not those pods'.
+	used int64
+	// pods is how many pods are assigned to the GPU, resident or suspended: each holds a slot.
+	pods int
+}
+
+func (g *gpu) free() int64 { return max(g.total-g.used, 0) }
+
+// nodeGPUs is the accounting of one node's GPUs.
+type nodeGPUs struct {
+	gpus        []gpu
+	slotsPerGPU int
+}
+
+// reservationLookup returns the GPUs this scheduler reserved for a pod that is not bound yet.
+type reservationLookup func(types.UID) []string
+
+// newNodeGPUs accounts a node's GPUs: the inventory from its GPUNode, the pods on the node
+// (bound and assumed) from the scheduler's snapshot, and the plugin's reservations for pods
+// whose kybernate.io/gpus annotation is not written yet.
+func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *nodeGPUs {
+	n := &nodeGPUs{gpus: make([]gpu, 0, len(gn.Status.GPUs)), slotsPerGPU: defaultSlotsPerGPU}
+	if gn.Spec.SlotsPerGPU != nil && *gn.Spec.SlotsPerGPU > 0 {
+		n.slotsPerGPU = int(*gn.Spec.SlotsPerGPU)
+	}
+	byUUID := make(map[string]int, len(gn.Status.GPUs))
+	for _, s := range gn.Status.GPUs {
+		var attributed int64
+		for _, p := range s.Pods {
+			attributed += p.Bytes
+		}
+		byUUID[s.UUID] = len(n.gpus)
+		n.gpus = append(n.gpus, gpu{
+			uuid:  s.UUID,
+			index: s.Index,
+			model: s.Model,
+			total: s.MemoryTotalBytes,
+			// Memory of processes that belong to no pod the agent knows (e.g. a host process).
+			used: max(s.MemoryUsedBytes-attributed, 0),
+		})
+	}
+	for _, pod := range pods {
+		if pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+			continue
+		}
+		uuids := assignedGPUs(pod)
+		if len(uuids) == 0 && reserved != nil {
+			uuids = reserved(pod.UID)
+		}
+		if len(uuids) == 0 {
+			continue
+		}
+		d, err := podDemand(pod)
+		if err != nil || d.count == 0 {
+			continue
+		}
+		isResident := resident(pod)
+		for _, uuid := range uuids {
+			i, ok := byUUID[uuid]
+			if !ok {
+				continue
+			}
+			g := &n.gpus[i]
+			g.pods++
+			if isResident {
+				g.used += d.on(g.total)
+			}
+		}
+	}
+	return n
+}
+
+// modelMatches compares GPU model names loosely: "NVIDIA H100 80GB HBM3" matches the label
+// form "NVIDIA-H100-80GB-HBM3".
+func modelMatches(want, have string) bool {
+	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), " ", "-")) }
+	return want == "" || norm(want) == norm(have)
+}
+
+// compatible reports whether the GPU could ever hold the demand: right model, large enough.
+func (g *gpu) compatible(d demand) bool {
+	return modelMatches(d.model, g.model) && (d.whole() || d.bytes <= g.total)
+}
+
+// fits reports whether the GPU can take the demand now.
+func (g *gpu) fits(d demand, slots int) bool {
+	if !g.compatible(d) || g.pods >= slots {
+		return false
+	}
+	if d.whole() {
+		return g.used == 0
+	}
+	return d.bytes <= g.free()
+}
+
+// possible reports whether the node could hold the demand if it were empty.
+func (n *nodeGPUs) possible(d demand) bool {
+	compatible := 0
+	for i := range n.gpus {
+		if n.gpus[i].compatible(d) {
+			compatible++
+		}
+	}
+	return compatible >= d.count
+}
+
+// choose picks the GPUs for a demand, or nil when it does not fit now. MostAllocated takes the
+// GPUs with the least memory left that still fit (best fit, keeps large GPUs whole);
+// LeastAllocated the emptiest. Ties go to the lower index, so choices are deterministic.
+func (n *nodeGPUs) choose(d demand, strategy config.ScoringStrategyType) []*gpu {
+	var fit []*gpu
+	for i := range n.gpus {
+		if n.gpus[i].fits(d, n.slotsPerGPU) {
+			fit = append(fit, &n.gpus[i])
+		}
+	}
+	if len(fit) < d.count {
+		return nil
+	}
+	slices.SortFunc(fit, func(a, b *gpu) int {
+		left := cmp.Compare(a.free()-d.on(a.total), b.free()-d.on(b.total))
+		if strategy == config.LeastAllocated {
+			left = -left
+		}
+		return cmp.Or(left, cmp.Compare(a.index, b.index))
+	})
+	return fit[:d.count]
+}
+
+// score rates a choice from 0 to 100: the share of the chosen GPUs' memory in use once the pod is
+// on them (MostAllocated), or the share left free (LeastAllocated).
+func score(chosen []*gpu, d demand, strategy config.ScoringStrategyType) int64 {
+	var used, total int64
+	for _, g := range chosen {
+		used += g.used + d.on(g.total)
+		total += g.total
+	}
+	if total == 0 {
+		return 0
+	}
+	s := min(used*100/total, 100)
+	if strategy == config.LeastAllocated {
+		return 100 - s
+	}
+	return s
+}
+
+func uuids(chosen []*gpu) []string {
+	out := make([]string, len(chosen))
+	for i, g := range chosen {
+		out[i] = g.uuid
+	}
+	return out
+}

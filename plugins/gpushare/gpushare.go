@@ -1,0 +1,303 @@
+// Package gpushare is the scheduler plugin that places GPU pods on individual GPUs.
+//
+// A pod asks for kybernate.io/gpu (GPUs) and may annotate kybernate.io/gpu-memory (VRAM on each
+// GPU; the whole GPU without it) and kybernate.io/gpu-model. The plugin reads each node's GPUs
+// from its GPUNode (written by the node agent), accounts the VRAM and slots taken by the pods on
+// the node (suspended pods keep their slot but hold no VRAM), filters and scores nodes by the
+// GPUs the pod would get, reserves those GPUs, and writes their UUIDs into the pod's
+// kybernate.io/gpus annotation before binding. The containerd shim exposes exactly those GPUs.
+package gpushare
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+
+	"github.com/kybernate/kybernate/apis/config"
+	"github.com/kybernate/kybernate/apis/config/validation"
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// Name is the plugin's name in a KubeSchedulerConfiguration.
+const Name = "GPUShare"
+
+// informerSyncTimeout bounds the wait for the first list of GPUNodes at start.
+const informerSyncTimeout = time.Minute
+
+// GPUShare places GPU pods on individual GPUs.
+type GPUShare struct {
+	handle   framework.Handle
+	strategy config.ScoringStrategyType
+	gpuNodes listers.GPUNodeLister
+	reserved *reservations
+	// patchPod writes an annotation patch; a field so tests can see the patch.
+	patchPod func(ctx context.Context, namespace, name string, patch []byte) error
+}
+
+var (
+	_ framework.PreFilterPlugin     = &GPUShare{}
+	_ framework.FilterPlugin        = &GPUShare{}
+	_ framework.ScorePlugin         = &GPUShare{}
+	_ framework.ReservePlugin       = &GPUShare{}
+	_ framework.PreBindPlugin       = &GPUShare{}
+	_ framework.EnqueueExtensions   = &GPUShare{}
+	_ framework.PreFilterExtensions = &GPUShare{}
+)
+
+// New builds the plugin from its args, with an informer on GPUNodes.
+func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
+	args, ok := obj.(*config.GPUShareArgs)
+	if !ok {
+		return nil, fmt.Errorf("want args of type GPUShareArgs, got %T", obj)
+	}
+	if err := validation.ValidateGPUShareArgs(field.NewPath("args"), args); err != nil {
+		return nil, err
+	}
+	client, err := versioned.NewForConfig(h.KubeConfig())
+	if err != nil {
+		return nil, fmt.Errorf("creating kybernate client: %w", err)
+	}
+	factory := externalversions.NewSharedInformerFactory(client, 0)
+	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
+	gpuNodes.Informer() // register before Start
+	factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
+	defer cancel()
+	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
+		if !synced {
+			return nil, fmt.Errorf("listing %v timed out after %v: is the GPUNode CRD installed (manifests/crds) and may the scheduler list gpunodes.kybernate.io?", typ, informerSyncTimeout)
+		}
+	}
+
+	pl := newGPUShare(h, args.ScoringStrategy, gpuNodes.Lister())
+	if h.ClientSet() != nil {
+		pl.patchPod = func(ctx context.Context, namespace, name string, patch []byte) error {
+			_, err := h.ClientSet().CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+			return err
+		}
+	}
+	if f := h.SharedInformerFactory(); f != nil {
+		// A reservation outlives binding until the pod is gone; see reservations.
+		_, err := f.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			DeleteFunc: func(obj interface{}) {
+				if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = t.Obj
+				}
+				if pod, ok := obj.(*v1.Pod); ok {
+					pl.reserved.release(pod.UID)
+				}
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("watching pods: %w", err)
+		}
+	}
+	return pl, nil
+}
+
+func newGPUShare(h framework.Handle, strategy config.ScoringStrategyType, gpuNodes listers.GPUNodeLister) *GPUShare {
+	return &GPUShare{handle: h, strategy: strategy, gpuNodes: gpuNodes, reserved: newReservations()}
+}
+
+// Name returns the plugin's name.
+func (pl *GPUShare) Name() string { return Name }
+
+// EventsToRegister returns the events that may make a pod this plugin rejected fit, each with a
+// hint that tells the queue whether it does.
+func (pl *GPUShare) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{
+		{Event: fwk.ClusterEvent{Resource: gpuNodeResource, ActionType: fwk.Add | fwk.Update}, QueueingHintFn: isSchedulableAfterGPUNodeChange},
+		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDeleted},
+		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterPodUpdated},
+	}, nil
+}
+
+// PreFilter parses the pod's demand once. Pods that ask for no GPU skip the plugin.
+func (pl *GPUShare) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*framework.PreFilterResult, *fwk.Status) {
+	d, err := podDemand(pod)
+	if err != nil {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	if d.count == 0 {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	state.Write(stateKey, &preFilterState{demand: d})
+	return nil, nil
+}
+
+// PreFilterExtensions returns the plugin itself: the accounting is derived from the NodeInfo the
+// framework hands to Filter, so added and removed pods need no extra bookkeeping here.
+func (pl *GPUShare) PreFilterExtensions() framework.PreFilterExtensions { return pl }
+
+// AddPod needs no bookkeeping: Filter reads the pods from the NodeInfo it is given.
+func (pl *GPUShare) AddPod(context.Context, fwk.CycleState, *v1.Pod, fwk.PodInfo, fwk.NodeInfo) *fwk.Status {
+	return nil
+}
+
+// RemovePod needs no bookkeeping: Filter reads the pods from the NodeInfo it is given.
+func (pl *GPUShare) RemovePod(context.Context, fwk.CycleState, *v1.Pod, fwk.PodInfo, fwk.NodeInfo) *fwk.Status {
+	return nil
+}
+
+// Filter passes a node when some of its GPUs can hold the pod now.
+func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
+	s, err := getPreFilterState(state)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	gpus, status := pl.nodeGPUs(nodeInfo)
+	if status != nil {
+		return status
+	}
+	if !gpus.possible(s.demand) {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
+	}
+	if gpus.choose(s.demand, pl.strategy) == nil {
+		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
+	}
+	return nil
+}
+
+// Score rates a node by how full (MostAllocated) or empty (LeastAllocated) the GPUs the pod
+// would get are, from 0 to MaxNodeScore.
+func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
+	s, err := getPreFilterState(state)
+	if err != nil {
+		return 0, fwk.AsStatus(err)
+	}
+	gpus, status := pl.nodeGPUs(nodeInfo)
+	if status != nil {
+		return 0, status
+	}
+	chosen := gpus.choose(s.demand, pl.strategy)
+	if chosen == nil {
+		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
+	}
+	return score(chosen, s.demand, pl.strategy) * framework.MaxNodeScore / 100, nil
+}
+
+// ScoreExtensions returns nil: scores are already in [0, MaxNodeScore].
+func (pl *GPUShare) ScoreExtensions() framework.ScoreExtensions { return nil }
+
+// Reserve picks the pod's GPUs on the chosen node and records them, so that the next scheduling
+// cycles count them before the pod is bound.
+func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	s, err := getPreFilterState(state)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	nodeInfo, err := pl.handle.SnapshotSharedLister().NodeInfos().Get(nodeName)
+	if err != nil {
+		return fwk.AsStatus(fmt.Errorf("getting node %q from the snapshot: %w", nodeName, err))
+	}
+	gpus, status := pl.nodeGPUs(nodeInfo)
+	if status != nil {
+		return status
+	}
+	chosen := gpus.choose(s.demand, pl.strategy)
+	if chosen == nil {
+		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
+	}
+	pl.reserved.reserve(pod.UID, nodeName, uuids(chosen))
+	klog.FromContext(ctx).V(4).Info("Reserved GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", uuids(chosen))
+	return nil
+}
+
+// Unreserve forgets the pod's GPUs.
+func (pl *GPUShare) Unreserve(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, _ string) {
+	pl.reserved.release(pod.UID)
+}
+
+// PreBindPreFlight tells the framework whether PreBind has an annotation to write.
+func (pl *GPUShare) PreBindPreFlight(_ context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	if res, ok := pl.reserved.get(pod.UID); !ok || res.node != nodeName {
+		return fwk.NewStatus(fwk.Skip)
+	}
+	return nil
+}
+
+// PreBind writes the reserved GPU UUIDs into the pod's kybernate.io/gpus annotation.
+func (pl *GPUShare) PreBind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	res, ok := pl.reserved.get(pod.UID)
+	if !ok || res.node != nodeName {
+		return fwk.AsStatus(fmt.Errorf("no GPUs reserved for pod %s on node %s", klog.KObj(pod), nodeName))
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"annotations": map[string]string{kv1.AnnotationGPUs: strings.Join(res.gpus, ",")}},
+	})
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	if err := pl.patchPod(ctx, pod.Namespace, pod.Name, patch); err != nil {
+		return fwk.AsStatus(fmt.Errorf("writing annotation %s on pod %s: %w", kv1.AnnotationGPUs, klog.KObj(pod), err))
+	}
+	klog.FromContext(ctx).V(2).Info("Assigned GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", res.gpus)
+	return nil
+}
+
+// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
+func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*nodeGPUs, *fwk.Status) {
+	node := nodeInfo.Node()
+	if node == nil {
+		return nil, fwk.NewStatus(fwk.Error, "node not found")
+	}
+	gn, err := pl.gpuNodes.Get(node.Name)
+	if apierrors.IsNotFound(err) {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
+	}
+	if err != nil {
+		return nil, fwk.AsStatus(err)
+	}
+	podInfos := nodeInfo.GetPods()
+	pods := make([]*v1.Pod, len(podInfos))
+	for i, p := range podInfos {
+		pods[i] = p.GetPod()
+	}
+	return newNodeGPUs(gn, pods, pl.reserved.gpus), nil
+}
+
+func neverFits(d demand) string {
+	return "node has too few GPUs " + describe(d)
+}
+
+func notNow(d demand) string {
+	return "node has too few free GPUs " + describe(d)
+}
+
+func describe(d demand) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "(pod needs %d", d.count)
+	if d.model != "" {
+		fmt.Fprintf(&b, " %s", d.model)
+	}
+	if d.whole() {
+		b.WriteString(" whole GPUs)")
+	} else {
+		fmt.Fprintf(&b, " with %s each)", formatBytes(d.bytes))
+	}
+	return b.String()
+}
+
+func formatBytes(n int64) string {
+	const gi = 1 << 30
+	if n%gi == 0 {
+		return fmt.Sprintf("%dGi", n/gi)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

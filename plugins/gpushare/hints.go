@@ -1,0 +1,128 @@
+package gpushare
+
+import (
+	"fmt"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// gpuNodeResource names GPUNode events in the form the scheduler's dynamic informers use:
+// <plural>.<version>.<group>.
+const gpuNodeResource fwk.EventResource = "gpunodes.v1alpha1.kybernate.io"
+
+// isSchedulableAfterGPUNodeChange queues the pod when a GPUNode appears with GPUs the pod could
+// use, or when an update gives the node more room: a GPU added, memory used by foreign
+// processes gone, or more slots per GPU.
+func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
+	d, err := podDemand(pod)
+	if err != nil || d.count == 0 {
+		return fwk.QueueSkip, nil
+	}
+	newGN, err := asGPUNode(newObj)
+	if err != nil {
+		return fwk.Queue, err
+	}
+	fresh := newNodeGPUs(newGN, nil, nil)
+	if !fresh.possible(d) {
+		logger.V(5).Info("GPUNode cannot hold the pod", "pod", klog.KObj(pod), "gpuNode", newGN.Name)
+		return fwk.QueueSkip, nil
+	}
+	if oldObj == nil {
+		return fwk.Queue, nil
+	}
+	oldGN, err := asGPUNode(oldObj)
+	if err != nil {
+		return fwk.Queue, err
+	}
+	stale := newNodeGPUs(oldGN, nil, nil)
+	if fresh.slotsPerGPU > stale.slotsPerGPU {
+		return fwk.Queue, nil
+	}
+	before := make(map[string]int64, len(stale.gpus))
+	for _, g := range stale.gpus {
+		before[g.uuid] = g.free()
+	}
+	for _, g := range fresh.gpus {
+		if was, ok := before[g.uuid]; !ok || g.free() > was {
+			return fwk.Queue, nil
+		}
+	}
+	return fwk.QueueSkip, nil
+}
+
+// isSchedulableAfterPodDeleted queues the pod when a pod that held GPUs is gone.
+func isSchedulableAfterPodDeleted(logger klog.Logger, pod *v1.Pod, oldObj, _ interface{}) (fwk.QueueingHint, error) {
+	deleted, ok := asPod(oldObj)
+	if !ok {
+		return fwk.Queue, fmt.Errorf("unexpected object %T in a pod delete event", oldObj)
+	}
+	if deleted.Spec.NodeName == "" || len(assignedGPUs(deleted)) == 0 {
+		return fwk.QueueSkip, nil
+	}
+	logger.V(5).Info("Pod holding GPUs deleted", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted))
+	return fwk.Queue, nil
+}
+
+// isSchedulableAfterPodUpdated queues the pod when it changed its own GPU request, or when a pod
+// with GPUs freed VRAM (it was suspended) or moved to other GPUs.
+func isSchedulableAfterPodUpdated(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
+	oldPod, ok1 := asPod(oldObj)
+	newPod, ok2 := asPod(newObj)
+	if !ok1 || !ok2 {
+		return fwk.Queue, fmt.Errorf("unexpected objects %T, %T in a pod update event", oldObj, newObj)
+	}
+	if newPod.UID == pod.UID {
+		if gpuRequestChanged(oldPod, newPod) {
+			return fwk.Queue, nil
+		}
+		return fwk.QueueSkip, nil
+	}
+	if len(assignedGPUs(oldPod)) == 0 {
+		return fwk.QueueSkip, nil
+	}
+	if resident(oldPod) && !resident(newPod) {
+		logger.V(5).Info("Pod left its GPUs", "pod", klog.KObj(pod), "suspendedPod", klog.KObj(newPod))
+		return fwk.Queue, nil
+	}
+	if oldPod.Annotations[kv1.AnnotationGPUs] != newPod.Annotations[kv1.AnnotationGPUs] {
+		return fwk.Queue, nil
+	}
+	return fwk.QueueSkip, nil
+}
+
+func gpuRequestChanged(oldPod, newPod *v1.Pod) bool {
+	for _, key := range []string{kv1.AnnotationGPUMemory, kv1.AnnotationGPUModel} {
+		if oldPod.Annotations[key] != newPod.Annotations[key] {
+			return true
+		}
+	}
+	oldD, oldErr := podDemand(oldPod)
+	newD, newErr := podDemand(newPod)
+	return (oldErr == nil) != (newErr == nil) || oldD != newD
+}
+
+func asPod(obj interface{}) (*v1.Pod, bool) {
+	pod, ok := obj.(*v1.Pod)
+	return pod, ok && pod != nil
+}
+
+// asGPUNode accepts the typed object and the unstructured one the dynamic informer delivers.
+func asGPUNode(obj interface{}) (*kv1.GPUNode, error) {
+	switch o := obj.(type) {
+	case *kv1.GPUNode:
+		return o, nil
+	case *unstructured.Unstructured:
+		gn := &kv1.GPUNode{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.UnstructuredContent(), gn); err != nil {
+			return nil, fmt.Errorf("converting GPUNode %s: %w", o.GetName(), err)
+		}
+		return gn, nil
+	}
+	return nil, fmt.Errorf("unexpected object %T in a GPUNode event", obj)
+}
