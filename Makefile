@@ -57,7 +57,7 @@ demo: build controlplane ## Start a local cluster with simulated GPU nodes and r
 
 .PHONY: demo-down
 demo-down: ## Stop the demo cluster.
-	hack/cluster-down.sh
+	hack/demo.sh down
 
 .PHONY: generate
 generate: ## Regenerate deepcopy, conversions, defaults, CRDs, clients and gRPC code.
