@@ -8,7 +8,7 @@ cd "$ROOT"
 failed=0
 
 echo ">> gofmt"
-unformatted=$(gofmt -l $(git ls-files --cached --others --exclude-standard '*.go') 2>&1 || true)
+unformatted=$(git ls-files -z --cached --others --exclude-standard '*.go' | xargs -0 -r gofmt -l 2>&1 || true)
 if [[ -n "$unformatted" ]]; then
 	echo "not gofmt-formatted (run gofmt -w):"; echo "$unformatted"; failed=1
 fi

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Stops the cluster that hack/cluster-up.sh started in KYBERNATE_CLUSTER_DIR
+# (default .cache/cluster). Only processes named by the folder's pid files are
+# signalled, and only after their executable and command line show they are that
+# cluster's. Logs stay in the folder unless --purge is given.
+#
+# Usage: hack/cluster-down.sh [--purge]
+#        hack/cluster-down.sh --after-exit PID   (cluster-up's watchdog: waits for
+#                                                 PID to exit, then stops the cluster)
+set -euo pipefail
+
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PURGE=false
+OWNER=""
+case "${1:-}" in
+  "") ;;
+  --purge) PURGE=true ;;
+  --after-exit)
+    OWNER="${2:-}"
+    [[ "${OWNER}" =~ ^[0-9]+$ ]] || die "--after-exit needs a pid"
+    ;;
+  *) die "usage: $0 [--purge | --after-exit PID]" ;;
+esac
+
+[[ -d "${KYBERNATE_CLUSTER_DIR}" ]] || { log "no cluster in ${KYBERNATE_CLUSTER_DIR}"; exit 0; }
+DIR="$(cd "${KYBERNATE_CLUSTER_DIR}" && pwd -P)"
+RUN="${DIR}/run"
+
+if [[ -n "${OWNER}" ]]; then
+  # Runs for the life of a test binary. The start time pins the owner down, so a
+  # new process that gets its pid later does not keep the cluster alive.
+  owner_start="$(proc_start_time "${OWNER}")"
+  while [[ -n "${owner_start}" && "$(proc_start_time "${OWNER}")" == "${owner_start}" &&
+    "$(proc_state "${OWNER}")" != Z ]]; do
+    sleep 1
+  done
+  log "owner ${OWNER} exited; stopping the cluster"
+fi
+
+exec 8>"${DIR}/.lock"
+flock 8
+
+# stop NAME BINARY ARG: SIGTERM, then SIGKILL after 15 s, for the process in
+# run/NAME.pid if it is BINARY with ARG in its command line.
+stop() {
+  local name="$1" binary="$2" arg="$3" pidfile="${RUN}/$1.pid" pid deadline
+  [[ -f "${pidfile}" ]] || return 0
+  pid="$(<"${pidfile}")"
+  if ! pid_matches "${pid}" "${binary}" "${arg}"; then
+    log "${name}: not running"
+    rm -f "${pidfile}"
+    return 0
+  fi
+  log "stopping ${name} (pid ${pid})"
+  kill -TERM "${pid}" 2>/dev/null || true
+  deadline=$((SECONDS + 15))
+  while pid_matches "${pid}" "${binary}" "${arg}"; do
+    if ((SECONDS >= deadline)); then
+      log "${name} did not exit on SIGTERM; killing it"
+      kill -KILL "${pid}" 2>/dev/null || true
+      deadline=$((SECONDS + 15))
+    fi
+    sleep 0.1
+  done
+  rm -f "${pidfile}"
+}
+
+# The watchdog first, unless this is the watchdog: it must not stop itself.
+if [[ -z "${OWNER}" ]]; then
+  stop watchdog "$(readlink -f "${BASH}")" "cluster-down.sh --after-exit"
+else
+  rm -f "${RUN}/watchdog.pid"
+fi
+
+# Dependents before what they depend on.
+for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  stop "${name}" "${KYBERNATE_BIN_DIR}/${name}" "${DIR}/"
+done
+
+if ${PURGE}; then
+  rm -rf "${DIR}"
+  log "removed ${DIR}"
+else
+  log "stopped; logs in ${DIR}/logs"
+fi

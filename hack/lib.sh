@@ -1,0 +1,76 @@
+# shellcheck shell=bash disable=SC2034 # variables here are used by the scripts that source this file
+# Shared settings and helpers for the hack/ scripts. Source it; do not run it.
+#
+# Everything the scripts build or start lives under one git-ignored cache folder
+# (default: <repo>/.cache) so that a checkout can be cleaned with one rm -rf.
+
+KYBERNATE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+KYBERNATE_CACHE_DIR="${KYBERNATE_CACHE_DIR:-${KYBERNATE_ROOT}/.cache}"
+KYBERNATE_BIN_DIR="${KYBERNATE_BIN_DIR:-${KYBERNATE_CACHE_DIR}/bin}"
+KYBERNATE_BUILD_DIR="${KYBERNATE_CACHE_DIR}/build"
+KYBERNATE_CLUSTER_DIR="${KYBERNATE_CLUSTER_DIR:-${KYBERNATE_CACHE_DIR}/cluster}"
+
+# Component versions. Kubernetes follows the k8s.io/kubernetes requirement of the
+# root go.mod so that the control plane in the tests is the release our scheduler
+# is compiled against.
+kube::root_version() {
+  awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "${KYBERNATE_ROOT}/go.mod"
+}
+KUBE_VERSION="${KUBE_VERSION:-$(kube::root_version)}"
+KUBE_VERSION="${KUBE_VERSION:-v1.34.10}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+
+log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${0##*/}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# pid_matches PID BINARY [ARG]: true when PID is alive (not a zombie), runs BINARY
+# (the path of its executable or its argv[0]) and, when ARG is given, has ARG in
+# its command line. Guards every kill against pids that were reused by others.
+pid_matches() {
+  local pid="$1" binary="$2" arg="${3:-}" exe cmdline
+  [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+  [[ "$(proc_state "${pid}")" =~ ^[^ZX]$ ]] || return 1
+  exe="$(readlink "/proc/${pid}/exe" 2>/dev/null || true)"
+  exe="${exe% (deleted)}"
+  cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
+  [[ "${exe}" == "${binary}" || "${cmdline%% *}" == "${binary}" ]] || return 1
+  [[ -z "${arg}" || "${cmdline}" == *"${arg}"* ]]
+}
+
+# proc_state PID: the one-letter state of PID (R, S, Z, ...), empty when gone.
+proc_state() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  echo "${stat%% *}"
+}
+
+# proc_start_time PID: when PID started, in clock ticks since boot; with the pid it
+# identifies a process for good.
+proc_start_time() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }"
+  # Field 22 of stat; the 20th after the command name.
+  awk '{ print $20 }' <<<"${stat}"
+}
+
+# pick_port VAR: sets VAR to a TCP port on 127.0.0.1 that nothing listens on now,
+# drawn at random below the kernel's ephemeral range (so outgoing connections do not
+# take it) and never one handed out before in this shell. Not run in a subshell, so
+# that it remembers what it handed out.
+PORTS_TAKEN=" "
+pick_port() {
+  local port i
+  for ((i = 0; i < 100; i++)); do
+    port=$((20000 + RANDOM % 12000))
+    [[ "${PORTS_TAKEN}" != *" ${port} "* ]] || continue
+    if [[ -z "$(ss -Htln "sport = :${port}")" ]]; then
+      PORTS_TAKEN+="${port} "
+      printf -v "$1" '%s' "${port}"
+      return 0
+    fi
+  done
+  die "no free port found"
+}

@@ -1,0 +1,139 @@
+package framework
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Kybernate's own binaries, by name, and the packages they are built from.
+var binaries = map[string]string{
+	"kybernate-scheduler": "./scheduler/cmd/kybernate-scheduler",
+	"kybernate-agent":     "./nodeagent/cmd/kybernate-agent",
+}
+
+// Component is one of Kybernate's binaries running against the test cluster.
+type Component struct {
+	Name string
+	// Log is the file that holds its stdout and stderr.
+	Log string
+	cmd *exec.Cmd
+}
+
+var (
+	componentsMu sync.Mutex
+	components   []*Component
+	builds       sync.Map // name -> *buildResult
+)
+
+type buildResult struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Binary builds one of Kybernate's binaries from the working tree, once per test binary.
+func (c *Cluster) Binary(t testing.TB, name string) string {
+	t.Helper()
+	pkg, ok := binaries[name]
+	if !ok {
+		t.Fatalf("framework: unknown binary %q", name)
+	}
+	v, _ := builds.LoadOrStore(name, &buildResult{})
+	b := v.(*buildResult)
+	b.once.Do(func() {
+		dir := filepath.Join(c.workDir(), "bin")
+		if b.err = os.MkdirAll(dir, 0o755); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
+		cmd.Dir = c.Root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatalf("framework: %v", b.err)
+	}
+	return b.path
+}
+
+// Start runs one of Kybernate's binaries with args until the test package ends; its output
+// goes to a log file in the cluster's folder, which is kept when a test fails.
+func (c *Cluster) Start(t testing.TB, name string, args ...string) *Component {
+	t.Helper()
+	path := c.Binary(t, name)
+	logDir := filepath.Join(c.workDir(), "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(logDir, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano()))
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The component dies with the test binary, however that ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("framework: starting %s: %v", name, err)
+	}
+	comp := &Component{Name: name, Log: logPath, cmd: cmd}
+	componentsMu.Lock()
+	components = append(components, comp)
+	componentsMu.Unlock()
+	t.Logf("started %s (pid %d, log %s)", name, cmd.Process.Pid, logPath)
+	return comp
+}
+
+// Stop ends the component: SIGTERM, then SIGKILL after 10 s.
+func (p *Component) Stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Kill ends the component at once, as a crash would.
+func (p *Component) Kill() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+// stopComponents ends every component the package started.
+func stopComponents() {
+	componentsMu.Lock()
+	defer componentsMu.Unlock()
+	for _, p := range components {
+		p.Stop()
+	}
+	components = nil
+}
+
+// workDir is where components keep binaries and logs: the cluster's folder, or a folder
+// under .cache for a cluster given by KYBERNATE_KUBECONFIG.
+func (c *Cluster) workDir() string {
+	if c.Dir != "" {
+		return c.Dir
+	}
+	return filepath.Join(c.Root, ".cache", "test-components")
+}
