@@ -10,31 +10,31 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
-// demand is what a pod asks of a node's GPUs.
-type demand struct {
-	// count is the number of distinct GPUs.
-	count int
-	// bytes is the VRAM needed on each GPU; 0 means each GPU whole.
-	bytes int64
-	// model, when set, is the only GPU model the pod may get.
-	model string
+// Demand is what a pod asks of a node's GPUs.
+type Demand struct {
+	// Count is the number of distinct GPUs.
+	Count int
+	// Bytes is the VRAM needed on each GPU; 0 means each GPU whole.
+	Bytes int64
+	// Model, when set, is the only GPU model the pod may get.
+	Model string
 }
 
-// whole reports whether the pod takes its GPUs whole.
-func (d demand) whole() bool { return d.bytes == 0 }
+// Whole reports whether the pod takes its GPUs whole.
+func (d Demand) Whole() bool { return d.Bytes == 0 }
 
-// on is the VRAM the demand takes on a GPU of the given size.
-func (d demand) on(total int64) int64 {
-	if d.whole() || d.bytes > total {
+// On is the VRAM the demand takes on a GPU of the given size.
+func (d Demand) On(total int64) int64 {
+	if d.Whole() || d.Bytes > total {
 		return total
 	}
-	return d.bytes
+	return d.Bytes
 }
 
-// podDemand reads a pod's GPU demand: the kybernate.io/gpu it requests (as the kubelet counts
+// PodDemand reads a pod's GPU demand: the kybernate.io/gpu it requests (as the kubelet counts
 // it: the larger of the sum over containers and any init container) and its annotations. A pod
 // that asks for no GPU has count 0.
-func podDemand(pod *v1.Pod) (demand, error) {
+func PodDemand(pod *v1.Pod) (Demand, error) {
 	var sum, initMax int64
 	for i := range pod.Spec.Containers {
 		sum += gpuLimit(&pod.Spec.Containers[i])
@@ -49,24 +49,24 @@ func podDemand(pod *v1.Pod) (demand, error) {
 	}
 	count := max(sum, initMax)
 	if count == 0 {
-		return demand{}, nil
+		return Demand{}, nil
 	}
-	d := demand{count: int(count)}
+	d := Demand{Count: int(count)}
 
 	if s, ok := pod.Annotations[kv1.AnnotationGPUMemory]; ok {
 		q, err := resource.ParseQuantity(strings.TrimSpace(s))
 		if err != nil {
-			return demand{}, fmt.Errorf("annotation %s=%q is not a quantity such as \"40Gi\": %w", kv1.AnnotationGPUMemory, s, err)
+			return Demand{}, fmt.Errorf("annotation %s=%q is not a quantity such as \"40Gi\": %w", kv1.AnnotationGPUMemory, s, err)
 		}
 		if q.Sign() <= 0 {
-			return demand{}, fmt.Errorf("annotation %s=%q must be positive", kv1.AnnotationGPUMemory, s)
+			return Demand{}, fmt.Errorf("annotation %s=%q must be positive", kv1.AnnotationGPUMemory, s)
 		}
-		d.bytes = q.Value()
+		d.Bytes = q.Value()
 	}
 	if s, ok := pod.Annotations[kv1.AnnotationGPUModel]; ok {
-		d.model = strings.TrimSpace(s)
-		if d.model == "" {
-			return demand{}, fmt.Errorf("annotation %s is empty: remove it or name a GPU model", kv1.AnnotationGPUModel)
+		d.Model = strings.TrimSpace(s)
+		if d.Model == "" {
+			return Demand{}, fmt.Errorf("annotation %s is empty: remove it or name a GPU model", kv1.AnnotationGPUModel)
 		}
 	}
 	return d, nil
@@ -82,8 +82,8 @@ func gpuLimit(c *v1.Container) int64 {
 	return 0
 }
 
-// assignedGPUs reads the kybernate.io/gpus annotation written at binding.
-func assignedGPUs(pod *v1.Pod) []string {
+// AssignedGPUs reads the kybernate.io/gpus annotation written at binding.
+func AssignedGPUs(pod *v1.Pod) []string {
 	s := pod.Annotations[kv1.AnnotationGPUs]
 	if s == "" {
 		return nil
@@ -95,9 +95,9 @@ func assignedGPUs(pod *v1.Pod) []string {
 	return parts
 }
 
-// resident reports whether a pod's VRAM is on its GPUs: everything but Suspended and
+// Resident reports whether a pod's VRAM is on its GPUs: everything but Suspended and
 // Checkpointed. A pod still Suspending holds its memory until the agent has moved it.
-func resident(pod *v1.Pod) bool {
+func Resident(pod *v1.Pod) bool {
 	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
 	case kv1.PodSuspended, kv1.PodCheckpointed:
 		return false

@@ -67,18 +67,18 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 		if pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
 			continue
 		}
-		uuids := assignedGPUs(pod)
+		uuids := AssignedGPUs(pod)
 		if len(uuids) == 0 && reserved != nil {
 			uuids = reserved(pod.UID)
 		}
 		if len(uuids) == 0 {
 			continue
 		}
-		d, err := podDemand(pod)
-		if err != nil || d.count == 0 {
+		d, err := PodDemand(pod)
+		if err != nil || d.Count == 0 {
 			continue
 		}
-		isResident := resident(pod)
+		isResident := Resident(pod)
 		for _, uuid := range uuids {
 			i, ok := byUUID[uuid]
 			if !ok {
@@ -87,7 +87,7 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			g := &n.gpus[i]
 			g.pods++
 			if isResident {
-				g.used += d.on(g.total)
+				g.used += d.On(g.total)
 			}
 		}
 	}
@@ -102,61 +102,61 @@ func modelMatches(want, have string) bool {
 }
 
 // compatible reports whether the GPU could ever hold the demand: right model, large enough.
-func (g *gpu) compatible(d demand) bool {
-	return modelMatches(d.model, g.model) && (d.whole() || d.bytes <= g.total)
+func (g *gpu) compatible(d Demand) bool {
+	return modelMatches(d.Model, g.model) && (d.Whole() || d.Bytes <= g.total)
 }
 
 // fits reports whether the GPU can take the demand now.
-func (g *gpu) fits(d demand, slots int) bool {
+func (g *gpu) fits(d Demand, slots int) bool {
 	if !g.compatible(d) || g.pods >= slots {
 		return false
 	}
-	if d.whole() {
+	if d.Whole() {
 		return g.used == 0
 	}
-	return d.bytes <= g.free()
+	return d.Bytes <= g.free()
 }
 
 // possible reports whether the node could hold the demand if it were empty.
-func (n *nodeGPUs) possible(d demand) bool {
+func (n *nodeGPUs) possible(d Demand) bool {
 	compatible := 0
 	for i := range n.gpus {
 		if n.gpus[i].compatible(d) {
 			compatible++
 		}
 	}
-	return compatible >= d.count
+	return compatible >= d.Count
 }
 
 // choose picks the GPUs for a demand, or nil when it does not fit now. MostAllocated takes the
 // GPUs with the least memory left that still fit (best fit, keeps large GPUs whole);
 // LeastAllocated the emptiest. Ties go to the lower index, so choices are deterministic.
-func (n *nodeGPUs) choose(d demand, strategy config.ScoringStrategyType) []*gpu {
+func (n *nodeGPUs) choose(d Demand, strategy config.ScoringStrategyType) []*gpu {
 	var fit []*gpu
 	for i := range n.gpus {
 		if n.gpus[i].fits(d, n.slotsPerGPU) {
 			fit = append(fit, &n.gpus[i])
 		}
 	}
-	if len(fit) < d.count {
+	if len(fit) < d.Count {
 		return nil
 	}
 	slices.SortFunc(fit, func(a, b *gpu) int {
-		left := cmp.Compare(a.free()-d.on(a.total), b.free()-d.on(b.total))
+		left := cmp.Compare(a.free()-d.On(a.total), b.free()-d.On(b.total))
 		if strategy == config.LeastAllocated {
 			left = -left
 		}
 		return cmp.Or(left, cmp.Compare(a.index, b.index))
 	})
-	return fit[:d.count]
+	return fit[:d.Count]
 }
 
 // score rates a choice from 0 to 100: the share of the chosen GPUs' memory in use once the pod is
 // on them (MostAllocated), or the share left free (LeastAllocated).
-func score(chosen []*gpu, d demand, strategy config.ScoringStrategyType) int64 {
+func score(chosen []*gpu, d Demand, strategy config.ScoringStrategyType) int64 {
 	var used, total int64
 	for _, g := range chosen {
-		used += g.used + d.on(g.total)
+		used += g.used + d.On(g.total)
 		total += g.total
 	}
 	if total == 0 {

@@ -85,7 +85,7 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 		}
 	}
 
-	pl := newGPUShare(h, args.ScoringStrategy, gpuNodes.Lister())
+	pl := NewWithLister(h, args, gpuNodes.Lister())
 	if h.ClientSet() != nil {
 		pl.patchPod = func(ctx context.Context, namespace, name string, patch []byte) error {
 			_, err := h.ClientSet().CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
@@ -111,8 +111,10 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	return pl, nil
 }
 
-func newGPUShare(h framework.Handle, strategy config.ScoringStrategyType, gpuNodes listers.GPUNodeLister) *GPUShare {
-	return &GPUShare{handle: h, strategy: strategy, gpuNodes: gpuNodes, reserved: newReservations()}
+// NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
+// its own informer, tests with a fixed one. args must be valid.
+func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
+	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, reserved: newReservations()}
 }
 
 // Name returns the plugin's name.
@@ -123,6 +125,7 @@ func (pl *GPUShare) Name() string { return Name }
 func (pl *GPUShare) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: gpuNodeResource, ActionType: fwk.Add | fwk.Update}, QueueingHintFn: isSchedulableAfterGPUNodeChange},
+		{Event: fwk.ClusterEvent{Resource: gpuCheckpointResource, ActionType: fwk.Add | fwk.Update}, QueueingHintFn: isSchedulableAfterGPUCheckpointChange},
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDeleted},
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterPodUpdated},
 	}, nil
@@ -130,11 +133,11 @@ func (pl *GPUShare) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithH
 
 // PreFilter parses the pod's demand once. Pods that ask for no GPU skip the plugin.
 func (pl *GPUShare) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*framework.PreFilterResult, *fwk.Status) {
-	d, err := podDemand(pod)
+	d, err := PodDemand(pod)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
-	if d.count == 0 {
+	if d.Count == 0 {
 		return nil, fwk.NewStatus(fwk.Skip)
 	}
 	state.Write(stateKey, &preFilterState{demand: d})
@@ -272,24 +275,24 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*nodeGPUs, *fwk.Status) {
 	return newNodeGPUs(gn, pods, pl.reserved.gpus), nil
 }
 
-func neverFits(d demand) string {
+func neverFits(d Demand) string {
 	return "node has too few GPUs " + describe(d)
 }
 
-func notNow(d demand) string {
+func notNow(d Demand) string {
 	return "node has too few free GPUs " + describe(d)
 }
 
-func describe(d demand) string {
+func describe(d Demand) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "(pod needs %d", d.count)
-	if d.model != "" {
-		fmt.Fprintf(&b, " %s", d.model)
+	fmt.Fprintf(&b, "(pod needs %d", d.Count)
+	if d.Model != "" {
+		fmt.Fprintf(&b, " %s", d.Model)
 	}
-	if d.whole() {
+	if d.Whole() {
 		b.WriteString(" whole GPUs)")
 	} else {
-		fmt.Fprintf(&b, " with %s each)", formatBytes(d.bytes))
+		fmt.Fprintf(&b, " with %s each)", formatBytes(d.Bytes))
 	}
 	return b.String()
 }

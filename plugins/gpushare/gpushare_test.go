@@ -66,7 +66,7 @@ func newTestPlugin(t *testing.T, strategy config.ScoringStrategyType, gns ...*kv
 			t.Fatal(err)
 		}
 	}
-	return newGPUShare(nil, strategy, listers.NewGPUNodeLister(indexer))
+	return NewWithLister(nil, &config.GPUShareArgs{ScoringStrategy: strategy}, listers.NewGPUNodeLister(indexer))
 }
 
 func nodeInfo(name string, pods ...*v1.Pod) fwk.NodeInfo {
@@ -88,15 +88,15 @@ func TestPreFilter(t *testing.T) {
 		pod      *v1.Pod
 		wantCode fwk.Code
 		wantMsg  string
-		want     demand
+		want     Demand
 	}{
 		{name: "no GPU request skips", pod: st.MakePod().Name("p").Obj(), wantCode: fwk.Skip},
-		{name: "whole GPUs", pod: gpuPod("p", 2, "").Obj(), want: demand{count: 2}},
-		{name: "memory per GPU", pod: gpuPod("p", 1, "40Gi").Obj(), want: demand{count: 1, bytes: 40 * gi}},
+		{name: "whole GPUs", pod: gpuPod("p", 2, "").Obj(), want: Demand{Count: 2}},
+		{name: "memory per GPU", pod: gpuPod("p", 1, "40Gi").Obj(), want: Demand{Count: 1, Bytes: 40 * gi}},
 		{
 			name: "model",
 			pod:  gpuPod("p", 1, "").Annotation(kv1.AnnotationGPUModel, "NVIDIA-H100-80GB-HBM3").Obj(),
-			want: demand{count: 1, model: "NVIDIA-H100-80GB-HBM3"},
+			want: Demand{Count: 1, Model: "NVIDIA-H100-80GB-HBM3"},
 		},
 		{
 			name:     "malformed memory",
@@ -124,7 +124,7 @@ func TestPreFilter(t *testing.T) {
 					Limits: v1.ResourceList{kv1.ResourceGPU: resource.MustParse("3")}}}}
 				return p
 			}(),
-			want: demand{count: 3},
+			want: Demand{Count: 3},
 		},
 	}
 	for _, tt := range tests {
@@ -146,7 +146,7 @@ func TestPreFilter(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, s.demand, cmp.AllowUnexported(demand{})); diff != "" {
+			if diff := cmp.Diff(tt.want, s.demand); diff != "" {
 				t.Errorf("demand (-want +got):\n%s", diff)
 			}
 		})
@@ -359,7 +359,7 @@ func TestChooseStrategies(t *testing.T) {
 	gn := gpuNode("n", 80, 80, 80)
 	gn.Spec.SlotsPerGPU = ptr.To[int32](4)
 	pods := []*v1.Pod{on(gpuPod("a", 1, "40Gi"), "n", 0), on(gpuPod("b", 1, "20Gi"), "n", 2)}
-	d := demand{count: 1, bytes: 20 * gi}
+	d := Demand{Count: 1, Bytes: 20 * gi}
 	tests := []struct {
 		strategy config.ScoringStrategyType
 		want     []string

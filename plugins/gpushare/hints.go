@@ -12,16 +12,19 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
-// gpuNodeResource names GPUNode events in the form the scheduler's dynamic informers use:
+// GPUNode and GPUCheckpoint events, named as the scheduler's dynamic informers name them:
 // <plural>.<version>.<group>.
-const gpuNodeResource fwk.EventResource = "gpunodes.v1alpha1.kybernate.io"
+const (
+	gpuNodeResource       fwk.EventResource = "gpunodes.v1alpha1.kybernate.io"
+	gpuCheckpointResource fwk.EventResource = "gpucheckpoints.v1alpha1.kybernate.io"
+)
 
 // isSchedulableAfterGPUNodeChange queues the pod when a GPUNode appears with GPUs the pod could
 // use, or when an update gives the node more room: a GPU added, memory used by foreign
 // processes gone, or more slots per GPU.
 func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
-	d, err := podDemand(pod)
-	if err != nil || d.count == 0 {
+	d, err := PodDemand(pod)
+	if err != nil || d.Count == 0 {
 		return fwk.QueueSkip, nil
 	}
 	newGN, err := asGPUNode(newObj)
@@ -56,13 +59,45 @@ func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, ne
 	return fwk.QueueSkip, nil
 }
 
+// isSchedulableAfterGPUCheckpointChange queues the pod when a suspension or checkpoint freed
+// VRAM, and when a suspension made for this pod ended either way (on failure the pod may go
+// elsewhere).
+func isSchedulableAfterGPUCheckpointChange(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
+	ck, err := asGPUCheckpoint(newObj)
+	if err != nil {
+		return fwk.Queue, err
+	}
+	ended := func(p kv1.CheckpointPhase) bool { return p == kv1.PhaseSucceeded || p == kv1.PhaseFailed }
+	if oldObj != nil {
+		old, err := asGPUCheckpoint(oldObj)
+		if err != nil {
+			return fwk.Queue, err
+		}
+		if ended(old.Status.Phase) {
+			return fwk.QueueSkip, nil
+		}
+	}
+	if !ended(ck.Status.Phase) {
+		return fwk.QueueSkip, nil
+	}
+	if ck.Spec.Preemptor != nil && ck.Spec.Preemptor.UID == string(pod.UID) {
+		logger.V(5).Info("Suspension for the pod ended", "pod", klog.KObj(pod), "gpuCheckpoint", klog.KObj(ck), "phase", ck.Status.Phase)
+		return fwk.Queue, nil
+	}
+	freed := ck.Spec.Action == kv1.ActionSuspend || ck.Spec.Action == kv1.ActionCheckpoint
+	if ck.Status.Phase == kv1.PhaseSucceeded && freed {
+		return fwk.Queue, nil
+	}
+	return fwk.QueueSkip, nil
+}
+
 // isSchedulableAfterPodDeleted queues the pod when a pod that held GPUs is gone.
 func isSchedulableAfterPodDeleted(logger klog.Logger, pod *v1.Pod, oldObj, _ interface{}) (fwk.QueueingHint, error) {
 	deleted, ok := asPod(oldObj)
 	if !ok {
 		return fwk.Queue, fmt.Errorf("unexpected object %T in a pod delete event", oldObj)
 	}
-	if deleted.Spec.NodeName == "" || len(assignedGPUs(deleted)) == 0 {
+	if deleted.Spec.NodeName == "" || len(AssignedGPUs(deleted)) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	logger.V(5).Info("Pod holding GPUs deleted", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted))
@@ -83,10 +118,10 @@ func isSchedulableAfterPodUpdated(logger klog.Logger, pod *v1.Pod, oldObj, newOb
 		}
 		return fwk.QueueSkip, nil
 	}
-	if len(assignedGPUs(oldPod)) == 0 {
+	if len(AssignedGPUs(oldPod)) == 0 {
 		return fwk.QueueSkip, nil
 	}
-	if resident(oldPod) && !resident(newPod) {
+	if Resident(oldPod) && !Resident(newPod) {
 		logger.V(5).Info("Pod left its GPUs", "pod", klog.KObj(pod), "suspendedPod", klog.KObj(newPod))
 		return fwk.Queue, nil
 	}
@@ -102,14 +137,28 @@ func gpuRequestChanged(oldPod, newPod *v1.Pod) bool {
 			return true
 		}
 	}
-	oldD, oldErr := podDemand(oldPod)
-	newD, newErr := podDemand(newPod)
+	oldD, oldErr := PodDemand(oldPod)
+	newD, newErr := PodDemand(newPod)
 	return (oldErr == nil) != (newErr == nil) || oldD != newD
 }
 
 func asPod(obj interface{}) (*v1.Pod, bool) {
 	pod, ok := obj.(*v1.Pod)
 	return pod, ok && pod != nil
+}
+
+func asGPUCheckpoint(obj interface{}) (*kv1.GPUCheckpoint, error) {
+	switch o := obj.(type) {
+	case *kv1.GPUCheckpoint:
+		return o, nil
+	case *unstructured.Unstructured:
+		ck := &kv1.GPUCheckpoint{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.UnstructuredContent(), ck); err != nil {
+			return nil, fmt.Errorf("converting GPUCheckpoint %s: %w", o.GetName(), err)
+		}
+		return ck, nil
+	}
+	return nil, fmt.Errorf("unexpected object %T in a GPUCheckpoint event", obj)
 }
 
 // asGPUNode accepts the typed object and the unstructured one the dynamic informer delivers.

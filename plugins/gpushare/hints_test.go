@@ -137,3 +137,43 @@ func TestIsSchedulableAfterPodUpdated(t *testing.T) {
 		})
 	}
 }
+
+func TestIsSchedulableAfterGPUCheckpointChange(t *testing.T) {
+	pod := gpuPod("p", 1, "40Gi").UID("p-uid").Obj()
+	ck := func(action kv1.CheckpointAction, phase kv1.CheckpointPhase, preemptor string) *kv1.GPUCheckpoint {
+		c := &kv1.GPUCheckpoint{Spec: kv1.GPUCheckpointSpec{PodName: "v", Action: action}, Status: kv1.GPUCheckpointStatus{Phase: phase}}
+		if preemptor != "" {
+			c.Spec.Preemptor = &kv1.PodReference{Name: "x", UID: preemptor}
+		}
+		return c
+	}
+	tests := []struct {
+		name     string
+		old, new interface{}
+		want     fwk.QueueingHint
+		wantErr  bool
+	}{
+		{name: "suspension for the pod succeeded", old: ck(kv1.ActionSuspend, kv1.PhaseInProgress, "p-uid"), new: ck(kv1.ActionSuspend, kv1.PhaseSucceeded, "p-uid"), want: fwk.Queue},
+		{name: "suspension for the pod failed", old: ck(kv1.ActionSuspend, kv1.PhaseInProgress, "p-uid"), new: ck(kv1.ActionSuspend, kv1.PhaseFailed, "p-uid"), want: fwk.Queue},
+		{name: "another pod's suspension freed VRAM", old: ck(kv1.ActionSuspend, kv1.PhaseInProgress, "other"), new: ck(kv1.ActionSuspend, kv1.PhaseSucceeded, "other"), want: fwk.Queue},
+		{name: "another pod's suspension failed", old: ck(kv1.ActionSuspend, kv1.PhaseInProgress, "other"), new: ck(kv1.ActionSuspend, kv1.PhaseFailed, "other"), want: fwk.QueueSkip},
+		{name: "a resume takes VRAM", old: ck(kv1.ActionResume, kv1.PhaseInProgress, ""), new: ck(kv1.ActionResume, kv1.PhaseSucceeded, ""), want: fwk.QueueSkip},
+		{name: "still in progress", old: ck(kv1.ActionSuspend, kv1.PhasePending, "p-uid"), new: ck(kv1.ActionSuspend, kv1.PhaseInProgress, "p-uid"), want: fwk.QueueSkip},
+		{name: "already ended before", old: ck(kv1.ActionSuspend, kv1.PhaseSucceeded, "p-uid"), new: ck(kv1.ActionSuspend, kv1.PhaseSucceeded, "p-uid"), want: fwk.QueueSkip},
+		{name: "created", new: ck(kv1.ActionSuspend, "", "p-uid"), want: fwk.QueueSkip},
+		{name: "unstructured", old: unstructuredOf(t, ck(kv1.ActionSuspend, kv1.PhaseInProgress, "p-uid")), new: unstructuredOf(t, ck(kv1.ActionSuspend, kv1.PhaseFailed, "p-uid")), want: fwk.Queue},
+		{name: "not a GPUCheckpoint", new: &v1.Node{}, want: fwk.Queue, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logger, _ := ktesting.NewTestContext(t)
+			got, err := isSchedulableAfterGPUCheckpointChange(logger, pod, tt.old, tt.new)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("error = %v, wantErr %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("hint = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

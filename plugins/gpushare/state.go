@@ -9,7 +9,7 @@ const stateKey fwk.StateKey = Name + "/demand"
 
 // preFilterState is the pod's GPU demand, parsed once per scheduling cycle.
 type preFilterState struct {
-	demand demand
+	demand Demand
 }
 
 // Clone returns a copy; the state holds no references, so a value copy is deep.

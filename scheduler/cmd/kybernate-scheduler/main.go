@@ -7,17 +7,10 @@ import (
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
-	"k8s.io/kubernetes/cmd/kube-scheduler/app"
-	"sigs.k8s.io/scheduler-plugins/pkg/coscheduling"
 
-	_ "github.com/kybernate/kybernate/apis/config/scheme" // our plugin args in the scheduler's scheme
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/scheduler/app"
 )
 
 func main() {
-	command := app.NewSchedulerCommand(
-		app.WithPlugin(gpushare.Name, gpushare.New),
-		app.WithPlugin(coscheduling.Name, coscheduling.New),
-	)
-	os.Exit(cli.Run(command))
+	os.Exit(cli.Run(app.NewCommand()))
 }

@@ -1,0 +1,345 @@
+// Package checkpointpreemption is the PostFilter plugin that makes room for a higher-priority GPU
+// pod by suspending lower-priority GPU pods instead of deleting them.
+//
+// It runs the framework's preemption.Evaluator with its own victim selection: on each node the
+// candidates are lower-priority, GPU-resident pods that may be suspended (kybernate.io/preemption
+// is not Never, kybernate.io/min-runtime has passed since their last resume, no operation in
+// flight). A dry run replaces each candidate by its suspended self (still bound, holding its
+// slot, no VRAM) and keeps the cheapest set that lets the preemptor fit: fewest bytes to move,
+// then lowest priority, then longest on the GPU. The victims' VRAM must fit in the node's
+// parkable host memory. For each victim the plugin creates a GPUCheckpoint (Suspend, reason
+// Preemption) that the node agent carries out; no pod is ever deleted. The preemptor is
+// nominated to the node and binds once the victims are Suspended.
+package checkpointpreemption
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	policy "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/klog/v2"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/preemption"
+
+	"github.com/kybernate/kybernate/apis/config"
+	"github.com/kybernate/kybernate/apis/config/validation"
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/plugins/gpushare"
+)
+
+// Name is the plugin's name in a KubeSchedulerConfiguration.
+const Name = "CheckpointPreemption"
+
+// LabelPreemptor is set on the GPUCheckpoints a preemption creates: the preemptor's UID.
+const LabelPreemptor = "kybernate.io/preemptor-uid"
+
+const informerSyncTimeout = time.Minute
+
+// CheckpointPreemption suspends lower-priority GPU pods to make room for a GPU pod.
+type CheckpointPreemption struct {
+	fh          framework.Handle
+	args        config.CheckpointPreemptionArgs
+	evaluator   *preemption.Evaluator
+	gpuNodes    listers.GPUNodeLister
+	checkpoints listers.GPUCheckpointLister
+	// createCheckpoint creates a GPUCheckpoint; a field so tests can see what is created.
+	createCheckpoint func(ctx context.Context, ck *kv1.GPUCheckpoint) error
+	now              func() time.Time
+}
+
+var (
+	_ framework.PostFilterPlugin = &CheckpointPreemption{}
+	_ preemption.Interface       = &CheckpointPreemption{}
+)
+
+// New builds the plugin from its args, with informers on GPUNodes and GPUCheckpoints.
+func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framework.Plugin, error) {
+	args, ok := obj.(*config.CheckpointPreemptionArgs)
+	if !ok {
+		return nil, fmt.Errorf("want args of type CheckpointPreemptionArgs, got %T", obj)
+	}
+	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
+		return nil, err
+	}
+	client, err := versioned.NewForConfig(fh.KubeConfig())
+	if err != nil {
+		return nil, fmt.Errorf("creating kybernate client: %w", err)
+	}
+	factory := externalversions.NewSharedInformerFactory(client, 0)
+	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
+	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
+	gpuNodes.Informer()
+	checkpoints.Informer()
+	factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
+	defer cancel()
+	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
+		if !synced {
+			return nil, fmt.Errorf("listing %v timed out after %v: are the CRDs installed (manifests/crds) and may the scheduler list them?", typ, informerSyncTimeout)
+		}
+	}
+	pl := newPlugin(fh, *args, gpuNodes.Lister(), checkpoints.Lister())
+	pl.createCheckpoint = func(ctx context.Context, ck *kv1.GPUCheckpoint) error {
+		_, err := client.KybernateV1alpha1().GPUCheckpoints(ck.Namespace).Create(ctx, ck, metav1.CreateOptions{})
+		return err
+	}
+	// Suspensions are quick to request; the agent does the slow part. So the evaluator runs
+	// them synchronously and nominates the node once every GPUCheckpoint exists.
+	pl.evaluator = preemption.NewEvaluator(Name, fh, pl, false)
+	pl.evaluator.PreemptPod = pl.suspend
+	return pl, nil
+}
+
+func newPlugin(fh framework.Handle, args config.CheckpointPreemptionArgs, gpuNodes listers.GPUNodeLister, checkpoints listers.GPUCheckpointLister) *CheckpointPreemption {
+	return &CheckpointPreemption{fh: fh, args: args, gpuNodes: gpuNodes, checkpoints: checkpoints, now: time.Now}
+}
+
+// Name returns the plugin's name.
+func (pl *CheckpointPreemption) Name() string { return Name }
+
+// PostFilter suspends victims for a GPU pod that fits nowhere. Pods that ask for no GPU are left
+// to the next PostFilter plugin (DefaultPreemption). For GPU pods a failure is final for this
+// cycle (UnschedulableAndUnresolvable), so that no later plugin deletes pods to make room.
+func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, m framework.NodeToStatusReader) (*framework.PostFilterResult, *fwk.Status) {
+	d, err := gpushare.PodDemand(pod)
+	if err != nil || d.Count == 0 {
+		return nil, fwk.NewStatus(fwk.Unschedulable, "not a GPU pod")
+	}
+	result, status := pl.evaluator.Preempt(ctx, state, pod, m)
+	if status.IsSuccess() {
+		return result, status
+	}
+	if status.Code() == fwk.Error {
+		return result, status
+	}
+	return result, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "suspension: "+status.Message())
+}
+
+// GetOffsetAndNumCandidates shortlists nodes for the dry run, as DefaultPreemption does.
+func (pl *CheckpointPreemption) GetOffsetAndNumCandidates(numNodes int32) (int32, int32) {
+	n := max(numNodes*pl.args.MinCandidateNodesPercentage/100, pl.args.MinCandidateNodesAbsolute)
+	return 0, min(n, numNodes)
+}
+
+// CandidatesToVictimsMap maps node names to their victims.
+func (pl *CheckpointPreemption) CandidatesToVictimsMap(candidates []preemption.Candidate) map[string]*extenderv1.Victims {
+	m := make(map[string]*extenderv1.Victims, len(candidates))
+	for _, c := range candidates {
+		m[c.Name()] = c.Victims()
+	}
+	return m
+}
+
+// PodEligibleToPreemptOthers refuses a preemptor whose earlier suspensions are still in flight:
+// it waits for them instead of choosing more victims.
+func (pl *CheckpointPreemption) PodEligibleToPreemptOthers(_ context.Context, pod *v1.Pod, nominatedNodeStatus *fwk.Status) (bool, string) {
+	if pod.Spec.PreemptionPolicy != nil && *pod.Spec.PreemptionPolicy == v1.PreemptNever {
+		return false, "not eligible due to preemptionPolicy=Never"
+	}
+	if n := pl.inFlight(pod); n > 0 {
+		return false, fmt.Sprintf("waiting for %d suspension(s) made for this pod", n)
+	}
+	if pod.Status.NominatedNodeName != "" && nominatedNodeStatus.Code() != fwk.UnschedulableAndUnresolvable {
+		if nodeInfo, _ := pl.fh.SnapshotSharedLister().NodeInfos().Get(pod.Status.NominatedNodeName); nodeInfo != nil {
+			for _, p := range nodeInfo.GetPods() {
+				if p.GetPod().Annotations[kv1.AnnotationState] == string(kv1.PodSuspending) {
+					return false, "waiting for a pod on the nominated node to finish suspending"
+				}
+			}
+		}
+	}
+	return true, ""
+}
+
+// inFlight counts the GPUCheckpoints made for the preemptor that have not ended.
+func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, ck := range cks {
+		if ck.Status.Phase != kv1.PhaseSucceeded && ck.Status.Phase != kv1.PhaseFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// SelectVictimsOnNode finds the cheapest set of pods on the node whose suspension lets the
+// preemptor fit. nodeInfo and state are copies the plugin may change.
+func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo, _ []*policy.PodDisruptionBudget) ([]*v1.Pod, int, *fwk.Status) {
+	logger := klog.FromContext(ctx)
+	node := nodeInfo.Node()
+	gn, err := pl.gpuNodes.Get(node.Name)
+	if apierrors.IsNotFound(err) {
+		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode")
+	}
+	if err != nil {
+		return nil, 0, fwk.AsStatus(err)
+	}
+	gpuTotal := gpuSizes(gn)
+
+	now := pl.now()
+	var candidates []victim
+	for _, pi := range nodeInfo.GetPods() {
+		p := pi.GetPod()
+		if why := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now); why != "" {
+			logger.V(5).Info("Pod may not be suspended", "pod", klog.KObj(p), "reason", why)
+			continue
+		}
+		candidates = append(candidates, victim{pod: p, bytes: podBytes(p, gpuTotal), resumedAt: residentSince(p)})
+	}
+	if len(candidates) == 0 {
+		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "no pod on the node may be suspended")
+	}
+
+	// swap replaces one pod on the node by another, telling the PreFilter extensions.
+	swap := func(from, to *v1.Pod) error {
+		if err := nodeInfo.RemovePod(logger, from); err != nil {
+			return err
+		}
+		fromInfo, err := framework.NewPodInfo(from)
+		if err != nil {
+			return err
+		}
+		if s := pl.fh.RunPreFilterExtensionRemovePod(ctx, state, pod, fromInfo, nodeInfo); !s.IsSuccess() {
+			return s.AsError()
+		}
+		toInfo, err := framework.NewPodInfo(to)
+		if err != nil {
+			return err
+		}
+		nodeInfo.AddPodInfo(toInfo)
+		if s := pl.fh.RunPreFilterExtensionAddPod(ctx, state, pod, toInfo, nodeInfo); !s.IsSuccess() {
+			return s.AsError()
+		}
+		return nil
+	}
+
+	// Suspend every candidate; if the preemptor does not fit even then, this node cannot help.
+	asSuspended := make(map[*v1.Pod]*v1.Pod, len(candidates))
+	for _, c := range candidates {
+		asSuspended[c.pod] = suspended(c.pod)
+		if err := swap(c.pod, asSuspended[c.pod]); err != nil {
+			return nil, 0, fwk.AsStatus(err)
+		}
+	}
+	if s := pl.fh.RunFilterPluginsWithNominatedPods(ctx, state, pod, nodeInfo); !s.IsSuccess() {
+		return nil, 0, s
+	}
+
+	// Reprieve the dearest candidates first; whoever must stay suspended is a victim.
+	sortByCost(candidates)
+	var victims []victim
+	for i := len(candidates) - 1; i >= 0; i-- {
+		c := candidates[i]
+		if err := swap(asSuspended[c.pod], c.pod); err != nil {
+			return nil, 0, fwk.AsStatus(err)
+		}
+		if pl.fh.RunFilterPluginsWithNominatedPods(ctx, state, pod, nodeInfo).IsSuccess() {
+			continue
+		}
+		if err := swap(c.pod, asSuspended[c.pod]); err != nil {
+			return nil, 0, fwk.AsStatus(err)
+		}
+		victims = append(victims, c)
+	}
+	sortByCost(victims)
+
+	var parked int64
+	pods := make([]*v1.Pod, len(victims))
+	for i, v := range victims {
+		parked += v.bytes
+		pods[i] = v.pod
+	}
+	if parkable := gn.Status.HostMemory.ParkableBytes; parked > parkable {
+		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
+			fmt.Sprintf("suspending would park %s of GPU memory but the node can park only %s", gib(parked), gib(parkable)))
+	}
+	return pods, 0, nil
+}
+
+// OrderedScoreFuncs prefers the node where the suspensions move the fewest bytes.
+func (pl *CheckpointPreemption) OrderedScoreFuncs(_ context.Context, nodesToVictims map[string]*extenderv1.Victims) []func(node string) int64 {
+	return []func(string) int64{func(node string) int64 {
+		gn, err := pl.gpuNodes.Get(node)
+		if err != nil {
+			return 0
+		}
+		total := gpuSizes(gn)
+		var bytes int64
+		for _, p := range nodesToVictims[node].Pods {
+			bytes += podBytes(p, total)
+		}
+		return -bytes
+	}}
+}
+
+// suspend replaces the evaluator's PreemptPod: instead of deleting the victim it asks the node
+// agent to suspend it, through a GPUCheckpoint.
+func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candidate, preemptor, victim *v1.Pod, _ string) error {
+	logger := klog.FromContext(ctx)
+	if waiting := pl.fh.GetWaitingPod(victim.UID); waiting != nil {
+		// Not bound yet: nothing to suspend; it goes back to the queue.
+		waiting.Reject(Name, "preempted")
+		return nil
+	}
+	ck := &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      checkpointName(victim, preemptor),
+			Namespace: victim.Namespace,
+			Labels:    map[string]string{LabelPreemptor: string(preemptor.UID)},
+		},
+		Spec: kv1.GPUCheckpointSpec{
+			PodName:   victim.Name,
+			PodUID:    string(victim.UID),
+			Action:    kv1.ActionSuspend,
+			Reason:    kv1.ReasonPreemption,
+			Preemptor: &kv1.PodReference{Namespace: preemptor.Namespace, Name: preemptor.Name, UID: string(preemptor.UID)},
+		},
+	}
+	if err := pl.createCheckpoint(ctx, ck); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("requesting the suspension of pod %s: %w", klog.KObj(victim), err)
+	}
+	logger.V(2).Info("Suspending pod for a preemptor", "victim", klog.KObj(victim), "preemptor", klog.KObj(preemptor), "node", c.Name(), "gpuCheckpoint", klog.KObj(ck))
+	pl.fh.EventRecorder().Eventf(victim, preemptor, v1.EventTypeNormal, "Preempted", "Suspending",
+		"Preempted by pod %s on node %s: suspending its GPU memory to host memory (GPUCheckpoint %s)", klog.KObj(preemptor), c.Name(), ck.Name)
+	return nil
+}
+
+// checkpointName is deterministic, so a retried preemption does not request a second
+// suspension of the same victim for the same preemptor.
+func checkpointName(victim, preemptor *v1.Pod) string {
+	uid := string(preemptor.UID)
+	if len(uid) > 8 {
+		uid = uid[:8]
+	}
+	name := victim.Name
+	if limit := 253 - len("-suspend-") - len(uid); len(name) > limit {
+		name = name[:limit]
+	}
+	return name + "-suspend-" + uid
+}
+
+func gpuSizes(gn *kv1.GPUNode) map[string]int64 {
+	m := make(map[string]int64, len(gn.Status.GPUs))
+	for _, g := range gn.Status.GPUs {
+		m[g.UUID] = g.MemoryTotalBytes
+	}
+	return m
+}
+
+func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }

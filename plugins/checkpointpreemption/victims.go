@@ -1,0 +1,112 @@
+package checkpointpreemption
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/plugins/gpushare"
+)
+
+// victim is a pod that a preemptor may suspend, with what suspending it costs.
+type victim struct {
+	pod *v1.Pod
+	// bytes of VRAM the suspension moves into host memory.
+	bytes int64
+	// resumedAt is when the pod last became GPU-resident.
+	resumedAt time.Time
+}
+
+// ineligibility says why a pod on the preemptor's node cannot be a victim, or "" when it can.
+func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now time.Time) string {
+	if corev1helpers.PodPriority(pod) >= corev1helpers.PodPriority(preemptor) {
+		return "priority not lower than the preemptor's"
+	}
+	if len(gpushare.AssignedGPUs(pod)) == 0 {
+		return "holds no GPU" // never deleted to make room: Kybernate only suspends
+	}
+	if d, err := gpushare.PodDemand(pod); err != nil || d.Count == 0 {
+		return "no valid GPU request"
+	}
+	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
+	case "", kv1.PodRunning:
+	default:
+		return "GPU state " + pod.Annotations[kv1.AnnotationState]
+	}
+	if strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever)) {
+		return kv1.AnnotationPreemption + "=Never"
+	}
+	if pod.DeletionTimestamp != nil {
+		return "terminating"
+	}
+	minRuntime := defaultMinRuntime
+	if s, ok := pod.Annotations[kv1.AnnotationMinRuntime]; ok {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			// A malformed annotation protects the pod rather than exposing it.
+			return "malformed " + kv1.AnnotationMinRuntime
+		}
+		minRuntime = d
+	}
+	if now.Sub(residentSince(pod)) < minRuntime {
+		return kv1.AnnotationMinRuntime + " not reached"
+	}
+	return ""
+}
+
+// residentSince is when the pod last became GPU-resident: the transition of its
+// kybernate.io/GPUResident condition to True, else its start.
+func residentSince(pod *v1.Pod) time.Time {
+	for _, c := range pod.Status.Conditions {
+		if string(c.Type) == kv1.ConditionGPUResident && c.Status == v1.ConditionTrue {
+			return c.LastTransitionTime.Time
+		}
+	}
+	if pod.Status.StartTime != nil {
+		return pod.Status.StartTime.Time
+	}
+	return pod.CreationTimestamp.Time
+}
+
+// podBytes is the VRAM a pod holds on its GPUs, given the size of each GPU by UUID.
+func podBytes(pod *v1.Pod, gpuTotal map[string]int64) int64 {
+	d, err := gpushare.PodDemand(pod)
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, uuid := range gpushare.AssignedGPUs(pod) {
+		sum += d.On(gpuTotal[uuid])
+	}
+	return sum
+}
+
+// byCost orders victims from the cheapest to suspend to the dearest: fewer bytes to move, then
+// lower priority, then longer on the GPU since the last resume (the pod that has had its turn
+// goes first).
+func byCost(a, b victim) int {
+	return cmp.Or(
+		cmp.Compare(a.bytes, b.bytes),
+		cmp.Compare(corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod)),
+		a.resumedAt.Compare(b.resumedAt),
+		strings.Compare(a.pod.Namespace+"/"+a.pod.Name, b.pod.Namespace+"/"+b.pod.Name),
+	)
+}
+
+func sortByCost(vs []victim) { slices.SortFunc(vs, byCost) }
+
+// suspended returns a copy of the pod as it will be once suspended: still bound, holding its
+// slot, but with no VRAM on its GPUs.
+func suspended(pod *v1.Pod) *v1.Pod {
+	c := pod.DeepCopy()
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Annotations[kv1.AnnotationState] = string(kv1.PodSuspended)
+	return c
+}
