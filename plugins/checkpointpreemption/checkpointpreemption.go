@@ -37,6 +37,7 @@ import (
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/scheduler/resume"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -80,8 +81,11 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
-	gpuNodes.Informer()
-	checkpoints.Informer()
+	// The controller that resumes the pods this plugin suspends runs in the same process.
+	if err := resume.Start(ctx, fh.ClientSet(), client, fh.SharedInformerFactory().Core().V1().Pods(),
+		gpuNodes, checkpoints, fh.EventRecorder()); err != nil {
+		return nil, fmt.Errorf("starting the resume controller: %w", err)
+	}
 	factory.Start(ctx.Done())
 	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
 	defer cancel()
@@ -302,6 +306,8 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 			Name:      checkpointName(victim, preemptor),
 			Namespace: victim.Namespace,
 			Labels:    map[string]string{LabelPreemptor: string(preemptor.UID)},
+			// Gone with the pod.
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: victim.Name, UID: victim.UID}},
 		},
 		Spec: kv1.GPUCheckpointSpec{
 			PodName:   victim.Name,

@@ -254,7 +254,10 @@ func TestSuspendCreatesGPUCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []*kv1.GPUCheckpoint{{
-		ObjectMeta: metav1.ObjectMeta{Name: "victim-suspend-01234567", Namespace: "ns", Labels: map[string]string{LabelPreemptor: "0123456789abcdef"}},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "victim-suspend-01234567", Namespace: "ns", Labels: map[string]string{LabelPreemptor: "0123456789abcdef"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: "victim", UID: "victim"}},
+		},
 		Spec: kv1.GPUCheckpointSpec{
 			PodName: "victim", PodUID: "victim", Action: kv1.ActionSuspend, Reason: kv1.ReasonPreemption,
 			Preemptor: &kv1.PodReference{Namespace: "ns", Name: "hi", UID: "0123456789abcdef"},

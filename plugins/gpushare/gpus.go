@@ -176,3 +176,93 @@ func uuids(chosen []*gpu) []string {
 	}
 	return out
 }
+
+// Accounting is the GPU accounting of one node for code that places pods on GPUs outside a
+// scheduling cycle, such as the scheduler's resume controller. It follows the same rules as the
+// plugin's Filter.
+type Accounting struct{ n *nodeGPUs }
+
+// NewAccounting accounts a node's GPUs from its GPUNode and the pods bound to it.
+func NewAccounting(gn *kv1.GPUNode, pods []*v1.Pod) *Accounting {
+	return &Accounting{n: newNodeGPUs(gn, pods, nil)}
+}
+
+// Fits reports whether the demand fits on exactly these GPUs now.
+func (a *Accounting) Fits(d Demand, uuids []string) bool {
+	if len(uuids) != d.Count {
+		return false
+	}
+	for _, u := range uuids {
+		g := a.gpu(u)
+		if g == nil || !g.fits(d, a.n.slotsPerGPU) {
+			return false
+		}
+	}
+	return true
+}
+
+// FitsSlotHeld is Fits for a pod that already holds a slot on the given GPUs (a suspended pod
+// that resumes where it was): only the VRAM must be free.
+func (a *Accounting) FitsSlotHeld(d Demand, uuids []string) bool {
+	if len(uuids) != d.Count {
+		return false
+	}
+	for _, u := range uuids {
+		g := a.gpu(u)
+		if g == nil || !g.compatible(d) || (d.Whole() && g.used != 0) || (!d.Whole() && d.Bytes > g.free()) {
+			return false
+		}
+	}
+	return true
+}
+
+// Choose picks GPUs for the demand by the strategy, or returns nil when it does not fit now.
+func (a *Accounting) Choose(d Demand, strategy config.ScoringStrategyType) []string {
+	chosen := a.n.choose(d, strategy)
+	if chosen == nil {
+		return nil
+	}
+	return uuids(chosen)
+}
+
+// Take records a pod resident on the GPUs: a slot and the demand's VRAM on each.
+func (a *Accounting) Take(d Demand, uuids []string) {
+	a.Hold(uuids)
+	a.Use(d, uuids)
+}
+
+// Use records the demand's VRAM on the GPUs of a pod that holds its slots already.
+func (a *Accounting) Use(d Demand, uuids []string) {
+	for _, u := range uuids {
+		if g := a.gpu(u); g != nil {
+			g.used += d.On(g.total)
+		}
+	}
+}
+
+// Release forgets a pod's slot on the GPUs (it moves elsewhere).
+func (a *Accounting) Release(uuids []string) {
+	for _, u := range uuids {
+		if g := a.gpu(u); g != nil && g.pods > 0 {
+			g.pods--
+		}
+	}
+}
+
+// Hold records a pod's slot on the GPUs without VRAM (a suspended pod).
+func (a *Accounting) Hold(uuids []string) {
+	for _, u := range uuids {
+		if g := a.gpu(u); g != nil {
+			g.pods++
+		}
+	}
+}
+
+func (a *Accounting) gpu(uuid string) *gpu {
+	for i := range a.n.gpus {
+		if a.n.gpus[i].uuid == uuid {
+			return &a.n.gpus[i]
+		}
+	}
+	return nil
+}

@@ -4,13 +4,12 @@
 // GPU; the whole GPU without it) and kybernate.io/gpu-model. The plugin reads each node's GPUs
 // from its GPUNode (written by the node agent), accounts the VRAM and slots taken by the pods on
 // the node (suspended pods keep their slot but hold no VRAM), filters and scores nodes by the
-// GPUs the pod would get, reserves those GPUs, and writes their UUIDs into the pod's
-// kybernate.io/gpus annotation before binding. The containerd shim exposes exactly those GPUs.
+// GPUs the pod would get, reserves those GPUs, and binds the pod with their UUIDs in its
+// kybernate.io/gpus annotation. The containerd shim exposes exactly those GPUs.
 package gpushare
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -19,7 +18,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -46,8 +44,8 @@ type GPUShare struct {
 	strategy config.ScoringStrategyType
 	gpuNodes listers.GPUNodeLister
 	reserved *reservations
-	// patchPod writes an annotation patch; a field so tests can see the patch.
-	patchPod func(ctx context.Context, namespace, name string, patch []byte) error
+	// bind creates a Binding; a field so tests can see it.
+	bind func(ctx context.Context, binding *v1.Binding) error
 }
 
 var (
@@ -55,7 +53,7 @@ var (
 	_ framework.FilterPlugin        = &GPUShare{}
 	_ framework.ScorePlugin         = &GPUShare{}
 	_ framework.ReservePlugin       = &GPUShare{}
-	_ framework.PreBindPlugin       = &GPUShare{}
+	_ framework.BindPlugin          = &GPUShare{}
 	_ framework.EnqueueExtensions   = &GPUShare{}
 	_ framework.PreFilterExtensions = &GPUShare{}
 )
@@ -87,9 +85,8 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 
 	pl := NewWithLister(h, args, gpuNodes.Lister())
 	if h.ClientSet() != nil {
-		pl.patchPod = func(ctx context.Context, namespace, name string, patch []byte) error {
-			_, err := h.ClientSet().CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
-			return err
+		pl.bind = func(ctx context.Context, binding *v1.Binding) error {
+			return h.ClientSet().CoreV1().Pods(binding.Namespace).Bind(ctx, binding, metav1.CreateOptions{})
 		}
 	}
 	if f := h.SharedInformerFactory(); f != nil {
@@ -227,30 +224,27 @@ func (pl *GPUShare) Unreserve(ctx context.Context, _ fwk.CycleState, pod *v1.Pod
 	pl.reserved.release(pod.UID)
 }
 
-// PreBindPreFlight tells the framework whether PreBind has an annotation to write.
-func (pl *GPUShare) PreBindPreFlight(_ context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
-	if res, ok := pl.reserved.get(pod.UID); !ok || res.node != nodeName {
-		return fwk.NewStatus(fwk.Skip)
-	}
-	return nil
-}
-
-// PreBind writes the reserved GPU UUIDs into the pod's kybernate.io/gpus annotation.
-func (pl *GPUShare) PreBind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+// Bind binds the pod and writes its GPUs in one API call: the API server copies a Binding's
+// annotations onto the pod, so kybernate.io/gpus arrives with spec.nodeName and no pod is
+// ever bound without its GPUs. Pods without a reservation are left to DefaultBinder.
+func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
 	res, ok := pl.reserved.get(pod.UID)
 	if !ok || res.node != nodeName {
-		return fwk.AsStatus(fmt.Errorf("no GPUs reserved for pod %s on node %s", klog.KObj(pod), nodeName))
+		return fwk.NewStatus(fwk.Skip)
 	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"annotations": map[string]string{kv1.AnnotationGPUs: strings.Join(res.gpus, ",")}},
-	})
-	if err != nil {
-		return fwk.AsStatus(err)
+	binding := &v1.Binding{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   pod.Namespace,
+			Name:        pod.Name,
+			UID:         pod.UID,
+			Annotations: map[string]string{kv1.AnnotationGPUs: strings.Join(res.gpus, ",")},
+		},
+		Target: v1.ObjectReference{Kind: "Node", Name: nodeName},
 	}
-	if err := pl.patchPod(ctx, pod.Namespace, pod.Name, patch); err != nil {
-		return fwk.AsStatus(fmt.Errorf("writing annotation %s on pod %s: %w", kv1.AnnotationGPUs, klog.KObj(pod), err))
+	if err := pl.bind(ctx, binding); err != nil {
+		return fwk.AsStatus(fmt.Errorf("binding pod %s to node %s with GPUs %v: %w", klog.KObj(pod), nodeName, res.gpus, err))
 	}
-	klog.FromContext(ctx).V(2).Info("Assigned GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", res.gpus)
+	klog.FromContext(ctx).V(2).Info("Bound pod to GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", res.gpus)
 	return nil
 }
 

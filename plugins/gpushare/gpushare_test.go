@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 	fwk "k8s.io/kube-scheduler/framework"
 	schedcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
@@ -391,9 +392,9 @@ func TestReserveAcrossCycles(t *testing.T) {
 	gn := gpuNode("n", 80, 80)
 	node := st.MakeNode().Name("n").Obj()
 	pl := newTestPlugin(t, config.MostAllocated, gn)
-	var patches []string
-	pl.patchPod = func(_ context.Context, namespace, name string, patch []byte) error {
-		patches = append(patches, namespace+"/"+name+" "+string(patch))
+	var bindings []*v1.Binding
+	pl.bind = func(_ context.Context, b *v1.Binding) error {
+		bindings = append(bindings, b)
 		return nil
 	}
 
@@ -441,32 +442,34 @@ func TestReserveAcrossCycles(t *testing.T) {
 		t.Fatalf("Reserve third after Unreserve: %v", s)
 	}
 
-	// PreBind writes the reservation into the annotation.
-	if s := pl.PreBindPreFlight(t.Context(), state, first, "n"); !s.IsSuccess() {
-		t.Fatalf("PreBindPreFlight: %v", s)
+	// Bind binds with the reservation in the Binding's annotations, which the API server copies
+	// onto the pod.
+	if s := pl.Bind(t.Context(), state, first, "n"); !s.IsSuccess() {
+		t.Fatalf("Bind: %v", s)
 	}
-	if s := pl.PreBind(t.Context(), state, first, "n"); !s.IsSuccess() {
-		t.Fatalf("PreBind: %v", s)
+	want := []*v1.Binding{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "first", UID: "first", Annotations: map[string]string{kv1.AnnotationGPUs: "GPU-n-0"}},
+		Target:     v1.ObjectReference{Kind: "Node", Name: "n"},
+	}}
+	if diff := cmp.Diff(want, bindings); diff != "" {
+		t.Errorf("bindings (-want +got):\n%s", diff)
 	}
-	want := []string{`ns/first {"metadata":{"annotations":{"kybernate.io/gpus":"GPU-n-0"}}}`}
-	if diff := cmp.Diff(want, patches); diff != "" {
-		t.Errorf("patches (-want +got):\n%s", diff)
-	}
-	if s := pl.PreBindPreFlight(t.Context(), state, gpuPod("unknown", 1, "").Obj(), "n"); s.Code() != fwk.Skip {
-		t.Errorf("PreBindPreFlight of a pod without reservation = %v, want Skip", s)
+	// A pod this plugin reserved nothing for is left to DefaultBinder.
+	if s := pl.Bind(t.Context(), state, gpuPod("unknown", 1, "").Obj(), "n"); s.Code() != fwk.Skip {
+		t.Errorf("Bind of a pod without reservation = %v, want Skip", s)
 	}
 }
 
-func TestPreBindPatchFailure(t *testing.T) {
+func TestBindFailure(t *testing.T) {
 	pl := newTestPlugin(t, config.MostAllocated)
-	pl.patchPod = func(context.Context, string, string, []byte) error { return fmt.Errorf("apiserver down") }
+	pl.bind = func(context.Context, *v1.Binding) error { return fmt.Errorf("apiserver down") }
 	pod := gpuPod("p", 1, "").Obj()
 	pl.reserved.reserve(pod.UID, "n", []string{"GPU-1"})
-	s := pl.PreBind(t.Context(), framework.NewCycleState(), pod, "n")
+	s := pl.Bind(t.Context(), framework.NewCycleState(), pod, "n")
 	if s.Code() != fwk.Error || s.AsError() == nil {
-		t.Fatalf("PreBind with a failing patch = %v, want Error", s)
+		t.Fatalf("Bind with a failing API call = %v, want Error", s)
 	}
 	if _, ok := pl.reserved.get(pod.UID); !ok {
-		t.Error("a failed PreBind must keep the reservation until Unreserve")
+		t.Error("a failed Bind must keep the reservation until Unreserve")
 	}
 }

@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	fwk "k8s.io/kube-scheduler/framework"
 	schedconfig "k8s.io/kubernetes/pkg/scheduler/apis/config"
-	schedcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
 	kubeschedulerscheme "k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
+	schedcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	frameworkplugins "k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
@@ -40,10 +40,7 @@ func (s *standIn) Score(context.Context, fwk.CycleState, *v1.Pod, fwk.NodeInfo) 
 func (s *standIn) ScoreExtensions() framework.ScoreExtensions                           { return nil }
 func (s *standIn) Reserve(context.Context, fwk.CycleState, *v1.Pod, string) *fwk.Status { return nil }
 func (s *standIn) Unreserve(context.Context, fwk.CycleState, *v1.Pod, string)           {}
-func (s *standIn) PreBindPreFlight(context.Context, fwk.CycleState, *v1.Pod, string) *fwk.Status {
-	return nil
-}
-func (s *standIn) PreBind(context.Context, fwk.CycleState, *v1.Pod, string) *fwk.Status { return nil }
+func (s *standIn) Bind(context.Context, fwk.CycleState, *v1.Pod, string) *fwk.Status    { return nil }
 
 type postFilterStandIn struct{ name string }
 
@@ -106,9 +103,12 @@ func TestShippedProfile(t *testing.T) {
 	if len(postFilter) < 2 || !cmp.Equal([]string{"CheckpointPreemption", "DefaultPreemption"}, postFilter[:2]) {
 		t.Errorf("PostFilter plugins %v, want CheckpointPreemption then DefaultPreemption first", postFilter)
 	}
+	if diff := cmp.Diff([]string{"GPUShare", "DefaultBinder"}, names(plugins.Bind.Enabled)); diff != "" {
+		t.Errorf("Bind plugins (-want +got):\n%s", diff)
+	}
 	for point, list := range map[string][]schedconfig.Plugin{
 		"PreFilter": plugins.PreFilter.Enabled, "Filter": plugins.Filter.Enabled,
-		"Score": plugins.Score.Enabled, "Reserve": plugins.Reserve.Enabled, "PreBind": plugins.PreBind.Enabled,
+		"Score": plugins.Score.Enabled, "Reserve": plugins.Reserve.Enabled,
 	} {
 		found := false
 		for _, p := range list {

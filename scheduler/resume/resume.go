@@ -1,0 +1,438 @@
+// Package resume is the controller in kybernate-scheduler that brings suspended pods back.
+//
+// Whenever something on a node may have freed GPU memory (a pod ended, a pod was suspended or
+// moved, the node's GPUNode changed, a GPUCheckpoint ended), the controller looks at the pods of
+// the node that were suspended to make room for others (reason Preemption) and resumes, highest
+// priority first and first suspended first among equals, each that fits: on its own GPUs when
+// they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
+// that a nominated preemptor will need are held back. A resume is requested like a suspension,
+// through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
+// pod's kybernate.io/gpus to the target GPUs and marks it Resuming, so the scheduler counts the
+// memory there from that moment and never hands those GPUs to another pod.
+package resume
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/klog/v2"
+
+	"github.com/kybernate/kybernate/apis/config"
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
+	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/plugins/gpushare"
+)
+
+const (
+	// maxAttempts bounds the resumes tried for one suspension; after that the pod stays
+	// suspended and an Event says why.
+	maxAttempts = 5
+	// firstBackoff is the wait after a failed resume; it doubles with each failure.
+	firstBackoff = 10 * time.Second
+
+	podsByNode       = "kybernate.io/by-node"
+	podsByNominated  = "kybernate.io/by-nominated-node"
+	checkpointsByPod = "kybernate.io/by-pod-uid"
+)
+
+// Controller resumes suspended pods when their node has room.
+type Controller struct {
+	client      kubernetes.Interface
+	kybernate   versioned.Interface
+	pods        cache.Indexer
+	podLister   corelisters.PodLister
+	gpuNodes    listers.GPUNodeLister
+	checkpoints cache.Indexer
+	recorder    events.EventRecorder
+	queue       workqueue.TypedRateLimitingInterface[string]
+	strategy    config.ScoringStrategyType
+	now         func() time.Time
+}
+
+// New wires the controller to informers that the caller starts. It adds indexers, so it must be
+// called before the informers run.
+func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
+	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
+	if err := pods.Informer().AddIndexers(cache.Indexers{
+		podsByNode:      func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Spec.NodeName}, nil },
+		podsByNominated: func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Status.NominatedNodeName}, nil },
+	}); err != nil {
+		return nil, fmt.Errorf("indexing pods: %w", err)
+	}
+	if err := checkpoints.Informer().AddIndexers(cache.Indexers{
+		checkpointsByPod: func(obj interface{}) ([]string, error) {
+			return []string{obj.(*kv1.GPUCheckpoint).Spec.PodUID}, nil
+		},
+	}); err != nil {
+		return nil, fmt.Errorf("indexing GPUCheckpoints: %w", err)
+	}
+	c := &Controller{
+		client:      client,
+		kybernate:   kybernate,
+		pods:        pods.Informer().GetIndexer(),
+		podLister:   pods.Lister(),
+		gpuNodes:    gpuNodes.Lister(),
+		checkpoints: checkpoints.Informer().GetIndexer(),
+		recorder:    recorder,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kybernate-resume"}),
+		strategy: config.MostAllocated,
+		now:      time.Now,
+	}
+	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj interface{}) { c.podChanged(old.(*v1.Pod), obj.(*v1.Pod)) },
+		DeleteFunc: func(obj interface{}) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if pod, ok := obj.(*v1.Pod); ok && pod.Spec.NodeName != "" {
+				c.queue.Add(pod.Spec.NodeName)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj interface{}) { c.queue.Add(obj.(*kv1.GPUNode).Name) },
+		UpdateFunc: func(_, obj interface{}) { c.queue.Add(obj.(*kv1.GPUNode).Name) },
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := checkpoints.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj interface{}) {
+			ck := obj.(*kv1.GPUCheckpoint)
+			if ck.Status.NodeName != "" && ended(ck) && !ended(old.(*kv1.GPUCheckpoint)) {
+				if ck.Status.Phase == kv1.PhaseFailed && ck.Spec.Action == kv1.ActionResume {
+					// Try again once the backoff has passed.
+					c.queue.AddAfter(ck.Status.NodeName, backoff(1))
+				}
+				c.queue.Add(ck.Status.NodeName)
+			}
+		},
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
+// holding VRAM, moved GPUs, finished, or a preemptor bound there.
+func (c *Controller) podChanged(old, pod *v1.Pod) {
+	if pod.Spec.NodeName == "" {
+		return
+	}
+	if old.Spec.NodeName != pod.Spec.NodeName ||
+		old.Annotations[kv1.AnnotationState] != pod.Annotations[kv1.AnnotationState] ||
+		old.Annotations[kv1.AnnotationGPUs] != pod.Annotations[kv1.AnnotationGPUs] ||
+		old.Status.Phase != pod.Status.Phase {
+		c.queue.Add(pod.Spec.NodeName)
+	}
+}
+
+// Run processes nodes until ctx ends (the lease is lost); it may run again later.
+func (c *Controller) Run(ctx context.Context, workers int) {
+	defer utilruntime.HandleCrashWithContext(ctx)
+	logger := klog.FromContext(ctx)
+	logger.Info("Starting resume controller")
+	// Suspended pods from before a restart get their chance at once.
+	for _, gn := range c.gpuNodeNames() {
+		c.queue.Add(gn)
+	}
+	for range workers {
+		go wait.UntilWithContext(ctx, c.worker, time.Second)
+	}
+	<-ctx.Done()
+	logger.Info("Stopping resume controller")
+}
+
+func (c *Controller) gpuNodeNames() []string {
+	gns, err := c.gpuNodes.List(labels.Everything())
+	if err != nil {
+		return nil
+	}
+	names := make([]string, len(gns))
+	for i, gn := range gns {
+		names[i] = gn.Name
+	}
+	return names
+}
+
+func (c *Controller) worker(ctx context.Context) {
+	for c.processNext(ctx) {
+	}
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	node, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(node)
+	if err := c.sync(ctx, node); err != nil {
+		utilruntime.HandleErrorWithContext(ctx, err, "Resuming pods failed", "node", node)
+		c.queue.AddRateLimited(node)
+		return true
+	}
+	c.queue.Forget(node)
+	return true
+}
+
+// candidate is a suspended pod that may come back.
+type candidate struct {
+	pod        *v1.Pod
+	demand     gpushare.Demand
+	suspension *kv1.GPUCheckpoint
+	attempt    int
+}
+
+// sync resumes what fits on one node.
+func (c *Controller) sync(ctx context.Context, node string) error {
+	logger := klog.FromContext(ctx)
+	gn, err := c.gpuNodes.Get(node)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	onNode, err := c.podsIndexed(podsByNode, node)
+	if err != nil {
+		return err
+	}
+	var candidates []candidate
+	retryAt := time.Time{}
+	for _, pod := range onNode {
+		cand, wait, ok := c.candidate(pod)
+		if !wait.IsZero() && (retryAt.IsZero() || wait.Before(retryAt)) {
+			retryAt = wait
+		}
+		if ok {
+			candidates = append(candidates, cand)
+		}
+	}
+	if !retryAt.IsZero() {
+		c.queue.AddAfter(node, retryAt.Sub(c.now()))
+	}
+	if len(candidates) == 0 {
+		return nil
+	}
+	slices.SortFunc(candidates, func(a, b candidate) int {
+		if pa, pb := corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod); pa != pb {
+			return int(pb) - int(pa)
+		}
+		return suspendedAt(a.suspension).Compare(suspendedAt(b.suspension))
+	})
+
+	acc := gpushare.NewAccounting(gn, onNode)
+	// GPUs that nominated preemptors will take are not for resuming pods.
+	nominated, err := c.podsIndexed(podsByNominated, node)
+	if err != nil {
+		return err
+	}
+	for _, p := range nominated {
+		if p.Spec.NodeName != "" {
+			continue
+		}
+		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
+			if uuids := acc.Choose(d, c.strategy); uuids != nil {
+				acc.Take(d, uuids)
+			}
+		}
+	}
+
+	for _, cand := range candidates {
+		from := gpushare.AssignedGPUs(cand.pod)
+		target := from
+		if acc.FitsSlotHeld(cand.demand, from) {
+			acc.Use(cand.demand, from)
+		} else {
+			// Its slots move with it to other GPUs of the node.
+			acc.Release(from)
+			if target = acc.Choose(cand.demand, c.strategy); target == nil {
+				acc.Hold(from)
+				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
+				continue
+			}
+			acc.Take(cand.demand, target)
+		}
+		if err := c.resume(ctx, cand, from, target); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// candidate reports whether a pod on the node is a suspended pod to bring back now; when it
+// must wait for a backoff, wait says until when.
+func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok bool) {
+	if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) != kv1.PodSuspended || pod.DeletionTimestamp != nil {
+		return cand, wait, false
+	}
+	d, err := gpushare.PodDemand(pod)
+	if err != nil || d.Count == 0 || len(gpushare.AssignedGPUs(pod)) != d.Count {
+		return cand, wait, false
+	}
+	cks, err := c.checkpoints.ByIndex(checkpointsByPod, string(pod.UID))
+	if err != nil {
+		return cand, wait, false
+	}
+	var suspension *kv1.GPUCheckpoint
+	for _, obj := range cks {
+		ck := obj.(*kv1.GPUCheckpoint)
+		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded &&
+			(suspension == nil || suspendedAt(ck).After(suspendedAt(suspension))) {
+			suspension = ck
+		}
+	}
+	// Only pods suspended to make room come back by themselves; a manual suspension stays.
+	if suspension == nil || suspension.Spec.Reason != kv1.ReasonPreemption {
+		return cand, wait, false
+	}
+	attempt, last := 0, time.Time{}
+	for _, obj := range cks {
+		ck := obj.(*kv1.GPUCheckpoint)
+		if ck.Spec.Action != kv1.ActionResume || ck.Labels[LabelSuspension] != string(suspension.UID) {
+			continue
+		}
+		if !ended(ck) {
+			return cand, wait, false // in flight
+		}
+		attempt++
+		if ck.Status.CompletionTime != nil && ck.Status.CompletionTime.After(last) {
+			last = ck.Status.CompletionTime.Time
+		}
+	}
+	if attempt >= maxAttempts {
+		return cand, wait, false
+	}
+	if attempt > 0 {
+		if next := last.Add(backoff(attempt)); c.now().Before(next) {
+			return cand, next, false
+		}
+	}
+	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt}, wait, true
+}
+
+// LabelSuspension links a Resume GPUCheckpoint to the suspension it undoes.
+const LabelSuspension = "kybernate.io/suspension-uid"
+
+// resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.
+func (c *Controller) resume(ctx context.Context, cand candidate, from, target []string) error {
+	logger := klog.FromContext(ctx)
+	pod := cand.pod
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		// The pod must still be the one we looked at: a conflict means someone else acted.
+		"resourceVersion": pod.ResourceVersion,
+		"annotations": map[string]string{
+			kv1.AnnotationGPUs:  strings.Join(target, ","),
+			kv1.AnnotationState: string(kv1.PodResuming),
+		},
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // the informer brings the news and the node is synced again
+		}
+		return fmt.Errorf("marking pod %s Resuming: %w", klog.KObj(pod), err)
+	}
+	ck := &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      resumeName(pod, cand.suspension, cand.attempt),
+			Namespace: pod.Namespace,
+			Labels:    map[string]string{LabelSuspension: string(cand.suspension.UID)},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID,
+			}},
+		},
+		Spec: kv1.GPUCheckpointSpec{
+			PodName: pod.Name,
+			PodUID:  string(pod.UID),
+			Action:  kv1.ActionResume,
+			Reason:  cand.suspension.Spec.Reason,
+		},
+	}
+	if !slices.Equal(from, target) {
+		ck.Spec.TargetGPUs = target
+	}
+	if _, err := c.kybernate.KybernateV1alpha1().GPUCheckpoints(pod.Namespace).Create(ctx, ck, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		// Undo the mark, so that the pod is not left Resuming with nobody resuming it.
+		undo, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+			kv1.AnnotationGPUs: strings.Join(from, ","), kv1.AnnotationState: string(kv1.PodSuspended),
+		}}})
+		if _, uerr := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, undo, metav1.PatchOptions{}); uerr != nil {
+			logger.Error(uerr, "Could not undo the Resuming mark", "pod", klog.KObj(pod))
+		}
+		return fmt.Errorf("requesting the resume of pod %s: %w", klog.KObj(pod), err)
+	}
+	where := "its GPUs " + strings.Join(target, ",")
+	if !slices.Equal(from, target) {
+		where = fmt.Sprintf("GPUs %s (it was on %s)", strings.Join(target, ","), strings.Join(from, ","))
+	}
+	logger.V(2).Info("Resuming pod", "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "from", from, "to", target, "attempt", cand.attempt+1)
+	c.recorder.Eventf(pod, ck, v1.EventTypeNormal, "Resuming", "Resume", "GPU memory free on node %s: resuming onto %s", pod.Spec.NodeName, where)
+	return nil
+}
+
+func (c *Controller) podsIndexed(index, value string) ([]*v1.Pod, error) {
+	objs, err := c.pods.ByIndex(index, value)
+	if err != nil {
+		return nil, err
+	}
+	pods := make([]*v1.Pod, 0, len(objs))
+	for _, obj := range objs {
+		if pod := obj.(*v1.Pod); pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
+			pods = append(pods, pod)
+		}
+	}
+	return pods, nil
+}
+
+func resumeName(pod *v1.Pod, suspension *kv1.GPUCheckpoint, attempt int) string {
+	uid := string(suspension.UID)
+	if len(uid) > 8 {
+		uid = uid[:8]
+	}
+	suffix := fmt.Sprintf("-resume-%s-%d", uid, attempt+1)
+	name := pod.Name
+	if limit := 253 - len(suffix); len(name) > limit {
+		name = name[:limit]
+	}
+	return name + suffix
+}
+
+func suspendedAt(ck *kv1.GPUCheckpoint) time.Time {
+	if ck.Status.CompletionTime != nil {
+		return ck.Status.CompletionTime.Time
+	}
+	return ck.CreationTimestamp.Time
+}
+
+func ended(ck *kv1.GPUCheckpoint) bool {
+	return ck.Status.Phase == kv1.PhaseSucceeded || ck.Status.Phase == kv1.PhaseFailed
+}
+
+func backoff(attempt int) time.Duration {
+	return firstBackoff << min(attempt-1, 6)
+}

@@ -1,0 +1,288 @@
+package resume
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/events"
+	st "k8s.io/kubernetes/pkg/scheduler/testing"
+	"k8s.io/utils/ptr"
+
+	kfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+const gi = int64(1) << 30
+
+var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func gpuNode(slots int32, sizesGiB ...int64) *kv1.GPUNode {
+	gn := &kv1.GPUNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
+	gn.Spec.SlotsPerGPU = ptr.To(slots)
+	for i, s := range sizesGiB {
+		gn.Status.GPUs = append(gn.Status.GPUs, kv1.GPUStatus{UUID: fmt.Sprintf("GPU-%d", i), Index: int32(i), MemoryTotalBytes: s * gi})
+	}
+	return gn
+}
+
+// pod builds a pod on n1 with one GPU of mem VRAM on GPU-<gpu>, in the given GPU state.
+func pod(name string, prio int32, mem string, gpu int, state kv1.PodGPUState) *v1.Pod {
+	p := st.MakePod().Namespace("ns").Name(name).UID(name).Priority(prio).Node("n1").
+		Req(map[v1.ResourceName]string{kv1.ResourceGPU: "1"}).
+		Annotation(kv1.AnnotationGPUMemory, mem).
+		Annotation(kv1.AnnotationGPUs, fmt.Sprintf("GPU-%d", gpu)).Obj()
+	if state != "" {
+		p.Annotations[kv1.AnnotationState] = string(state)
+	}
+	p.ResourceVersion = "7"
+	return p
+}
+
+// suspension is the Succeeded Suspend GPUCheckpoint of a pod, completed ago before now.
+func suspension(podName string, reason kv1.CheckpointReason, ago time.Duration) *kv1.GPUCheckpoint {
+	ck := &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{Name: podName + "-suspend", Namespace: "ns", UID: types.UID(podName + "-suspension-uid")},
+		Spec:       kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionSuspend, Reason: reason},
+		Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, CompletionTime: &metav1.Time{Time: now.Add(-ago)}},
+	}
+	if reason == kv1.ReasonPreemption {
+		ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "hi"}
+	}
+	return ck
+}
+
+func resumeAttempt(podName string, n int, phase kv1.CheckpointPhase, ago time.Duration) *kv1.GPUCheckpoint {
+	return &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-resume-%d", podName, n), Namespace: "ns",
+			Labels: map[string]string{LabelSuspension: podName + "-suspension-uid"}},
+		Spec:   kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionResume, Reason: kv1.ReasonPreemption},
+		Status: kv1.GPUCheckpointStatus{Phase: phase, CompletionTime: &metav1.Time{Time: now.Add(-ago)}},
+	}
+}
+
+type outcome struct {
+	// Pods whose annotations were patched, with the patched annotations.
+	Patched map[string]map[string]string
+	// Resume GPUCheckpoints created: pod -> target GPUs ("" when in place).
+	Resumed map[string]string
+}
+
+func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
+	t.Helper()
+	var objs []runtime.Object
+	for _, p := range pods {
+		objs = append(objs, p)
+	}
+	client := fake.NewClientset(objs...)
+	kclient := kfake.NewSimpleClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	kfactory := externalversions.NewSharedInformerFactory(kclient, 0)
+	podInformer := factory.Core().V1().Pods()
+	c, err := New(client, kclient, podInformer, kfactory.Kybernate().V1alpha1().GPUNodes(),
+		kfactory.Kybernate().V1alpha1().GPUCheckpoints(), events.NewFakeRecorder(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.now = func() time.Time { return now }
+	for _, p := range pods {
+		if err := podInformer.Informer().GetIndexer().Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := kfactory.Kybernate().V1alpha1().GPUNodes().Informer().GetIndexer().Add(gn); err != nil {
+		t.Fatal(err)
+	}
+	for _, ck := range cks {
+		if err := c.checkpoints.Add(ck); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.sync(t.Context(), "n1"); err != nil {
+		t.Fatal(err)
+	}
+
+	got := outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}}
+	for _, a := range client.Actions() {
+		if p, ok := a.(k8stesting.PatchAction); ok {
+			var patch struct {
+				Metadata struct {
+					Annotations map[string]string `json:"annotations"`
+				} `json:"metadata"`
+			}
+			if err := json.Unmarshal(p.GetPatch(), &patch); err != nil {
+				t.Fatal(err)
+			}
+			got.Patched[p.GetName()] = patch.Metadata.Annotations
+		}
+	}
+	for _, a := range kclient.Actions() {
+		if cr, ok := a.(k8stesting.CreateAction); ok {
+			ck := cr.GetObject().(*kv1.GPUCheckpoint)
+			if ck.Spec.Action != kv1.ActionResume {
+				t.Errorf("created a %s GPUCheckpoint", ck.Spec.Action)
+			}
+			targets := ""
+			for i, g := range ck.Spec.TargetGPUs {
+				if i > 0 {
+					targets += ","
+				}
+				targets += g
+			}
+			got.Resumed[ck.Spec.PodName] = targets
+		}
+	}
+	return got
+}
+
+func TestSync(t *testing.T) {
+	resuming := func(gpu string) map[string]string {
+		return map[string]string{kv1.AnnotationGPUs: gpu, kv1.AnnotationState: string(kv1.PodResuming)}
+	}
+	tests := []struct {
+		name string
+		gn   *kv1.GPUNode
+		pods []*v1.Pod
+		cks  []*kv1.GPUCheckpoint
+		want outcome
+	}{
+		{
+			name: "own GPU free: resume in place",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
+		},
+		{
+			name: "own GPU taken, another free: resume there",
+			gn:   gpuNode(2, 80, 80),
+			pods: []*v1.Pod{
+				pod("low", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "60Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-1")}, Resumed: map[string]string{"low": "GPU-1"}},
+		},
+		{
+			name: "no room anywhere",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{
+				pod("low", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "60Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "manual suspensions stay",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonManual, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "room for one: the higher priority first",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("prio1", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("prio5", 5, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("prio1", kv1.ReasonPreemption, time.Hour),
+				suspension("prio5", kv1.ReasonPreemption, time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"prio5": resuming("GPU-0")}, Resumed: map[string]string{"prio5": ""}},
+		},
+		{
+			name: "room for one: equal priority, first suspended first",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("later", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("earlier", 1, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("later", kv1.ReasonPreemption, time.Minute),
+				suspension("earlier", kv1.ReasonPreemption, time.Hour),
+			},
+			want: outcome{Patched: map[string]map[string]string{"earlier": resuming("GPU-0")}, Resumed: map[string]string{"earlier": ""}},
+		},
+		{
+			name: "GPUs a nominated preemptor needs are held back",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("low", 1, "60Gi", 0, kv1.PodSuspended),
+				func() *v1.Pod {
+					p := pod("hi", 10, "60Gi", 0, "")
+					p.Spec.NodeName = ""
+					delete(p.Annotations, kv1.AnnotationGPUs)
+					p.Status.NominatedNodeName = "n1"
+					return p
+				}(),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a resume in flight is not repeated",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Minute),
+				resumeAttempt("low", 1, kv1.PhaseInProgress, 0),
+			},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a failed resume is retried only after its backoff",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Minute),
+				resumeAttempt("low", 1, kv1.PhaseFailed, time.Second),
+			},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a failed resume is retried after its backoff",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Minute),
+				resumeAttempt("low", 1, kv1.PhaseFailed, time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
+		},
+		{
+			name: "running pods are left alone",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("busy", 1, "40Gi", 0, kv1.PodRunning)},
+			cks:  []*kv1.GPUCheckpoint{suspension("busy", kv1.ReasonPreemption, time.Hour)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := runSync(t, tt.gn, tt.pods, tt.cks)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestResumeName(t *testing.T) {
+	ck := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{UID: "0123456789"}}
+	if got := resumeName(st.MakePod().Name("p").Obj(), ck, 2); got != "p-resume-01234567-3" {
+		t.Errorf("resumeName = %q", got)
+	}
+}

@@ -1,0 +1,72 @@
+package resume
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
+)
+
+// LeaseName is the Lease that elects the one active resume controller among scheduler replicas.
+const LeaseName = "kybernate-resume-controller"
+
+// DefaultLeaseNamespace holds the Lease unless $POD_NAMESPACE names another.
+const DefaultLeaseNamespace = "kybernate-system"
+
+var startOnce sync.Once
+
+// Start wires the controller to the informers (before they start) and runs it under its own
+// leader election until ctx ends. Several scheduler profiles may ask; one controller runs.
+func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
+	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) error {
+	var err error
+	startOnce.Do(func() {
+		var c *Controller
+		if c, err = New(client, kybernate, pods, gpuNodes, checkpoints, recorder); err != nil {
+			return
+		}
+		namespace := os.Getenv("POD_NAMESPACE")
+		if namespace == "" {
+			namespace = DefaultLeaseNamespace
+		}
+		host, _ := os.Hostname()
+		lock := &resourcelock.LeaseLock{
+			LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: LeaseName},
+			Client:     client.CoordinationV1(),
+			LockConfig: resourcelock.ResourceLockConfig{Identity: fmt.Sprintf("%s_%s", host, uuid.NewUUID())},
+		}
+		logger := klog.FromContext(ctx).WithName("resume")
+		ctx = klog.NewContext(ctx, logger)
+		go func() {
+			defer c.queue.ShutDown()
+			for ctx.Err() == nil {
+				leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+					Lock:            lock,
+					ReleaseOnCancel: true,
+					LeaseDuration:   15 * time.Second,
+					RenewDeadline:   10 * time.Second,
+					RetryPeriod:     2 * time.Second,
+					Name:            LeaseName,
+					Callbacks: leaderelection.LeaderCallbacks{
+						OnStartedLeading: func(ctx context.Context) { c.Run(ctx, 2) },
+						OnStoppedLeading: func() { logger.Info("Lost the resume controller lease") },
+					},
+				})
+			}
+		}()
+	})
+	return err
+}
