@@ -1,0 +1,499 @@
+// Package app is the kybernate-agent command: flags, wiring of the node agent's parts, and the
+// HTTP endpoints /metrics and /healthz.
+//
+// On a GPU node (the DaemonSet) it serves the node named by --node-name: GPU inventory from
+// NVML, GPU processes mapped to pods through their cgroups, suspend and resume through the
+// CUDA driver. With --simulate (one Deployment for a cluster of kwok nodes) it serves every
+// node --simulate-node-selector picks with simulated GPU machines (package sim) and says so
+// in every GPUNode's Simulated condition.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/spf13/cobra"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/component-base/featuregate"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
+	"k8s.io/component-base/metrics/legacyregistry"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
+	_ "k8s.io/component-base/metrics/prometheus/workqueue"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/nodeagent/controller"
+	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/inventory"
+	"github.com/kybernate/kybernate/nodeagent/metrics"
+	"github.com/kybernate/kybernate/nodeagent/podmap"
+	"github.com/kybernate/kybernate/nodeagent/server"
+	"github.com/kybernate/kybernate/nodeagent/sim"
+	"github.com/kybernate/kybernate/nodeagent/status"
+)
+
+// NewCommand returns the kybernate-agent command.
+func NewCommand() *cobra.Command {
+	o := NewOptions()
+	featureGate := featuregate.NewFeatureGate()
+	cmd := &cobra.Command{
+		Use:   "kybernate-agent",
+		Short: "Kybernate node agent: reports GPUs, suspends and resumes GPU pods",
+		Long: `kybernate-agent runs on every GPU node. It reports the node's GPUs, the pods on them and the host
+memory that can hold parked GPU memory in the node's GPUNode, advertises kybernate.io/gpu capacity, and
+suspends and resumes GPU pods for GPUCheckpoint objects and its gRPC API.
+
+With --simulate one agent serves many kwok nodes with simulated GPUs; nothing touches a real GPU.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := logsapi.ValidateAndApply(o.Logs, featureGate); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return Run(ctx, o)
+		},
+	}
+	if err := logsapi.AddFeatureGates(featureGate); err != nil {
+		panic(err) // a programming error: the gates are added once to a new gate
+	}
+	o.AddFlags(cmd.Flags())
+	featureGate.AddFlag(cmd.Flags())
+	return cmd
+}
+
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, o *Options) error {
+	logger := klog.FromContext(ctx)
+	metrics.Register()
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeBurst
+	cfg = rest.AddUserAgent(cfg, "kybernate-agent")
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating kubernetes client: %w", err)
+	}
+	kyb, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating kybernate client: %w", err)
+	}
+
+	var a *agent
+	if o.Simulate {
+		a, err = newSimulatedAgent(ctx, o, kube, kyb)
+	} else {
+		a, err = newNodeAgent(ctx, o, kube, kyb)
+	}
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	var srv *http.Server
+	if o.MetricsBindAddress != "" {
+		ln, err := net.Listen("tcp", o.MetricsBindAddress)
+		if err != nil {
+			return fmt.Errorf("listening on --metrics-bind-address %s: %w", o.MetricsBindAddress, err)
+		}
+		srv = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		logger.Info("Serving /metrics and /healthz", "address", ln.Addr().String())
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error(err, "HTTP server failed")
+			}
+		})
+	}
+
+	runErr := a.run(ctx)
+	if srv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}
+	wg.Wait()
+	return runErr
+}
+
+// agent is the wiring of one agent process.
+type agent struct {
+	o        *Options
+	kube     kubernetes.Interface
+	kyb      versioned.Interface
+	reporter *status.Reporter
+	// nodeFactory watches the served Nodes, podFactory their pods (all pods with --simulate),
+	// gpuNodeFactory their GPUNodes, ckptFactory all GPUCheckpoints.
+	nodeFactory    informers.SharedInformerFactory
+	podFactory     informers.SharedInformerFactory
+	gpuNodeFactory externalversions.SharedInformerFactory
+	ckptFactory    externalversions.SharedInformerFactory
+	engines        *engineSet
+	controller     *controller.Controller
+	server         *server.Server
+	broadcaster    record.EventBroadcaster
+	fleet          *sim.Fleet // with --simulate
+	nvml           *lazyNVML  // on a GPU node
+
+	synced atomic.Bool
+}
+
+func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface, nodeName string) *agent {
+	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}}
+	var nodeOpts, podOpts []informers.SharedInformerOption
+	var gnOpts []externalversions.SharedInformerOption
+	if nodeName != "" {
+		byName := fields.OneTermEqualSelector("metadata.name", nodeName).String()
+		nodeOpts = append(nodeOpts, informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = byName }))
+		gnOpts = append(gnOpts, externalversions.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = byName }))
+		onNode := fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
+		podOpts = append(podOpts, informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.FieldSelector = onNode }))
+	} else {
+		sel := o.SimulateNodeSelector
+		nodeOpts = append(nodeOpts, informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel }))
+	}
+	a.nodeFactory = informers.NewSharedInformerFactoryWithOptions(kube, 0, nodeOpts...)
+	a.podFactory = informers.NewSharedInformerFactoryWithOptions(kube, 0, podOpts...)
+	a.gpuNodeFactory = externalversions.NewSharedInformerFactoryWithOptions(kyb, 0, gnOpts...)
+	a.ckptFactory = externalversions.NewSharedInformerFactory(kyb, 0)
+
+	a.reporter = status.New(status.Config{
+		SlotsPerGPU:       o.SlotsPerGPU,
+		HostMemoryReserve: o.HostMemoryReserve.Value(),
+		HostMemoryStep:    o.HostMemoryStep.Value(),
+		MinInterval:       o.StatusMinInterval,
+		Simulated:         o.Simulate,
+	}, kube, kyb, a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Lister(), a.nodeFactory.Core().V1().Nodes().Lister(), clock.RealClock{})
+
+	a.broadcaster = record.NewBroadcaster(record.WithContext(ctx))
+	host := nodeName
+	if o.Simulate {
+		host = "simulated"
+	}
+	recorder := a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
+	op := controller.NewOperator(kube, a.engines, recorder, clock.RealClock{}, a.reporter.Trigger)
+	ckpts := a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints()
+	a.controller = controller.New(controller.Config{LockTimeout: o.LockTimeout}, kube, kyb, ckpts.Lister(),
+		a.podFactory.Core().V1().Pods().Lister(), op, clock.RealClock{})
+	return a
+}
+
+func (a *agent) engineConfig() engine.Config {
+	return engine.Config{
+		LockTimeout:       a.o.LockTimeout,
+		StepTimeout:       a.o.StepTimeout,
+		RestoreRetries:    a.o.RestoreRetries,
+		RetryBackoff:      time.Second,
+		HostMemoryReserve: a.o.HostMemoryReserve.Value(),
+	}
+}
+
+// watchCommon registers the handlers both modes have.
+func (a *agent) watchCommon() error {
+	// A deleted pod's suspended state goes with it.
+	forget := cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj interface{}) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if pod, ok := obj.(*v1.Pod); ok {
+			if e, ok := a.engines.Engine(pod.Spec.NodeName); ok {
+				e.Forget(pod.UID)
+			}
+		}
+	}}
+	return errors.Join(
+		watch(a.nodeFactory.Core().V1().Nodes().Informer(), a.reporter.EventHandler()),
+		watch(a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Informer(), a.reporter.EventHandler()),
+		watch(a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Informer(), a.controller.EventHandler()),
+		watch(a.podFactory.Core().V1().Pods().Informer(), forget),
+	)
+}
+
+func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface) (*agent, error) {
+	logger := klog.FromContext(ctx)
+	a := newAgent(ctx, o, kube, kyb, o.NodeName)
+	pods := a.podFactory.Core().V1().Pods().Informer()
+	if err := podmap.AddUIDIndex(pods); err != nil {
+		return nil, err
+	}
+	if err := a.watchCommon(); err != nil {
+		return nil, err
+	}
+	// Pods come and go: the processes on the GPUs map to other pods.
+	trigger := func(interface{}) { a.reporter.Trigger(o.NodeName) }
+	if err := watch(pods, cache.ResourceEventHandlerFuncs{AddFunc: trigger, DeleteFunc: trigger}); err != nil {
+		return nil, err
+	}
+
+	a.nvml = &lazyNVML{open: func() (*inventory.NVML, error) { return inventory.Open(nvml.New()) }}
+	resolver := &podmap.Resolver{ProcRoot: o.ProcRoot, Pods: podmap.IndexedPods{Indexer: pods.GetIndexer()}}
+	hostMemory := status.Meminfo{Path: filepath.Join(o.ProcRoot, "meminfo")}
+	node := status.Node{Inventory: a.nvml, Pods: resolver, HostMemory: hostMemory}
+	srvNode := server.Node{Inventory: a.nvml, Pods: resolver, HostMemory: hostMemory}
+
+	// The CUDA driver: restoring needs cuInit in the caller (or persistence mode).
+	drv, err := cuda.New()
+	if err == nil {
+		err = drv.Init()
+	}
+	if err != nil {
+		logger.Error(err, "CUDA driver not usable: GPU inventory is reported, but suspend and resume are unavailable on this node")
+	} else {
+		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, a.engineConfig(), clock.RealClock{})
+		a.engines.set(o.NodeName, e)
+		node.Suspended, srvNode.Engine, srvNode.Suspended = e, e, e
+	}
+	a.reporter.Add(o.NodeName, node)
+	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)
+	return a, nil
+}
+
+func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface) (*agent, error) {
+	a := newAgent(ctx, o, kube, kyb, "")
+	pods := a.podFactory.Core().V1().Pods().Informer()
+	if err := sim.AddNodeNameIndex(pods); err != nil {
+		return nil, err
+	}
+	sel, err := labels.Parse(o.SimulateNodeSelector)
+	if err != nil {
+		return nil, fmt.Errorf("--simulate-node-selector: %w", err)
+	}
+	nodes := a.nodeFactory.Core().V1().Nodes()
+	a.fleet = sim.NewFleet(sim.FleetConfig{Selector: sel, ProgressPeriod: o.SimulateProgressPeriod, ProgressTick: 100 * time.Millisecond},
+		kube, a.reporter, nodes.Lister(), pods.GetIndexer(), clock.RealClock{})
+	checkpointRate, restoreRate := float64(o.SimulateCheckpointRate.Value()), float64(o.SimulateRestoreRate.Value())
+	a.fleet.OnMachine(func(node string, m *sim.Machine) {
+		if m == nil {
+			a.engines.set(node, nil)
+			return
+		}
+		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
+		a.engines.set(node, engine.New(drv, m, m, a.engineConfig(), clock.RealClock{}))
+	})
+	if err := errors.Join(a.watchCommon(), watch(nodes.Informer(), a.fleet.NodeEventHandler()), watch(pods, a.fleet.PodEventHandler())); err != nil {
+		return nil, err
+	}
+	a.server = server.New(simNodes{fleet: a.fleet, engines: a.engines}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), true)
+	return a, nil
+}
+
+// controllerOperator is the Operator the controller uses, shared with the gRPC server so that
+// both keep the pod's annotations, condition and events the same way.
+func (a *agent) controllerOperator() *controller.Operator { return a.controller.Operator() }
+
+func watch(informer cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+	if _, err := informer.AddEventHandler(h); err != nil {
+		return fmt.Errorf("watching: %w", err)
+	}
+	return nil
+}
+
+// informerSyncTimeout bounds the wait for the first lists at start.
+const informerSyncTimeout = 2 * time.Minute
+
+func (a *agent) run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	if a.o.Simulate {
+		logger.Info("Starting kybernate-agent in SIMULATE mode: GPUs, GPU processes and checkpoints are simulated; nothing touches a real GPU",
+			"simulated", true, "nodeSelector", a.o.SimulateNodeSelector, "slotsPerGPU", a.o.SlotsPerGPU,
+			"checkpointRate", a.o.SimulateCheckpointRate.String(), "restoreRate", a.o.SimulateRestoreRate.String())
+	} else {
+		logger.Info("Starting kybernate-agent", "node", a.o.NodeName, "slotsPerGPU", a.o.SlotsPerGPU)
+	}
+	a.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.kube.CoreV1().Events("")})
+	defer a.broadcaster.Shutdown()
+
+	a.nodeFactory.Start(ctx.Done())
+	a.podFactory.Start(ctx.Done())
+	a.gpuNodeFactory.Start(ctx.Done())
+	a.ckptFactory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
+	defer cancel()
+	var notSynced []string
+	notSynced = append(notSynced, unsynced(a.nodeFactory.WaitForCacheSync(syncCtx.Done()))...)
+	notSynced = append(notSynced, unsynced(a.podFactory.WaitForCacheSync(syncCtx.Done()))...)
+	notSynced = append(notSynced, unsynced(a.gpuNodeFactory.WaitForCacheSync(syncCtx.Done()))...)
+	notSynced = append(notSynced, unsynced(a.ckptFactory.WaitForCacheSync(syncCtx.Done()))...)
+	if len(notSynced) > 0 {
+		return fmt.Errorf("listing %v timed out after %v: are the CRDs installed (manifests/crds) and may the agent list and watch them (manifests/agent)?", notSynced, informerSyncTimeout)
+	}
+	a.synced.Store(true)
+
+	var wg sync.WaitGroup
+	runCtx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	wg.Go(func() { a.reporter.Run(runCtx, 2) })
+	if a.fleet != nil {
+		wg.Go(func() { a.fleet.Run(runCtx, 2) })
+	}
+	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
+	if a.o.Socket != "" {
+		wg.Go(func() {
+			if err := server.Serve(runCtx, a.o.Socket, a.server); err != nil {
+				logger.Error(err, "Agent API failed", "socket", a.o.Socket)
+			}
+		})
+	}
+	// NVML has no events for memory use: poll it. Writes still happen on change only.
+	wg.Go(func() {
+		t := time.NewTicker(a.o.PollInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				a.reporter.TriggerAll()
+			}
+		}
+	})
+
+	<-ctx.Done()
+	logger.Info("Stopping kybernate-agent")
+	stopAll()
+	wg.Wait()
+	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancelStop()
+	a.reporter.MarkStopped(stopCtx)
+	if a.nvml != nil {
+		a.nvml.Close()
+	}
+	return nil
+}
+
+func unsynced[K interface {
+	comparable
+	fmt.Stringer
+}](m map[K]bool) []string {
+	var out []string
+	for t, ok := range m {
+		if !ok {
+			out = append(out, t.String())
+		}
+	}
+	return out
+}
+
+func (a *agent) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", legacyregistry.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.synced.Load() {
+			http.Error(w, "informers not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	return mux
+}
+
+// engineSet holds the engine of each served node.
+type engineSet struct {
+	mu sync.RWMutex
+	m  map[string]*engine.Engine
+}
+
+var _ controller.Engines = (*engineSet)(nil)
+
+func (s *engineSet) Engine(node string) (*engine.Engine, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.m[node]
+	return e, ok
+}
+
+// set sets node's engine; nil removes it.
+func (s *engineSet) set(node string, e *engine.Engine) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e == nil {
+		delete(s.m, node)
+		return
+	}
+	s.m[node] = e
+}
+
+// simNodes are the simulated nodes, for the gRPC server.
+type simNodes struct {
+	fleet   *sim.Fleet
+	engines *engineSet
+}
+
+func (n simNodes) Node(name string) (server.Node, bool) {
+	m, ok := n.fleet.Machine(name)
+	if !ok {
+		return server.Node{}, false
+	}
+	e, _ := n.engines.Engine(name)
+	return server.Node{Inventory: m.Inventory(), Pods: m, Engine: e, Suspended: m, HostMemory: m}, true
+}
+
+func (n simNodes) Names() []string {
+	var out []string
+	for _, name := range n.fleet.Nodes() {
+		if _, ok := n.fleet.Machine(name); ok {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// lazyNVML opens NVML on first use and again after failures, so that an agent started before
+// the driver is loaded reports the error in the GPUNode and recovers without a restart.
+type lazyNVML struct {
+	open func() (*inventory.NVML, error)
+	mu   sync.Mutex
+	src  *inventory.NVML
+}
+
+func (l *lazyNVML) Read(ctx context.Context) (*inventory.Inventory, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.src == nil {
+		src, err := l.open()
+		if err != nil {
+			return nil, err
+		}
+		l.src = src
+	}
+	return l.src.Read(ctx)
+}
+
+func (l *lazyNVML) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.src != nil {
+		_ = l.src.Close()
+		l.src = nil
+	}
+}

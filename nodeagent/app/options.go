@@ -1,0 +1,152 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
+	logsapi "k8s.io/component-base/logs/api/v1"
+
+	"github.com/kybernate/kybernate/nodeagent/status"
+)
+
+// Options are the agent's flags.
+type Options struct {
+	Kubeconfig string
+	NodeName   string
+	KubeAPIQPS float32
+	KubeBurst  int
+
+	SlotsPerGPU       int32
+	HostMemoryReserve resource.Quantity
+	HostMemoryStep    resource.Quantity
+	PollInterval      time.Duration
+	StatusMinInterval time.Duration
+	ProcRoot          string
+
+	Socket             string
+	MetricsBindAddress string
+
+	LockTimeout    time.Duration
+	StepTimeout    time.Duration
+	RestoreRetries int
+	Workers        int
+
+	Simulate               bool
+	SimulateNodeSelector   string
+	SimulateProgressPeriod time.Duration
+	SimulateCheckpointRate resource.Quantity
+	SimulateRestoreRate    resource.Quantity
+
+	Logs *logsapi.LoggingConfiguration
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		NodeName:               os.Getenv("NODE_NAME"),
+		KubeAPIQPS:             50,
+		KubeBurst:              100,
+		SlotsPerGPU:            status.DefaultSlotsPerGPU,
+		HostMemoryReserve:      resource.MustParse("8Gi"),
+		HostMemoryStep:         resource.MustParse("1Gi"),
+		PollInterval:           2 * time.Second,
+		StatusMinInterval:      time.Second,
+		ProcRoot:               "/proc",
+		Socket:                 "/run/kybernate/agent.sock",
+		MetricsBindAddress:     ":9464",
+		LockTimeout:            10 * time.Second,
+		StepTimeout:            5 * time.Minute,
+		RestoreRetries:         3,
+		Workers:                16,
+		SimulateNodeSelector:   "type=kwok",
+		SimulateProgressPeriod: 2 * time.Second,
+		// Measured on H200, driver 580: checkpoint ~2.2 GB/s, restore ~6 GB/s.
+		SimulateCheckpointRate: resource.MustParse("2.2G"),
+		SimulateRestoreRate:    resource.MustParse("6G"),
+		Logs:                   logsapi.NewLoggingConfiguration(),
+	}
+}
+
+// AddFlags adds the agent's flags to fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; in-cluster configuration when empty.")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "The node this agent serves (default: $NODE_NAME). Not used with --simulate.")
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Queries per second to the API server.")
+	fs.IntVar(&o.KubeBurst, "kube-api-burst", o.KubeBurst, "Burst of queries to the API server.")
+
+	fs.Int32Var(&o.SlotsPerGPU, "slots-per-gpu", o.SlotsPerGPU, "Pods that may be bound to one GPU at once, resident or suspended (1..64). "+
+		"The node advertises GPUs x slots of kybernate.io/gpu. The default 2 lets one pod run while one is parked; "+
+		"with 1 a suspended pod keeps the only slot and suspension frees nothing.")
+	fs.Var(&quantityValue{&o.HostMemoryReserve}, "host-memory-reserve", "Host memory never offered for parking GPU memory of suspended pods.")
+	fs.Var(&quantityValue{&o.HostMemoryStep}, "host-memory-step", "Least change of parkable host memory written to the GPUNode (MemAvailable moves constantly).")
+	fs.DurationVar(&o.PollInterval, "poll-interval", o.PollInterval, "How often NVML is read; NVML has no events for memory use. The GPUNode is written only on change.")
+	fs.DurationVar(&o.StatusMinInterval, "status-min-interval", o.StatusMinInterval, "Least time between two writes of one node's GPUNode status.")
+	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "Where the host's /proc is (the agent runs with hostPID).")
+
+	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket of the agent's gRPC API (mode 0600, root peers only); empty disables it.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the HTTP server for /metrics and /healthz; empty disables it.")
+
+	fs.DurationVar(&o.LockTimeout, "lock-timeout", o.LockTimeout, "How long a suspend waits for a process's in-flight GPU work before it gives up.")
+	fs.DurationVar(&o.StepTimeout, "step-timeout", o.StepTimeout, "Limit of each checkpoint or restore step.")
+	fs.IntVar(&o.RestoreRetries, "restore-retries", o.RestoreRetries, "Attempts of a refused restore before a resume is reported failed.")
+	fs.IntVar(&o.Workers, "checkpoint-workers", o.Workers, "GPUCheckpoints carried out in parallel (each moves one pod).")
+
+	fs.BoolVar(&o.Simulate, "simulate", o.Simulate, "Simulate the GPUs of the nodes --simulate-node-selector picks (kwok nodes): mock NVML machines, "+
+		"a fake CUDA driver, checkpoint times from --simulate-*-rate. Nothing touches a real GPU; every GPUNode says Simulated=True.")
+	fs.StringVar(&o.SimulateNodeSelector, "simulate-node-selector", o.SimulateNodeSelector, "Label selector of the nodes to simulate.")
+	fs.DurationVar(&o.SimulateProgressPeriod, "simulate-progress-period", o.SimulateProgressPeriod, "How often simulated pods' progress annotation ("+
+		"sim.kybernate.io/progress) is written.")
+	fs.Var(&quantityValue{&o.SimulateCheckpointRate}, "simulate-checkpoint-rate", "Bytes per second a simulated checkpoint moves to host memory.")
+	fs.Var(&quantityValue{&o.SimulateRestoreRate}, "simulate-restore-rate", "Bytes per second a simulated restore moves back to GPUs.")
+
+	logsapi.AddFlags(o.Logs, fs)
+}
+
+// Validate checks the options.
+func (o *Options) Validate() error {
+	var errs []error
+	if !o.Simulate && o.NodeName == "" {
+		errs = append(errs, errors.New("--node-name (or $NODE_NAME) is required without --simulate"))
+	}
+	if o.SlotsPerGPU < 1 || o.SlotsPerGPU > 64 {
+		errs = append(errs, fmt.Errorf("--slots-per-gpu=%d: want 1..64", o.SlotsPerGPU))
+	}
+	if o.HostMemoryReserve.Sign() < 0 || o.HostMemoryStep.Sign() < 0 {
+		errs = append(errs, errors.New("--host-memory-reserve and --host-memory-step must not be negative"))
+	}
+	if o.PollInterval <= 0 || o.StatusMinInterval < 0 || o.LockTimeout <= 0 || o.StepTimeout <= 0 || o.SimulateProgressPeriod <= 0 {
+		errs = append(errs, errors.New("--poll-interval, --lock-timeout, --step-timeout and --simulate-progress-period must be positive, --status-min-interval not negative"))
+	}
+	if o.RestoreRetries < 1 {
+		errs = append(errs, fmt.Errorf("--restore-retries=%d: want at least 1", o.RestoreRetries))
+	}
+	if o.Workers < 1 {
+		errs = append(errs, fmt.Errorf("--checkpoint-workers=%d: want at least 1", o.Workers))
+	}
+	if o.SimulateCheckpointRate.Sign() <= 0 || o.SimulateRestoreRate.Sign() <= 0 {
+		errs = append(errs, errors.New("--simulate-checkpoint-rate and --simulate-restore-rate must be positive"))
+	}
+	if _, err := labels.Parse(o.SimulateNodeSelector); err != nil {
+		errs = append(errs, fmt.Errorf("--simulate-node-selector: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// quantityValue is a pflag.Value for a resource.Quantity.
+type quantityValue struct{ q *resource.Quantity }
+
+func (v *quantityValue) String() string { return v.q.String() }
+func (v *quantityValue) Type() string   { return "quantity" }
+func (v *quantityValue) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return err
+	}
+	*v.q = q
+	return nil
+}

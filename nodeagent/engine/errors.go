@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Cause is why an operation failed, in words a person and a metric label can use.
+type Cause string
+
+// The causes of failed operations.
+const (
+	// CauseBusy: another operation on the pod is in progress.
+	CauseBusy Cause = "Busy"
+	// CauseNoProcesses: the pod has no GPU processes on the node.
+	CauseNoProcesses Cause = "NoProcesses"
+	// CauseWrongState: the pod is not in the state the operation needs (suspending a suspended
+	// pod, resuming a running one).
+	CauseWrongState Cause = "WrongState"
+	// CauseInvalidTarget: the GPUs to resume onto are not GPUs of the node or do not match the
+	// pod's GPUs.
+	CauseInvalidTarget Cause = "InvalidTarget"
+	// CauseUnsupported: the driver lacks the checkpoint API or GPU remapping.
+	CauseUnsupported Cause = "Unsupported"
+	// CauseHostMemoryExhausted: parking the pod's GPU memory would exceed the host memory
+	// that may be used for it.
+	CauseHostMemoryExhausted Cause = "HostMemoryExhausted"
+	// CauseLockTimeout: a process did not finish its GPU work within the lock timeout.
+	CauseLockTimeout Cause = "LockTimeout"
+	// CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed: a driver
+	// call failed.
+	CauseLockFailed       Cause = "LockFailed"
+	CauseCheckpointFailed Cause = "CheckpointFailed"
+	CauseRestoreFailed    Cause = "RestoreFailed"
+	CauseUnlockFailed     Cause = "UnlockFailed"
+	// CauseStepTimeout: a driver call did not return within the step timeout; the pod's
+	// state is unknown and the agent refuses further operations on it.
+	CauseStepTimeout Cause = "StepTimeout"
+	// CauseInternal: something else, such as a failure to list the pod's processes.
+	CauseInternal Cause = "Internal"
+)
+
+// Error is a failed operation on a pod.
+type Error struct {
+	// Op is "suspend" or "resume".
+	Op string
+	// Pod is namespace/name.
+	Pod   string
+	Cause Cause
+	// RolledBack is true when the pod was put back into the state it had before the
+	// operation (Running after a failed suspend, Suspended after a failed resume).
+	RolledBack bool
+	Err        error
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("%s pod %s: %s: %v", e.Op, e.Pod, e.Cause, e.Err)
+	if e.RolledBack {
+		s += " (rolled back)"
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Attempted reports whether a failure with this cause happened during the action, after the
+// driver had begun to change the pod's processes; other causes are refusals that changed
+// nothing.
+func (c Cause) Attempted() bool {
+	switch c {
+	case CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed, CauseStepTimeout:
+		return true
+	}
+	return false
+}
+
+// CauseOf returns the Cause of an *Error in err's chain, or CauseInternal.
+func CauseOf(err error) Cause {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Cause
+	}
+	return CauseInternal
+}
+
+// RolledBack reports whether err is an *Error whose operation was undone.
+func RolledBack(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.RolledBack
+}

@@ -1,0 +1,88 @@
+// Package metrics holds the node agent's Prometheus metrics, registered in component-base's
+// legacy registry that the agent serves on /metrics next to the client-go and workqueue ones.
+package metrics
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+const subsystem = "kybernate_agent"
+
+// Labels values.
+const (
+	// OperationSuspend and the others are the values of the operation label.
+	OperationSuspend = "suspend"
+	OperationResume  = "resume"
+
+	// ResultSuccess and ResultFailure are the values of the result label.
+	ResultSuccess = "success"
+	ResultFailure = "failure"
+
+	// WriteGPUNode and WriteNode are the values of the object label of StatusWrites.
+	WriteGPUNode = "gpunode"
+	WriteNode    = "node"
+)
+
+var (
+	// OperationDuration is how long suspends and resumes of pods take, end to end.
+	OperationDuration = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Subsystem:      subsystem,
+		Name:           "operation_duration_seconds",
+		Help:           "Duration of suspend and resume operations on pods, by operation and result.",
+		Buckets:        metrics.ExponentialBuckets(0.01, 2, 16), // 10ms .. ~5.5min
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"operation", "result"})
+
+	// BytesMoved is GPU memory moved between GPUs and host memory.
+	BytesMoved = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "bytes_moved_total",
+		Help:           "GPU memory moved by suspend (to host memory) and resume (to GPUs), in bytes.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"operation"})
+
+	// Failures counts failed operations by cause (e.g. LockTimeout, CheckpointFailed,
+	// HostMemoryExhausted).
+	Failures = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "operation_failures_total",
+		Help:           "Failed suspend and resume operations, by operation and cause.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"operation", "cause"})
+
+	// ParkedBytes is the GPU memory of suspended pods held in host memory, per node.
+	ParkedBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "parked_bytes",
+		Help:           "GPU memory of suspended pods held in host memory, in bytes, per node.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"node"})
+
+	// StatusWrites counts writes of GPUNode status and node capacity.
+	StatusWrites = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "status_writes_total",
+		Help:           "Writes of GPUNode objects and node capacity, by object and result.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"object", "result"})
+
+	// InventoryErrors counts failed reads of a node's GPU inventory.
+	InventoryErrors = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "inventory_errors_total",
+		Help:           "Failed reads of a node's GPU inventory (NVML), per node.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"node"})
+)
+
+var registerOnce sync.Once
+
+// Register registers the metrics in the legacy registry; later calls do nothing.
+func Register() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(OperationDuration, BytesMoved, Failures, ParkedBytes, StatusWrites, InventoryErrors)
+	})
+}
