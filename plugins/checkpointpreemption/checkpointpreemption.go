@@ -74,7 +74,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(fh.KubeConfig())
+	client, err := versioned.NewForConfig(gpushare.CRDConfig(fh.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -67,7 +68,7 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	if err := validation.ValidateGPUShareArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(h.KubeConfig())
+	client, err := versioned.NewForConfig(CRDConfig(h.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
@@ -297,4 +298,13 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%dGi", n/gi)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// CRDConfig returns a copy of the scheduler's client config that talks JSON: kube-scheduler
+// asks for protobuf, which custom resources do not speak.
+func CRDConfig(c *rest.Config) *rest.Config {
+	c = rest.CopyConfig(c)
+	c.ContentType = runtime.ContentTypeJSON
+	c.AcceptContentTypes = runtime.ContentTypeJSON
+	return c
 }

@@ -42,7 +42,20 @@ func TestGPUCheckpointValidation(t *testing.T) {
 		{
 			name:    "preemption without a preemptor",
 			mutate:  func(ck *kv1.GPUCheckpoint) { ck.Spec.Reason = kv1.ReasonPreemption },
-			wantErr: "preemptor is required with reason Preemption",
+			wantErr: "preemptor is required for a Suspend with reason Preemption",
+		},
+		{
+			name: "preemptor with another reason",
+			mutate: func(ck *kv1.GPUCheckpoint) {
+				ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "hi"}
+			},
+			wantErr: "preemptor is only allowed with reason Preemption",
+		},
+		{
+			name: "resume after a preemption",
+			mutate: func(ck *kv1.GPUCheckpoint) {
+				ck.Spec.Action, ck.Spec.Reason, ck.Spec.TargetGPUs = kv1.ActionResume, kv1.ReasonPreemption, []string{"GPU-1"}
+			},
 		},
 	}
 	for _, tt := range tests {

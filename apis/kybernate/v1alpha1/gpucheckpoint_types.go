@@ -85,7 +85,8 @@ type GPUCheckpoint struct {
 // GPUCheckpointSpec is the requested action on one pod.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(self.targetGPUs) || self.action == 'Resume' || self.action == 'Restore'",message="targetGPUs is only allowed with action Resume or Restore"
-// +kubebuilder:validation:XValidation:rule="has(self.preemptor) == (self.reason == 'Preemption')",message="preemptor is required with reason Preemption and not allowed otherwise"
+// +kubebuilder:validation:XValidation:rule="has(self.preemptor) || self.reason != 'Preemption' || self.action != 'Suspend'",message="preemptor is required for a Suspend with reason Preemption"
+// +kubebuilder:validation:XValidation:rule="!has(self.preemptor) || self.reason == 'Preemption'",message="preemptor is only allowed with reason Preemption"
 type GPUCheckpointSpec struct {
 	// podName is the pod, in the GPUCheckpoint's namespace.
 	// +required
@@ -116,7 +117,8 @@ type GPUCheckpointSpec struct {
 	// +kubebuilder:validation:items:MaxLength=64
 	TargetGPUs []string `json:"targetGPUs,omitempty"`
 
-	// preemptor is the pod this suspension makes room for (reason Preemption).
+	// preemptor is the pod a suspension makes room for (required for a Suspend with reason
+	// Preemption; a Resume with reason Preemption undoes such a suspension and needs none).
 	// +optional
 	Preemptor *PodReference `json:"preemptor,omitempty"`
 
