@@ -5,8 +5,9 @@ SHELL := /usr/bin/env bash -o pipefail
 GO        ?= go
 BIN       := $(CURDIR)/bin
 GOFLAGS_BUILD := -trimpath
-BINARIES  := kybernate-scheduler cuda-test
+BINARIES  := kybernate-scheduler kybernate-agent cuda-test
 PKG_kybernate-scheduler := ./scheduler/cmd/kybernate-scheduler
+PKG_kybernate-agent     := ./nodeagent/cmd/kybernate-agent
 PKG_cuda-test           := ./cuda/cmd/cuda-test
 
 TEST_TIMEOUT ?= 20m
@@ -29,7 +30,7 @@ test: verify test-unit test-integration test-e2e ## Run every test tier this mac
 
 .PHONY: test-unit
 test-unit: ## Unit tests: no GPU, no root, no cluster.
-	$(GO) test -count=1 -race ./apis/... ./cuda/... ./scheduler/... ./plugins/... ./nodeagent/... ./shim/... 2>&1 | grep -v 'matched no packages'
+	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v /test/integration)
 
 .PHONY: test-integration
 test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster.
@@ -38,6 +39,10 @@ test-integration: controlplane ## Integration tests on a real etcd + kube-apiser
 .PHONY: test-e2e
 test-e2e: ## Runtime e2e tests on a real containerd + runc + CRIU (root).
 	@echo "test-e2e: no runtime e2e tests yet (they arrive with the containerd shim)"
+
+.PHONY: bench-scheduler
+bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes.
+	$(GO) run ./test/bench/scheduler -nodes $${NODES:-1000} -pods $${PODS:-2000} -create-qps $${QPS:-300} | tee test/bench/results/scheduler-$$(date -u +%Y-%m-%d).md
 
 .PHONY: controlplane
 controlplane: ## Build etcd, kube-apiserver, controller-manager, kube-scheduler, kubectl, kubelet and kwok into .cache/bin.

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# make demo: a local control plane with simulated GPU nodes (kwok), the node agent in
+# --simulate mode serving them, and kybernate-scheduler; applies the example workload of
+# docs/examples and prints a timeline of what happens to the pods.
+#
+# Nothing here touches a GPU: the agent simulates each node's GPUs and says so in every
+# GPUNode's Simulated condition.
+#
+# Usage: hack/demo.sh [up|down]
+set -euo pipefail
+
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Four nodes for the workload, a fifth (kept cordoned until then) for the preemption act.
+export KYBERNATE_NODES="${KYBERNATE_NODES:-5}"
+export KYBERNATE_GPUS_PER_NODE="${KYBERNATE_GPUS_PER_NODE:-8}"
+BIN="${KYBERNATE_ROOT}/bin"
+NAMESPACE=kybernate-demo
+COMPONENTS=(kybernate-scheduler kybernate-agent)
+
+mkdir -p "${KYBERNATE_CLUSTER_DIR}"
+DIR="$(cd "${KYBERNATE_CLUSTER_DIR}" && pwd -P)"
+RUN="${DIR}/run" LOGS="${DIR}/logs"
+
+# stop_components: ends the components this script started, by their pid files.
+stop_components() {
+  local name pid
+  for name in "${COMPONENTS[@]}"; do
+    [[ -f "${RUN}/${name}.pid" ]] || continue
+    pid="$(<"${RUN}/${name}.pid")"
+    if pid_matches "${pid}" "${BIN}/${name}" "${DIR}/"; then
+      log "stopping ${name} (pid ${pid})"
+      kill -TERM "${pid}" 2>/dev/null || true
+      for _ in $(seq 150); do pid_matches "${pid}" "${BIN}/${name}" "${DIR}/" || break; sleep 0.1; done
+      kill -KILL "${pid}" 2>/dev/null || true
+    fi
+    rm -f "${RUN}/${name}.pid"
+  done
+}
+
+if [[ "${1:-up}" == down ]]; then
+  stop_components
+  "${KYBERNATE_ROOT}/hack/cluster-down.sh"
+  exit 0
+fi
+
+for name in "${COMPONENTS[@]}"; do
+  [[ -x "${BIN}/${name}" ]] || die "${BIN}/${name} is missing: run make build"
+done
+
+KUBECONFIG="$("${KYBERNATE_ROOT}/hack/cluster-up.sh")"
+export KUBECONFIG
+KUBECTL="${KYBERNATE_BIN_DIR}/kubectl"
+stop_components
+
+# The scheduler runs with the shipped profile, pointed at this cluster.
+SCHED_CONFIG="${DIR}/kybernate-scheduler.yaml"
+{
+  cat "${KYBERNATE_ROOT}/manifests/scheduler/config.yaml"
+  printf 'clientConnection:\n  kubeconfig: %s\n' "${KUBECONFIG}"
+} >"${SCHED_CONFIG}"
+"${KUBECTL}" create namespace kybernate-system --dry-run=client -o yaml | "${KUBECTL}" apply -f - >/dev/null
+
+launch() {
+  local name="$1"; shift
+  setsid "${BIN}/${name}" "$@" >"${LOGS}/${name}.log" 2>&1 < /dev/null &
+  echo $! >"${RUN}/${name}.pid"
+  log "started ${name} (pid $!, log ${LOGS}/${name}.log)"
+}
+launch kybernate-agent --simulate --kubeconfig "${KUBECONFIG}" --simulate-node-selector type=kwok \
+  --metrics-bind-address 127.0.0.1:0 --socket "${RUN}/agent.sock"
+launch kybernate-scheduler --config "${SCHED_CONFIG}" --secure-port 0 --v=2
+
+# Every GPU node reports its (simulated) GPUs before the workload arrives.
+for _ in $(seq 120); do
+  ready=$("${KUBECTL}" get gpunodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True || true)
+  ((ready >= KYBERNATE_NODES)) && break
+  sleep 0.5
+done
+((ready >= KYBERNATE_NODES)) || die "only ${ready} of ${KYBERNATE_NODES} GPUNodes are Ready; see ${LOGS}/kybernate-agent.log"
+echo
+echo "== ${KYBERNATE_NODES} simulated GPU nodes"
+"${KUBECTL}" get gpunodes
+"${KUBECTL}" get nodes -o custom-columns='NODE:.metadata.name,GPU-MODEL:.metadata.labels.kybernate\.io/gpu-model,kybernate.io/gpu:.status.allocatable.kybernate\.io/gpu'
+
+ACT2_NODE="kwok-gpu-$((KYBERNATE_NODES - 1))"
+"${KUBECTL}" cordon "${ACT2_NODE}" >/dev/null
+"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/priorityclasses.yaml" >/dev/null
+
+start=$(date +%s.%N)
+elapsed() { awk -v s="${start}" -v n="$(date +%s.%N)" 'BEGIN { printf "%7.2fs", n - s }'; }
+declare -A last=()
+# timeline UNTIL TIMEOUT: prints every change of a demo pod's node, GPUs and GPU state until
+# the command UNTIL succeeds or TIMEOUT seconds pass.
+timeline() {
+  local until="$1" deadline=$((SECONDS + $2)) name node gpus state phase line
+  while :; do
+    # '|' and not a tab: read collapses runs of whitespace separators, and fields may be empty.
+    while IFS='|' read -r name node gpus state phase; do
+      [[ -n "${name}" ]] || continue
+      line="${node:-<pending>} ${gpus} ${state:-${gpus:+Running}} ${phase}"
+      [[ "${last[${name}]:-}" == "${line}" ]] && continue
+      last[${name}]="${line}"
+      if [[ -z "${node}" ]]; then
+        printf '%s  %-12s pending\n' "$(elapsed)" "${name}"
+      else
+        printf '%s  %-12s %-11s on %-11s GPUs %s\n' "$(elapsed)" "${name}" "${state:-Running}" "${node}" "${gpus//GPU-/}"
+      fi
+    done < <("${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{range .items[*]}{.metadata.name}|{.spec.nodeName}|{.metadata.annotations.kybernate\.io/gpus}|{.metadata.annotations.kybernate\.io/state}|{.status.phase}{"\n"}{end}' 2>/dev/null)
+    eval "${until}" && return 0
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+all_placed() { ! "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -qx ''; }
+state_of() { "${KUBECTL}" get pod -n "${NAMESPACE}" "$1" -o jsonpath='{.metadata.annotations.kybernate\.io/state}' 2>/dev/null; }
+suspended_any() { "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{.items[*].metadata.annotations.kybernate\.io/state}' | grep -qw Suspended; }
+none_suspended() { ! "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{.items[*].metadata.annotations.kybernate\.io/state}' | grep -qwE 'Suspended|Suspending|Resuming'; }
+
+echo
+echo "== act 1: placement. docs/examples/workload.yaml: whole GPUs, 20Gi shares, 2-GPU pods"
+"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/workload.yaml" >/dev/null
+timeline all_placed 120 || log "not every pod placed; kubectl -n ${NAMESPACE} describe pod shows why"
+
+echo
+echo "== act 2: preemption by suspension on ${ACT2_NODE}"
+echo "   eight low-priority pods take 50Gi on each of its 8 GPUs (docs/examples/preemption-batch.yaml)"
+"${KUBECTL}" uncordon "${ACT2_NODE}" >/dev/null
+"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/preemption-batch.yaml" >/dev/null
+timeline all_placed 60 || true
+echo "   a high-priority pod needs 40Gi on one GPU: the cheapest batch pod is suspended, not deleted"
+"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/preemption-interactive.yaml" >/dev/null
+timeline 'suspended_any && all_placed' 120 || log "no suspension seen; see ${LOGS}/kybernate-scheduler.log"
+echo "   the high-priority pod ends: the suspended pod resumes and carries on"
+"${KUBECTL}" delete pod -n "${NAMESPACE}" interactive --wait=false >/dev/null
+timeline none_suspended 120 || log "no resume seen; see ${LOGS}/kybernate-scheduler.log"
+
+echo
+echo "== GPUCheckpoints: what moved, how much, how long"
+"${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" \
+  -o custom-columns='NAME:.metadata.name,ACTION:.spec.action,REASON:.spec.reason,PHASE:.status.phase,BYTES:.status.bytesMoved,STEPS:.status.steps[*].name,DURATIONS:.status.steps[*].duration'
+echo
+echo "== Events of the suspended pod"
+victim=$("${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" -o jsonpath='{.items[0].spec.podName}')
+[[ -n "${victim}" ]] && "${KUBECTL}" get events -n "${NAMESPACE}" --field-selector "involvedObject.name=${victim}" \
+  --sort-by=.lastTimestamp -o custom-columns='REASON:.reason,MESSAGE:.message' | tail -n +1
+echo
+echo "Everything above is simulated: the GPUNodes say Simulated=True and no real GPU was touched."
+echo "Try: kubectl --kubeconfig ${KUBECONFIG} get pods,gpunodes,gpucheckpoints -A"
+echo "Stop with: make demo-down"
