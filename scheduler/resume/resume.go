@@ -233,6 +233,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	if !retryAt.IsZero() {
 		c.queue.AddAfter(node, retryAt.Sub(c.now()))
 	}
+	logger.V(4).Info("Looking for pods to resume", "node", node, "pods", len(onNode), "candidates", len(candidates))
 	if len(candidates) == 0 {
 		return nil
 	}
