@@ -23,6 +23,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -62,6 +64,7 @@ type CheckpointPreemption struct {
 
 var (
 	_ framework.PostFilterPlugin = &CheckpointPreemption{}
+	_ framework.PostBindPlugin   = &CheckpointPreemption{}
 	_ preemption.Interface       = &CheckpointPreemption{}
 )
 
@@ -94,6 +97,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 			return nil, fmt.Errorf("listing %v timed out after %v: are the CRDs installed (manifests/crds) and may the scheduler list them?", typ, informerSyncTimeout)
 		}
 	}
+	registerMetrics()
 	pl := newPlugin(fh, *args, gpuNodes.Lister(), checkpoints.Lister())
 	pl.createCheckpoint = func(ctx context.Context, ck *kv1.GPUCheckpoint) error {
 		_, err := client.KybernateV1alpha1().GPUCheckpoints(ck.Namespace).Create(ctx, ck, metav1.CreateOptions{})
@@ -119,16 +123,33 @@ func (pl *CheckpointPreemption) Name() string { return Name }
 func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, m framework.NodeToStatusReader) (*framework.PostFilterResult, *fwk.Status) {
 	d, err := gpushare.PodDemand(pod)
 	if err != nil || d.Count == 0 {
+		preemptionAttempts.WithLabelValues(outcomeNotGPUPod).Inc()
 		return nil, fwk.NewStatus(fwk.Unschedulable, "not a GPU pod")
 	}
 	result, status := pl.evaluator.Preempt(ctx, state, pod, m)
-	if status.IsSuccess() {
+	switch {
+	case status.IsSuccess():
+		preemptionAttempts.WithLabelValues(outcomeSuspending).Inc()
 		return result, status
-	}
-	if status.Code() == fwk.Error {
+	case status.Code() == fwk.Error:
+		preemptionAttempts.WithLabelValues(outcomeError).Inc()
 		return result, status
+	case result == nil:
+		// Preempt returns no result when the preemptor may not preempt (yet).
+		preemptionAttempts.WithLabelValues(outcomeNotEligible).Inc()
+	default:
+		preemptionAttempts.WithLabelValues(outcomeNotHelpful).Inc()
 	}
 	return result, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "suspension: "+status.Message())
+}
+
+// PostBind records how long a pod that suspended others waited from its creation to its binding.
+func (pl *CheckpointPreemption) PostBind(_ context.Context, _ fwk.CycleState, pod *v1.Pod, _ string) {
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	if err != nil || len(cks) == 0 {
+		return
+	}
+	preemptorBindDuration.Observe(pl.now().Sub(pod.CreationTimestamp.Time).Seconds())
 }
 
 // GetOffsetAndNumCandidates shortlists nodes for the dry run, as DefaultPreemption does.
@@ -182,6 +203,22 @@ func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
 	return n
 }
 
+// failedSuspensions are the pods whose suspension for this preemptor failed: asking again would
+// fail again, so they are no victims of it.
+func (pl *CheckpointPreemption) failedSuspensions(preemptor *v1.Pod) sets.Set[types.UID] {
+	failed := sets.New[types.UID]()
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(preemptor.UID)}))
+	if err != nil {
+		return failed
+	}
+	for _, ck := range cks {
+		if ck.Status.Phase == kv1.PhaseFailed {
+			failed.Insert(types.UID(ck.Spec.PodUID))
+		}
+	}
+	return failed
+}
+
 // SelectVictimsOnNode finds the cheapest set of pods on the node whose suspension lets the
 // preemptor fit. nodeInfo and state are copies the plugin may change.
 func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo, _ []*policy.PodDisruptionBudget) ([]*v1.Pod, int, *fwk.Status) {
@@ -197,10 +234,15 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 	gpuTotal := gpuSizes(gn)
 
 	now := pl.now()
+	failed := pl.failedSuspensions(pod)
 	var candidates []victim
 	for _, pi := range nodeInfo.GetPods() {
 		p := pi.GetPod()
-		if why := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now); why != "" {
+		why := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now)
+		if why == "" && failed.Has(p.UID) {
+			why = "its suspension for this preemptor failed"
+		}
+		if why != "" {
 			logger.V(5).Info("Pod may not be suspended", "pod", klog.KObj(p), "reason", why)
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/metrics/testutil"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -96,15 +97,34 @@ func newTestPlugin(t *testing.T, gn *kv1.GPUNode, cks ...*kv1.GPUCheckpoint) (*C
 
 func TestSelectVictimsOnNode(t *testing.T) {
 	const parkable = 200 * gi
+	failedFor := func(victim, preemptorUID string) *kv1.GPUCheckpoint {
+		return &kv1.GPUCheckpoint{
+			ObjectMeta: metav1.ObjectMeta{Name: victim + "-suspend", Namespace: "ns", Labels: map[string]string{LabelPreemptor: preemptorUID}},
+			Spec:       kv1.GPUCheckpointSpec{PodName: victim, PodUID: victim, Action: kv1.ActionSuspend, Reason: kv1.ReasonPreemption},
+			Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseFailed},
+		}
+	}
 	tests := []struct {
 		name        string
 		gpuNode     *kv1.GPUNode
 		pods        []*v1.Pod
+		cks         []*kv1.GPUCheckpoint
 		preemptor   *v1.Pod
 		wantVictims []string
 		wantCode    fwk.Code
 		wantMsg     string
 	}{
+		{
+			name:    "a pod whose suspension for this preemptor failed is not tried again",
+			gpuNode: gpuNode("n1", 4, parkable, 80),
+			pods: []*v1.Pod{
+				gpuPod("broken", 1, "40Gi", 0).Obj(),
+				gpuPod("fine", 1, "40Gi", 0).Obj(),
+			},
+			cks:         []*kv1.GPUCheckpoint{failedFor("broken", "hi")},
+			preemptor:   gpuPod("hi", 10, "30Gi", -1).Obj(),
+			wantVictims: []string{"fine"},
+		},
 		{
 			name:    "cheapest set by bytes: two small pods rather than one large",
 			gpuNode: gpuNode("n1", 4, parkable, 80),
@@ -214,7 +234,7 @@ func TestSelectVictimsOnNode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pl, h := newTestPlugin(t, tt.gpuNode)
+			pl, h := newTestPlugin(t, tt.gpuNode, tt.cks...)
 			state := framework.NewCycleState()
 			if _, s := h.share.PreFilter(t.Context(), state, tt.preemptor, nil); !s.IsSuccess() {
 				t.Fatalf("PreFilter: %v", s)
@@ -325,5 +345,31 @@ func TestCheckpointName(t *testing.T) {
 	name := checkpointName(st.MakePod().Name(long).Obj(), st.MakePod().UID("abcdefghijkl").Obj())
 	if len(name) > 253 || !strings.HasSuffix(name, "-suspend-abcdefgh") {
 		t.Errorf("checkpointName = %q (%d chars)", name, len(name))
+	}
+}
+
+// A pod that suspended others has its wait from creation to binding recorded; other pods not.
+func TestPostBindRecordsPreemptorWait(t *testing.T) {
+	registerMetrics()
+	preemptor := gpuPod("hi", 10, "30Gi", -1).UID("hi-uid").Obj()
+	preemptor.CreationTimestamp = metav1.NewTime(now.Add(-3 * time.Second))
+	ck := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Namespace: "ns", Labels: map[string]string{LabelPreemptor: "hi-uid"}}}
+	pl, _ := newTestPlugin(t, gpuNode("n1", 4, 100*gi, 80), ck)
+
+	count := func() uint64 {
+		n, err := testutil.GetHistogramMetricCount(preemptorBindDuration.ObserverMetric)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count()
+	pl.PostBind(t.Context(), nil, gpuPod("other", 1, "10Gi", -1).Obj(), "n1")
+	if got := count(); got != before {
+		t.Fatalf("a pod that suspended nobody was recorded (%d -> %d)", before, got)
+	}
+	pl.PostBind(t.Context(), nil, preemptor, "n1")
+	if got := count(); got != before+1 {
+		t.Fatalf("preemptor not recorded (%d -> %d)", before, got)
 	}
 }

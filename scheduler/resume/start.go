@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
@@ -38,6 +39,7 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 		if c, err = New(client, kybernate, pods, gpuNodes, checkpoints, recorder); err != nil {
 			return
 		}
+		legacyregistry.CustomMustRegister(NewCollector(gpuNodes.Lister()))
 		namespace := os.Getenv("POD_NAMESPACE")
 		if namespace == "" {
 			namespace = DefaultLeaseNamespace
