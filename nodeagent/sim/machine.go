@@ -114,6 +114,10 @@ type Machine struct {
 	pods       map[types.UID]*simPod
 	byPID      map[int]*simPod
 	nextPID    int
+	// failing are the driver calls that fail for a pid (AnnotationFail of its pod). Its own
+	// lock: the driver calls the hook that reads it while mu may be held.
+	faultMu sync.Mutex
+	failing map[int][]string
 }
 
 type simGPU struct {
@@ -163,6 +167,7 @@ func NewMachine(node, model string, count int, clk clock.PassiveClock) (*Machine
 		pods:    map[types.UID]*simPod{},
 		byPID:   map[int]*simPod{},
 		nextPID: firstPID,
+		failing: map[int][]string{},
 	}
 	devices := make([]fake.Device, count)
 	for i, d := range srv.Devices {
@@ -180,6 +185,7 @@ func NewMachine(node, model string, count int, clk clock.PassiveClock) (*Machine
 	}
 	m.cuda = fake.New(devices...)
 	m.cuda.SetDriverVersion(CUDADriverVersion)
+	m.cuda.SetHook(m.injectFault)
 	if err := m.cuda.Init(); err != nil {
 		return nil, fmt.Errorf("simulated node %s: %w", node, err)
 	}
@@ -373,6 +379,7 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		bytes []uint64
 	}
 	var add []newPod
+	faults := map[types.UID][]string{}
 	for _, pod := range pods {
 		gpus, bytes, err := m.podProcesses(pod)
 		if err != nil {
@@ -381,6 +388,11 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		}
 		if len(gpus) == 0 {
 			continue
+		}
+		if calls, err := failingCalls(pod); err != nil {
+			errs = append(errs, err)
+		} else if len(calls) > 0 {
+			faults[pod.UID] = calls
 		}
 		want[pod.UID] = true
 		if _, ok := m.pods[pod.UID]; !ok {
@@ -415,7 +427,53 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		m.pods[np.pod.UID] = p
 		changed = true
 	}
+	m.faultMu.Lock()
+	defer m.faultMu.Unlock()
+	clear(m.failing)
+	for uid, calls := range faults {
+		if p, ok := m.pods[uid]; ok {
+			for _, sp := range p.procs {
+				m.failing[sp.pid] = calls
+			}
+		}
+	}
 	return changed, errs
+}
+
+// AnnotationFail (simulation only) names driver calls that fail for the pod's simulated
+// processes, comma separated: Lock, Checkpoint, Restore, Unlock. Tests use it to show what a
+// failed suspend or resume does; real pods never have it.
+const AnnotationFail = "sim.kybernate.io/fail"
+
+var faultCalls = map[string]string{
+	"Lock": fake.CallLock, "Checkpoint": fake.CallCheckpoint, "Restore": fake.CallRestore, "Unlock": fake.CallUnlock,
+}
+
+func failingCalls(pod *v1.Pod) ([]string, error) {
+	s := strings.TrimSpace(pod.Annotations[AnnotationFail])
+	if s == "" {
+		return nil, nil
+	}
+	var calls []string
+	for _, name := range strings.Split(s, ",") {
+		call, ok := faultCalls[strings.TrimSpace(name)]
+		if !ok {
+			return nil, fmt.Errorf("pod %s/%s: annotation %s=%q: %q is not one of Lock, Checkpoint, Restore, Unlock", pod.Namespace, pod.Name, AnnotationFail, s, name)
+		}
+		calls = append(calls, call)
+	}
+	return calls, nil
+}
+
+// injectFault is the fake driver's hook: the calls AnnotationFail names fail with
+// CUDA_ERROR_UNKNOWN, as a driver bug would.
+func (m *Machine) injectFault(call string, pid int) error {
+	m.faultMu.Lock()
+	defer m.faultMu.Unlock()
+	if slices.Contains(m.failing[pid], call) {
+		return cuda.NewError(call, cuda.ErrorUnknown)
+	}
+	return nil
 }
 
 // start creates a pod's processes, all or none; m.mu must be held.

@@ -250,3 +250,42 @@ func TestProgressOnlyWhileResident(t *testing.T) {
 		t.Errorf("formatted %q, want 135", got)
 	}
 }
+
+// AnnotationFail makes the named driver calls fail for the pod's processes only, and can be
+// added or removed while the pod runs.
+func TestInjectedFaults(t *testing.T) {
+	m, err := NewMachine("kwok-node-0", "NVIDIA-H100-80GB-HBM3", 2, testingclock.NewFakeClock(epoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := m.GPUs()
+	faulty := gpuPod("faulty", g[:1], "10Gi", AnnotationFail, "Checkpoint")
+	healthy := gpuPod("healthy", g[1:], "10Gi")
+	if _, errs := m.SyncPods([]*v1.Pod{faulty, healthy}); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	d := m.Driver()
+	bad, good := m.ProcessesOf("uid-faulty")[0].PID, m.ProcessesOf("uid-healthy")[0].PID
+	if err := d.CheckpointProcessLock(bad, time.Second); err != nil {
+		t.Fatalf("lock of the faulty pod: %v, want success (only Checkpoint fails)", err)
+	}
+	if err := d.CheckpointProcessCheckpoint(bad); !errors.Is(err, cuda.ErrUnknown) {
+		t.Errorf("checkpoint of the faulty pod: %v, want CUDA_ERROR_UNKNOWN", err)
+	}
+	if err := errors.Join(d.CheckpointProcessLock(good, time.Second), d.CheckpointProcessCheckpoint(good)); err != nil {
+		t.Errorf("suspending the healthy pod: %v", err)
+	}
+	// The annotation removed: the fault is gone.
+	delete(faulty.Annotations, AnnotationFail)
+	if _, errs := m.SyncPods([]*v1.Pod{faulty, healthy}); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if err := d.CheckpointProcessCheckpoint(bad); err != nil {
+		t.Errorf("checkpoint after the fault was removed: %v", err)
+	}
+
+	typo := gpuPod("typo", g[:1], "10Gi", AnnotationFail, "Lokc")
+	if _, errs := m.SyncPods([]*v1.Pod{typo}); len(errs) != 1 || !strings.Contains(errs[0].Error(), `"Lokc" is not one of Lock, Checkpoint, Restore, Unlock`) {
+		t.Errorf("errors %v, want one naming the bad call", errs)
+	}
+}

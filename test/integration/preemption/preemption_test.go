@@ -423,3 +423,58 @@ func TestSchedulerRestartDuringSuspend(t *testing.T) {
 		t.Errorf("%d Suspend GPUCheckpoints, want 1", suspends)
 	}
 }
+
+// The agent fails to suspend the victim (an injected driver fault): the victim keeps running,
+// an Event on it says why, nothing is deleted, and the preemptor waits instead of trying the
+// same victim again.
+func TestFailedSuspendLeavesVictimRunning(t *testing.T) {
+	e := setup(t)
+	ns := e.c.CreateNamespace(t)
+	node := "kwok-gpu-2"
+	e.create(t, gpuPod(ns, "victim", node, low, "").Annotation(sim.AnnotationFail, "Checkpoint").Obj(),
+		gpuPod(ns, "blocker", node, low, "").Preemption("Never").Obj())
+	e.waitState(t, ns, "victim", kv1.PodRunning, time.Minute)
+	e.waitState(t, ns, "blocker", kv1.PodRunning, time.Minute)
+	e.create(t, gpuPod(ns, "urgent", node, high, "").Obj())
+
+	framework.WaitFor(t.Context(), t, time.Minute, "the suspension to fail", func(context.Context) (bool, error) {
+		for _, ck := range e.checkpoints(t, ns) {
+			if ck.Spec.PodName == "victim" && ck.Status.Phase == kv1.PhaseFailed {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	framework.WaitFor(t.Context(), t, time.Minute, "a SuspendFailed Event on the victim", func(ctx context.Context) (bool, error) {
+		events, err := e.c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=victim"})
+		if err != nil {
+			return false, err
+		}
+		for _, ev := range events.Items {
+			if ev.Reason == "SuspendFailed" && strings.Contains(ev.Message, "CUDA_ERROR_UNKNOWN") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	victim := e.waitState(t, ns, "victim", kv1.PodRunning, time.Minute)
+	if victim.DeletionTimestamp != nil {
+		t.Error("victim is being deleted")
+	}
+	time.Sleep(3 * time.Second) // room for a wrong retry to happen
+	if p := e.pod(t, ns, "urgent"); p.Spec.NodeName != "" {
+		t.Errorf("preemptor bound to %s although its victim could not be suspended", p.Spec.NodeName)
+	}
+	var suspends int
+	for _, ck := range e.checkpoints(t, ns) {
+		if ck.Spec.Action == kv1.ActionSuspend {
+			suspends++
+		}
+	}
+	if suspends != 1 {
+		t.Errorf("%d Suspend GPUCheckpoints, want 1: the failed victim is not asked again", suspends)
+	}
+	if s := e.pod(t, ns, "victim").Annotations[kv1.AnnotationState]; s != "" && s != string(kv1.PodRunning) {
+		t.Errorf("victim is %s, want Running", s)
+	}
+}
