@@ -12,8 +12,8 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Four nodes for the workload, a fifth (kept cordoned until then) for the preemption act.
-export KYBERNATE_NODES="${KYBERNATE_NODES:-5}"
+# Four nodes: the workload goes to three, the fourth (cordoned until then) is for the preemption act.
+export KYBERNATE_NODES="${KYBERNATE_NODES:-4}"
 export KYBERNATE_GPUS_PER_NODE="${KYBERNATE_GPUS_PER_NODE:-8}"
 BIN="${KYBERNATE_ROOT}/bin"
 NAMESPACE=kybernate-demo
