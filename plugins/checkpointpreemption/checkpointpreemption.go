@@ -48,8 +48,6 @@ const Name = "CheckpointPreemption"
 // LabelPreemptor is set on the GPUCheckpoints a preemption creates: the preemptor's UID.
 const LabelPreemptor = "kybernate.io/preemptor-uid"
 
-const informerSyncTimeout = time.Minute
-
 // CheckpointPreemption suspends lower-priority GPU pods to make room for a GPU pod.
 type CheckpointPreemption struct {
 	fh          framework.Handle
@@ -89,13 +87,8 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 		gpuNodes, checkpoints, fh.EventRecorder()); err != nil {
 		return nil, fmt.Errorf("starting the resume controller: %w", err)
 	}
-	factory.Start(ctx.Done())
-	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
-	defer cancel()
-	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			return nil, fmt.Errorf("listing %v timed out after %v: are the CRDs installed (manifests/crds) and may the scheduler list them?", typ, informerSyncTimeout)
-		}
+	if err := gpushare.StartInformers(ctx, factory); err != nil {
+		return nil, err
 	}
 	registerMetrics()
 	pl := newPlugin(fh, *args, gpuNodes.Lister(), checkpoints.Lister())

@@ -75,13 +75,8 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	gpuNodes.Informer() // register before Start
-	factory.Start(ctx.Done())
-	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
-	defer cancel()
-	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			return nil, fmt.Errorf("listing %v timed out after %v: is the GPUNode CRD installed (manifests/crds) and may the scheduler list gpunodes.kybernate.io?", typ, informerSyncTimeout)
-		}
+	if err := StartInformers(ctx, factory); err != nil {
+		return nil, err
 	}
 
 	pl := NewWithLister(h, args, gpuNodes.Lister())
@@ -298,6 +293,20 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%dGi", n/gi)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// StartInformers starts the factory's informers and waits, a minute at most, for their first
+// list: a scheduler that cannot see the GPUs must not start placing pods.
+func StartInformers(ctx context.Context, factory externalversions.SharedInformerFactory) error {
+	factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
+	defer cancel()
+	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
+		if !synced {
+			return fmt.Errorf("listing %v timed out after %v: are the CRDs of manifests/crds installed, and may the scheduler list kybernate.io objects?", typ, informerSyncTimeout)
+		}
+	}
+	return nil
 }
 
 // CRDConfig returns a copy of the scheduler's client config that talks JSON: kube-scheduler

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -49,44 +48,21 @@ var (
 func setup(t *testing.T) (*framework.Cluster, versioned.Interface) {
 	t.Helper()
 	c := framework.Get(t)
-	kc, err := versioned.NewForConfig(c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		config := filepath.Join(t.TempDir(), "scheduler.yaml")
-		if err := os.WriteFile(config, []byte(fmt.Sprintf(schedulerConfig, c.Kubeconfig)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		c.Start(t, "kybernate-agent", "--simulate", "--kubeconfig", c.Kubeconfig,
-			"--simulate-node-selector", "type=kwok", "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
-			"--metrics-bind-address", "127.0.0.1:0", "--socket", filepath.Join(os.TempDir(), fmt.Sprintf("kybernate-agent-%d.sock", os.Getpid())))
-		c.Start(t, "kybernate-scheduler", "--config", config, "--secure-port", "0", "--v=3")
+		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU))
+		c.Start(t, "kybernate-scheduler", "--config", c.WriteSchedulerConfig(t, schedulerConfig), "--secure-port", "0", "--v=3")
 		setupOK = true
 	})
 	if !setupOK {
 		t.Fatal("setup failed in an earlier test")
 	}
-	framework.WaitFor(t.Context(), t, time.Minute, "every GPUNode Ready with its GPUs", func(ctx context.Context) (bool, error) {
-		list, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		ready := 0
-		for _, gn := range list.Items {
-			if len(gn.Status.GPUs) == gpusPerNode && conditionTrue(gn.Status.Conditions, kv1.GPUNodeReady) {
-				ready++
-			}
-		}
-		return ready >= nodes, nil
-	})
+	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	return c, kc
 }
 
 const schedulerConfig = `apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
-clientConnection:
-  kubeconfig: %s
 leaderElection:
   leaderElect: false
 profiles:
@@ -119,15 +95,6 @@ profiles:
     args:
       scoringStrategy: LeastAllocated
 `
-
-func conditionTrue(conds []metav1.Condition, typ string) bool {
-	for _, c := range conds {
-		if c.Type == typ {
-			return c.Status == metav1.ConditionTrue
-		}
-	}
-	return false
-}
 
 // createPods creates the pods concurrently, as a burst.
 func createPods(t *testing.T, c *framework.Cluster, pods []*v1.Pod) {

@@ -59,10 +59,7 @@ type env struct {
 func setup(t *testing.T) env {
 	t.Helper()
 	c := framework.Get(t)
-	kc, err := versioned.NewForConfig(c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
 		ctx := t.Context()
 		for name, value := range map[string]int32{low: 100, high: 10000} {
@@ -80,22 +77,10 @@ func setup(t *testing.T) env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Outlives this test: later tests restart the scheduler with it.
-		dir := c.Dir
-		if dir == "" {
-			dir = os.TempDir()
-		}
-		config := filepath.Join(dir, fmt.Sprintf("kybernate-scheduler-%d.yaml", os.Getpid()))
-		cfg := strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1) +
-			fmt.Sprintf("clientConnection:\n  kubeconfig: %s\n", c.Kubeconfig)
-		if err := os.WriteFile(config, []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		c.Start(t, "kybernate-agent", "--simulate", "--kubeconfig", c.Kubeconfig,
-			"--simulate-node-selector", "type=kwok", "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
+		config := c.WriteSchedulerConfig(t, strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1))
+		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
-			"--simulate-progress-period", "500ms",
-			"--metrics-bind-address", "", "--socket", "")
+			"--simulate-progress-period", "500ms")
 		schedArgs = []string{"--config", config, "--secure-port", "0", "--v=4"}
 		scheduler = c.Start(t, "kybernate-scheduler", schedArgs...)
 		setupOK = true
@@ -103,19 +88,7 @@ func setup(t *testing.T) env {
 	if !setupOK {
 		t.Fatal("setup failed in an earlier test")
 	}
-	framework.WaitFor(t.Context(), t, time.Minute, "every GPUNode Ready", func(ctx context.Context) (bool, error) {
-		list, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		ready := 0
-		for _, gn := range list.Items {
-			if len(gn.Status.GPUs) == gpusPerNode {
-				ready++
-			}
-		}
-		return ready >= nodes, nil
-	})
+	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	return env{c: c, kc: kc}
 }
 

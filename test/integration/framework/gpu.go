@@ -1,0 +1,81 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// Kybernate returns a client for the kybernate.io API of the cluster.
+func (c *Cluster) Kybernate(t testing.TB) versioned.Interface {
+	t.Helper()
+	kc, err := versioned.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc
+}
+
+// StartSimulatedAgent runs kybernate-agent in --simulate mode for every kwok node, with extra
+// flags added; it serves no socket and no metrics.
+func (c *Cluster) StartSimulatedAgent(t testing.TB, extra ...string) *Component {
+	t.Helper()
+	args := append([]string{"--simulate", "--kubeconfig", c.Kubeconfig, "--simulate-node-selector", "type=kwok",
+		"--metrics-bind-address", "", "--socket", ""}, extra...)
+	return c.Start(t, "kybernate-agent", args...)
+}
+
+// WriteSchedulerConfig writes a KubeSchedulerConfiguration that talks to this cluster: config
+// with a clientConnection added. The file outlives the test that wrote it (a later test may
+// restart the scheduler with it); it goes with the cluster's folder.
+func (c *Cluster) WriteSchedulerConfig(t testing.TB, config string) string {
+	t.Helper()
+	dir := c.workDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.CreateTemp(dir, "kybernate-scheduler-*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "%s\nclientConnection:\n  kubeconfig: %s\n", config, c.Kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Clean(f.Name())
+}
+
+// WaitForGPUNodes waits until want GPUNodes are Ready and report gpus GPUs each.
+func WaitForGPUNodes(ctx context.Context, t testing.TB, kc versioned.Interface, want, gpus int, timeout time.Duration) {
+	t.Helper()
+	WaitFor(ctx, t, timeout, fmt.Sprintf("%d GPUNodes Ready with %d GPUs", want, gpus), func(ctx context.Context) (bool, error) {
+		list, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		ready := 0
+		for _, gn := range list.Items {
+			if len(gn.Status.GPUs) == gpus && conditionTrue(gn.Status.Conditions, kv1.GPUNodeReady) {
+				ready++
+			}
+		}
+		return ready >= want, nil
+	})
+}
+
+func conditionTrue(conds []metav1.Condition, typ string) bool {
+	for _, c := range conds {
+		if c.Type == typ {
+			return c.Status == metav1.ConditionTrue
+		}
+	}
+	return false
+}
