@@ -30,15 +30,15 @@ test: verify test-unit test-integration test-e2e ## Run every test tier this mac
 
 .PHONY: test-unit
 test-unit: ## Unit tests: no GPU, no root, no cluster.
-	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v /test/integration)
+	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e)
 
 .PHONY: test-integration
 test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster.
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
 
 .PHONY: test-e2e
-test-e2e: ## Runtime e2e tests on a real containerd + runc + CRIU (root).
-	@echo "test-e2e: no runtime e2e tests yet (they arrive with the containerd shim)"
+test-e2e: ## Runtime e2e tests on a private containerd (root; Debian's containerd).
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
 
 .PHONY: bench-scheduler
 bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes.

@@ -257,6 +257,14 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 
 	a.nvml = &lazyNVML{open: func() (*inventory.NVML, error) { return inventory.Open(nvml.New()) }}
 	resolver := &podmap.Resolver{ProcRoot: o.ProcRoot, Pods: podmap.IndexedPods{Indexer: pods.GetIndexer()}}
+	// containerd names the pod of a container whose cgroup path carries no pod UID.
+	if o.ContainerdSocket != "" {
+		if ctr, err := podmap.NewContainerd(o.ContainerdSocket); err != nil {
+			logger.Error(err, "containerd not reachable: GPU processes map to pods by their cgroup paths only")
+		} else {
+			resolver.Containers = ctr
+		}
+	}
 	hostMemory := status.Meminfo{Path: filepath.Join(o.ProcRoot, "meminfo")}
 	node := status.Node{Inventory: a.nvml, Pods: resolver, HostMemory: hostMemory}
 	srvNode := server.Node{Inventory: a.nvml, Pods: resolver, HostMemory: hostMemory}

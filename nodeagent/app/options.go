@@ -30,6 +30,7 @@ type Options struct {
 
 	Socket             string
 	MetricsBindAddress string
+	ContainerdSocket   string
 
 	LockTimeout    time.Duration
 	StepTimeout    time.Duration
@@ -58,6 +59,7 @@ func NewOptions() *Options {
 		StatusMinInterval:      time.Second,
 		ProcRoot:               "/proc",
 		Socket:                 "/run/kybernate/agent.sock",
+		ContainerdSocket:       "/run/containerd/containerd.sock",
 		MetricsBindAddress:     ":9464",
 		LockTimeout:            10 * time.Second,
 		StepTimeout:            5 * time.Minute,
@@ -89,6 +91,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ProcRoot, "proc-root", o.ProcRoot, "Where the host's /proc is (the agent runs with hostPID).")
 
 	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket of the agent's gRPC API (mode 0600, root peers only); empty disables it.")
+	fs.StringVar(&o.ContainerdSocket, "containerd-socket", o.ContainerdSocket, "containerd's socket, to find the pod of a container (namespace k8s.io) when its cgroup path does not name it; empty disables it. Not used with --simulate.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the HTTP server for /metrics and /healthz; empty disables it.")
 
 	fs.DurationVar(&o.LockTimeout, "lock-timeout", o.LockTimeout, "How long a suspend waits for a process's in-flight GPU work before it gives up.")
