@@ -21,14 +21,17 @@ import (
 	policy "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/features"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework/preemption"
 
@@ -61,9 +64,11 @@ type CheckpointPreemption struct {
 }
 
 var (
-	_ framework.PostFilterPlugin = &CheckpointPreemption{}
-	_ framework.PostBindPlugin   = &CheckpointPreemption{}
-	_ preemption.Interface       = &CheckpointPreemption{}
+	_ framework.PreEnqueuePlugin  = &CheckpointPreemption{}
+	_ framework.EnqueueExtensions = &CheckpointPreemption{}
+	_ framework.PostFilterPlugin  = &CheckpointPreemption{}
+	_ framework.PostBindPlugin    = &CheckpointPreemption{}
+	_ preemption.Interface        = &CheckpointPreemption{}
 )
 
 // New builds the plugin from its args, with informers on GPUNodes and GPUCheckpoints.
@@ -96,9 +101,10 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 		_, err := client.KybernateV1alpha1().GPUCheckpoints(ck.Namespace).Create(ctx, ck, metav1.CreateOptions{})
 		return err
 	}
-	// Suspensions are quick to request; the agent does the slow part. So the evaluator runs
-	// them synchronously and nominates the node once every GPUCheckpoint exists.
-	pl.evaluator = preemption.NewEvaluator(Name, fh, pl, false)
+	// Like DefaultPreemption, request the suspensions asynchronously when the scheduler does
+	// (SchedulerAsyncPreemption, on by default in 1.34): PreEnqueue holds the preemptor back
+	// until every GPUCheckpoint of its preemption exists.
+	pl.evaluator = preemption.NewEvaluator(Name, fh, pl, utilfeature.DefaultFeatureGate.Enabled(features.SchedulerAsyncPreemption))
 	pl.evaluator.PreemptPod = pl.suspend
 	return pl, nil
 }
@@ -109,6 +115,41 @@ func newPlugin(fh framework.Handle, args config.CheckpointPreemptionArgs, gpuNod
 
 // Name returns the plugin's name.
 func (pl *CheckpointPreemption) Name() string { return Name }
+
+// PreEnqueue holds a preemptor back while its suspensions are still being requested (async
+// preemption), so that it does not run into the same full node meanwhile.
+func (pl *CheckpointPreemption) PreEnqueue(_ context.Context, pod *v1.Pod) *fwk.Status {
+	if pl.evaluator != nil && pl.evaluator.IsPodRunningPreemption(pod.UID) {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "waiting for the suspensions this pod asked for to be requested")
+	}
+	return nil
+}
+
+// EventsToRegister: a GPUCheckpoint of the pod's preemption appears (the last one ends the
+// wait PreEnqueue imposes).
+func (pl *CheckpointPreemption) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{{
+		Event:          fwk.ClusterEvent{Resource: "gpucheckpoints.v1alpha1.kybernate.io", ActionType: fwk.Add},
+		QueueingHintFn: isPreemptorOf,
+	}}, nil
+}
+
+// isPreemptorOf queues the pod when a GPUCheckpoint names it as the preemptor.
+func isPreemptorOf(_ klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.QueueingHint, error) {
+	var preemptor string
+	switch o := newObj.(type) {
+	case *kv1.GPUCheckpoint:
+		preemptor = o.Labels[LabelPreemptor]
+	case *unstructured.Unstructured:
+		preemptor = o.GetLabels()[LabelPreemptor]
+	default:
+		return fwk.Queue, fmt.Errorf("unexpected object %T in a GPUCheckpoint event", newObj)
+	}
+	if preemptor == string(pod.UID) {
+		return fwk.Queue, nil
+	}
+	return fwk.QueueSkip, nil
+}
 
 // PostFilter suspends victims for a GPU pod that fits nowhere. Pods that ask for no GPU are left
 // to the next PostFilter plugin (DefaultPreemption). For GPU pods a failure is final for this

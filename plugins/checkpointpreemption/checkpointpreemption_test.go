@@ -10,10 +10,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/component-base/metrics/testutil"
+	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -371,5 +374,38 @@ func TestPostBindRecordsPreemptorWait(t *testing.T) {
 	pl.PostBind(t.Context(), nil, preemptor, "n1")
 	if got := count(); got != before+1 {
 		t.Fatalf("preemptor not recorded (%d -> %d)", before, got)
+	}
+}
+
+func TestIsPreemptorOf(t *testing.T) {
+	pod := gpuPod("hi", 10, "30Gi", -1).UID("hi-uid").Obj()
+	ck := func(preemptor string) *kv1.GPUCheckpoint {
+		return &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Labels: map[string]string{LabelPreemptor: preemptor}}}
+	}
+	asUnstructured := func(obj *kv1.GPUCheckpoint) *unstructured.Unstructured {
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &unstructured.Unstructured{Object: m}
+	}
+	tests := []struct {
+		name    string
+		obj     interface{}
+		want    fwk.QueueingHint
+		wantErr bool
+	}{
+		{name: "a suspension for the pod", obj: ck("hi-uid"), want: fwk.Queue},
+		{name: "a suspension for the pod, from the dynamic informer", obj: asUnstructured(ck("hi-uid")), want: fwk.Queue},
+		{name: "a suspension for another pod", obj: ck("other"), want: fwk.QueueSkip},
+		{name: "not a GPUCheckpoint", obj: &v1.Node{}, want: fwk.Queue, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := isPreemptorOf(klog.Background(), pod, nil, tt.obj)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("hint %v (error %v), want %v (error %v)", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }
