@@ -63,8 +63,15 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			used: max(s.MemoryUsedBytes-attributed, 0),
 		})
 	}
+	// Pods on the node without GPUs yet: nominated preemptors the framework adds while
+	// filtering for others. They are placed after the rest, where they would go.
+	var unplaced []Demand
 	for _, pod := range pods {
 		if pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+			continue
+		}
+		d, err := PodDemand(pod)
+		if err != nil || d.Count == 0 {
 			continue
 		}
 		uuids := AssignedGPUs(pod)
@@ -72,10 +79,9 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			uuids = reserved(pod.UID)
 		}
 		if len(uuids) == 0 {
-			continue
-		}
-		d, err := PodDemand(pod)
-		if err != nil || d.Count == 0 {
+			if pod.Spec.NodeName == "" {
+				unplaced = append(unplaced, d)
+			}
 			continue
 		}
 		isResident := Resident(pod)
@@ -89,6 +95,12 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			if isResident {
 				g.used += d.On(g.total)
 			}
+		}
+	}
+	for _, d := range unplaced {
+		for _, g := range n.choose(d, config.MostAllocated) {
+			g.pods++
+			g.used += d.On(g.total)
 		}
 	}
 	return n

@@ -292,6 +292,15 @@ func TestFilter(t *testing.T) {
 			pod:  gpuPod("p", 1, "40Gi").Obj(),
 		},
 		{
+			// The framework adds nominated higher-priority pods to the node while it filters
+			// for others: the VRAM a suspension freed for them is not for the taking.
+			name:     "a nominated preemptor holds the room it will take",
+			gpuNode:  gpuNode(node, 80),
+			pods:     []*v1.Pod{gpuPod("preemptor", 1, "60Gi").Obj()},
+			pod:      gpuPod("p", 1, "40Gi").Obj(),
+			wantCode: fwk.Unschedulable,
+		},
+		{
 			name:    "completed pods hold nothing",
 			gpuNode: gpuNode(node, 80),
 			pods:    []*v1.Pod{on(gpuPod("a", 1, "").Phase(v1.PodSucceeded), node, 0)},
