@@ -280,6 +280,7 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, a.engineConfig(), clock.RealClock{})
 		a.engines.set(o.NodeName, e)
 		node.Suspended, srvNode.Engine, srvNode.Suspended = e, e, e
+		node.Busy = e.Busy
 	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)

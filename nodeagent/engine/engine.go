@@ -173,6 +173,18 @@ func (e *Engine) end(p *podEntry) {
 	}
 }
 
+// Busy reports whether an operation is moving memory on the node now.
+func (e *Engine) Busy() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range e.pods {
+		if p.busy {
+			return true
+		}
+	}
+	return false
+}
+
 // Forget drops what the engine knows about a pod that is gone.
 func (e *Engine) Forget(uid types.UID) {
 	e.mu.Lock()

@@ -480,6 +480,9 @@ func TestOneOperationPerPod(t *testing.T) {
 		done <- err
 	}()
 	<-entered
+	if !h.e.Busy() {
+		t.Error("Busy() = false while a suspend moves memory")
+	}
 	_, err := h.e.Resume(t.Context(), train, []cuda.UUID{gpu0, gpu1}, nil)
 	if CauseOf(err) != CauseBusy {
 		t.Errorf("concurrent Resume error %v, want Busy", err)
@@ -487,6 +490,9 @@ func TestOneOperationPerPod(t *testing.T) {
 	close(release)
 	if err := <-done; err != nil {
 		t.Errorf("Suspend: %v", err)
+	}
+	if h.e.Busy() {
+		t.Error("Busy() = true after the suspend ended")
 	}
 }
 

@@ -346,3 +346,34 @@ func TestDeletedGPUNodeIsCreatedAgain(t *testing.T) {
 		t.Errorf("writes after delete (-want +got):\n%s", diff)
 	}
 }
+
+// While memory is being moved on the node, nothing is read (NVML reads slow the checkpoint)
+// and nothing is written; the node is looked at again shortly.
+func TestSyncWaitsWhileBusy(t *testing.T) {
+	h := newHarness(t, Config{SlotsPerGPU: 2, HostMemoryReserve: 8 * gib, MinInterval: time.Second})
+	busy := true
+	reads := 0
+	h.r.Add(nodeName, Node{
+		Inventory:  countingSource{Source: h.inv, reads: &reads},
+		HostMemory: FixedMemory(100 * gib),
+		Busy:       func() bool { return busy },
+	})
+	after, writes := h.sync()
+	if after != busyRetry || len(writes) != 0 || reads != 0 {
+		t.Fatalf("busy node: retry after %v, writes %v, %d inventory reads; want %v, none, none", after, writes, reads, busyRetry)
+	}
+	busy = false
+	if _, writes := h.sync(); len(writes) == 0 || reads != 1 {
+		t.Errorf("idle node: writes %v, %d inventory reads; want the GPUNode written after one read", writes, reads)
+	}
+}
+
+type countingSource struct {
+	inventory.Source
+	reads *int
+}
+
+func (c countingSource) Read(ctx context.Context) (*inventory.Inventory, error) {
+	*c.reads++
+	return c.Source.Read(ctx)
+}

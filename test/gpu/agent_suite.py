@@ -328,7 +328,7 @@ def setup_objects(uuid):
 def start_agent(proc_root):
     args = [os.path.join(ARGS.bin, "kybernate-agent"), "--node-name", NODE, "--kubeconfig", ARGS.kubeconfig,
             "--socket", ARGS.socket, "--metrics-bind-address", ARGS.metrics, "--proc-root", proc_root,
-            "--host-memory-reserve", "8Gi", "-v=4"]
+            "--host-memory-reserve", "8Gi", "-v=4"] + ARGS.agent_arg
     if ARGS.simulate:
         args += ["--simulate", "--simulate-node-selector", "type=kwok"]
     R["meta"]["agent_cmd"] = " ".join(args[1:])
@@ -732,6 +732,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--gib", type=float, default=8)
     ap.add_argument("--socket", default="/tmp/kyb-agent.sock")
+    ap.add_argument("--agent-arg", action="append", default=[], help="an extra kybernate-agent flag (repeatable)")
     ap.add_argument("--metrics", default="127.0.0.1:9464")
     ap.add_argument("--dry-run", action="store_true", help="no GPU: a stand-in worker without torch")
     ap.add_argument("--simulate", action="store_true", help="with --dry-run: the agent in --simulate mode, to check the "
