@@ -15,6 +15,18 @@ func pidFlag(fs *pflag.FlagSet) *int {
 	return fs.Int("pid", 0, "process id, as seen from this (the host's) pid namespace")
 }
 
+// preparePID parses a subcommand's flags, requires --pid and opens the driver: what every
+// subcommand that drives another process does first.
+func (c *cli) preparePID(fs *pflag.FlagSet, args []string, pid *int) error {
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if err := needPID(*pid); err != nil {
+		return err
+	}
+	return c.open()
+}
+
 func needPID(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("%w: --pid is required", errUsage)
@@ -25,13 +37,7 @@ func needPID(pid int) error {
 func runState(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags("state")
 	pid := pidFlag(fs)
-	if err := c.parse(fs, args); err != nil {
-		return err
-	}
-	if err := needPID(*pid); err != nil {
-		return err
-	}
-	if err := c.open(); err != nil {
+	if err := c.preparePID(fs, args, pid); err != nil {
 		return err
 	}
 	st, err := c.lib.CheckpointProcessGetState(*pid)
@@ -70,13 +76,7 @@ func runLock(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags("lock")
 	pid := pidFlag(fs)
 	timeout := fs.Duration("timeout", 10*time.Second, "how long the driver may wait for the process's submitted work; 0 waits without limit")
-	if err := c.parse(fs, args); err != nil {
-		return err
-	}
-	if err := needPID(*pid); err != nil {
-		return err
-	}
-	if err := c.open(); err != nil {
+	if err := c.preparePID(fs, args, pid); err != nil {
 		return err
 	}
 	_, err := c.step("lock", *pid, 0, func() error { return c.lib.CheckpointProcessLock(*pid, *timeout) },
@@ -90,13 +90,7 @@ func runLock(ctx context.Context, c *cli, args []string) error {
 func runUnlock(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags("unlock")
 	pid := pidFlag(fs)
-	if err := c.parse(fs, args); err != nil {
-		return err
-	}
-	if err := needPID(*pid); err != nil {
-		return err
-	}
-	if err := c.open(); err != nil {
+	if err := c.preparePID(fs, args, pid); err != nil {
 		return err
 	}
 	if _, err := c.step("unlock", *pid, 0, func() error { return c.lib.CheckpointProcessUnlock(*pid) }); err != nil {
@@ -111,13 +105,7 @@ func runSuspend(ctx context.Context, c *cli, args []string) error {
 	timeout := fs.Duration("lock-timeout", 10*time.Second, "how long the lock may wait for the process's submitted work; 0 waits without limit")
 	bytes := fs.Uint64("bytes", 0, "GPU memory of the process, to report GB/s")
 	rollback := fs.Bool("rollback", true, "unlock the process again if the checkpoint fails")
-	if err := c.parse(fs, args); err != nil {
-		return err
-	}
-	if err := needPID(*pid); err != nil {
-		return err
-	}
-	if err := c.open(); err != nil {
+	if err := c.preparePID(fs, args, pid); err != nil {
 		return err
 	}
 	start := time.Now()
