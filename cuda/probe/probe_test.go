@@ -235,6 +235,10 @@ func TestSuspendResume(t *testing.T) {
 func TestUsage(t *testing.T) {
 	tests := [][]string{
 		{"suspend"},
+		{"state"},
+		{"lock"},
+		{"unlock"},
+		{"resume"},
 		{"resume", "--pid", "1", "--to", "1"},
 		{"resume", "--pid", "1", "--pair", "GPU-x"},
 		{"nonsense"},
