@@ -79,3 +79,11 @@ func conditionTrue(conds []metav1.Condition, typ string) bool {
 	}
 	return false
 }
+
+// MainWithGPUNodes is Main for a package whose tests need a cluster of nodes kwok GPU nodes
+// with gpus GPUs each.
+func MainWithGPUNodes(m *testing.M, nodes, gpus int) {
+	os.Setenv("KYBERNATE_NODES", fmt.Sprint(nodes))
+	os.Setenv("KYBERNATE_GPUS_PER_NODE", fmt.Sprint(gpus))
+	Main(m)
+}

@@ -5,7 +5,6 @@ package gpushare
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -33,9 +32,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Setenv("KYBERNATE_NODES", fmt.Sprint(nodes))
-	os.Setenv("KYBERNATE_GPUS_PER_NODE", fmt.Sprint(gpusPerNode))
-	framework.Main(m)
+	framework.MainWithGPUNodes(m, nodes, gpusPerNode)
 }
 
 var (

@@ -39,9 +39,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Setenv("KYBERNATE_NODES", fmt.Sprint(nodes))
-	os.Setenv("KYBERNATE_GPUS_PER_NODE", fmt.Sprint(gpusPerNode))
-	framework.Main(m)
+	framework.MainWithGPUNodes(m, nodes, gpusPerNode)
 }
 
 var (
