@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -89,7 +90,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
 	// The controller that resumes the pods this plugin suspends runs in the same process.
 	if err := resume.Start(ctx, fh.ClientSet(), client, fh.SharedInformerFactory().Core().V1().Pods(),
-		gpuNodes, checkpoints, fh.EventRecorder()); err != nil {
+		gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
 		return nil, fmt.Errorf("starting the resume controller: %w", err)
 	}
 	if err := gpushare.StartInformers(ctx, factory); err != nil {
@@ -272,7 +273,7 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 	var candidates []victim
 	for _, pi := range nodeInfo.GetPods() {
 		p := pi.GetPod()
-		why := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now)
+		why, turn := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now)
 		if why == "" && failed.Has(p.UID) {
 			why = "its suspension for this preemptor failed"
 		}
@@ -280,7 +281,7 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 			logger.V(5).Info("Pod may not be suspended", "pod", klog.KObj(p), "reason", why)
 			continue
 		}
-		candidates = append(candidates, victim{pod: p, bytes: podBytes(p, gpuTotal), resumedAt: residentSince(p)})
+		candidates = append(candidates, victim{pod: p, bytes: podBytes(p, gpuTotal), resumedAt: residentSince(p), turn: turn})
 	}
 	if len(candidates) == 0 {
 		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "no pod on the node may be suspended")
@@ -375,6 +376,12 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 	if waiting := pl.fh.GetWaitingPod(victim.UID); waiting != nil {
 		// Not bound yet: nothing to suspend; it goes back to the queue.
 		waiting.Reject(Name, "preempted")
+		return nil
+	}
+	if corev1helpers.PodPriority(victim) == corev1helpers.PodPriority(preemptor) {
+		// A time-slice turn: the preemptor is nominated to the node and waits; the time-slice
+		// controller suspends the victim when its turn ends.
+		logger.V(4).Info("Pod waits for a time-slice turn", "pod", klog.KObj(preemptor), "node", c.Name(), "runningPod", klog.KObj(victim))
 		return nil
 	}
 	ck := &kv1.GPUCheckpoint{

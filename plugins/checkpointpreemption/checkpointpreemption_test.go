@@ -174,9 +174,34 @@ func TestSelectVictimsOnNode(t *testing.T) {
 			wantVictims: []string{"old"},
 		},
 		{
-			name:      "equal priority never preempts",
+			name:        "equal priority: the running pod's time-slice turn",
+			gpuNode:     gpuNode("n1", 4, parkable, 80),
+			pods:        []*v1.Pod{gpuPod("peer", 10, "80Gi", 0).Obj()},
+			preemptor:   gpuPod("next", 10, "30Gi", -1).Obj(),
+			wantVictims: []string{"peer"},
+		},
+		{
+			name:      "equal priority: a preemptor that never gives a turn back gets none",
 			gpuNode:   gpuNode("n1", 4, parkable, 80),
 			pods:      []*v1.Pod{gpuPod("peer", 10, "80Gi", 0).Obj()},
+			preemptor: gpuPod("next", 10, "30Gi", -1).Annotation(kv1.AnnotationPreemption, "Never").Obj(),
+			wantCode:  fwk.UnschedulableAndUnresolvable,
+			wantMsg:   "no pod on the node may be suspended",
+		},
+		{
+			name:    "lower priority goes before a time-slice turn, even with more bytes",
+			gpuNode: gpuNode("n1", 4, parkable, 80),
+			pods: []*v1.Pod{
+				gpuPod("peer", 10, "20Gi", 0).Obj(),
+				gpuPod("low", 1, "60Gi", 0).Obj(),
+			},
+			preemptor:   gpuPod("next", 10, "30Gi", -1).Obj(),
+			wantVictims: []string{"low"},
+		},
+		{
+			name:      "higher priority is never a victim",
+			gpuNode:   gpuNode("n1", 4, parkable, 80),
+			pods:      []*v1.Pod{gpuPod("boss", 20, "80Gi", 0).Obj()},
 			preemptor: gpuPod("hi", 10, "30Gi", -1).Obj(),
 			wantCode:  fwk.UnschedulableAndUnresolvable,
 			wantMsg:   "no pod on the node may be suspended",
@@ -296,6 +321,29 @@ func TestSuspendCreatesGPUCheckpoint(t *testing.T) {
 		}
 	default:
 		t.Error("no Event on the victim")
+	}
+}
+
+// An equal-priority victim is a time-slice turn: nothing is suspended now.
+func TestSuspendLeavesATurnToTheTimeSliceController(t *testing.T) {
+	pl, h := newTestPlugin(t, gpuNode("n1", 4, 100*gi, 80))
+	var created []*kv1.GPUCheckpoint
+	pl.createCheckpoint = func(_ context.Context, ck *kv1.GPUCheckpoint) error {
+		created = append(created, ck)
+		return nil
+	}
+	running := gpuPod("running", 10, "40Gi", 0).Obj()
+	next := gpuPod("next", 10, "30Gi", -1).Obj()
+	if err := pl.suspend(t.Context(), &fakeCandidate{name: "n1"}, next, running, Name); err != nil {
+		t.Fatal(err)
+	}
+	if len(created) != 0 {
+		t.Errorf("%d GPUCheckpoints created for an equal-priority victim, want none", len(created))
+	}
+	select {
+	case e := <-h.recorder.Events:
+		t.Errorf("unexpected Event %q", e)
+	default:
 	}
 }
 

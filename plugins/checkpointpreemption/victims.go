@@ -11,6 +11,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
 // victim is a pod that a preemptor may suspend, with what suspending it costs.
@@ -20,43 +21,58 @@ type victim struct {
 	bytes int64
 	// resumedAt is when the pod last became GPU-resident.
 	resumedAt time.Time
+	// turn marks a pod of the preemptor's own priority: it is not suspended now, it gives its
+	// GPUs up when its time-slice turn ends (the time-slice controller sees to that).
+	turn bool
 }
 
-// ineligibility says why a pod on the preemptor's node cannot be a victim, or "" when it can.
-func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now time.Time) string {
-	if corev1helpers.PodPriority(pod) >= corev1helpers.PodPriority(preemptor) {
-		return "priority not lower than the preemptor's"
+// ineligibility says why a pod on the preemptor's node cannot be a victim, or "" when it can;
+// turn says it can only as a time-slice turn (equal priority).
+func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now time.Time) (why string, turn bool) {
+	switch pp, vp := corev1helpers.PodPriority(preemptor), corev1helpers.PodPriority(pod); {
+	case vp > pp:
+		return "priority higher than the preemptor's", false
+	case vp == pp:
+		// The preemptor waits for a turn; one that would never give its turn back gets none.
+		if !timeslice.TakesTurns(preemptor) {
+			return "equal priority, and the preemptor does not take turns (" + kv1.AnnotationPreemption + "=Never)", false
+		}
+		turn = true
 	}
 	if len(gpushare.AssignedGPUs(pod)) == 0 {
-		return "holds no GPU" // never deleted to make room: Kybernate only suspends
+		return "holds no GPU", false // never deleted to make room: Kybernate only suspends
 	}
 	if d, err := gpushare.PodDemand(pod); err != nil || d.Count == 0 {
-		return "no valid GPU request"
+		return "no valid GPU request", false
 	}
 	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
 	case "", kv1.PodRunning:
 	default:
-		return "GPU state " + pod.Annotations[kv1.AnnotationState]
+		return "GPU state " + pod.Annotations[kv1.AnnotationState], false
 	}
 	if strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever)) {
-		return kv1.AnnotationPreemption + "=Never"
+		return kv1.AnnotationPreemption + "=Never", false
 	}
 	if pod.DeletionTimestamp != nil {
-		return "terminating"
+		return "terminating", false
 	}
 	minRuntime := defaultMinRuntime
 	if s, ok := pod.Annotations[kv1.AnnotationMinRuntime]; ok {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
 		if err != nil || d < 0 {
 			// A malformed annotation protects the pod rather than exposing it.
-			return "malformed " + kv1.AnnotationMinRuntime
+			return "malformed " + kv1.AnnotationMinRuntime, false
 		}
 		minRuntime = d
 	}
-	if now.Sub(residentSince(pod)) < minRuntime {
-		return kv1.AnnotationMinRuntime + " not reached"
+	if turn {
+		// When the turn ends is the time-slice controller's business (quantum, min-runtime).
+		return "", true
 	}
-	return ""
+	if now.Sub(residentSince(pod)) < minRuntime {
+		return kv1.AnnotationMinRuntime + " not reached", false
+	}
+	return "", false
 }
 
 // residentSince is when the pod last became GPU-resident: the transition of its
@@ -86,11 +102,12 @@ func podBytes(pod *v1.Pod, gpuTotal map[string]int64) int64 {
 	return sum
 }
 
-// byCost orders victims from the cheapest to suspend to the dearest: fewer bytes to move, then
-// lower priority, then longer on the GPU since the last resume (the pod that has had its turn
-// goes first).
+// byCost orders victims from the cheapest to suspend to the dearest: lower-priority pods before
+// time-slice turns of equal-priority pods, then fewer bytes to move, then lower priority, then
+// longer on the GPU since the last resume (the pod that has had its turn goes first).
 func byCost(a, b victim) int {
 	return cmp.Or(
+		cmp.Compare(b2i(a.turn), b2i(b.turn)),
 		cmp.Compare(a.bytes, b.bytes),
 		cmp.Compare(corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod)),
 		a.resumedAt.Compare(b.resumedAt),
@@ -99,6 +116,13 @@ func byCost(a, b victim) int {
 }
 
 func sortByCost(vs []victim) { slices.SortFunc(vs, byCost) }
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // suspended returns a copy of the pod as it will be once suspended: still bound, holding its
 // slot, but with no VRAM on its GPUs.

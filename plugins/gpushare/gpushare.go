@@ -119,6 +119,7 @@ func (pl *GPUShare) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithH
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: gpuNodeResource, ActionType: fwk.Add | fwk.Update}, QueueingHintFn: isSchedulableAfterGPUNodeChange},
 		{Event: fwk.ClusterEvent{Resource: gpuCheckpointResource, ActionType: fwk.Add | fwk.Update}, QueueingHintFn: isSchedulableAfterGPUCheckpointChange},
+		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Add}, QueueingHintFn: isWaitableAfterPodAdded},
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDeleted},
 		{Event: fwk.ClusterEvent{Resource: fwk.Pod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterPodUpdated},
 	}, nil

@@ -6,6 +6,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -104,8 +105,27 @@ func isSchedulableAfterPodDeleted(logger klog.Logger, pod *v1.Pod, oldObj, _ int
 	return fwk.Queue, nil
 }
 
+// isWaitableAfterPodAdded queues the pod when a pod of its own priority is bound with GPUs: no
+// room is freed, but the new pod's time-slice turn is one the pod may wait for
+// (CheckpointPreemption then nominates it to that node).
+func isWaitableAfterPodAdded(logger klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.QueueingHint, error) {
+	added, ok := asPod(newObj)
+	if !ok {
+		return fwk.Queue, fmt.Errorf("unexpected object %T in a pod add event", newObj)
+	}
+	if added.UID == pod.UID || added.Spec.NodeName == "" || len(AssignedGPUs(added)) == 0 ||
+		corev1helpers.PodPriority(added) != corev1helpers.PodPriority(pod) {
+		return fwk.QueueSkip, nil
+	}
+	if d, err := PodDemand(pod); err != nil || d.Count == 0 {
+		return fwk.QueueSkip, nil
+	}
+	logger.V(5).Info("Pod of equal priority bound with GPUs", "pod", klog.KObj(pod), "addedPod", klog.KObj(added))
+	return fwk.Queue, nil
+}
+
 // isSchedulableAfterPodUpdated queues the pod when it changed its own GPU request, or when a pod
-// with GPUs freed VRAM (it was suspended) or moved to other GPUs.
+// with GPUs freed VRAM (it was suspended or ended) or moved to other GPUs.
 func isSchedulableAfterPodUpdated(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
 	oldPod, ok1 := asPod(oldObj)
 	newPod, ok2 := asPod(newObj)
@@ -125,10 +145,18 @@ func isSchedulableAfterPodUpdated(logger klog.Logger, pod *v1.Pod, oldObj, newOb
 		logger.V(5).Info("Pod left its GPUs", "pod", klog.KObj(pod), "suspendedPod", klog.KObj(newPod))
 		return fwk.Queue, nil
 	}
+	if !terminal(oldPod) && terminal(newPod) {
+		logger.V(5).Info("Pod holding GPUs ended", "pod", klog.KObj(pod), "endedPod", klog.KObj(newPod))
+		return fwk.Queue, nil
+	}
 	if oldPod.Annotations[kv1.AnnotationGPUs] != newPod.Annotations[kv1.AnnotationGPUs] {
 		return fwk.Queue, nil
 	}
 	return fwk.QueueSkip, nil
+}
+
+func terminal(pod *v1.Pod) bool {
+	return pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed
 }
 
 func gpuRequestChanged(oldPod, newPod *v1.Pod) bool {

@@ -91,6 +91,34 @@ func TestIsSchedulableAfterPodDeleted(t *testing.T) {
 	}
 }
 
+func TestIsWaitableAfterPodAdded(t *testing.T) {
+	pod := gpuPod("p", 1, "40Gi").Priority(5).Obj()
+	tests := []struct {
+		name    string
+		added   interface{}
+		want    fwk.QueueingHint
+		wantErr bool
+	}{
+		{name: "equal priority, bound with GPUs", added: on(gpuPod("a", 1, "").Priority(5), "n", 0), want: fwk.Queue},
+		{name: "other priority", added: on(gpuPod("a", 1, "").Priority(6), "n", 0), want: fwk.QueueSkip},
+		{name: "no GPUs", added: st.MakePod().Name("a").Priority(5).Node("n").Obj(), want: fwk.QueueSkip},
+		{name: "not bound", added: gpuPod("a", 1, "").Priority(5).Obj(), want: fwk.QueueSkip},
+		{name: "not a pod", added: &v1.Node{}, want: fwk.Queue, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logger, _ := ktesting.NewTestContext(t)
+			got, err := isWaitableAfterPodAdded(logger, pod, nil, tt.added)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("error = %v, wantErr %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("hint = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestIsSchedulableAfterPodUpdated(t *testing.T) {
 	pod := gpuPod("p", 1, "40Gi").Obj()
 	running := on(gpuPod("a", 1, ""), "n", 0)
@@ -102,6 +130,8 @@ func TestIsSchedulableAfterPodUpdated(t *testing.T) {
 	moved.Annotations[kv1.AnnotationGPUs] = gpuID("n", 1)
 	relabelled := running.DeepCopy()
 	relabelled.Labels = map[string]string{"x": "y"}
+	finished := running.DeepCopy()
+	finished.Status.Phase = v1.PodSucceeded
 
 	smaller := pod.DeepCopy()
 	smaller.Annotations[kv1.AnnotationGPUMemory] = "20Gi"
@@ -119,6 +149,7 @@ func TestIsSchedulableAfterPodUpdated(t *testing.T) {
 		{name: "other pod moved to another GPU", old: running, new: moved, want: fwk.Queue},
 		{name: "other pod relabelled", old: running, new: relabelled, want: fwk.QueueSkip},
 		{name: "other pod resumed", old: suspended, new: running, want: fwk.QueueSkip},
+		{name: "other pod with GPUs ended", old: running, new: finished, want: fwk.Queue},
 		{name: "other pod without GPUs", old: st.MakePod().Name("b").Obj(), new: st.MakePod().Name("b").Obj(), want: fwk.QueueSkip},
 		{name: "the pod asks for less memory", old: pod, new: smaller, want: fwk.Queue},
 		{name: "the pod relabelled", old: pod, new: labelled, want: fwk.QueueSkip},

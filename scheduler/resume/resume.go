@@ -2,8 +2,9 @@
 //
 // Whenever something on a node may have freed GPU memory (a pod ended, a pod was suspended or
 // moved, the node's GPUNode changed, a GPUCheckpoint ended), the controller looks at the pods of
-// the node that were suspended to make room for others (reason Preemption) and resumes, highest
-// priority first and first suspended first among equals, each that fits: on its own GPUs when
+// the node that were suspended to make room for others (reason Preemption) or for another pod's
+// time-slice turn (reason TimeSlice) and resumes, highest priority first, among equals the one
+// that has received the least GPU time, then the first suspended, each that fits: on its own GPUs when
 // they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
 // through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
@@ -41,6 +42,8 @@ import (
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/scheduler/internal/index"
+	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
 const (
@@ -49,10 +52,6 @@ const (
 	maxAttempts = 5
 	// firstBackoff is the wait after a failed resume; it doubles with each failure.
 	firstBackoff = 10 * time.Second
-
-	podsByNode       = "kybernate.io/by-node"
-	podsByNominated  = "kybernate.io/by-nominated-node"
-	checkpointsByPod = "kybernate.io/by-pod-uid"
 )
 
 // Controller resumes suspended pods when their node has room.
@@ -73,18 +72,11 @@ type Controller struct {
 // called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
-	if err := pods.Informer().AddIndexers(cache.Indexers{
-		podsByNode:      func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Spec.NodeName}, nil },
-		podsByNominated: func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Status.NominatedNodeName}, nil },
-	}); err != nil {
-		return nil, fmt.Errorf("indexing pods: %w", err)
+	if err := index.AddPodIndexes(pods.Informer()); err != nil {
+		return nil, err
 	}
-	if err := checkpoints.Informer().AddIndexers(cache.Indexers{
-		checkpointsByPod: func(obj interface{}) ([]string, error) {
-			return []string{obj.(*kv1.GPUCheckpoint).Spec.PodUID}, nil
-		},
-	}); err != nil {
-		return nil, fmt.Errorf("indexing GPUCheckpoints: %w", err)
+	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+		return nil, err
 	}
 	c := &Controller{
 		client:      client,
@@ -203,6 +195,9 @@ type candidate struct {
 	demand     gpushare.Demand
 	suspension *kv1.GPUCheckpoint
 	attempt    int
+	// gpuTime is the GPU time the pod has received: among equal priorities the least served
+	// comes back first.
+	gpuTime time.Duration
 }
 
 // sync resumes what fits on one node.
@@ -215,7 +210,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	onNode, err := c.podsIndexed(podsByNode, node)
+	onNode, err := index.Pods(c.pods, index.PodsByNode, node)
 	if err != nil {
 		return err
 	}
@@ -238,15 +233,13 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		return nil
 	}
 	slices.SortFunc(candidates, func(a, b candidate) int {
-		if pa, pb := corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod); pa != pb {
-			return int(pb) - int(pa)
-		}
-		return suspendedAt(a.suspension).Compare(suspendedAt(b.suspension))
+		return timeslice.NextFirst(corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod),
+			a.gpuTime, b.gpuTime, suspendedAt(a.suspension), suspendedAt(b.suspension))
 	})
 
 	acc := gpushare.NewAccounting(gn, onNode)
 	// GPUs that nominated preemptors will take are not for resuming pods.
-	nominated, err := c.podsIndexed(podsByNominated, node)
+	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
 		return err
 	}
@@ -293,25 +286,21 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	if err != nil || d.Count == 0 || len(gpushare.AssignedGPUs(pod)) != d.Count {
 		return cand, wait, false
 	}
-	cks, err := c.checkpoints.ByIndex(checkpointsByPod, string(pod.UID))
-	if err != nil {
-		return cand, wait, false
-	}
+	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
 	var suspension *kv1.GPUCheckpoint
-	for _, obj := range cks {
-		ck := obj.(*kv1.GPUCheckpoint)
+	for _, ck := range cks {
 		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded &&
 			(suspension == nil || suspendedAt(ck).After(suspendedAt(suspension))) {
 			suspension = ck
 		}
 	}
-	// Only pods suspended to make room come back by themselves; a manual suspension stays.
-	if suspension == nil || suspension.Spec.Reason != kv1.ReasonPreemption {
+	// Only pods suspended to make room or to take turns come back by themselves; a manual
+	// suspension stays.
+	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
 		return cand, wait, false
 	}
 	attempt, last := 0, time.Time{}
-	for _, obj := range cks {
-		ck := obj.(*kv1.GPUCheckpoint)
+	for _, ck := range cks {
 		if ck.Spec.Action != kv1.ActionResume || ck.Labels[LabelSuspension] != string(suspension.UID) {
 			continue
 		}
@@ -331,7 +320,8 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 			return cand, next, false
 		}
 	}
-	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt}, wait, true
+	gpuTime := timeslice.UsageOf(pod, cks, c.now()).Received
+	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
 }
 
 // LabelSuspension links a Resume GPUCheckpoint to the suspension it undoes.
@@ -394,20 +384,6 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 	logger.V(2).Info("Resuming pod", "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "from", from, "to", target, "attempt", cand.attempt+1)
 	c.recorder.Eventf(pod, ck, v1.EventTypeNormal, "Resuming", "Resume", "GPU memory free on node %s: resuming onto %s", pod.Spec.NodeName, where)
 	return nil
-}
-
-func (c *Controller) podsIndexed(index, value string) ([]*v1.Pod, error) {
-	objs, err := c.pods.ByIndex(index, value)
-	if err != nil {
-		return nil, err
-	}
-	pods := make([]*v1.Pod, 0, len(objs))
-	for _, obj := range objs {
-		if pod := obj.(*v1.Pod); pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
-			pods = append(pods, pod)
-		}
-	}
-	return pods, nil
 }
 
 func resumeName(pod *v1.Pod, suspension *kv1.GPUCheckpoint, attempt int) string {

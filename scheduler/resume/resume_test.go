@@ -62,6 +62,17 @@ func suspension(podName string, reason kv1.CheckpointReason, ago time.Duration) 
 	return ck
 }
 
+func startedAgo(p *v1.Pod, ago time.Duration) *v1.Pod {
+	p.Status.StartTime = &metav1.Time{Time: now.Add(-ago)}
+	return p
+}
+
+// started gives a finished GPUCheckpoint the start time of its completion.
+func started(ck *kv1.GPUCheckpoint) *kv1.GPUCheckpoint {
+	ck.Status.StartTime = ck.Status.CompletionTime
+	return ck
+}
+
 func resumeAttempt(podName string, n int, phase kv1.CheckpointPhase, ago time.Duration) *kv1.GPUCheckpoint {
 	return &kv1.GPUCheckpoint{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-resume-%d", podName, n), Namespace: "ns",
@@ -215,6 +226,21 @@ func TestSync(t *testing.T) {
 				suspension("earlier", kv1.ReasonPreemption, time.Hour),
 			},
 			want: outcome{Patched: map[string]map[string]string{"earlier": resuming("GPU-0")}, Resumed: map[string]string{"earlier": ""}},
+		},
+		{
+			name: "room for one: equal priority, the least GPU time first",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				// Started 10 min ago, suspended 2 min ago: 8 min of GPU time.
+				startedAgo(pod("served", 1, "60Gi", 0, kv1.PodSuspended), 10*time.Minute),
+				// Started 3 min ago, suspended 1 min ago (later): 2 min of GPU time.
+				startedAgo(pod("starved", 1, "60Gi", 0, kv1.PodSuspended), 3*time.Minute),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				started(suspension("served", kv1.ReasonTimeSlice, 2*time.Minute)),
+				started(suspension("starved", kv1.ReasonTimeSlice, time.Minute)),
+			},
+			want: outcome{Patched: map[string]map[string]string{"starved": resuming("GPU-0")}, Resumed: map[string]string{"starved": ""}},
 		},
 		{
 			name: "GPUs a nominated preemptor needs are held back",

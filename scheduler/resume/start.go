@@ -17,11 +17,14 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 
+	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
-// LeaseName is the Lease that elects the one active resume controller among scheduler replicas.
+// LeaseName is the Lease that elects, among scheduler replicas, the one that runs the resume and
+// time-slice controllers: both decide which pods are on which GPUs, so one process runs both.
 const LeaseName = "kybernate-resume-controller"
 
 // DefaultLeaseNamespace holds the Lease unless $POD_NAMESPACE names another.
@@ -29,17 +32,24 @@ const DefaultLeaseNamespace = "kybernate-system"
 
 var startOnce sync.Once
 
-// Start wires the controller to the informers (before they start) and runs it under its own
-// leader election until ctx ends. Several scheduler profiles may ask; one controller runs.
+// Start wires the resume and time-slice controllers to the informers (before they start) and
+// runs them under their own leader election until ctx ends. Several scheduler profiles may ask;
+// one pair runs, with the args of the first.
 func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
-	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) error {
+	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
+	args config.CheckpointPreemptionArgs) error {
 	var err error
 	startOnce.Do(func() {
 		var c *Controller
 		if c, err = New(client, kybernate, pods, gpuNodes, checkpoints, recorder); err != nil {
 			return
 		}
+		var ts *timeslice.Controller
+		if ts, err = timeslice.New(client, kybernate, pods, gpuNodes, checkpoints, recorder, args); err != nil {
+			return
+		}
 		legacyregistry.CustomMustRegister(NewCollector(gpuNodes.Lister()))
+		timeslice.RegisterMetrics()
 		namespace := os.Getenv("POD_NAMESPACE")
 		if namespace == "" {
 			namespace = DefaultLeaseNamespace
@@ -54,6 +64,7 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 		ctx = klog.NewContext(ctx, logger)
 		go func() {
 			defer c.queue.ShutDown()
+			defer ts.ShutDown()
 			for ctx.Err() == nil {
 				leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 					Lock:            lock,
@@ -63,7 +74,10 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 					RetryPeriod:     2 * time.Second,
 					Name:            LeaseName,
 					Callbacks: leaderelection.LeaderCallbacks{
-						OnStartedLeading: func(ctx context.Context) { c.Run(ctx, 2) },
+						OnStartedLeading: func(ctx context.Context) {
+							go ts.Run(klog.NewContext(ctx, klog.FromContext(ctx).WithName("timeslice")), 1)
+							c.Run(ctx, 2)
+						},
 						OnStoppedLeading: func() { logger.Info("Lost the resume controller lease") },
 					},
 				})

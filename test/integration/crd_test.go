@@ -49,7 +49,22 @@ func TestGPUCheckpointValidation(t *testing.T) {
 			mutate: func(ck *kv1.GPUCheckpoint) {
 				ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "hi"}
 			},
-			wantErr: "preemptor is only allowed with reason Preemption",
+			wantErr: "preemptor is only allowed for a Suspend with reason Preemption or TimeSlice",
+		},
+		{
+			name: "preemptor on a resume",
+			mutate: func(ck *kv1.GPUCheckpoint) {
+				ck.Spec.Action, ck.Spec.Reason = kv1.ActionResume, kv1.ReasonTimeSlice
+				ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "hi"}
+			},
+			wantErr: "preemptor is only allowed for a Suspend with reason Preemption or TimeSlice",
+		},
+		{
+			name: "time slice turn for a pending pod",
+			mutate: func(ck *kv1.GPUCheckpoint) {
+				ck.Spec.Reason = kv1.ReasonTimeSlice
+				ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "next"}
+			},
 		},
 		{
 			name: "resume after a preemption",

@@ -27,6 +27,14 @@ const (
 	// AnnotationState (output) is the pod's PodGPUState.
 	AnnotationState = "kybernate.io/state"
 
+	// AnnotationGPUTime (output) is the GPU time a time-sliced pod has received up to its last
+	// turn change, a Go duration such as "3m0s".
+	AnnotationGPUTime = "kybernate.io/gpu-time"
+
+	// LabelTimeSlice (output) marks the pods that take turns on an oversubscribed node:
+	// TimeSliceRunning while their turn lasts, TimeSliceWaiting while they wait for one.
+	LabelTimeSlice = "kybernate.io/time-slice"
+
 	// ConditionGPUResident is the pod condition that is True while the pod's GPU memory is on
 	// its GPUs and False while it is parked in host memory or in a checkpoint image.
 	ConditionGPUResident = "kybernate.io/GPUResident"
@@ -44,6 +52,12 @@ const (
 	PreemptionSuspend PreemptionPolicy = "Suspend"
 	// PreemptionNever keeps the pod on its GPU until it ends.
 	PreemptionNever PreemptionPolicy = "Never"
+)
+
+// Values of LabelTimeSlice.
+const (
+	TimeSliceRunning = "Running"
+	TimeSliceWaiting = "Waiting"
 )
 
 // PodGPUState is the value of AnnotationState.

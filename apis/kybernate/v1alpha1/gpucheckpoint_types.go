@@ -86,7 +86,7 @@ type GPUCheckpoint struct {
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(self.targetGPUs) || self.action == 'Resume' || self.action == 'Restore'",message="targetGPUs is only allowed with action Resume or Restore"
 // +kubebuilder:validation:XValidation:rule="has(self.preemptor) || self.reason != 'Preemption' || self.action != 'Suspend'",message="preemptor is required for a Suspend with reason Preemption"
-// +kubebuilder:validation:XValidation:rule="!has(self.preemptor) || self.reason == 'Preemption'",message="preemptor is only allowed with reason Preemption"
+// +kubebuilder:validation:XValidation:rule="!has(self.preemptor) || ((self.reason == 'Preemption' || self.reason == 'TimeSlice') && self.action == 'Suspend')",message="preemptor is only allowed for a Suspend with reason Preemption or TimeSlice"
 type GPUCheckpointSpec struct {
 	// podName is the pod, in the GPUCheckpoint's namespace.
 	// +required
@@ -117,8 +117,9 @@ type GPUCheckpointSpec struct {
 	// +kubebuilder:validation:items:MaxLength=64
 	TargetGPUs []string `json:"targetGPUs,omitempty"`
 
-	// preemptor is the pod a suspension makes room for (required for a Suspend with reason
-	// Preemption; a Resume with reason Preemption undoes such a suspension and needs none).
+	// preemptor is the pod a suspension makes room for: required for a Suspend with reason
+	// Preemption, optional with reason TimeSlice (the pending pod whose turn it is), not
+	// allowed otherwise. A Resume undoes a suspension and names none.
 	// +optional
 	Preemptor *PodReference `json:"preemptor,omitempty"`
 

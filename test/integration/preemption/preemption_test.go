@@ -254,8 +254,10 @@ func TestDefaultPreemptionLosesWork(t *testing.T) {
 	t.Logf("default preemption deleted a victim: its run time since start is lost work (≥ 2 s here)")
 }
 
-// preemption: Never, min-runtime and equal priority protect pods: the preemptor stays pending
-// and nothing is suspended.
+// preemption: Never and min-runtime protect pods from a higher-priority pod, and a pod of equal
+// priority waits for a time-slice turn (quantum 60 s in the shipped profile, more than this test
+// waits): the preemptor stays pending and nothing is suspended. Turns themselves are tested in
+// test/integration/timeslice.
 func TestProtectedPods(t *testing.T) {
 	e := setup(t)
 	tests := []struct {
@@ -265,7 +267,7 @@ func TestProtectedPods(t *testing.T) {
 	}{
 		{name: "preemption Never", victim: util.MakePod().Preemption("Never"), preemptor: high},
 		{name: "min-runtime not reached", victim: util.MakePod().MinRuntime(time.Hour), preemptor: high},
-		{name: "equal priority", victim: util.MakePod(), preemptor: low},
+		{name: "equal priority within the quantum", victim: util.MakePod(), preemptor: low},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,170 @@
+package timeslice
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kybernate/kybernate/apis/config"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/plugins/gpushare"
+)
+
+// Usage is what a pod has had of its GPUs, read from the pod and the GPUCheckpoints that moved
+// it. Nothing of it is stored: a restarted scheduler reads the same figures.
+type Usage struct {
+	// Received is the GPU time the pod has had up to now: the time its memory was on its
+	// GPUs since it started.
+	Received time.Duration
+	// Completed is Received without the current turn.
+	Completed time.Duration
+	// TurnStart is when the current turn began; zero while the pod is not on its GPUs.
+	TurnStart time.Time
+	// MoveCost is the last measured suspend plus the last measured resume; zero until the pod
+	// has been moved both ways once.
+	MoveCost time.Duration
+}
+
+// change is a move of the pod onto its GPUs or off them.
+type change struct {
+	at       time.Time
+	resident bool
+}
+
+// Resident reports whether the pod is on its GPUs now.
+func (u Usage) Resident() bool { return !u.TurnStart.IsZero() }
+
+// UsageOf reads a pod's usage at now from its GPUCheckpoints (any order).
+//
+// A pod is on its GPUs from its start until a Suspend or Checkpoint begins (the process stops at
+// its first step, Lock), and again from the end of a Resume or Restore. Failed actions move
+// nothing. Whether the pod is resident now is the pod's own kybernate.io/state.
+func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
+	var u Usage
+	if pod.Status.StartTime == nil {
+		return u
+	}
+	var changes []change
+	var lastSuspend, lastResume *kv1.GPUCheckpoint
+	for _, ck := range cks {
+		if ck.Status.Phase != kv1.PhaseSucceeded || ck.Spec.PodUID != "" && ck.Spec.PodUID != string(pod.UID) {
+			continue
+		}
+		switch ck.Spec.Action {
+		case kv1.ActionSuspend, kv1.ActionCheckpoint:
+			changes = append(changes, change{at: started(ck), resident: false})
+			if ck.Spec.Action == kv1.ActionSuspend && (lastSuspend == nil || started(ck).After(started(lastSuspend))) {
+				lastSuspend = ck
+			}
+		case kv1.ActionResume, kv1.ActionRestore:
+			changes = append(changes, change{at: completed(ck), resident: true})
+			if ck.Spec.Action == kv1.ActionResume && (lastResume == nil || completed(ck).After(completed(lastResume))) {
+				lastResume = ck
+			}
+		}
+	}
+	slices.SortStableFunc(changes, func(a, b change) int { return a.at.Compare(b.at) })
+
+	since, resident := pod.Status.StartTime.Time, true
+	for _, c := range changes {
+		if c.resident == resident {
+			continue
+		}
+		if resident {
+			u.Completed += c.at.Sub(since)
+		}
+		since, resident = c.at, c.resident
+	}
+	u.Received = u.Completed
+	if gpushare.Resident(pod) && pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
+		if !resident {
+			// The pod is back on its GPUs but the Resume that brought it is not seen yet:
+			// the turn began when the agent marked it resident, else now.
+			since = now
+			if at := residentAt(pod); at.After(latest(changes)) && at.Before(now) {
+				since = at
+			}
+		}
+		u.TurnStart = since
+		if now.After(since) {
+			u.Received += now.Sub(since)
+		}
+	}
+	if lastSuspend != nil && lastResume != nil {
+		u.MoveCost = duration(lastSuspend) + duration(lastResume)
+	}
+	return u
+}
+
+// latest is the time of the last of the sorted changes, zero without one.
+func latest(changes []change) time.Time {
+	if len(changes) == 0 {
+		return time.Time{}
+	}
+	return changes[len(changes)-1].at
+}
+
+// residentAt is when the pod's kybernate.io/GPUResident condition last turned True.
+func residentAt(pod *v1.Pod) time.Time {
+	for _, c := range pod.Status.Conditions {
+		if string(c.Type) == kv1.ConditionGPUResident && c.Status == v1.ConditionTrue {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return time.Time{}
+}
+
+// Quantum is how long the pod's turn lasts: the configured quantum, but never less than the
+// floor factor times the pod's measured suspend+resume time (so that at most about 1/factor of
+// the GPU's time goes to moving memory), nor less than the pod's kybernate.io/min-runtime.
+func Quantum(args config.CheckpointPreemptionArgs, pod *v1.Pod, u Usage) time.Duration {
+	q := max(args.TimeSliceQuantum.Duration, time.Duration(args.TimeSliceMinQuantumFactor)*u.MoveCost)
+	minRuntime := args.DefaultMinRuntime.Duration
+	if s, ok := pod.Annotations[kv1.AnnotationMinRuntime]; ok {
+		if d, err := time.ParseDuration(strings.TrimSpace(s)); err == nil && d > 0 {
+			minRuntime = d
+		}
+	}
+	return max(q, minRuntime)
+}
+
+// TakesTurns reports whether a pod may give its GPUs up for a turn of another pod: it asks for
+// GPUs and does not opt out with kybernate.io/preemption: Never.
+func TakesTurns(pod *v1.Pod) bool {
+	if strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever)) {
+		return false
+	}
+	d, err := gpushare.PodDemand(pod)
+	return err == nil && d.Count > 0
+}
+
+// NextFirst orders waiting pods: higher priority first, then the least GPU time received
+// (FIFO by GPU time, so shares converge), then the longest waiting.
+func NextFirst(aPriority, bPriority int32, aReceived, bReceived time.Duration, aSince, bSince time.Time) int {
+	return cmp.Or(
+		cmp.Compare(bPriority, aPriority),
+		cmp.Compare(aReceived, bReceived),
+		aSince.Compare(bSince),
+	)
+}
+
+func started(ck *kv1.GPUCheckpoint) time.Time {
+	if ck.Status.StartTime != nil {
+		return ck.Status.StartTime.Time
+	}
+	return ck.CreationTimestamp.Time
+}
+
+func completed(ck *kv1.GPUCheckpoint) time.Time {
+	if ck.Status.CompletionTime != nil {
+		return ck.Status.CompletionTime.Time
+	}
+	return started(ck)
+}
+
+func duration(ck *kv1.GPUCheckpoint) time.Duration {
+	return max(completed(ck).Sub(started(ck)), 0)
+}
