@@ -298,42 +298,43 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		}
 		state = append(state, with)
 	}
+	// given are the running pods whose GPUs are promised to a waiting pod: now (a turn) or
+	// when their turns end (held, so that a large waiting pod is not passed over again and
+	// again by smaller ones that fit into whatever frees first).
 	given, served := map[types.UID]bool{}, map[types.UID]bool{}
+	turnEnd := func(r *member) time.Time { return r.usage.TurnStart.Add(r.quantum) }
 	for _, w := range waiting {
-		var due []*member
+		var cands []*member
 		for _, r := range running {
-			if given[r.pod.UID] || r.priority != w.priority || r.usage.Received <= w.usage.Received {
-				continue
+			if !given[r.pod.UID] && r.priority == w.priority && r.usage.Received > w.usage.Received {
+				cands = append(cands, r)
 			}
-			end := r.usage.TurnStart.Add(r.quantum)
-			if now.Before(end) {
-				p.recheck = earliest(p.recheck, end)
-				continue
-			}
-			due = append(due, r)
 		}
-		// Those who have had the most give their GPUs first.
-		slices.SortFunc(due, func(a, b *member) int {
-			return cmp.Or(cmp.Compare(b.usage.Received, a.usage.Received), a.usage.TurnStart.Compare(b.usage.TurnStart))
+		// The turns that end first, among equals those who have had the most.
+		slices.SortFunc(cands, func(a, b *member) int {
+			return cmp.Or(turnEnd(a).Compare(turnEnd(b)), cmp.Compare(b.usage.Received, a.usage.Received))
 		})
-		for k := 1; k <= len(due); k++ {
-			trial := slices.Clone(state)
-			for _, r := range due[:k] {
-				trial = swapped(trial, r.pod, asSuspended(r.pod))
-			}
-			target := fits(gn, trial, w, c.strategy)
-			if target == nil {
-				continue
-			}
-			for _, r := range due[:k] {
-				given[r.pod.UID] = true
-				replace(r.pod, asSuspended(r.pod))
-			}
-			replace(w.pod, asResident(w.pod, gn.Name, target))
-			served[w.pod.UID] = true
-			p.turns = append(p.turns, turn{yielders: slices.Clone(due[:k]), next: w})
-			break
+		yielders := c.fewestYielders(gn, state, w, cands)
+		if yielders == nil {
+			continue
 		}
+		due := now
+		for _, r := range yielders {
+			given[r.pod.UID] = true
+			due = maxTime(due, turnEnd(r))
+		}
+		if now.Before(due) {
+			p.recheck = earliest(p.recheck, due)
+			continue
+		}
+		trial := slices.Clone(state)
+		for _, r := range yielders {
+			trial = swapped(trial, r.pod, asSuspended(r.pod))
+			replace(r.pod, asSuspended(r.pod))
+		}
+		replace(w.pod, asResident(w.pod, gn.Name, fits(gn, trial, w, c.strategy)))
+		served[w.pod.UID] = true
+		p.turns = append(p.turns, turn{yielders: yielders, next: w})
 	}
 	// A running pod whose GPU time has not yet passed a waiting pod's will have by then.
 	for _, w := range waiting {
@@ -345,6 +346,31 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		}
 	}
 	return p
+}
+
+// fewestYielders returns the shortest prefix of cands whose suspension lets the waiting pod fit
+// on the node, without the members it does not need; nil when even all of them are not enough.
+func (c *Controller) fewestYielders(gn *kv1.GPUNode, state []*v1.Pod, w *member, cands []*member) []*member {
+	fitsWithout := func(set []*member) bool {
+		trial := slices.Clone(state)
+		for _, r := range set {
+			trial = swapped(trial, r.pod, asSuspended(r.pod))
+		}
+		return fits(gn, trial, w, c.strategy) != nil
+	}
+	for k := 1; k <= len(cands); k++ {
+		if !fitsWithout(cands[:k]) {
+			continue
+		}
+		set := slices.Clone(cands[:k])
+		for i := len(set) - 2; i >= 0; i-- {
+			if fewer := slices.Delete(slices.Clone(set), i, i+1); fitsWithout(fewer) {
+				set = fewer
+			}
+		}
+		return set
+	}
+	return nil
 }
 
 // runningMember returns the pod as a member that may give its GPUs up, or nil.

@@ -415,6 +415,22 @@ func TestSync(t *testing.T) {
 			},
 		},
 		{
+			name: "a large waiting pod holds the GPU whose turns end last; a smaller one does not pass it",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				running("x", 1, "40Gi", 0, 2*time.Minute),  // due
+				running("y", 1, "40Gi", 0, 30*time.Second), // due in 30 s
+				pending("big", 1, "80Gi", 2*time.Minute),
+				pending("small", 1, "40Gi", time.Minute),
+			},
+			want: outcome{
+				Suspended: map[string]string{},
+				Labels:    map[string]string{"x": "Running", "y": "Running", "big": "Waiting", "small": "Waiting"},
+				GPUTimes:  map[string]string{"x": "0s", "y": "0s", "big": "0s", "small": "0s"},
+				Recheck:   30 * time.Second,
+			},
+		},
+		{
 			name: "the waiting pod resumes on another GPU of the node",
 			gn:   gpuNode(4, 80, 80),
 			pods: []*v1.Pod{
