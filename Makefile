@@ -44,6 +44,11 @@ test-e2e: ## Runtime e2e tests on a private containerd (root; Debian's container
 bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes.
 	$(GO) run ./test/bench/scheduler -nodes $${NODES:-1000} -pods $${PODS:-2000} -create-qps $${QPS:-300} | tee test/bench/results/scheduler-$$(date -u +%Y-%m-%d).md
 
+.PHONY: bench-timeslice
+bench-timeslice: ## Simulated time slicing vs kill-preemption vs FIFO on an oversubscribed trace (4x8 and 1x8 GPUs).
+	{ echo "# Time slicing: simulated policies on an oversubscribed trace"; echo; \
+	  $(GO) run ./test/bench/timeslice; echo; $(GO) run ./test/bench/timeslice -nodes 1; } | tee test/bench/results/timeslice-$$(date -u +%Y-%m-%d).md
+
 .PHONY: controlplane
 controlplane: ## Build etcd, kube-apiserver, controller-manager, kube-scheduler, kubectl, kubelet and kwok into .cache/bin.
 	hack/build-controlplane.sh
