@@ -33,7 +33,7 @@ test-unit: ## Unit tests: no GPU, no root, no cluster.
 	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e)
 
 .PHONY: test-integration
-test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster.
+test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
 
 .PHONY: test-e2e
@@ -56,6 +56,18 @@ cluster-up: controlplane ## Start a local control plane with kwok GPU nodes in .
 cluster-down: ## Stop the local control plane started by cluster-up.
 	hack/cluster-down.sh
 
+.PHONY: node-up
+node-up: controlplane ## Add a real node (kubelet, containerd CRI, runc, CNI; root) to the cluster of cluster-up.
+	hack/node-up.sh
+
+.PHONY: node-down
+node-down: ## Stop the real node and remove what it left on the machine.
+	hack/node-down.sh
+
+.PHONY: images
+images: ## Build the agent, scheduler, pause and busybox images as OCI tarballs; import them into the real node when it runs.
+	hack/images.sh
+
 .PHONY: demo
 demo: build controlplane ## Start a local cluster with simulated GPU nodes and run the demo workload.
 	hack/demo.sh
@@ -74,7 +86,7 @@ verify: ## gofmt, go vet, go mod tidy without diff, generated files up to date.
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the control-plane cache; `make clean-cache` removes it).
-	rm -rf $(BIN)
+	rm -rf $(BIN) .cache/images
 
 .PHONY: clean-cache
 clean-cache: cluster-down ## Remove the control-plane cache and local cluster state.
