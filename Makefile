@@ -5,10 +5,11 @@ SHELL := /usr/bin/env bash -o pipefail
 GO        ?= go
 BIN       := $(CURDIR)/bin
 GOFLAGS_BUILD := -trimpath
-BINARIES  := kybernate-scheduler kybernate-agent cuda-test
+BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1
 PKG_kybernate-scheduler := ./scheduler/cmd/kybernate-scheduler
 PKG_kybernate-agent     := ./nodeagent/cmd/kybernate-agent
 PKG_cuda-test           := ./cuda/cmd/cuda-test
+PKG_containerd-shim-kybernate-v1 := ./shim/cmd/containerd-shim-kybernate-v1
 
 TEST_TIMEOUT ?= 20m
 
@@ -37,8 +38,12 @@ test-integration: controlplane ## Integration tests on a real etcd + kube-apiser
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
 
 .PHONY: test-e2e
-test-e2e: ## Runtime e2e tests on a private containerd (root; Debian's containerd).
+test-e2e: runtime ## Runtime e2e tests: the shim and agent on a private containerd, runc and CRIU (root).
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+
+.PHONY: runtime
+runtime: ## Install containerd, runc, iptables, busybox-static (apt) and CRIU 4.1 (cached) for the e2e tests (root).
+	hack/install-runtime.sh >/dev/null
 
 .PHONY: bench-scheduler
 bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes.
