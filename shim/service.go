@@ -46,6 +46,12 @@ import (
 // containerd-shim-kybernate-v1.
 const RuntimeName = "io.containerd.kybernate.v1"
 
+// The CRI plugin's annotation that tells a pod's sandbox container from its containers.
+const (
+	criContainerType        = "io.kubernetes.cri.container-type"
+	criContainerTypeSandbox = "sandbox"
+)
+
 // Files the shim writes: into a bundle for a restore, into containerd's own checkpoint folder
 // for a checkpoint redirected to CheckpointOptions.ImagePath.
 const (
@@ -198,6 +204,11 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (sp
 		return spec.Config{}, false, fmt.Errorf("parsing %s: %w", path, err)
 	}
 	gpus, restoreFrom := sp.Annotations[kv1.AnnotationGPUs], sp.Annotations[kv1.AnnotationRestoreFrom]
+	// CRI hands the pod's annotations to its sandbox (pause) container too: it gets neither
+	// GPUs nor a restore.
+	if sp.Annotations[criContainerType] == criContainerTypeSandbox {
+		return spec.Config{}, false, nil
+	}
 	if gpus == "" && restoreFrom == "" {
 		return spec.Config{}, false, nil
 	}
