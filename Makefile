@@ -34,7 +34,7 @@ test-unit: ## Unit tests: no GPU, no root, no cluster.
 	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e)
 
 .PHONY: test-integration
-test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
+test-integration: controlplane runtime ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
 
 .PHONY: test-e2e
@@ -62,7 +62,7 @@ cluster-down: ## Stop the local control plane started by cluster-up.
 	hack/cluster-down.sh
 
 .PHONY: node-up
-node-up: controlplane ## Add a real node (kubelet, containerd CRI, runc, CNI; root) to the cluster of cluster-up.
+node-up: controlplane runtime ## Add a real node (kubelet, containerd CRI, runc, CNI; root) to the cluster of cluster-up.
 	hack/node-up.sh
 
 .PHONY: node-down

@@ -216,6 +216,9 @@ if ${OWNS_HOST}; then
   [[ -n "${IP_FORWARD}" ]] && sysctl -qw "net.ipv4.ip_forward=${IP_FORWARD}"
 
   rm -f "${NODE_HOST_DIR}/owner" "${NODE_HOST_DIR}/host.env"
+fi
+# No node owns the machine any more: the lock goes too.
+if [[ ! -e "${NODE_HOST_DIR}/owner" ]]; then
   rm -f "${NODE_HOST_DIR}/lock"
   rmdir "${NODE_HOST_DIR}" 2>/dev/null || true
 fi

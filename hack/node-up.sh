@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes node on this machine and registers it with the cluster of
 # hack/cluster-up.sh, next to its kwok nodes: Debian's containerd with the CRI plugin (private
-# root, state and socket), runc, the CNI plugins bridge + host-local + loopback on a bridge of
-# its own, the pause and busybox images of hack/images.sh, and the kubelet built by
+# root, state and socket), runc, our shim as runtime handler kybernate with CRIU >= 4.1 from
+# hack/install-runtime.sh, the CNI plugins bridge + host-local + loopback on a bridge of its
+# own, the pause and busybox images of hack/images.sh, and the kubelet built by
 # hack/build-controlplane.sh with its own client and serving certificates from the cluster's
 # CA. Pods on it are real processes. Needs root. Prints the node's name on stdout.
 #
@@ -160,6 +161,12 @@ EOF
 
 # ------------------------------------------------------------------------- containerd
 
+# Our shim (runtime handler kybernate) and CRIU >= 4.1 go first on containerd's PATH, which
+# its shims inherit: containerd finds containerd-shim-kybernate-v1 there, runc finds criu.
+(cd "${KYBERNATE_ROOT}" && go build -o "${DIR}/bin/containerd-shim-kybernate-v1" ./shim/cmd/containerd-shim-kybernate-v1)
+CRIU_DIR="$("${KYBERNATE_ROOT}/hack/install-runtime.sh")"
+[[ -x "${CRIU_DIR}/criu" ]] || die "hack/install-runtime.sh printed no folder with criu"
+
 CONTAINERD="$(command -v containerd)"
 cat >"${DIR}/containerd.toml" <<EOF
 # Written by hack/node-up.sh.
@@ -199,6 +206,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
         SystemdCgroup = false
+    # RuntimeClass kybernate: our shim. Pod annotations kybernate.io/* reach the OCI spec, where
+    # the shim reads kybernate.io/gpus and kybernate.io/restore-from. No options table: CRI
+    # would send the shim its own option type instead of runc's.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kybernate]
+      runtime_type = "io.containerd.kybernate.v1"
+      pod_annotations = ["kybernate.io/*"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "${CNI_BIN_DIR}"
     conf_dir = "${DIR}/cni/net.d"
@@ -211,7 +224,7 @@ launch() {
   shift 2
   log "starting ${name}"
   # 8>&-: the daemon must not hold the machine's node lock after node-up exits.
-  PATH="${DIR}/bin:${PATH}" setsid "${binary}" "$@" </dev/null >>"${DIR}/logs/${name}.log" 2>&1 8>&- &
+  PATH="${DIR}/bin:${CRIU_DIR}:${PATH}" setsid "${binary}" "$@" </dev/null >>"${DIR}/logs/${name}.log" 2>&1 8>&- &
   echo "$!" >"${DIR}/run/${name}.pid"
 }
 
