@@ -30,6 +30,10 @@ const (
 	schedulerName   = "kybernate-scheduler"
 	// workloadImage is Debian's busybox-static, imported by hack/node-up.sh.
 	workloadImage = "kybernate/busybox:dev"
+	runtimeClass  = "kybernate"
+	shimBinary    = "containerd-shim-kybernate-v1"
+	// agentSocket is where the agent DaemonSet serves its API on the node.
+	agentSocket = "/run/kybernate/agent.sock"
 )
 
 func TestMain(m *testing.M) {
@@ -46,6 +50,7 @@ func TestInstallRunUninstall(t *testing.T) {
 		return
 	}
 	t.Run("pod", func(t *testing.T) { testPod(t, c, node) })
+	t.Run("checkpoint-restore", func(t *testing.T) { testCheckpointRestore(t, c, node) })
 	t.Run("uninstall", func(t *testing.T) { testUninstall(t, c, node) })
 }
 
@@ -111,8 +116,8 @@ func testInstall(t *testing.T, c *framework.Cluster, node string) {
 	})
 }
 
-// A pod of kybernate-scheduler runs as a real process on the real node under the runc handler,
-// and its counter is in its log.
+// A pod of kybernate-scheduler with RuntimeClass kybernate runs as a real process on the real
+// node, a child of our shim, and its counter is in its log.
 func testPod(t *testing.T, c *framework.Cluster, node string) {
 	ctx := t.Context()
 	ns := c.CreateNamespace(t)
@@ -129,8 +134,11 @@ func testPod(t *testing.T, c *framework.Cluster, node string) {
 	if by := scheduledBy(ctx, t, c, ns, pod.Name); by != schedulerName {
 		t.Errorf("pod scheduled by %q, want %s", by, schedulerName)
 	}
-	if n := waitForCount(ctx, t, c, ns, pod.Name, 3); n < 3 {
+	if n := waitForCount(ctx, t, c, ns, pod.Name, 1, 3); n < 3 {
 		t.Errorf("counter at %d, want at least 3", n)
+	}
+	if shim := shimOf(t, running); shim != shimBinary {
+		t.Errorf("the pod's process is a child of %q, want %s", shim, shimBinary)
 	}
 }
 
@@ -207,6 +215,7 @@ func counterPod(ns, name, node string) *v1.Pod {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: v1.PodSpec{
 			SchedulerName:                 schedulerName,
+			RuntimeClassName:              ptr.To(runtimeClass),
 			NodeSelector:                  map[string]string{v1.LabelHostname: node},
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
 			Containers: []v1.Container{{
@@ -220,8 +229,8 @@ func counterPod(ns, name, node string) *v1.Pod {
 }
 
 // waitForCount waits until the pod's log counts to at least want and returns the last count;
-// the log must count up by one from 1.
-func waitForCount(ctx context.Context, t *testing.T, c *framework.Cluster, ns, name string, want int) int {
+// the log must count up by one from first.
+func waitForCount(ctx context.Context, t *testing.T, c *framework.Cluster, ns, name string, first, want int) int {
 	t.Helper()
 	last := 0
 	framework.WaitFor(ctx, t, 30*time.Second, fmt.Sprintf("pod %s/%s counting to %d", ns, name, want), func(ctx context.Context) (bool, error) {
@@ -232,11 +241,11 @@ func waitForCount(ctx context.Context, t *testing.T, c *framework.Cluster, ns, n
 		lines := strings.Fields(string(raw))
 		for i, l := range lines {
 			n, err := strconv.Atoi(l)
-			if err != nil || n != i+1 {
-				return false, fmt.Errorf("line %d of the log is %q, want %d:\n%s", i+1, l, i+1, raw)
+			if err != nil || n != first+i {
+				return false, fmt.Errorf("line %d of the log is %q, want %d:\n%s", i+1, l, first+i, raw)
 			}
 		}
-		last = len(lines)
+		last = first + len(lines) - 1
 		return last >= want, nil
 	})
 	return last
