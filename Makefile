@@ -5,10 +5,11 @@ SHELL := /usr/bin/env bash -o pipefail
 GO        ?= go
 BIN       := $(CURDIR)/bin
 GOFLAGS_BUILD := -trimpath
-BINARIES  := kybernate-scheduler kybernate-agent cuda-test
+BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1
 PKG_kybernate-scheduler := ./scheduler/cmd/kybernate-scheduler
 PKG_kybernate-agent     := ./nodeagent/cmd/kybernate-agent
 PKG_cuda-test           := ./cuda/cmd/cuda-test
+PKG_containerd-shim-kybernate-v1 := ./shim/cmd/containerd-shim-kybernate-v1
 
 TEST_TIMEOUT ?= 20m
 
@@ -33,12 +34,16 @@ test-unit: ## Unit tests: no GPU, no root, no cluster.
 	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e)
 
 .PHONY: test-integration
-test-integration: controlplane ## Integration tests on a real etcd + kube-apiserver + kwok cluster.
+test-integration: controlplane runtime ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
 
 .PHONY: test-e2e
-test-e2e: ## Runtime e2e tests on a private containerd (root; Debian's containerd).
+test-e2e: runtime ## Runtime e2e tests: the shim and agent on a private containerd, runc and CRIU (root).
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+
+.PHONY: runtime
+runtime: ## Install containerd, runc, iptables, busybox-static (apt) and CRIU 4.1 (cached) for the e2e tests (root).
+	hack/install-runtime.sh >/dev/null
 
 .PHONY: bench-scheduler
 bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes.
@@ -61,6 +66,18 @@ cluster-up: controlplane ## Start a local control plane with kwok GPU nodes in .
 cluster-down: ## Stop the local control plane started by cluster-up.
 	hack/cluster-down.sh
 
+.PHONY: node-up
+node-up: controlplane runtime ## Add a real node (kubelet, containerd CRI, runc, CNI; root) to the cluster of cluster-up.
+	hack/node-up.sh
+
+.PHONY: node-down
+node-down: ## Stop the real node and remove what it left on the machine.
+	hack/node-down.sh
+
+.PHONY: images
+images: ## Build the agent, scheduler, pause and busybox images as OCI tarballs; import them into the real node when it runs.
+	hack/images.sh
+
 .PHONY: demo
 demo: build controlplane ## Start a local cluster with simulated GPU nodes and run the demo workload.
 	hack/demo.sh
@@ -79,7 +96,7 @@ verify: ## gofmt, go vet, go mod tidy without diff, generated files up to date.
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the control-plane cache; `make clean-cache` removes it).
-	rm -rf $(BIN)
+	rm -rf $(BIN) .cache/images
 
 .PHONY: clean-cache
 clean-cache: cluster-down ## Remove the control-plane cache and local cluster state.

@@ -74,12 +74,25 @@ else
   rm -f "${RUN}/watchdog.pid"
 fi
 
+# A real node of this cluster (hack/node-up.sh) first: its kubelet talks to the API server,
+# and --purge must not remove a folder with its mounts in it.
+if [[ -d "${DIR}/node" ]]; then
+  if ((EUID == 0)); then
+    KYBERNATE_NODE_DIR="${DIR}/node" "${KYBERNATE_ROOT}/hack/node-down.sh"
+  else
+    log "the cluster has a real node in ${DIR}/node: stop it as root with hack/node-down.sh"
+  fi
+fi
+
 # Dependents before what they depend on.
 for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
   stop "${name}" "${KYBERNATE_BIN_DIR}/${name}" "${DIR}/"
 done
 
 if ${PURGE}; then
+  if awk -v d="${DIR}/" 'index($5 "/", d) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+    die "mounts remain under ${DIR} (a real node's?); not removing it"
+  fi
   rm -rf "${DIR}"
   log "removed ${DIR}"
 else

@@ -185,7 +185,10 @@ start_etcd() {
 
 start_apiserver() {
   # --endpoint-reconciler-type=none: the kubernetes Service cannot point at a
-  # loopback address, and nothing in the fake cluster calls it from a pod.
+  # loopback address; pods on the real node (hack/node-up.sh) reach the API server
+  # at the Service's address through a DNAT rule of the node.
+  # A real kubelet is reached at its InternalIP (its hostname may resolve to
+  # 127.0.0.1) and must present a serving certificate from the cluster CA.
   launch kube-apiserver \
     --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
     --bind-address=127.0.0.1 \
@@ -204,6 +207,8 @@ start_apiserver() {
     --service-account-signing-key-file="${PKI}/sa.key" \
     --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt" \
     --kubelet-client-key="${PKI}/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="${PKI}/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --endpoint-reconciler-type=none \
     --profiling=false
   await kube-apiserver
@@ -354,6 +359,7 @@ APISERVER_PORT=${APISERVER_PORT}
 CONTROLLER_MANAGER_PORT=${CONTROLLER_MANAGER_PORT}
 SCHEDULER_PORT=${SCHEDULER_PORT}
 KUBELET_NODE_NAME=${KUBELET_NODE_NAME}
+SERVICE_IP=${SERVICE_IP}
 EOF
 
   # Whatever fails from here on leaves nothing running.

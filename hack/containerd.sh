@@ -2,7 +2,13 @@
 # Starts or stops a private containerd daemon for the e2e tests: its own root, state, socket
 # and config under one folder, so it never meets the host's containerd.
 #
-# Usage: hack/containerd.sh up|down   (env KYBERNATE_CONTAINERD_DIR, default .cache/containerd)
+# Shims inherit the daemon's PATH, so `up` puts first on it the folder with our shim
+# (containerd-shim-kybernate-v1 for runtime io.containerd.kybernate.v1) and the folder with
+# CRIU >= 4.1 from hack/install-runtime.sh (runc finds criu on PATH), when they exist.
+#
+# Usage: hack/containerd.sh up|down
+# Env:   KYBERNATE_CONTAINERD_DIR (default .cache/containerd), KYBERNATE_SHIM_DIR (default bin/),
+#        KYBERNATE_SHIM_CONFIG (passed to the shims: their settings file, see shim/README.md)
 # `up` prints the socket path.
 set -euo pipefail
 
@@ -36,7 +42,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   address = ""
 TOML
-  setsid "${CONTAINERD}" --config "${DIR}/config.toml" >"${DIR}/containerd.log" 2>&1 </dev/null &
+  path="${PATH}"
+  criu_dir="${KYBERNATE_CACHE_DIR}/runtime/criu/bin"
+  [[ -x "${criu_dir}/criu" ]] && path="${criu_dir}:${path}"
+  shim_dir="${KYBERNATE_SHIM_DIR:-${KYBERNATE_ROOT}/bin}"
+  [[ -d "${shim_dir}" ]] && path="$(cd "${shim_dir}" && pwd -P):${path}"
+  PATH="${path}" setsid "${CONTAINERD}" --config "${DIR}/config.toml" >"${DIR}/containerd.log" 2>&1 </dev/null &
   echo $! >"${PIDFILE}"
   for _ in $(seq 100); do
     [[ -S "${SOCKET}" ]] && { log "containerd up (pid $(<"${PIDFILE}"), log ${DIR}/containerd.log)"; echo "${SOCKET}"; exit 0; }

@@ -86,7 +86,7 @@ echo "== ${KYBERNATE_NODES} simulated GPU nodes"
 
 ACT2_NODE="kwok-gpu-$((KYBERNATE_NODES - 1))"
 "${KUBECTL}" cordon "${ACT2_NODE}" >/dev/null
-"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/priorityclasses.yaml" >/dev/null
+"${KUBECTL}" apply -f "${KYBERNATE_ROOT}/manifests/priorityclasses.yaml" >/dev/null
 
 start=$(date +%s.%N)
 elapsed() { awk -v s="${start}" -v n="$(date +%s.%N)" 'BEGIN { printf "%7.2fs", n - s }'; }

@@ -9,6 +9,10 @@ KYBERNATE_CACHE_DIR="${KYBERNATE_CACHE_DIR:-${KYBERNATE_ROOT}/.cache}"
 KYBERNATE_BIN_DIR="${KYBERNATE_BIN_DIR:-${KYBERNATE_CACHE_DIR}/bin}"
 KYBERNATE_BUILD_DIR="${KYBERNATE_CACHE_DIR}/build"
 KYBERNATE_CLUSTER_DIR="${KYBERNATE_CLUSTER_DIR:-${KYBERNATE_CACHE_DIR}/cluster}"
+# The real node of hack/node-up.sh lives in its cluster's folder and goes with it.
+KYBERNATE_NODE_DIR="${KYBERNATE_NODE_DIR:-${KYBERNATE_CLUSTER_DIR}/node}"
+# Images of the working tree (hack/images.sh) belong to the checkout, not to the shared cache.
+KYBERNATE_IMAGES_DIR="${KYBERNATE_IMAGES_DIR:-${KYBERNATE_ROOT}/.cache/images}"
 
 # Component versions. Kubernetes follows the k8s.io/kubernetes requirement of the
 # root go.mod so that the control plane in the tests is the release our scheduler

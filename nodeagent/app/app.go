@@ -47,6 +47,7 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
@@ -257,12 +258,18 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 
 	a.nvml = &lazyNVML{open: func() (*inventory.NVML, error) { return inventory.Open(nvml.New()) }}
 	resolver := &podmap.Resolver{ProcRoot: o.ProcRoot, Pods: podmap.IndexedPods{Indexer: pods.GetIndexer()}}
-	// containerd names the pod of a container whose cgroup path carries no pod UID.
+	// containerd names the pod of a container whose cgroup path carries no pod UID, and
+	// writes container checkpoints.
+	var runtime *checkpoint.Containerd
 	if o.ContainerdSocket != "" {
 		if ctr, err := podmap.NewContainerd(o.ContainerdSocket); err != nil {
 			logger.Error(err, "containerd not reachable: GPU processes map to pods by their cgroup paths only")
 		} else {
 			resolver.Containers = ctr
+		}
+		var err error
+		if runtime, err = checkpoint.NewContainerd(o.ContainerdSocket, podmap.ContainerdNamespace); err != nil {
+			logger.Error(err, "containerd not reachable: no container checkpoints on this node")
 		}
 	}
 	hostMemory := status.Meminfo{Path: filepath.Join(o.ProcRoot, "meminfo")}
@@ -281,6 +288,20 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		a.engines.set(o.NodeName, e)
 		node.Suspended, srvNode.Engine, srvNode.Suspended = e, e, e
 		node.Busy = e.Busy
+	}
+	if runtime != nil {
+		var gpus checkpoint.GPUs
+		if srvNode.Engine != nil {
+			gpus = srvNode.Engine
+		}
+		versions := func(ctx context.Context) (string, int32) {
+			inv, err := a.nvml.Read(ctx)
+			if err != nil {
+				return "", 0
+			}
+			return inv.DriverVersion, inv.CUDADriverVersion
+		}
+		srvNode.Checkpoints = checkpoint.New(checkpoint.Config{Node: o.NodeName, Timeout: o.DumpTimeout}, runtime, gpus, versions, clock.RealClock{})
 	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)

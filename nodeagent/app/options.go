@@ -34,6 +34,7 @@ type Options struct {
 
 	LockTimeout    time.Duration
 	StepTimeout    time.Duration
+	DumpTimeout    time.Duration
 	RestoreRetries int
 	Workers        int
 
@@ -63,6 +64,7 @@ func NewOptions() *Options {
 		MetricsBindAddress:     ":9464",
 		LockTimeout:            10 * time.Second,
 		StepTimeout:            5 * time.Minute,
+		DumpTimeout:            10 * time.Minute,
 		RestoreRetries:         3,
 		Workers:                16,
 		SimulateNodeSelector:   "type=kwok",
@@ -96,6 +98,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 
 	fs.DurationVar(&o.LockTimeout, "lock-timeout", o.LockTimeout, "How long a suspend waits for a process's in-flight GPU work before it gives up.")
 	fs.DurationVar(&o.StepTimeout, "step-timeout", o.StepTimeout, "Limit of each checkpoint or restore step.")
+	fs.DurationVar(&o.DumpTimeout, "dump-timeout", o.DumpTimeout, "Limit of the CRIU dump of a container checkpoint (through containerd and the shim).")
 	fs.IntVar(&o.RestoreRetries, "restore-retries", o.RestoreRetries, "Attempts of a refused restore before a resume is reported failed.")
 	fs.IntVar(&o.Workers, "checkpoint-workers", o.Workers, "GPUCheckpoints carried out in parallel (each moves one pod).")
 
@@ -122,7 +125,7 @@ func (o *Options) Validate() error {
 	if o.HostMemoryReserve.Sign() < 0 || o.HostMemoryStep.Sign() < 0 {
 		errs = append(errs, errors.New("--host-memory-reserve and --host-memory-step must not be negative"))
 	}
-	if o.PollInterval <= 0 || o.StatusMinInterval < 0 || o.LockTimeout <= 0 || o.StepTimeout <= 0 || o.SimulateProgressPeriod <= 0 {
+	if o.PollInterval <= 0 || o.StatusMinInterval < 0 || o.LockTimeout <= 0 || o.StepTimeout <= 0 || o.DumpTimeout <= 0 || o.SimulateProgressPeriod <= 0 {
 		errs = append(errs, errors.New("--poll-interval, --lock-timeout, --step-timeout and --simulate-progress-period must be positive, --status-min-interval not negative"))
 	}
 	if o.RestoreRetries < 1 {

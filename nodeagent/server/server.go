@@ -1,7 +1,7 @@
 // Package server is the agent's gRPC API (apis/agent/v1 NodeAgentService) on a unix socket
-// (mode 0600) that serves root peers (and the agent's own user) only: GetInventory, Suspend and
-// Resume for the kybernate CLI, tests and, later, the containerd shim. Checkpoint and Restore
-// return Unimplemented until the shim and migration work brings them. Errors become gRPC
+// (mode 0600) that serves root peers (and the agent's own user) only: GetInventory, Suspend,
+// Resume and Checkpoint for the kybernate CLI, tests and the migration; Restore for the
+// containerd shim (containers without GPUs only, until the migration work). Errors become gRPC
 // status codes here and nowhere else.
 package server
 
@@ -29,10 +29,13 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
+	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	agentstatus "github.com/kybernate/kybernate/nodeagent/status"
 )
@@ -48,6 +51,9 @@ type Node struct {
 	Engine     *engine.Engine
 	Suspended  agentstatus.SuspendedLister
 	HostMemory agentstatus.HostMemory
+	// Checkpoints writes checkpoint images; nil where the agent cannot (no containerd,
+	// simulated nodes).
+	Checkpoints *checkpoint.Checkpointer
 }
 
 // Nodes are the nodes the agent serves.
@@ -234,14 +240,103 @@ func (s *Server) Resume(ctx context.Context, req *agentv1.ResumeRequest) (*agent
 	return &agentv1.ResumeResponse{Result: result(res)}, nil
 }
 
-// Checkpoint is not there yet.
-func (s *Server) Checkpoint(context.Context, *agentv1.CheckpointRequest) (*agentv1.CheckpointResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Checkpoint (CRIU container checkpoint) arrives with the containerd shim and migration work; use Suspend to park a pod's GPU memory in host memory")
+// Checkpoint writes a container of a pod to a checkpoint image (CRIU through containerd and the
+// shim, after the CUDA checkpoint when the container holds GPUs). Failures are rolled back.
+func (s *Server) Checkpoint(ctx context.Context, req *agentv1.CheckpointRequest) (*agentv1.CheckpointResponse, error) {
+	ref := req.GetPod()
+	if ref.GetNamespace() == "" || ref.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "pod namespace and name are required")
+	}
+	if req.GetImageDir() == "" {
+		return nil, status.Error(codes.InvalidArgument, "image_dir is required")
+	}
+	var lockTimeout time.Duration
+	if d := req.GetLockTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "lock_timeout: want a positive duration")
+		}
+		lockTimeout = d.AsDuration()
+	}
+	n, err := s.checkpointNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).V(2).Info("gRPC request", "method", "Checkpoint", "pod", klog.KRef(ref.GetNamespace(), ref.GetName()), "container", ref.GetContainer(), "imageDir", req.GetImageDir())
+	res, err := n.Checkpoints.Checkpoint(ctx, checkpoint.Request{
+		Pod:          image.Pod{Namespace: ref.GetNamespace(), Name: ref.GetName(), UID: ref.GetUid()},
+		Container:    ref.GetContainer(),
+		ImageDir:     req.GetImageDir(),
+		LeaveRunning: req.GetLeaveRunning(),
+		LockTimeout:  lockTimeout,
+	})
+	if err != nil {
+		return nil, checkpointStatus(err)
+	}
+	out := result(engine.Result{Bytes: res.Metadata.VRAMBytes, Steps: res.Steps})
+	return &agentv1.CheckpointResponse{Result: out, ImageDir: req.GetImageDir(), Created: timestamppb.New(res.Metadata.Created)}, nil
 }
 
-// Restore is not there yet.
-func (s *Server) Restore(context.Context, *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Restore (from a checkpoint image) arrives with the containerd shim and migration work; use Resume for a suspended pod")
+// Restore puts the GPU memory of a container the shim restored from an image back onto GPUs.
+// Containers without GPUs have nothing to put back: the image is checked and the call
+// succeeds. GPU images are the migration work and are refused with Unimplemented.
+func (s *Server) Restore(ctx context.Context, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error) {
+	if req.GetImageDir() == "" {
+		return nil, status.Error(codes.InvalidArgument, "image_dir is required")
+	}
+	klog.FromContext(ctx).V(2).Info("gRPC request", "method", "Restore", "imageDir", req.GetImageDir(), "containerID", req.GetContainerId())
+	_, err := checkpoint.RestoreGPUs(req.GetImageDir())
+	switch {
+	case errors.Is(err, checkpoint.ErrGPURestoreNotImplemented):
+		return nil, status.Error(codes.Unimplemented, err.Error())
+	case errors.Is(err, image.ErrMissing):
+		return nil, status.Error(codes.NotFound, err.Error())
+	case err != nil:
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &agentv1.RestoreResponse{Result: &agentv1.Result{}}, nil
+}
+
+// checkpointNode is the node a checkpoint runs on: the agent's own (checkpoints need its
+// containerd).
+func (s *Server) checkpointNode(ctx context.Context) (Node, error) {
+	name, err := s.node(ctx)
+	if err != nil {
+		return Node{}, err
+	}
+	n, ok := s.nodes.Node(name)
+	if !ok {
+		return Node{}, status.Errorf(codes.NotFound, "this agent does not serve node %q", name)
+	}
+	if n.Checkpoints == nil {
+		return Node{}, status.Errorf(codes.Unimplemented, "node %s cannot write checkpoint images: the agent runs without containerd (--containerd-socket) or simulates the node", name)
+	}
+	return n, nil
+}
+
+// checkpointStatus converts checkpoint errors to gRPC codes.
+func checkpointStatus(err error) error {
+	code := codes.Internal
+	switch checkpoint.CauseOf(err) {
+	case checkpoint.CauseInvalid:
+		code = codes.InvalidArgument
+	case checkpoint.CauseExists:
+		code = codes.AlreadyExists
+	case checkpoint.CauseNotFound:
+		code = codes.NotFound
+	case checkpoint.CauseUnsupported, checkpoint.CauseImageDir:
+		code = codes.FailedPrecondition
+	case checkpoint.CauseTimeout:
+		code = codes.DeadlineExceeded
+	case checkpoint.CauseGPU:
+		if c := engine.CauseOf(err); c == engine.CauseLockTimeout || c == engine.CauseStepTimeout {
+			code = codes.DeadlineExceeded
+		} else {
+			code = codes.Aborted
+		}
+	case checkpoint.CauseDump:
+		code = codes.Aborted
+	}
+	return status.Error(code, err.Error())
 }
 
 func logRequest(ctx context.Context, method string, pod *v1.Pod) {

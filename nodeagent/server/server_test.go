@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	"github.com/kybernate/kybernate/cuda/fake"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 )
@@ -176,10 +178,24 @@ func TestErrorCodes(t *testing.T) {
 			_, err := c.Suspend(ctx, &agentv1.SuspendRequest{Pod: train})
 			return err
 		}, wantCode: codes.DeadlineExceeded, wantMsg: "LockTimeout"},
-		{name: "checkpoint", call: func() error { _, err := c.Checkpoint(ctx, &agentv1.CheckpointRequest{}); return err },
-			wantCode: codes.Unimplemented, wantMsg: "arrives with the containerd shim and migration work"},
-		{name: "restore", call: func() error { _, err := c.Restore(ctx, &agentv1.RestoreRequest{}); return err },
-			wantCode: codes.Unimplemented, wantMsg: "arrives with the containerd shim and migration work"},
+		{name: "checkpoint without pod", call: func() error { _, err := c.Checkpoint(ctx, &agentv1.CheckpointRequest{}); return err },
+			wantCode: codes.InvalidArgument, wantMsg: "pod namespace and name are required"},
+		{name: "checkpoint without image dir", call: func() error { _, err := c.Checkpoint(ctx, &agentv1.CheckpointRequest{Pod: train}); return err },
+			wantCode: codes.InvalidArgument, wantMsg: "image_dir is required"},
+		{name: "checkpoint without containerd", call: func() error {
+			_, err := c.Checkpoint(ctx, &agentv1.CheckpointRequest{Pod: train, ImageDir: "/var/lib/kybernate/images/x"})
+			return err
+		}, wantCode: codes.Unimplemented, wantMsg: "node node-a cannot write checkpoint images"},
+		{name: "restore without image dir", call: func() error { _, err := c.Restore(ctx, &agentv1.RestoreRequest{}); return err },
+			wantCode: codes.InvalidArgument, wantMsg: "image_dir is required"},
+		{name: "restore from a missing image", call: func() error {
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: filepath.Join(t.TempDir(), "gone")})
+			return err
+		}, wantCode: codes.NotFound, wantMsg: "no such folder"},
+		{name: "restore of gpu memory", call: func() error {
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: writeImage(t, []string{devs[0].UUID.String()})})
+			return err
+		}, wantCode: codes.Unimplemented, wantMsg: "restoring it onto gpus is not implemented yet (migration work)"},
 		{name: "two nodes named in metadata, one unknown", call: func() error {
 			_, err := c.GetInventory(metadata.AppendToOutgoingContext(ctx, NodeMetadataKey, "node-z"), &agentv1.GetInventoryRequest{})
 			return err
@@ -193,6 +209,31 @@ func TestErrorCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A container without GPUs restored by the shim has nothing for the agent to put back.
+func TestRestoreWithoutGPUs(t *testing.T) {
+	c, _ := serve(t, PeerCredentials{})
+	resp, err := c.Restore(callCtx(t), &agentv1.RestoreRequest{ImageDir: writeImage(t, nil), ContainerId: "c1"}, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&agentv1.RestoreResponse{Result: &agentv1.Result{}}, resp, protocmp.Transform()); diff != "" {
+		t.Errorf("response (-want +got):\n%s", diff)
+	}
+}
+
+// writeImage writes a checkpoint image with one CRIU file.
+func writeImage(t *testing.T, gpus []string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "inventory.img"), []byte("criu"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := image.Write(dir, image.Metadata{Container: image.Container{ID: "c0"}, GPUs: gpus}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 func TestPeerNotAllowed(t *testing.T) {

@@ -10,6 +10,7 @@ package gpushare
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -52,6 +53,7 @@ type GPUShare struct {
 var (
 	_ framework.PreFilterPlugin     = &GPUShare{}
 	_ framework.FilterPlugin        = &GPUShare{}
+	_ framework.PreScorePlugin      = &GPUShare{}
 	_ framework.ScorePlugin         = &GPUShare{}
 	_ framework.ReservePlugin       = &GPUShare{}
 	_ framework.BindPlugin          = &GPUShare{}
@@ -171,6 +173,15 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	return nil
 }
 
+// PreScore skips Score for pods that ask for no GPU: PreFilter left them no demand, and the
+// framework calls Score on every plugin that does not skip it here.
+func (pl *GPUShare) PreScore(_ context.Context, state fwk.CycleState, _ *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+	if _, err := state.Read(stateKey); err != nil {
+		return fwk.NewStatus(fwk.Skip)
+	}
+	return nil
+}
+
 // Score rates a node by how full (MostAllocated) or empty (LeastAllocated) the GPUs the pod
 // would get are, from 0 to MaxNodeScore.
 func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
@@ -193,8 +204,12 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 func (pl *GPUShare) ScoreExtensions() framework.ScoreExtensions { return nil }
 
 // Reserve picks the pod's GPUs on the chosen node and records them, so that the next scheduling
-// cycles count them before the pod is bound.
+// cycles count them before the pod is bound. A pod that asks for no GPU has nothing to reserve
+// (the framework runs Reserve even for plugins whose PreFilter skipped the pod).
 func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	if _, err := state.Read(stateKey); errors.Is(err, fwk.ErrNotFound) {
+		return nil
+	}
 	s, err := getPreFilterState(state)
 	if err != nil {
 		return fwk.AsStatus(err)

@@ -469,6 +469,38 @@ func TestReserveAcrossCycles(t *testing.T) {
 	}
 }
 
+// A pod that asks for no GPU passes through every extension point of the plugin: the framework
+// skips Filter and Score for it (PreFilter and PreScore say Skip) but always runs Reserve, and
+// DefaultBinder binds it.
+func TestPodWithoutGPU(t *testing.T) {
+	node := st.MakeNode().Name("n").Obj()
+	pl := newTestPlugin(t, config.MostAllocated, gpuNode("n", 80))
+	pl.handle = &fakeHandle{snapshot: schedcache.NewSnapshot(nil, []*v1.Node{node})}
+	pod := st.MakePod().Namespace("ns").Name("plain").UID("plain").Obj()
+	state := framework.NewCycleState()
+	if _, s := pl.PreFilter(t.Context(), state, pod, nil); s.Code() != fwk.Skip {
+		t.Fatalf("PreFilter = %v, want Skip", s)
+	}
+	if s := pl.PreScore(t.Context(), state, pod, nil); s.Code() != fwk.Skip {
+		t.Errorf("PreScore = %v, want Skip", s)
+	}
+	if s := pl.Reserve(t.Context(), state, pod, "n"); !s.IsSuccess() {
+		t.Errorf("Reserve = %v, want success", s)
+	}
+	if pl.reserved.len() != 0 {
+		t.Errorf("reservations = %d, want 0", pl.reserved.len())
+	}
+	if s := pl.Bind(t.Context(), state, pod, "n"); s.Code() != fwk.Skip {
+		t.Errorf("Bind = %v, want Skip", s)
+	}
+
+	gpu := gpuPod("gpu", 1, "").Obj()
+	gpuState, _ := preFilter(t, pl, gpu)
+	if s := pl.PreScore(t.Context(), gpuState, gpu, nil); !s.IsSuccess() {
+		t.Errorf("PreScore of a GPU pod = %v, want success", s)
+	}
+}
+
 func TestBindFailure(t *testing.T) {
 	pl := newTestPlugin(t, config.MostAllocated)
 	pl.bind = func(context.Context, *v1.Binding) error { return fmt.Errorf("apiserver down") }

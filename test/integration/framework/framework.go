@@ -14,6 +14,7 @@
 // Environment:
 //
 //	KYBERNATE_KUBECONFIG        use this running cluster; start and stop nothing
+//	KYBERNATE_REAL_NODE         with KYBERNATE_KUBECONFIG: the cluster's real node (MainWithRealNode)
 //	KYBERNATE_KEEP_CLUSTER=true leave the started cluster running (its folder is printed)
 //	KYBERNATE_NODES, KYBERNATE_GPUS_PER_NODE, KYBERNATE_GPU_MODELS  passed to cluster-up
 //	CI=true                     a control plane that cannot be built fails the tests
@@ -51,6 +52,8 @@ type Cluster struct {
 	Kubeconfig string
 	// Nodes is the number of kwok GPU nodes cluster-up created; 0 when unknown.
 	Nodes int
+	// realNode is the name of the real node of MainWithRealNode.
+	realNode string
 
 	Config  *rest.Config
 	Client  kubernetes.Interface
@@ -104,6 +107,7 @@ func run(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "framework: KYBERNATE_KUBECONFIG: %v\n", err)
 			return 1
 		}
+		cluster.realNode = os.Getenv("KYBERNATE_REAL_NODE")
 		code := m.Run()
 		stopComponents()
 		return code
@@ -154,14 +158,38 @@ func run(m *testing.M) int {
 	}
 	cluster, err = connect(root, dir, filepath.Join(dir, "admin.kubeconfig"), nodes)
 	code := 1
+	nodeStarted := false
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+	} else if realNode {
+		name, skip, err := startRealNode(root, dir, keep)
+		nodeStarted = err == nil || !skip // a failed node-up leaves things to clean up
+		switch {
+		case err == nil:
+			cluster.realNode = name
+			code = m.Run()
+		case skip && !inCI():
+			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+			skipReason = fmt.Sprintf("these tests need a real node on this machine: %v; in CI this is a failure", err)
+			code = m.Run()
+		default:
+			fmt.Fprintf(os.Stderr, "framework: real node: %v\n", err)
+		}
 	} else {
 		code = m.Run()
-		stopComponents() // before the cluster they talk to goes away
+	}
+	stopComponents() // before the cluster they talk to goes away
+	if nodeStarted && !keep {
+		if err := stopRealNode(root, dir, code == 0); err != nil {
+			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+			code = 1
+		}
 	}
 
 	if keep {
+		if nodeStarted {
+			fmt.Fprintf(os.Stderr, "framework: the real node runs too; stop it first with\n  KYBERNATE_CLUSTER_DIR=%s hack/node-down.sh\n", dir)
+		}
 		fmt.Fprintf(os.Stderr, "framework: KYBERNATE_KEEP_CLUSTER is set: cluster left running; stop it with\n  KYBERNATE_CLUSTER_DIR=%s hack/cluster-down.sh --purge\n", dir)
 		return code
 	}
