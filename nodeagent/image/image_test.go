@@ -81,7 +81,9 @@ func TestVerifyRefuses(t *testing.T) {
 			must(t, os.WriteFile(filepath.Join(dir, MetadataFile), []byte("{"), 0o600))
 		}, wantErr: ErrCorrupt, wantMsg: "metadata.json"},
 		{name: "other version", damage: func(t *testing.T, dir string) { rewrite(t, dir, func(m *Metadata) { m.Version = 2 }) }, wantErr: ErrCorrupt, wantMsg: "format version 2"},
-		{name: "path outside", damage: func(t *testing.T, dir string) { rewrite(t, dir, func(m *Metadata) { m.Files[0].Name = "../etc/passwd" }) }, wantErr: ErrCorrupt, wantMsg: "leaves the image"},
+		{name: "path outside", damage: func(t *testing.T, dir string) {
+			rewrite(t, dir, func(m *Metadata) { m.Files[0].Name = "../etc/passwd" })
+		}, wantErr: ErrCorrupt, wantMsg: "leaves the image"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
