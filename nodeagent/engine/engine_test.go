@@ -498,10 +498,11 @@ func TestOneOperationPerPod(t *testing.T) {
 
 func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 	h := newHarness(t, 100*gib, Config{StepTimeout: time.Minute})
-	release := make(chan struct{})
+	release, stuck := make(chan struct{}), make(chan struct{})
 	defer close(release)
 	h.d.SetHook(func(call string, pid int) error {
 		if call == fake.CallCheckpoint {
+			close(stuck)
 			<-release // a driver call that does not return
 		}
 		return nil
@@ -511,12 +512,20 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 		_, err := h.e.Suspend(context.Background(), train, 0)
 		done <- err
 	}()
-	// Let the step timer of the stuck checkpoint fire.
-	for !h.clock.HasWaiters() {
-		time.Sleep(time.Millisecond)
+	// Once the checkpoint is stuck, move the clock past its step timeout until the timer,
+	// armed around the call, fires (earlier steps' timers are stopped by then).
+	<-stuck
+	var err error
+	for waiting := true; waiting; {
+		if h.clock.HasWaiters() {
+			h.clock.Step(2 * time.Hour)
+		}
+		select {
+		case err = <-done:
+			waiting = false
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	h.clock.Step(2 * time.Hour)
-	err := <-done
 	if CauseOf(err) != CauseStepTimeout {
 		t.Fatalf("Suspend error %v, want StepTimeout", err)
 	}
