@@ -68,8 +68,10 @@ launch() {
   echo $! >"${RUN}/${name}.pid"
   log "started ${name} (pid $!, log ${LOGS}/${name}.log)"
 }
+# The simulated nodes share one folder of checkpoint images (migrations: docs/migration.md).
+mkdir -p "${RUN}/images"
 launch kybernate-agent --simulate --kubeconfig "${KUBECONFIG}" --simulate-node-selector type=kwok \
-  --metrics-bind-address 127.0.0.1:0 --socket "${RUN}/agent.sock"
+  --metrics-bind-address 127.0.0.1:0 --socket "${RUN}/agent.sock" --checkpoint-dir "${RUN}/images"
 launch kybernate-scheduler --config "${SCHED_CONFIG}" --secure-port 0 --v=2
 
 # Every GPU node reports its (simulated) GPUs before the workload arrives.

@@ -51,4 +51,18 @@ type CheckpointPreemptionArgs struct {
 	// TimeSliceMinQuantumFactor bounds the quantum from below: it is never shorter than this
 	// factor times the measured suspend+resume time of the pods involved.
 	TimeSliceMinQuantumFactor int32
+
+	// DisableMigration keeps suspended pods on their nodes: they are never checkpointed and
+	// restored on another node.
+	DisableMigration bool
+
+	// MigrationMinWait is how long a pod stays suspended before it may be moved to another
+	// node.
+	MigrationMinWait metav1.Duration
+
+	// MigrationBytesPerSecond is the rate a migration moves a pod's memory at, end to end
+	// (checkpoint, image written and read, restore): a pod moves only when moving its bytes at
+	// this rate takes less than the time it has waited already, the estimate of how much
+	// longer it would wait.
+	MigrationBytesPerSecond int64
 }

@@ -32,6 +32,7 @@ func (in *CheckpointPreemptionArgs) DeepCopyInto(out *CheckpointPreemptionArgs) 
 	out.SuspendTimeout = in.SuspendTimeout
 	out.DefaultMinRuntime = in.DefaultMinRuntime
 	out.TimeSliceQuantum = in.TimeSliceQuantum
+	out.MigrationMinWait = in.MigrationMinWait
 	return
 }
 

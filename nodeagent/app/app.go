@@ -160,6 +160,7 @@ type agent struct {
 	gpuNodeFactory externalversions.SharedInformerFactory
 	ckptFactory    externalversions.SharedInformerFactory
 	engines        *engineSet
+	images         *imageSet
 	controller     *controller.Controller
 	server         *server.Server
 	broadcaster    record.EventBroadcaster
@@ -170,7 +171,7 @@ type agent struct {
 }
 
 func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface, nodeName string) *agent {
-	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}}
+	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}, images: &imageSet{m: map[string]controller.Images{}}}
 	var nodeOpts, podOpts []informers.SharedInformerOption
 	var gnOpts []externalversions.SharedInformerOption
 	if nodeName != "" {
@@ -203,6 +204,9 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	}
 	recorder := a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
 	op := controller.NewOperator(kube, a.engines, recorder, clock.RealClock{}, a.reporter.Trigger)
+	if o.CheckpointDir != "" {
+		op.SetImages(a.images, o.CheckpointDir)
+	}
 	ckpts := a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints()
 	a.controller = controller.New(controller.Config{LockTimeout: o.LockTimeout}, kube, kyb, ckpts.Lister(),
 		a.podFactory.Core().V1().Pods().Lister(), op, clock.RealClock{})
@@ -302,6 +306,19 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 			return inv.DriverVersion, inv.CUDADriverVersion
 		}
 		srvNode.Checkpoints = checkpoint.New(checkpoint.Config{Node: o.NodeName, Timeout: o.DumpTimeout}, runtime, gpus, versions, clock.RealClock{})
+		model := func(ctx context.Context, uuid string) string {
+			inv, err := a.nvml.Read(ctx)
+			if err != nil {
+				return ""
+			}
+			for _, g := range inv.GPUs {
+				if g.UUID == uuid {
+					return g.Model
+				}
+			}
+			return ""
+		}
+		a.images.set(o.NodeName, &controller.ContainerdImages{Checkpointer: srvNode.Checkpoints, Model: model})
 	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)
@@ -325,10 +342,14 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 	a.fleet.OnMachine(func(node string, m *sim.Machine) {
 		if m == nil {
 			a.engines.set(node, nil)
+			a.images.set(node, nil)
 			return
 		}
 		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
-		a.engines.set(node, engine.New(drv, m, m, a.engineConfig(), clock.RealClock{}))
+		e := engine.New(drv, m, m, a.engineConfig(), clock.RealClock{})
+		a.engines.set(node, e)
+		// Images are written at the checkpoint rate too: host memory to the shared folder.
+		a.images.set(node, &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}})
 	})
 	if err := errors.Join(a.watchCommon(), watch(nodes.Informer(), a.fleet.NodeEventHandler()), watch(pods, a.fleet.PodEventHandler())); err != nil {
 		return nil, err
@@ -445,6 +466,32 @@ func (a *agent) httpHandler() http.Handler {
 		_, _ = w.Write([]byte("ok"))
 	})
 	return mux
+}
+
+// imageSet holds the checkpoint images of each served node.
+type imageSet struct {
+	mu sync.RWMutex
+	m  map[string]controller.Images
+}
+
+var _ controller.ImageStores = (*imageSet)(nil)
+
+func (s *imageSet) Images(node string) (controller.Images, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i, ok := s.m[node]
+	return i, ok
+}
+
+// set sets node's images; nil removes them.
+func (s *imageSet) set(node string, i controller.Images) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i == nil {
+		delete(s.m, node)
+		return
+	}
+	s.m[node] = i
 }
 
 // engineSet holds the engine of each served node.

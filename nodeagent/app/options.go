@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -31,6 +32,7 @@ type Options struct {
 	Socket             string
 	MetricsBindAddress string
 	ContainerdSocket   string
+	CheckpointDir      string
 
 	LockTimeout    time.Duration
 	StepTimeout    time.Duration
@@ -94,6 +96,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket of the agent's gRPC API (mode 0600, root peers only); empty disables it.")
 	fs.StringVar(&o.ContainerdSocket, "containerd-socket", o.ContainerdSocket, "containerd's socket, to find the pod of a container (namespace k8s.io) when its cgroup path does not name it; empty disables it. Not used with --simulate.")
+	fs.StringVar(&o.CheckpointDir, "checkpoint-dir", o.CheckpointDir, "Folder the agent writes checkpoint images into (GPUCheckpoint action Checkpoint), one folder per image; "+
+		"for migrations it must be one all nodes read (a shared mount). Empty: no checkpoint images.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the HTTP server for /metrics and /healthz; empty disables it.")
 
 	fs.DurationVar(&o.LockTimeout, "lock-timeout", o.LockTimeout, "How long a suspend waits for a process's in-flight GPU work before it gives up.")
@@ -127,6 +131,9 @@ func (o *Options) Validate() error {
 	}
 	if o.PollInterval <= 0 || o.StatusMinInterval < 0 || o.LockTimeout <= 0 || o.StepTimeout <= 0 || o.DumpTimeout <= 0 || o.SimulateProgressPeriod <= 0 {
 		errs = append(errs, errors.New("--poll-interval, --lock-timeout, --step-timeout and --simulate-progress-period must be positive, --status-min-interval not negative"))
+	}
+	if o.CheckpointDir != "" && !filepath.IsAbs(o.CheckpointDir) {
+		errs = append(errs, fmt.Errorf("--checkpoint-dir=%s: want an absolute path", o.CheckpointDir))
 	}
 	if o.RestoreRetries < 1 {
 		errs = append(errs, fmt.Errorf("--restore-retries=%d: want at least 1", o.RestoreRetries))

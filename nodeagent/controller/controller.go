@@ -4,9 +4,14 @@
 //
 // An object moves Pending -> InProgress -> Succeeded or Failed, and is never acted on again
 // once finished. Objects the agent cannot carry out (the pod is missing, unbound, replaced, in
-// the wrong state, names GPUs the node does not have; actions Checkpoint and Restore, which
-// arrive with the shim) end Failed with a message that says what is wrong. Objects for pods on
-// nodes other agents serve are left to them.
+// the wrong state, names GPUs the node does not have) end Failed with a message that says what
+// is wrong. Objects for pods on nodes other agents serve are left to them.
+//
+// Checkpoint writes an image of a suspended pod into a folder of its own under the agent's
+// --checkpoint-dir (ImageDir), reads it back, verifies every file against metadata.json and
+// reports the folder in status.imageLocation and what it holds (digest, GPU model, driver) in
+// status.image. Restore confirms the restore of a pod created with kybernate.io/restore-from
+// and puts its GPU memory onto spec.targetGPUs.
 package controller
 
 import (
@@ -203,10 +208,16 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	}
 	switch ck.Spec.Action {
 	case kv1.ActionSuspend, kv1.ActionResume:
-	case kv1.ActionCheckpoint, kv1.ActionRestore:
-		return c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("action %s is not supported by this agent yet: it arrives with the containerd shim and migration work; Suspend and Resume are", ck.Spec.Action))
+	case kv1.ActionCheckpoint:
+		if c.op.imageRoot == "" {
+			return c.fail(ctx, ck, pod, ReasonInvalid, "this agent has no --checkpoint-dir: it writes no checkpoint images")
+		}
+	case kv1.ActionRestore:
+		if ck.Spec.Image == "" {
+			return c.fail(ctx, ck, pod, ReasonInvalid, "action Restore needs spec.image")
+		}
 	default:
-		return c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("unknown action %q: want Suspend or Resume", ck.Spec.Action))
+		return c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("unknown action %q: want Suspend, Resume, Checkpoint or Restore", ck.Spec.Action))
 	}
 
 	if ck.Status.Phase != kv1.PhaseInProgress {
@@ -220,17 +231,28 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	logger.V(2).Info("Carrying out GPUCheckpoint", "action", ck.Spec.Action, "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "reason", ck.Spec.Reason)
 
 	var res engine.Result
-	if ck.Spec.Action == kv1.ActionSuspend {
+	var img *ImageResult
+	switch ck.Spec.Action {
+	case kv1.ActionSuspend:
 		res, err = c.op.Suspend(ctx, pod, c.cfg.LockTimeout)
-	} else {
+	case kv1.ActionResume:
 		res, err = c.op.Resume(ctx, pod, ck.Spec.TargetGPUs)
+	case kv1.ActionCheckpoint:
+		var r ImageResult
+		r, err = c.op.Checkpoint(ctx, pod, ImageDir(c.op.imageRoot, ck))
+		img, res = &r, engine.Result{Bytes: r.Image.VRAMBytes, Steps: r.Steps}
+	case kv1.ActionRestore:
+		res, err = c.op.Restore(ctx, pod, ck.Spec.Image, ck.Spec.TargetGPUs)
 	}
 	var inv *InvalidError
 	var opErr *engine.Error
+	var imgErr *ImageError
 	switch {
 	case err == nil || errors.Is(err, ErrNotRecorded):
 	case errors.As(err, &inv):
 		return c.fail(ctx, ck, pod, ReasonInvalid, inv.Msg)
+	case errors.As(err, &imgErr):
+		return c.fail(ctx, ck, pod, imgErr.Cause, err.Error(), &imgErr.RolledBack)
 	case errors.As(err, &opErr) && opErr.Cause == engine.CauseBusy:
 		return err // another action on the pod is running: later
 	case errors.As(err, &opErr) && opErr.Cause.Attempted():
@@ -248,6 +270,10 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	st.GPUs = nil
 	for _, g := range res.GPUs {
 		st.GPUs = append(st.GPUs, g.String())
+	}
+	if img != nil {
+		st.ImageLocation = ImageDir(c.op.imageRoot, ck)
+		st.Image = img.Image.DeepCopy()
 	}
 	now := metav1.NewTime(c.clock.Now())
 	st.CompletionTime = &now

@@ -290,7 +290,7 @@ func TestReconcileFailures(t *testing.T) {
 		},
 		{
 			name: "checkpoint action", pods: []*v1.Pod{gpuPod("train", node, gpu0)}, ck: checkpoint("x", "train", kv1.ActionCheckpoint),
-			wantReason: ReasonInvalid, wantMsg: "action Checkpoint is not supported by this agent yet: it arrives with the containerd shim and migration work",
+			wantReason: ReasonInvalid, wantMsg: "this agent has no --checkpoint-dir",
 		},
 		{
 			name: "unknown gpu", pods: []*v1.Pod{gpuPod("train", node, unknown)}, ck: checkpoint("x", "train", kv1.ActionSuspend),

@@ -84,6 +84,9 @@ type Operator struct {
 	clock    clock.PassiveClock
 	// changed is told the node whose GPUs changed.
 	changed func(node string)
+	// images are the nodes' checkpoint images, written under imageRoot; nil without.
+	images    ImageStores
+	imageRoot string
 }
 
 // NewOperator returns an Operator. changed may be nil.

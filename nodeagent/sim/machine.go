@@ -102,6 +102,7 @@ func GPUUUID(node string, index int) cuda.UUID {
 // Machine is one simulated GPU node.
 type Machine struct {
 	node  string
+	model string
 	clock clock.PassiveClock
 	nvml  *server.Server
 	cuda  *fake.Driver
@@ -162,6 +163,7 @@ func NewMachine(node, model string, count int, clk clock.PassiveClock) (*Machine
 	}
 	m := &Machine{
 		node:    node,
+		model:   model,
 		clock:   clk,
 		nvml:    srv,
 		pods:    map[types.UID]*simPod{},
@@ -389,6 +391,13 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		if len(gpus) == 0 {
 			continue
 		}
+		if restoring(pod) {
+			// Its processes come from its image, made by Restore; until then it has none.
+			if _, ok := m.pods[pod.UID]; ok {
+				want[pod.UID] = true
+			}
+			continue
+		}
 		if calls, err := failingCalls(pod); err != nil {
 			errs = append(errs, err)
 		} else if len(calls) > 0 {
@@ -441,8 +450,10 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 }
 
 // AnnotationFail (simulation only) names driver calls that fail for the pod's simulated
-// processes, comma separated: Lock, Checkpoint, Restore, Unlock. Tests use it to show what a
-// failed suspend or resume does; real pods never have it.
+// processes, comma separated: Lock, Checkpoint, Restore, Unlock; and steps of the simulated
+// checkpoint images: Dump (writing the image fails), CorruptImage (the image is damaged after
+// it was written and verified), RestoreImage (restoring from an image fails). Tests use it to
+// show what a failed suspend, resume or migration does; real pods never have it.
 const AnnotationFail = "sim.kybernate.io/fail"
 
 var faultCalls = map[string]string{
@@ -456,9 +467,13 @@ func failingCalls(pod *v1.Pod) ([]string, error) {
 	}
 	var calls []string
 	for _, name := range strings.Split(s, ",") {
-		call, ok := faultCalls[strings.TrimSpace(name)]
+		name = strings.TrimSpace(name)
+		if slices.Contains(imageFaults, name) {
+			continue
+		}
+		call, ok := faultCalls[name]
 		if !ok {
-			return nil, fmt.Errorf("pod %s/%s: annotation %s=%q: %q is not one of Lock, Checkpoint, Restore, Unlock", pod.Namespace, pod.Name, AnnotationFail, s, name)
+			return nil, fmt.Errorf("pod %s/%s: annotation %s=%q: %q is not one of Lock, Checkpoint, Restore, Unlock, %s", pod.Namespace, pod.Name, AnnotationFail, s, name, strings.Join(imageFaults, ", "))
 		}
 		calls = append(calls, call)
 	}
@@ -502,7 +517,7 @@ func (m *Machine) start(p *simPod, gpus []cuda.UUID, bytes []uint64, parked bool
 
 func suspended(pod *v1.Pod) bool {
 	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
-	case kv1.PodSuspended, kv1.PodResuming:
+	case kv1.PodSuspended, kv1.PodResuming, kv1.PodCheckpointing, kv1.PodCheckpointed:
 		return true
 	}
 	return false

@@ -90,7 +90,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
 	// The controller that resumes the pods this plugin suspends runs in the same process.
 	if err := resume.Start(ctx, fh.ClientSet(), client, fh.SharedInformerFactory().Core().V1().Pods(),
-		gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
+		fh.SharedInformerFactory().Core().V1().Nodes(), gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
 		return nil, fmt.Errorf("starting the resume controller: %w", err)
 	}
 	if err := gpushare.StartInformers(ctx, factory); err != nil {

@@ -31,6 +31,15 @@ func (d Demand) On(total int64) int64 {
 	return d.Bytes
 }
 
+// WithModel restricts the demand to GPUs of model, unless it names a model already or model is
+// empty.
+func (d Demand) WithModel(model string) Demand {
+	if d.Model == "" {
+		d.Model = model
+	}
+	return d
+}
+
 // PodDemand reads a pod's GPU demand: the kybernate.io/gpu it requests (as the kubelet counts
 // it: the larger of the sum over containers and any init container) and its annotations. A pod
 // that asks for no GPU has count 0.
@@ -96,11 +105,19 @@ func AssignedGPUs(pod *v1.Pod) []string {
 }
 
 // Resident reports whether a pod's VRAM is on its GPUs: everything but Suspended and
-// Checkpointed. A pod still Suspending holds its memory until the agent has moved it.
+// Checkpointed, and Checkpointing of a pod whose memory was parked before (its
+// kybernate.io/GPUResident condition is False: a suspended pod checkpointed for a migration).
+// A pod still Suspending holds its memory until the agent has moved it.
 func Resident(pod *v1.Pod) bool {
 	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
 	case kv1.PodSuspended, kv1.PodCheckpointed:
 		return false
+	case kv1.PodCheckpointing:
+		for _, c := range pod.Status.Conditions {
+			if c.Type == kv1.ConditionGPUResident {
+				return c.Status != v1.ConditionFalse
+			}
+		}
 	}
 	return true
 }

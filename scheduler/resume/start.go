@@ -20,11 +20,13 @@ import (
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/scheduler/migrate"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
-// LeaseName is the Lease that elects, among scheduler replicas, the one that runs the resume and
-// time-slice controllers: both decide which pods are on which GPUs, so one process runs both.
+// LeaseName is the Lease that elects, among scheduler replicas, the one that runs the resume,
+// time-slice and migration controllers: all decide which pods are on which GPUs, so one
+// process runs them.
 const LeaseName = "kybernate-resume-controller"
 
 // DefaultLeaseNamespace holds the Lease unless $POD_NAMESPACE names another.
@@ -36,7 +38,7 @@ var startOnce sync.Once
 // runs them under their own leader election until ctx ends. Several scheduler profiles may ask;
 // one pair runs, with the args of the first.
 func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
-	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
+	nodes coreinformers.NodeInformer, gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
 	args config.CheckpointPreemptionArgs) error {
 	var err error
 	startOnce.Do(func() {
@@ -48,8 +50,13 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 		if ts, err = timeslice.New(client, kybernate, pods, gpuNodes, checkpoints, recorder, args); err != nil {
 			return
 		}
+		var mc *migrate.Controller
+		if mc, err = migrate.New(client, kybernate, pods, nodes, gpuNodes, checkpoints, recorder, args); err != nil {
+			return
+		}
 		legacyregistry.CustomMustRegister(NewCollector(gpuNodes.Lister()))
 		timeslice.RegisterMetrics()
+		migrate.RegisterMetrics()
 		namespace := os.Getenv("POD_NAMESPACE")
 		if namespace == "" {
 			namespace = DefaultLeaseNamespace
@@ -65,6 +72,7 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 		go func() {
 			defer c.queue.ShutDown()
 			defer ts.ShutDown()
+			defer mc.ShutDown()
 			for ctx.Err() == nil {
 				leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 					Lock:            lock,
@@ -76,6 +84,7 @@ func Start(ctx context.Context, client kubernetes.Interface, kybernate versioned
 					Callbacks: leaderelection.LeaderCallbacks{
 						OnStartedLeading: func(ctx context.Context) {
 							go ts.Run(klog.NewContext(ctx, klog.FromContext(ctx).WithName("timeslice")), 1)
+							go mc.Run(klog.NewContext(ctx, klog.FromContext(ctx).WithName("migrate")), 1)
 							c.Run(ctx, 2)
 						},
 						OnStoppedLeading: func() { logger.Info("Lost the resume controller lease") },

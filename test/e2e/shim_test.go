@@ -40,10 +40,16 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvOn(t, socket)
+}
+
+// newEnvOn is newEnv on the containerd daemon listening on sock.
+func newEnvOn(t *testing.T, sock string) *env {
+	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	client, err := containerd.New(socket, containerd.WithTimeout(10*time.Second))
+	client, err := containerd.New(sock, containerd.WithTimeout(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,8 @@ func TestShippedSchedulerConfig(t *testing.T) {
 		DefaultMinRuntime:           metav1.Duration{},
 		TimeSliceQuantum:            metav1.Duration{Duration: time.Minute},
 		TimeSliceMinQuantumFactor:   10,
+		MigrationMinWait:            metav1.Duration{Duration: 30 * time.Second},
+		MigrationBytesPerSecond:     1 << 30,
 	}
 	gotPreemption := pluginArgs(cfg, "kybernate-scheduler", "CheckpointPreemption")
 	if diff := cmp.Diff(wantPreemption, gotPreemption); diff != "" {
@@ -124,6 +126,8 @@ profiles:
 				SuspendTimeout:              metav1.Duration{Duration: 5 * time.Minute},
 				TimeSliceQuantum:            metav1.Duration{Duration: 2 * time.Minute},
 				TimeSliceMinQuantumFactor:   10,
+				MigrationMinWait:            metav1.Duration{Duration: 30 * time.Second},
+				MigrationBytesPerSecond:     1 << 30,
 			},
 		},
 		{

@@ -16,6 +16,8 @@ const (
 	DefaultMinRuntime                                      = time.Duration(0)
 	DefaultTimeSliceQuantum                                = 60 * time.Second
 	DefaultTimeSliceMinQuantumFactor   int32               = 10
+	DefaultMigrationMinWait                                = 30 * time.Second
+	DefaultMigrationBytesPerSecond     int64               = 1 << 30
 )
 
 // SetDefaults_GPUShareArgs sets the defaults of GPUShareArgs.
@@ -44,5 +46,14 @@ func SetDefaults_CheckpointPreemptionArgs(obj *CheckpointPreemptionArgs) {
 	}
 	if obj.TimeSliceMinQuantumFactor == nil {
 		obj.TimeSliceMinQuantumFactor = ptr.To(DefaultTimeSliceMinQuantumFactor)
+	}
+	if obj.DisableMigration == nil {
+		obj.DisableMigration = ptr.To(false)
+	}
+	if obj.MigrationMinWait == nil {
+		obj.MigrationMinWait = &metav1.Duration{Duration: DefaultMigrationMinWait}
+	}
+	if obj.MigrationBytesPerSecond == nil {
+		obj.MigrationBytesPerSecond = ptr.To(DefaultMigrationBytesPerSecond)
 	}
 }

@@ -41,6 +41,9 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 		DefaultMinRuntime:           &metav1.Duration{},
 		TimeSliceQuantum:            &metav1.Duration{Duration: time.Minute},
 		TimeSliceMinQuantumFactor:   ptr.To[int32](10),
+		DisableMigration:            ptr.To(false),
+		MigrationMinWait:            &metav1.Duration{Duration: 30 * time.Second},
+		MigrationBytesPerSecond:     ptr.To[int64](1 << 30),
 	}
 	tests := []struct {
 		name string
@@ -54,6 +57,8 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 				MinCandidateNodesPercentage: ptr.To[int32](0),
 				SuspendTimeout:              &metav1.Duration{Duration: time.Minute},
 				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
+				DisableMigration:            ptr.To(true),
+				MigrationMinWait:            &metav1.Duration{},
 			},
 			want: CheckpointPreemptionArgs{
 				MinCandidateNodesPercentage: ptr.To[int32](0),
@@ -62,6 +67,9 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 				DefaultMinRuntime:           &metav1.Duration{},
 				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
 				TimeSliceMinQuantumFactor:   ptr.To[int32](10),
+				DisableMigration:            ptr.To(true),
+				MigrationMinWait:            &metav1.Duration{},
+				MigrationBytesPerSecond:     ptr.To[int64](1 << 30),
 			},
 		},
 	}

@@ -46,4 +46,17 @@ type CheckpointPreemptionArgs struct {
 	// timeSliceMinQuantumFactor: the quantum is never shorter than this factor times the
 	// measured suspend+resume time of the pods involved. Default 10.
 	TimeSliceMinQuantumFactor *int32 `json:"timeSliceMinQuantumFactor,omitempty"`
+
+	// disableMigration keeps suspended pods on their nodes: they are never checkpointed and
+	// restored on another node. Default false.
+	DisableMigration *bool `json:"disableMigration,omitempty"`
+
+	// migrationMinWait is how long a pod stays suspended before it may be moved to another
+	// node. Default 30s.
+	MigrationMinWait *metav1.Duration `json:"migrationMinWait,omitempty"`
+
+	// migrationBytesPerSecond is the rate a migration moves a pod's memory at, end to end
+	// (checkpoint, image written and read, restore). A pod moves only when moving its bytes at
+	// this rate takes less than the time it has waited already. Default 1073741824 (1 GiB/s).
+	MigrationBytesPerSecond *int64 `json:"migrationBytesPerSecond,omitempty"`
 }

@@ -77,6 +77,15 @@ func autoConvert_v1_CheckpointPreemptionArgs_To_config_CheckpointPreemptionArgs(
 	if err := metav1.Convert_Pointer_int32_To_int32(&in.TimeSliceMinQuantumFactor, &out.TimeSliceMinQuantumFactor, s); err != nil {
 		return err
 	}
+	if err := metav1.Convert_Pointer_bool_To_bool(&in.DisableMigration, &out.DisableMigration, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_Pointer_v1_Duration_To_v1_Duration(&in.MigrationMinWait, &out.MigrationMinWait, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_Pointer_int64_To_int64(&in.MigrationBytesPerSecond, &out.MigrationBytesPerSecond, s); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -102,6 +111,15 @@ func autoConvert_config_CheckpointPreemptionArgs_To_v1_CheckpointPreemptionArgs(
 		return err
 	}
 	if err := metav1.Convert_int32_To_Pointer_int32(&in.TimeSliceMinQuantumFactor, &out.TimeSliceMinQuantumFactor, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_bool_To_Pointer_bool(&in.DisableMigration, &out.DisableMigration, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_v1_Duration_To_Pointer_v1_Duration(&in.MigrationMinWait, &out.MigrationMinWait, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_int64_To_Pointer_int64(&in.MigrationBytesPerSecond, &out.MigrationBytesPerSecond, s); err != nil {
 		return err
 	}
 	return nil

@@ -60,6 +60,21 @@ func (in *CheckpointPreemptionArgs) DeepCopyInto(out *CheckpointPreemptionArgs) 
 		*out = new(int32)
 		**out = **in
 	}
+	if in.DisableMigration != nil {
+		in, out := &in.DisableMigration, &out.DisableMigration
+		*out = new(bool)
+		**out = **in
+	}
+	if in.MigrationMinWait != nil {
+		in, out := &in.MigrationMinWait, &out.MigrationMinWait
+		*out = new(metav1.Duration)
+		**out = **in
+	}
+	if in.MigrationBytesPerSecond != nil {
+		in, out := &in.MigrationBytesPerSecond, &out.MigrationBytesPerSecond
+		*out = new(int64)
+		**out = **in
+	}
 	return
 }
 

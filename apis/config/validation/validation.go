@@ -49,5 +49,11 @@ func ValidateCheckpointPreemptionArgs(path *field.Path, args *config.CheckpointP
 	if f := args.TimeSliceMinQuantumFactor; f < 1 || f > 1000 {
 		errs = append(errs, field.Invalid(path.Child("timeSliceMinQuantumFactor"), f, "not in valid range [1, 1000]"))
 	}
+	if d := args.MigrationMinWait.Duration; d < 0 {
+		errs = append(errs, field.Invalid(path.Child("migrationMinWait"), d.String(), "must not be negative"))
+	}
+	if r := args.MigrationBytesPerSecond; r < 1<<20 {
+		errs = append(errs, field.Invalid(path.Child("migrationBytesPerSecond"), r, "must be at least 1048576 (1 MiB/s)"))
+	}
 	return errs.ToAggregate()
 }

@@ -64,6 +64,8 @@ func TestValidateCheckpointPreemptionArgs(t *testing.T) {
 			SuspendTimeout:              metav1.Duration{Duration: 5 * time.Minute},
 			TimeSliceQuantum:            metav1.Duration{Duration: time.Minute},
 			TimeSliceMinQuantumFactor:   10,
+			MigrationMinWait:            metav1.Duration{Duration: 30 * time.Second},
+			MigrationBytesPerSecond:     1 << 30,
 		}
 	}
 	path := field.NewPath("args")
@@ -109,6 +111,16 @@ func TestValidateCheckpointPreemptionArgs(t *testing.T) {
 			name:   "quantum factor zero",
 			mutate: func(a *config.CheckpointPreemptionArgs) { a.TimeSliceMinQuantumFactor = 0 },
 			want:   field.ErrorList{field.Invalid(path.Child("timeSliceMinQuantumFactor"), nil, "")},
+		},
+		{
+			name:   "negative migration wait",
+			mutate: func(a *config.CheckpointPreemptionArgs) { a.MigrationMinWait.Duration = -time.Second },
+			want:   field.ErrorList{field.Invalid(path.Child("migrationMinWait"), nil, "")},
+		},
+		{
+			name:   "migration rate too low",
+			mutate: func(a *config.CheckpointPreemptionArgs) { a.MigrationBytesPerSecond = 1000 },
+			want:   field.ErrorList{field.Invalid(path.Child("migrationBytesPerSecond"), nil, "")},
 		},
 		{
 			name: "every error at once",

@@ -22,6 +22,13 @@ const (
 	// restored from instead of started.
 	AnnotationRestoreFrom = "kybernate.io/restore-from"
 
+	// AnnotationMigrateTo (output) is the node a pod that is being checkpointed for a
+	// migration is to move to.
+	AnnotationMigrateTo = "kybernate.io/migrate-to"
+	// AnnotationMigratedFrom (output) is on a pod created to replace a migrating one:
+	// "<namespace>/<name>/<uid>" of the pod it replaces.
+	AnnotationMigratedFrom = "kybernate.io/migrated-from"
+
 	// AnnotationGPUs (output) lists the UUIDs of the GPUs assigned to a pod, comma separated.
 	AnnotationGPUs = "kybernate.io/gpus"
 	// AnnotationState (output) is the pod's PodGPUState.

@@ -191,6 +191,12 @@ type GPUCheckpointStatus struct {
 	// +kubebuilder:validation:MaxLength=4096
 	ImageLocation string `json:"imageLocation,omitempty"`
 
+	// image describes the image a Checkpoint wrote, once the agent has read it back and
+	// verified every file against the checksums of its metadata.json. The scheduler places a
+	// restore from it only on nodes with the GPU model and driver it records.
+	// +optional
+	Image *CheckpointImage `json:"image,omitempty"`
+
 	// message says what happened, in particular why the action failed.
 	// +optional
 	// +kubebuilder:validation:MaxLength=32768
@@ -204,6 +210,48 @@ type GPUCheckpointStatus struct {
 	// +patchMergeKey=type
 	// +kubebuilder:validation:MaxItems=8
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+}
+
+// CheckpointImage describes a verified checkpoint image.
+type CheckpointImage struct {
+	// digest is "sha256:" and the SHA-256 of the image's metadata.json, which lists the
+	// SHA-256 of every other file: it names the image's whole content.
+	// +required
+	// +kubebuilder:validation:MaxLength=71
+	Digest string `json:"digest"`
+
+	// sizeBytes is the size of the image's files.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+
+	// files is the number of files metadata.json lists.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Files int32 `json:"files,omitempty"`
+
+	// vramBytes is the GPU memory the image holds.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	VRAMBytes int64 `json:"vramBytes,omitempty"`
+
+	// gpuModel is the model of the GPUs the pod's memory was on; empty for an image without
+	// GPU memory.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	GPUModel string `json:"gpuModel,omitempty"`
+
+	// driverVersion and cudaDriverVersion are the node's driver when the image was written.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	DriverVersion string `json:"driverVersion,omitempty"`
+	// +optional
+	CUDADriverVersion int32 `json:"cudaDriverVersion,omitempty"`
+
+	// simulated is true for the image records of the agent's --simulate mode: they hold no
+	// process, only what the simulation needs to continue the pod.
+	// +optional
+	Simulated bool `json:"simulated,omitempty"`
 }
 
 // StepTiming is how long one step of an action took.
