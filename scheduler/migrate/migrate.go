@@ -52,7 +52,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
@@ -64,6 +63,7 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
+	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 )
 
 const (
@@ -121,7 +121,7 @@ type Controller struct {
 	checkpoints cache.Indexer
 	ckLister    listers.GPUCheckpointLister
 	recorder    events.EventRecorder
-	queue       workqueue.TypedRateLimitingInterface[string]
+	queue       *keyqueue.Queue
 	args        config.CheckpointPreemptionArgs
 	now         func() time.Time
 }
@@ -146,11 +146,10 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		checkpoints: checkpoints.Informer().GetIndexer(),
 		ckLister:    checkpoints.Lister(),
 		recorder:    recorder,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kybernate-migrate"}),
-		args: args,
-		now:  time.Now,
+		args:        args,
+		now:         time.Now,
 	}
+	c.queue = keyqueue.New("kybernate-migrate", "Migrating pods failed", c.syncKey)
 	podHandler := func(obj interface{}) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = t.Obj
@@ -221,9 +220,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		}
 	}
 	go wait.UntilWithContext(ctx, func(context.Context) { c.queue.Add(scanKey) }, rescan)
-	for range workers {
-		go wait.UntilWithContext(ctx, c.worker, time.Second)
-	}
+	c.queue.Work(ctx, workers)
 	<-ctx.Done()
 	logger.Info("Stopping migration controller")
 }
@@ -231,31 +228,13 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 // ShutDown stops the queue.
 func (c *Controller) ShutDown() { c.queue.ShutDown() }
 
-func (c *Controller) worker(ctx context.Context) {
-	for c.processNext(ctx) {
-	}
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	var err error
+// syncKey syncs one key: the periodic scan or one pod.
+func (c *Controller) syncKey(ctx context.Context, key string) error {
 	if key == scanKey {
-		err = c.scan(ctx)
-	} else {
-		ns, name, _ := strings.Cut(key, "/")
-		err = c.syncPod(ctx, ns, name)
+		return c.scan(ctx)
 	}
-	if err != nil {
-		utilruntime.HandleErrorWithContext(ctx, err, "Migrating pods failed", "key", key)
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	return true
+	ns, name, _ := strings.Cut(key, "/")
+	return c.syncPod(ctx, ns, name)
 }
 
 // candidate is a suspended pod that may move.

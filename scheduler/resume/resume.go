@@ -26,13 +26,11 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 
@@ -43,6 +41,7 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
+	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
@@ -63,7 +62,7 @@ type Controller struct {
 	gpuNodes    listers.GPUNodeLister
 	checkpoints cache.Indexer
 	recorder    events.EventRecorder
-	queue       workqueue.TypedRateLimitingInterface[string]
+	queue       *keyqueue.Queue
 	strategy    config.ScoringStrategyType
 	now         func() time.Time
 }
@@ -86,11 +85,10 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		gpuNodes:    gpuNodes.Lister(),
 		checkpoints: checkpoints.Informer().GetIndexer(),
 		recorder:    recorder,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kybernate-resume"}),
-		strategy: config.MostAllocated,
-		now:      time.Now,
+		strategy:    config.MostAllocated,
+		now:         time.Now,
 	}
+	c.queue = keyqueue.New("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, obj interface{}) { c.podChanged(old.(*v1.Pod), obj.(*v1.Pod)) },
 		DeleteFunc: func(obj interface{}) {
@@ -150,9 +148,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	for _, gn := range c.gpuNodeNames() {
 		c.queue.Add(gn)
 	}
-	for range workers {
-		go wait.UntilWithContext(ctx, c.worker, time.Second)
-	}
+	c.queue.Work(ctx, workers)
 	<-ctx.Done()
 	logger.Info("Stopping resume controller")
 }
@@ -167,26 +163,6 @@ func (c *Controller) gpuNodeNames() []string {
 		names[i] = gn.Name
 	}
 	return names
-}
-
-func (c *Controller) worker(ctx context.Context) {
-	for c.processNext(ctx) {
-	}
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	node, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(node)
-	if err := c.sync(ctx, node); err != nil {
-		utilruntime.HandleErrorWithContext(ctx, err, "Resuming pods failed", "node", node)
-		c.queue.AddRateLimited(node)
-		return true
-	}
-	c.queue.Forget(node)
-	return true
 }
 
 // candidate is a suspended pod that may come back.

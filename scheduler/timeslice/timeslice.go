@@ -34,12 +34,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 
@@ -50,6 +48,7 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
+	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 )
 
 // LabelPreemptor is the label CheckpointPreemption puts on the suspensions it requests for a
@@ -65,7 +64,7 @@ type Controller struct {
 	gpuNodes    listers.GPUNodeLister
 	checkpoints cache.Indexer
 	recorder    events.EventRecorder
-	queue       workqueue.TypedRateLimitingInterface[string]
+	queue       *keyqueue.Queue
 	args        config.CheckpointPreemptionArgs
 	strategy    config.ScoringStrategyType
 	now         func() time.Time
@@ -89,12 +88,11 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		gpuNodes:    gpuNodes.Lister(),
 		checkpoints: checkpoints.Informer().GetIndexer(),
 		recorder:    recorder,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kybernate-timeslice"}),
-		args:     args,
-		strategy: config.MostAllocated,
-		now:      time.Now,
+		args:        args,
+		strategy:    config.MostAllocated,
+		now:         time.Now,
 	}
+	c.queue = keyqueue.New("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
 	queuePod := func(obj interface{}) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = t.Obj
@@ -144,35 +142,13 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 			c.queue.Add(pod.Spec.NodeName)
 		}
 	}
-	for range workers {
-		go wait.UntilWithContext(ctx, c.worker, time.Second)
-	}
+	c.queue.Work(ctx, workers)
 	<-ctx.Done()
 	logger.Info("Stopping time-slice controller")
 }
 
 // ShutDown stops the queue; Run must not be called after it.
 func (c *Controller) ShutDown() { c.queue.ShutDown() }
-
-func (c *Controller) worker(ctx context.Context) {
-	for c.processNext(ctx) {
-	}
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	node, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(node)
-	if err := c.sync(ctx, node); err != nil {
-		utilruntime.HandleErrorWithContext(ctx, err, "Rotating time-slice turns failed", "node", node)
-		c.queue.AddRateLimited(node)
-		return true
-	}
-	c.queue.Forget(node)
-	return true
-}
 
 // member is a pod that takes turns on the node, with what it has had.
 type member struct {
