@@ -3,11 +3,16 @@ package framework
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
@@ -86,4 +91,51 @@ func MainWithGPUNodes(m *testing.M, nodes, gpus int) {
 	os.Setenv("KYBERNATE_NODES", fmt.Sprint(nodes))
 	os.Setenv("KYBERNATE_GPUS_PER_NODE", fmt.Sprint(gpus))
 	Main(m)
+}
+
+// Kybernate is what StartKybernate started.
+type Kybernate struct {
+	Agent, Scheduler *Component
+	// SchedulerArgs start the scheduler again (after a kill, say).
+	SchedulerArgs []string
+}
+
+// StartKybernate readies the cluster for tests of GPU pods and starts the simulated node agent
+// (with agentArgs) and kybernate-scheduler: it creates the PriorityClasses (name -> value) and
+// the namespace kybernate-system (the controllers' Lease lives there), and runs the scheduler
+// with the shipped profile (manifests/scheduler/config.yaml), leader election off and each
+// replacement old -> new applied; a replacement that no longer matches fails the test.
+func (c *Cluster) StartKybernate(t testing.TB, priorities map[string]int32, replace map[string]string, agentArgs ...string) Kybernate {
+	t.Helper()
+	ctx := context.Background()
+	for name, value := range priorities {
+		pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}
+		if _, err := c.Client.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kybernate-system"}}
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := string(shipped)
+	replace = maps.Clone(replace)
+	if replace == nil {
+		replace = map[string]string{}
+	}
+	replace["leaderElect: true"] = "leaderElect: false"
+	for old, repl := range replace {
+		if !strings.Contains(config, old) {
+			t.Fatalf("manifests/scheduler/config.yaml no longer contains %q", old)
+		}
+		config = strings.Replace(config, old, repl, 1)
+	}
+	k := Kybernate{Agent: c.StartSimulatedAgent(t, agentArgs...)}
+	k.SchedulerArgs = []string{"--config", c.WriteSchedulerConfig(t, config), "--secure-port", "0", "--v=4"}
+	k.Scheduler = c.Start(t, "kybernate-scheduler", k.SchedulerArgs...)
+	return k
 }

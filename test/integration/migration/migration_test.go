@@ -15,8 +15,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	schedulingv1 "k8s.io/api/scheduling/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
@@ -62,37 +60,19 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		ctx := t.Context()
-		for name, value := range map[string]int32{low: 100, high: 10000} {
-			pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}
-			if _, err := c.Client.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-		ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kybernate-system"}}
-		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1)
-		cfg = strings.Replace(cfg, "migrationMinWait: 30s", "migrationMinWait: 1s", 1)
-		cfg = strings.Replace(cfg, "migrationBytesPerSecond: 1073741824", "migrationBytesPerSecond: 107374182400", 1)
-		if !strings.Contains(cfg, "migrationMinWait: 1s") || !strings.Contains(cfg, "migrationBytesPerSecond: 107374182400") {
-			t.Fatal("manifests/scheduler/config.yaml no longer sets migrationMinWait: 30s and migrationBytesPerSecond: 1073741824")
-		}
 		// The folder both simulated nodes write images into and read them from: the shared
 		// mount of a real cluster.
-		imageDir, err = os.MkdirTemp("", "kybernate-migration-images-")
-		if err != nil {
+		var err error
+		if imageDir, err = os.MkdirTemp("", "kybernate-migration-images-"); err != nil {
 			t.Fatal(err)
 		}
-		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU), "--checkpoint-dir", imageDir,
+		c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{
+			"migrationMinWait: 30s":               "migrationMinWait: 1s",
+			"migrationBytesPerSecond: 1073741824": "migrationBytesPerSecond: 107374182400",
+		},
+			"--slots-per-gpu", fmt.Sprint(slotsPerGPU), "--checkpoint-dir", imageDir,
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "300ms")
-		c.Start(t, "kybernate-scheduler", "--config", c.WriteSchedulerConfig(t, cfg), "--secure-port", "0", "--v=4")
 		setupOK = true
 	})
 	if !setupOK {

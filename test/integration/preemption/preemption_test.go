@@ -6,16 +6,12 @@ package preemption
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	schedulingv1 "k8s.io/api/scheduling/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
@@ -59,28 +55,11 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		ctx := t.Context()
-		for name, value := range map[string]int32{low: 100, high: 10000} {
-			pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}
-			if _, err := c.Client.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-		// The resume controller's Lease lives there.
-		ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kybernate-system"}}
-		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		config := c.WriteSchedulerConfig(t, strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1))
-		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
+		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, nil,
+			"--slots-per-gpu", fmt.Sprint(slotsPerGPU),
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "500ms")
-		schedArgs = []string{"--config", config, "--secure-port", "0", "--v=4"}
-		scheduler = c.Start(t, "kybernate-scheduler", schedArgs...)
+		scheduler, schedArgs = k.Scheduler, k.SchedulerArgs
 		setupOK = true
 	})
 	if !setupOK {

@@ -5,17 +5,11 @@ package timeslice
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	schedulingv1 "k8s.io/api/scheduling/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
@@ -56,31 +50,11 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		ctx := t.Context()
-		for name, value := range map[string]int32{low: 100, high: 10000} {
-			pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}
-			if _, err := c.Client.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-		ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kybernate-system"}}
-		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		config := strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1)
-		config = regexp.MustCompile(`timeSliceQuantum: \S+`).ReplaceAllString(config, "timeSliceQuantum: "+quantum.String())
-		if !strings.Contains(config, "timeSliceQuantum: "+quantum.String()) {
-			t.Fatal("the shipped scheduler config sets no timeSliceQuantum")
-		}
 		// Four slots: three pods that take turns and one high-priority pod.
-		c.StartSimulatedAgent(t, "--slots-per-gpu", "4",
+		c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{"timeSliceQuantum: 60s": "timeSliceQuantum: " + quantum.String()},
+			"--slots-per-gpu", "4",
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "250ms")
-		c.Start(t, "kybernate-scheduler", "--config", c.WriteSchedulerConfig(t, config), "--secure-port", "0", "--v=4")
 		setupOK = true
 	})
 	if !setupOK {
