@@ -202,16 +202,16 @@ type gpu struct {
 }
 
 type sim struct {
-	o     options
-	t     float64
+	o options
+	t float64
 	// dirty says something changed this second (an arrival, a move ended, a job finished);
 	// the policies only act then, and at nextTurn (the earliest end of a turn that matters).
 	dirty    bool
 	nextTurn float64
-	jobs  []*job
-	gpus  []*gpu
-	args  config.CheckpointPreemptionArgs
-	stats stats
+	jobs     []*job
+	gpus     []*gpu
+	args     config.CheckpointPreemptionArgs
+	stats    stats
 }
 
 type stats struct {
