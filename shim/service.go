@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
@@ -36,7 +37,10 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/shim/spec"
@@ -46,10 +50,14 @@ import (
 // containerd-shim-kybernate-v1.
 const RuntimeName = "io.containerd.kybernate.v1"
 
-// The CRI plugin's annotation that tells a pod's sandbox container from its containers.
+// The CRI plugin's annotations: the one that tells a pod's sandbox container from its
+// containers, and the pod of a container.
 const (
 	criContainerType        = "io.kubernetes.cri.container-type"
 	criContainerTypeSandbox = "sandbox"
+	criSandboxNamespace     = "io.kubernetes.cri.sandbox-namespace"
+	criSandboxName          = "io.kubernetes.cri.sandbox-name"
+	criSandboxUID           = "io.kubernetes.cri.sandbox-uid"
 )
 
 // Files the shim writes: into a bundle for a restore, into containerd's own checkpoint folder
@@ -78,7 +86,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return New(inner, spec.LoadConfigFromEnv, spec.HostDevices{}), nil
+			return New(inner, spec.LoadConfigFromEnv, spec.HostDevices{}, AgentRestore), nil
 		},
 	})
 }
@@ -88,18 +96,42 @@ type Service struct {
 	taskAPI.TaskService
 	config  func() (spec.Config, error)
 	devices spec.Devices
+	agent   RestoreFunc
 
 	mu sync.Mutex
 	// restores are the containers created for a restore, by id: their Start runs CRIU.
-	restores map[string]spec.Config
+	restores map[string]restore
 }
+
+// restore is a container created for a restore.
+type restore struct {
+	cfg spec.Config
+	// gpu is the agent's Restore request when the image holds GPU memory: it is sent after
+	// runc restore.
+	gpu *agentv1.RestoreRequest
+}
+
+// RestoreFunc calls the node agent's Restore on its socket.
+type RestoreFunc func(ctx context.Context, socket string, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error)
 
 var _ taskAPI.TaskService = (*Service)(nil)
 
 // New wraps inner. config loads the settings when a container needs them (a broken settings
-// file fails only GPU and restore containers); devices reads the host's device nodes.
-func New(inner taskAPI.TaskService, config func() (spec.Config, error), devices spec.Devices) *Service {
-	return &Service{TaskService: inner, config: config, devices: devices, restores: map[string]spec.Config{}}
+// file fails only GPU and restore containers); devices reads the host's device nodes; agent
+// calls the node agent's Restore for images with GPU memory.
+func New(inner taskAPI.TaskService, config func() (spec.Config, error), devices spec.Devices, agent RestoreFunc) *Service {
+	return &Service{TaskService: inner, config: config, devices: devices, agent: agent, restores: map[string]restore{}}
+}
+
+// AgentRestore is the RestoreFunc on the agent's unix socket. The agent serves root peers only;
+// shims run as root.
+func AgentRestore(ctx context.Context, socket string, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return agentv1.NewNodeAgentServiceClient(conn).Restore(ctx, req)
 }
 
 // RegisterTTRPC serves the wrapper, not the inner service.
@@ -110,25 +142,29 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 
 // Create patches the bundle's spec for kybernate.io/ annotations, then creates the container.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	cfg, restore, err := s.prepare(ctx, r)
+	rs, err := s.prepare(ctx, r)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("id", r.ID).Error("kybernate: refusing to create container")
 		return nil, errdefs.ToGRPC(err)
 	}
 	resp, err := s.TaskService.Create(ctx, r)
-	if err == nil && restore {
+	if err == nil && rs != nil {
 		s.mu.Lock()
-		s.restores[r.ID] = cfg
+		s.restores[r.ID] = *rs
 		s.mu.Unlock()
 	}
 	return resp, err
 }
 
 // Start starts a container; for one created for a restore that is `runc restore`, bounded by
-// the CRIU timeout.
+// the CRIU timeout, and for an image with GPU memory then the agent's Restore, bounded by the
+// agent timeout. CRIU leaves the restored CUDA processes checkpointed in the driver: they run,
+// but their first CUDA call waits until the agent has put their memory onto the container's
+// GPUs and unlocked them. When the agent fails, the container is killed: its processes cannot
+// run without their GPU memory. The image is never changed.
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	s.mu.Lock()
-	cfg, restore := s.restores[r.ID]
+	rs, restore := s.restores[r.ID]
 	if r.ExecID == "" {
 		delete(s.restores, r.ID)
 	}
@@ -136,13 +172,40 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if !restore || r.ExecID != "" {
 		return s.TaskService.Start(ctx, r)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.CRIUTimeout.Duration)
+	cfg := rs.cfg
+	cctx, cancel := context.WithTimeout(ctx, cfg.CRIUTimeout.Duration)
 	defer cancel()
-	resp, err := s.TaskService.Start(ctx, r)
-	if err != nil && ctx.Err() != nil {
+	resp, err := s.TaskService.Start(cctx, r)
+	if err != nil && cctx.Err() != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrUnavailable, "restore did not finish within %s (criuTimeout): %v", cfg.CRIUTimeout.Duration, err)
 	}
-	return resp, err
+	if err != nil || rs.gpu == nil {
+		return resp, err
+	}
+
+	logger := log.G(ctx).WithField("id", r.ID).WithField("image", rs.gpu.GetImageDir())
+	actx, acancel := context.WithTimeout(ctx, cfg.AgentTimeout.Duration)
+	defer acancel()
+	start := time.Now()
+	ares, aerr := s.agent(actx, cfg.AgentSocket, rs.gpu)
+	if aerr == nil {
+		logger.WithField("gpus", ares.GetResult().GetGpus()).WithField("bytes", ares.GetResult().GetBytes()).
+			WithField("duration", time.Since(start)).Info("kybernate: gpu memory restored by the agent")
+		return resp, nil
+	}
+	// The processes are checkpointed in the driver and can never run: stop them. The exit
+	// reaches containerd as for any task that dies.
+	_, kerr := s.TaskService.Kill(context.WithoutCancel(ctx), &taskAPI.KillRequest{ID: r.ID, Signal: uint32(syscall.SIGKILL), All: true})
+	msg := fmt.Sprintf("restore: runc restored the container, but putting the gpu memory of image %s onto gpus %v through the agent at %s failed: %v",
+		rs.gpu.GetImageDir(), rs.gpu.GetTargetGpus(), cfg.AgentSocket, aerr)
+	if kerr != nil {
+		msg += fmt.Sprintf("; stopping the container failed too: %v", kerr)
+	} else {
+		msg += "; the container is stopped"
+	}
+	msg += ", the image is kept"
+	logger.WithError(aerr).Error("kybernate: " + msg)
+	return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "%s", msg)
 }
 
 // Checkpoint dumps the container into CheckpointOptions.ImagePath when it is set: containerd
@@ -191,81 +254,95 @@ func markRedirect(dir, imagePath string) error {
 	return os.WriteFile(filepath.Join(dir, redirectFile), data, 0o600)
 }
 
-// prepare patches the bundle's config.json. It reports the settings and whether the container
-// is restored from an image. Without kybernate.io/ annotations it changes nothing.
-func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (spec.Config, bool, error) {
+// prepare patches the bundle's config.json. It returns what Start needs when the container is
+// restored from an image, nil otherwise. Without kybernate.io/ annotations it changes nothing.
+func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*restore, error) {
 	path := filepath.Join(r.Bundle, "config.json")
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return spec.Config{}, false, fmt.Errorf("reading the bundle's spec: %w", err)
+		return nil, fmt.Errorf("reading the bundle's spec: %w", err)
 	}
 	var sp specs.Spec
 	if err := json.Unmarshal(data, &sp); err != nil {
-		return spec.Config{}, false, fmt.Errorf("parsing %s: %w", path, err)
+		return nil, fmt.Errorf("parsing %s: %w", path, err)
 	}
 	gpus, restoreFrom := sp.Annotations[kv1.AnnotationGPUs], sp.Annotations[kv1.AnnotationRestoreFrom]
 	// CRI hands the pod's annotations to its sandbox (pause) container too: it gets neither
 	// GPUs nor a restore.
 	if sp.Annotations[criContainerType] == criContainerTypeSandbox {
-		return spec.Config{}, false, nil
+		return nil, nil
 	}
 	if gpus == "" && restoreFrom == "" {
-		return spec.Config{}, false, nil
+		return nil, nil
 	}
 	cfg, err := s.config()
 	if err != nil {
-		return spec.Config{}, false, err
+		return nil, err
 	}
 	logger := log.G(ctx).WithField("id", r.ID)
+	var uuids []string
 	if gpus != "" {
-		uuids, err := spec.ParseGPUs(gpus)
-		if err != nil {
-			return spec.Config{}, false, fmt.Errorf("annotation %s: %w", kv1.AnnotationGPUs, err)
+		if uuids, err = spec.ParseGPUs(gpus); err != nil {
+			return nil, fmt.Errorf("annotation %s: %w", kv1.AnnotationGPUs, err)
 		}
 		if err := spec.GPUs(&sp, uuids, cfg, s.devices); err != nil {
-			return spec.Config{}, false, fmt.Errorf("exposing gpus %s: %w", gpus, err)
+			return nil, fmt.Errorf("exposing gpus %s: %w", gpus, err)
 		}
 		logger.WithField("gpus", uuids).WithField("deviceNodes", cfg.DeviceNodes).Info("kybernate: gpus exposed")
 	}
+	var rs *restore
 	if restoreFrom != "" {
-		if err := s.prepareRestore(r, &sp, restoreFrom, cfg); err != nil {
-			return spec.Config{}, false, err
+		if rs, err = s.prepareRestore(r, &sp, restoreFrom, uuids, cfg); err != nil {
+			return nil, err
 		}
-		logger.WithField("image", restoreFrom).Info("kybernate: container is restored from a checkpoint image")
+		logger.WithField("image", restoreFrom).WithField("gpuMemory", rs.gpu != nil).Info("kybernate: container is restored from a checkpoint image")
 	}
 	out, err := json.Marshal(&sp)
 	if err != nil {
-		return spec.Config{}, false, err
+		return nil, err
 	}
 	if err := writeFile(path, out); err != nil {
-		return spec.Config{}, false, fmt.Errorf("writing the bundle's spec: %w", err)
+		return nil, fmt.Errorf("writing the bundle's spec: %w", err)
 	}
-	return cfg, restoreFrom != "", nil
+	return rs, nil
 }
 
-// prepareRestore checks the image and turns the create into a restore from it.
-func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, dir string, cfg spec.Config) error {
+// prepareRestore checks the image and turns the create into a restore from it. gpus are the
+// container's kybernate.io/gpus: where an image's GPU memory goes.
+func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, dir string, gpus []string, cfg spec.Config) (*restore, error) {
+	fail := func(err error) (*restore, error) { return nil, err }
 	if r.Checkpoint != "" {
-		return fmt.Errorf("annotation %s=%s and a containerd checkpoint (%s) at once: %w", kv1.AnnotationRestoreFrom, dir, r.Checkpoint, errdefs.ErrInvalidArgument)
+		return fail(fmt.Errorf("annotation %s=%s and a containerd checkpoint (%s) at once: %w", kv1.AnnotationRestoreFrom, dir, r.Checkpoint, errdefs.ErrInvalidArgument))
 	}
 	if !filepath.IsAbs(dir) {
-		return fmt.Errorf("annotation %s=%q: want an absolute path: %w", kv1.AnnotationRestoreFrom, dir, errdefs.ErrInvalidArgument)
+		return fail(fmt.Errorf("annotation %s=%q: want an absolute path: %w", kv1.AnnotationRestoreFrom, dir, errdefs.ErrInvalidArgument))
 	}
 	m, err := image.Verify(dir)
 	if err != nil {
 		if errors.Is(err, image.ErrMissing) {
-			return fmt.Errorf("restore: %w: %w", err, errdefs.ErrNotFound)
+			return fail(fmt.Errorf("restore: %w: %w", err, errdefs.ErrNotFound))
 		}
-		return fmt.Errorf("restore: %w: %w", err, errdefs.ErrFailedPrecondition)
+		return fail(fmt.Errorf("restore: %w: %w", err, errdefs.ErrFailedPrecondition))
 	}
+	rs := &restore{cfg: cfg}
 	if len(m.GPUs) > 0 {
-		// The seam for migration: a GPU image needs the agent's Restore between runc restore
-		// and the start (the process's GPU memory back onto the assigned GPUs).
-		return fmt.Errorf("restore: image %s holds GPU memory (gpus %v): restoring GPU containers from images is not implemented yet (migration work): %w", dir, m.GPUs, errdefs.ErrNotImplemented)
+		// The process's memory goes onto the container's GPUs, one per GPU of the image; the
+		// device nodes and driver libraries the process needs come from kybernate.io/gpus.
+		if len(gpus) != len(m.GPUs) {
+			return fail(fmt.Errorf("restore: image %s holds GPU memory of %d gpus (%v), but the container has %d gpus in %s: want one per gpu of the image: %w",
+				dir, len(m.GPUs), m.GPUs, len(gpus), kv1.AnnotationGPUs, errdefs.ErrFailedPrecondition))
+		}
+		rs.gpu = &agentv1.RestoreRequest{
+			Pod: &agentv1.PodRef{Namespace: sp.Annotations[criSandboxNamespace], Name: sp.Annotations[criSandboxName],
+				Uid: sp.Annotations[criSandboxUID]},
+			ImageDir:    dir,
+			ContainerId: r.ID,
+			TargetGpus:  gpus,
+		}
 	}
 	conf := filepath.Join(r.Bundle, restoreConfigFile)
 	if err := writeFile(conf, spec.CRIURestoreConfig(cfg)); err != nil {
-		return fmt.Errorf("restore: writing criu settings: %w", err)
+		return fail(fmt.Errorf("restore: writing criu settings: %w", err))
 	}
 	spec.Restore(sp, conf)
 
@@ -275,11 +352,11 @@ func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, d
 	if r.Options.GetValue() != nil {
 		v, err := typeurl.UnmarshalAny(r.Options)
 		if err != nil {
-			return fmt.Errorf("runtime options: %w", err)
+			return fail(fmt.Errorf("runtime options: %w", err))
 		}
 		o, ok := v.(*options.Options)
 		if !ok {
-			return fmt.Errorf("runtime options of type %s, want runc's options: %w", r.Options.GetTypeUrl(), errdefs.ErrInvalidArgument)
+			return fail(fmt.Errorf("runtime options of type %s, want runc's options: %w", r.Options.GetTypeUrl(), errdefs.ErrInvalidArgument))
 		}
 		opts = o
 	}
@@ -287,15 +364,15 @@ func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, d
 		opts.CriuWorkPath = filepath.Join(r.Bundle, restoreWorkDir)
 	}
 	if err := os.MkdirAll(opts.CriuWorkPath, 0o700); err != nil {
-		return fmt.Errorf("restore: %w", err)
+		return fail(fmt.Errorf("restore: %w", err))
 	}
 	a, err := typeurl.MarshalAny(opts)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	r.Options = protobuf.FromAny(a)
 	r.Checkpoint = dir
-	return nil
+	return rs, nil
 }
 
 // writeFile replaces path atomically.

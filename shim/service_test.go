@@ -58,7 +58,7 @@ func noConfig() (spec.Config, error) { return spec.Config{}, errors.New("setting
 func TestCreatePassthrough(t *testing.T) {
 	dir, data := bundle(t, map[string]string{"io.kubernetes.cri.container-type": "container"})
 	in := &inner{}
-	s := New(in, noConfig, nil)
+	s := New(in, noConfig, nil, nil)
 	req := &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir}
 	if _, err := s.Create(t.Context(), req); err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func TestCreateRestore(t *testing.T) {
 	}
 	dir, _ := bundle(t, map[string]string{kv1.AnnotationRestoreFrom: img})
 	in := &inner{}
-	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil)
+	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil, nil)
 	binary := protobuf.FromAny(mustAny(t, &options.Options{BinaryName: "runc"}))
 	if _, err := s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir, Options: binary}); err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestCreateRefusesBadAnnotations(t *testing.T) {
 			if cfg == nil {
 				cfg = func() (spec.Config, error) { return spec.Default(), nil }
 			}
-			_, err := New(in, cfg, nil).Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir})
+			_, err := New(in, cfg, nil, nil).Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir})
 			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Errorf("error %v, want one containing %q", err, tt.wantMsg)
 			}
@@ -149,7 +149,7 @@ func TestCreateRefusesBadAnnotations(t *testing.T) {
 // that differs every time.
 func TestCheckpointImagePath(t *testing.T) {
 	in := &inner{}
-	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil)
+	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil, nil)
 	var markers []string
 	for range 2 {
 		daemonDir := t.TempDir()

@@ -6,9 +6,11 @@
 //
 // Any failure rolls back: the container runs again (thawed, its GPU memory restored), the
 // image folder and CRIU's work folder are deleted, and the error says what failed, with the
-// end of CRIU's log when CRIU failed. Restoring images of containers without GPUs is the
-// shim's job (kybernate.io/restore-from); RestoreGPUs says that GPU images cannot be restored
-// yet (migration).
+// end of CRIU's log when CRIU failed.
+//
+// Restoring is the shim's job (kybernate.io/restore-from: runc restore); for an image with GPU
+// memory the shim then calls the agent's Restore (Checkpointer.Restore), which puts the memory
+// of the restored, still checkpointed CUDA processes onto the container's GPUs.
 package checkpoint
 
 import (
@@ -60,12 +62,15 @@ type Runtime interface {
 	Dump(ctx context.Context, id, imageDir, workDir string) error
 	// Stop kills the task and deletes it; the container record stays.
 	Stop(ctx context.Context, id string) error
+	// Pids lists the PIDs of the container's task in the agent's PID namespace.
+	Pids(ctx context.Context, id string) ([]int, error)
 }
 
 // GPUs moves the GPU memory of a pod's processes: the engine.
 type GPUs interface {
 	Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout time.Duration) (engine.Result, error)
 	Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.UUID) (engine.Result, error)
+	RestoreImage(ctx context.Context, pod podmap.PodRef, req engine.ImageRestore) (engine.Result, error)
 }
 
 var _ GPUs = (*engine.Engine)(nil)
@@ -143,15 +148,21 @@ const (
 	CauseInternal    Cause = "Internal"
 )
 
-// Error is a failed checkpoint.
+// Error is a failed checkpoint or restore.
 type Error struct {
 	Cause Cause
 	// RolledBack is false when the rollback failed too: the container may not be running.
 	RolledBack bool
-	Err        error
+	// Restore is set for a failed restore, which rolls nothing back: its caller stops the
+	// container and the image stays.
+	Restore bool
+	Err     error
 }
 
 func (e *Error) Error() string {
+	if e.Restore {
+		return fmt.Sprintf("restore failed (the image is kept): %v", e.Err)
+	}
 	if !e.RolledBack {
 		return fmt.Sprintf("checkpoint failed and its rollback failed too, the container may not be running: %v", e.Err)
 	}
@@ -363,20 +374,3 @@ func criuVersion(path string) string {
 	}
 	return ""
 }
-
-// RestoreGPUs would put the GPU memory of a container restored from an image onto the node's
-// GPUs. Containers without GPUs have nothing to restore here (the shim restored them); for
-// others it says that this is the migration work, not done yet.
-func RestoreGPUs(dir string) (image.Metadata, error) {
-	m, err := image.Verify(dir)
-	if err != nil {
-		return image.Metadata{}, err
-	}
-	if len(m.GPUs) > 0 {
-		return m, fmt.Errorf("image %s holds gpu memory (gpus %v, %d bytes): restoring it onto gpus is not implemented yet (migration work): %w", dir, m.GPUs, m.VRAMBytes, ErrGPURestoreNotImplemented)
-	}
-	return m, nil
-}
-
-// ErrGPURestoreNotImplemented is wrapped by RestoreGPUs for images with GPU memory.
-var ErrGPURestoreNotImplemented = errors.New("gpu restore from an image not implemented")

@@ -45,6 +45,12 @@ func (f *fakeRuntime) FindContainer(_ context.Context, pod image.Pod, name strin
 func (f *fakeRuntime) Pause(context.Context, string) error  { return f.call("Pause") }
 func (f *fakeRuntime) Resume(context.Context, string) error { return f.call("Resume") }
 func (f *fakeRuntime) Stop(context.Context, string) error   { return f.call("Stop") }
+func (f *fakeRuntime) Pids(context.Context, string) ([]int, error) {
+	if err := f.call("Pids"); err != nil {
+		return nil, err
+	}
+	return []int{1, 42}, nil
+}
 func (f *fakeRuntime) Dump(_ context.Context, _, imageDir, workDir string) error {
 	if err := f.call("Dump"); err != nil {
 		_ = os.WriteFile(filepath.Join(imageDir, "pages-1.img"), []byte("half"), 0o600)
@@ -59,6 +65,16 @@ func (f *fakeRuntime) Dump(_ context.Context, _, imageDir, workDir string) error
 type fakeGPUs struct {
 	rt      *fakeRuntime
 	failing string
+	// restored is the last RestoreImage request.
+	restored engine.ImageRestore
+}
+
+func (f *fakeGPUs) RestoreImage(_ context.Context, _ podmap.PodRef, req engine.ImageRestore) (engine.Result, error) {
+	f.restored = req
+	if err := f.rt.call("RestoreImage"); err != nil {
+		return engine.Result{}, &engine.Error{Op: "restore", Cause: engine.CauseRestoreFailed, Err: err}
+	}
+	return engine.Result{Bytes: req.Bytes, GPUs: req.To, Steps: []engine.Step{{Name: engine.StepRestore, Bytes: req.Bytes}, {Name: engine.StepUnlock}}}, nil
 }
 
 func (f *fakeGPUs) Suspend(context.Context, podmap.PodRef, time.Duration) (engine.Result, error) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,4 +188,53 @@ func (c *Containerd) Stop(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// Pids lists the task's processes (host PIDs): what the runtime finds in the container's
+// cgroup, and the task's init process with its descendants. The second matters after a CRIU
+// restore on cgroup v2, where CRIU (manage-cgroups soft) may put the restored processes back
+// into the cgroup they were dumped from instead of the new container's, and the runtime's
+// list comes back empty.
+func (c *Containerd) Pids(ctx context.Context, id string) ([]int, error) {
+	resp, err := c.tasks.ListPids(c.ctx(ctx), &tasksapi.ListPidsRequest{ContainerID: id})
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, p := range resp.GetProcesses() {
+		out = append(out, int(p.GetPid()))
+	}
+	task, err := c.tasks.Get(c.ctx(ctx), &tasksapi.GetRequest{ContainerID: id})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range processTree("/proc", int(task.GetProcess().GetPid())) {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// processTree is pid and its descendants, read from procRoot/PID/task/TID/children.
+func processTree(procRoot string, pid int) []int {
+	if pid <= 0 {
+		return nil
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := os.ReadDir(filepath.Join(procRoot, strconv.Itoa(out[i]), "task"))
+		for _, t := range tasks {
+			b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(out[i]), "task", t.Name(), "children"))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil && !slices.Contains(out, c) {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }

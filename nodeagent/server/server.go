@@ -1,7 +1,7 @@
 // Package server is the agent's gRPC API (apis/agent/v1 NodeAgentService) on a unix socket
 // (mode 0600) that serves root peers (and the agent's own user) only: GetInventory, Suspend,
 // Resume and Checkpoint for the kybernate CLI, tests and the migration; Restore for the
-// containerd shim (containers without GPUs only, until the migration work). Errors become gRPC
+// containerd shim (GPU memory of a container restored from an image onto this node's GPUs). Errors become gRPC
 // status codes here and nowhere else.
 package server
 
@@ -276,24 +276,69 @@ func (s *Server) Checkpoint(ctx context.Context, req *agentv1.CheckpointRequest)
 	return &agentv1.CheckpointResponse{Result: out, ImageDir: req.GetImageDir(), Created: timestamppb.New(res.Metadata.Created)}, nil
 }
 
-// Restore puts the GPU memory of a container the shim restored from an image back onto GPUs.
-// Containers without GPUs have nothing to put back: the image is checked and the call
-// succeeds. GPU images are the migration work and are refused with Unimplemented.
+// Restore puts the GPU memory of a container the shim restored from an image onto GPUs of
+// this node (the shim calls it between runc restore and letting the task run). Images
+// without GPUs have nothing to put back: the image is checked and the call succeeds. On
+// failure nothing is deleted and the caller stops the container.
 func (s *Server) Restore(ctx context.Context, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error) {
 	if req.GetImageDir() == "" {
 		return nil, status.Error(codes.InvalidArgument, "image_dir is required")
 	}
-	klog.FromContext(ctx).V(2).Info("gRPC request", "method", "Restore", "imageDir", req.GetImageDir(), "containerID", req.GetContainerId())
-	_, err := checkpoint.RestoreGPUs(req.GetImageDir())
+	ref := req.GetPod()
+	klog.FromContext(ctx).V(2).Info("gRPC request", "method", "Restore", "imageDir", req.GetImageDir(), "containerID", req.GetContainerId(),
+		"pod", klog.KRef(ref.GetNamespace(), ref.GetName()), "targetGPUs", req.GetTargetGpus())
+	m, err := image.Verify(req.GetImageDir())
 	switch {
-	case errors.Is(err, checkpoint.ErrGPURestoreNotImplemented):
-		return nil, status.Error(codes.Unimplemented, err.Error())
 	case errors.Is(err, image.ErrMissing):
 		return nil, status.Error(codes.NotFound, err.Error())
 	case err != nil:
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case len(m.GPUs) == 0:
+		return &agentv1.RestoreResponse{Result: &agentv1.Result{}}, nil
 	}
-	return &agentv1.RestoreResponse{Result: &agentv1.Result{}}, nil
+	n, err := s.checkpointNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := n.Checkpoints.Restore(ctx, checkpoint.RestoreRequest{
+		ImageDir:    req.GetImageDir(),
+		ContainerID: req.GetContainerId(),
+		Pod:         image.Pod{Namespace: ref.GetNamespace(), Name: ref.GetName(), UID: ref.GetUid()},
+		TargetGPUs:  req.GetTargetGpus(),
+	})
+	if err != nil {
+		return nil, restoreStatus(err)
+	}
+	return &agentv1.RestoreResponse{Result: result(res.Result)}, nil
+}
+
+// restoreStatus converts restore errors to gRPC codes.
+func restoreStatus(err error) error {
+	code := codes.Internal
+	switch checkpoint.CauseOf(err) {
+	case checkpoint.CauseInvalid:
+		code = codes.InvalidArgument
+	case checkpoint.CauseNotFound:
+		code = codes.NotFound
+	case checkpoint.CauseUnsupported, checkpoint.CauseImage:
+		code = codes.FailedPrecondition
+	case checkpoint.CauseTimeout:
+		code = codes.DeadlineExceeded
+	case checkpoint.CauseGPU:
+		switch engine.CauseOf(err) {
+		case engine.CauseStepTimeout:
+			code = codes.DeadlineExceeded
+		case engine.CauseInvalidTarget:
+			code = codes.InvalidArgument
+		case engine.CauseUnsupported, engine.CauseNoProcesses:
+			code = codes.FailedPrecondition
+		case engine.CauseBusy:
+			code = codes.Aborted
+		default:
+			code = codes.Aborted
+		}
+	}
+	return status.Error(code, err.Error())
 }
 
 // checkpointNode is the node a checkpoint runs on: the agent's own (checkpoints need its

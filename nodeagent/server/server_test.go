@@ -26,6 +26,7 @@ import (
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda/fake"
+	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/image"
@@ -195,7 +196,7 @@ func TestErrorCodes(t *testing.T) {
 		{name: "restore of gpu memory", call: func() error {
 			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: writeImage(t, []string{devs[0].UUID.String()})})
 			return err
-		}, wantCode: codes.Unimplemented, wantMsg: "restoring it onto gpus is not implemented yet (migration work)"},
+		}, wantCode: codes.Unimplemented, wantMsg: "node node-a cannot write checkpoint images"},
 		{name: "two nodes named in metadata, one unknown", call: func() error {
 			_, err := c.GetInventory(metadata.AppendToOutgoingContext(ctx, NodeMetadataKey, "node-z"), &agentv1.GetInventoryRequest{})
 			return err
@@ -251,5 +252,30 @@ func TestNodeMap(t *testing.T) {
 	m := NodeMap{"b": {}, "a": {}}
 	if diff := cmp.Diff([]string{"a", "b"}, m.Names()); diff != "" {
 		t.Errorf("names (-want +got):\n%s", diff)
+	}
+}
+
+func TestRestoreStatus(t *testing.T) {
+	gpuErr := func(c engine.Cause) error {
+		return &checkpoint.Error{Cause: checkpoint.CauseGPU, Restore: true, Err: &engine.Error{Op: "restore", Cause: c, Err: errors.New("x")}}
+	}
+	tests := []struct {
+		err  error
+		want codes.Code
+	}{
+		{&checkpoint.Error{Cause: checkpoint.CauseInvalid, Restore: true, Err: errors.New("x")}, codes.InvalidArgument},
+		{&checkpoint.Error{Cause: checkpoint.CauseNotFound, Restore: true, Err: errors.New("x")}, codes.NotFound},
+		{&checkpoint.Error{Cause: checkpoint.CauseImage, Restore: true, Err: errors.New("x")}, codes.FailedPrecondition},
+		{&checkpoint.Error{Cause: checkpoint.CauseUnsupported, Restore: true, Err: errors.New("x")}, codes.FailedPrecondition},
+		{gpuErr(engine.CauseNoProcesses), codes.FailedPrecondition},
+		{gpuErr(engine.CauseInvalidTarget), codes.InvalidArgument},
+		{gpuErr(engine.CauseStepTimeout), codes.DeadlineExceeded},
+		{gpuErr(engine.CauseRestoreFailed), codes.Aborted},
+		{errors.New("other"), codes.Internal},
+	}
+	for _, tt := range tests {
+		if got := status.Code(restoreStatus(tt.err)); got != tt.want {
+			t.Errorf("restoreStatus(%v) = %s, want %s", tt.err, got, tt.want)
+		}
 	}
 }

@@ -21,23 +21,27 @@ type DeviceNodes string
 
 const (
 	// DeviceNodesAll gives every GPU's node of the host and allows them all in the device
-	// cgroup; CUDA_VISIBLE_DEVICES picks the assigned GPUs. The default: a container restored
-	// onto other GPUs of a node finds the device nodes it had (CRIU restores its mappings of
-	// the old /dev/nvidiaN) and the driver sees every GPU (it reportedly fails to restore
-	// with partial passthrough). The price is isolation: a process that ignores
-	// CUDA_VISIBLE_DEVICES can open the other GPUs.
+	// cgroup; CUDA_VISIBLE_DEVICES picks the assigned GPUs. The default: the only setting
+	// under which the driver restores a container's memory onto another GPU of the node
+	// (measured on 2x H200, driver 580: test/gpu/results/2026-11-23-h200x2-container.md). The
+	// price is isolation: a process that ignores CUDA_VISIBLE_DEVICES can open the other GPUs.
 	DeviceNodesAll DeviceNodes = "All"
 	// DeviceNodesAssigned gives only the assigned GPUs' nodes (what the NVIDIA container
-	// toolkit does). Strict isolation; a restore onto another GPU is expected to fail.
+	// toolkit does). Strict isolation; the driver refuses restores onto another GPU
+	// (CUDA_ERROR_INVALID_VALUE), measured.
 	DeviceNodesAssigned DeviceNodes = "Assigned"
 	// DeviceNodesAllRestricted creates every GPU's node but allows only the assigned ones in
-	// the device cgroup: paths stay the same everywhere, other GPUs cannot be opened.
+	// the device cgroup: paths stay the same everywhere, other GPUs cannot be opened; restores
+	// onto another GPU are refused as with Assigned, measured.
 	DeviceNodesAllRestricted DeviceNodes = "AllRestricted"
 )
 
-// CgroupsModeSoft is CRIU's default manage-cgroups mode: restore cgroup properties only into
-// cgroups it creates.
-const CgroupsModeSoft = "soft"
+// CgroupsModeIgnore is the shim's manage-cgroups mode for restores: CRIU leaves cgroups alone,
+// so the restored processes stay in the cgroup runc put CRIU into, the new container's. With
+// CRIU's own default, soft, a restore on cgroup v2 put the processes back into the cgroup they
+// were dumped from, the old container's (seen on the GPU machine, test/gpu/results
+// 2026-11-23-h200x2-container.md): limits and the pod of the processes were the old ones.
+const CgroupsModeIgnore = "ignore"
 
 // DefaultConfigFile is where the shim reads its settings; KYBERNATE_SHIM_CONFIG overrides it.
 const DefaultConfigFile = "/etc/kybernate/shim.yaml"
@@ -71,12 +75,18 @@ type Config struct {
 	ContainerLibraryDir string `json:"containerLibraryDir,omitempty"`
 	// ContainerBinaryDir is where the binaries appear in the container.
 	ContainerBinaryDir string `json:"containerBinaryDir,omitempty"`
-	// ManageCgroupsMode is CRIU's manage-cgroups mode for restores: soft (default), full,
-	// strict or ignore.
+	// ManageCgroupsMode is CRIU's manage-cgroups mode for restores: ignore (default), soft,
+	// full or strict.
 	ManageCgroupsMode string `json:"manageCgroupsMode,omitempty"`
 	// CRIUTimeout bounds every checkpoint and restore (10m): a CRIU that hangs fails the
 	// call instead of holding it forever.
 	CRIUTimeout Duration `json:"criuTimeout,omitempty"`
+	// AgentSocket is the node agent's gRPC socket. A restore from an image with GPU memory
+	// calls the agent's Restore there after runc restore: the agent puts the memory onto the
+	// container's GPUs.
+	AgentSocket string `json:"agentSocket,omitempty"`
+	// AgentTimeout bounds that call (5m); when it fails or runs out, the container is stopped.
+	AgentTimeout Duration `json:"agentTimeout,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "10m").
@@ -144,12 +154,21 @@ func (c *Config) setDefaults() {
 		c.ContainerBinaryDir = "/usr/local/nvidia/bin"
 	}
 	if c.ManageCgroupsMode == "" {
-		c.ManageCgroupsMode = CgroupsModeSoft
+		c.ManageCgroupsMode = CgroupsModeIgnore
 	}
 	if c.CRIUTimeout.Duration == 0 {
 		c.CRIUTimeout.Duration = 10 * time.Minute
 	}
+	if c.AgentSocket == "" {
+		c.AgentSocket = DefaultAgentSocket
+	}
+	if c.AgentTimeout.Duration == 0 {
+		c.AgentTimeout.Duration = 5 * time.Minute
+	}
 }
+
+// DefaultAgentSocket is the node agent's default --socket.
+const DefaultAgentSocket = "/run/kybernate/agent.sock"
 
 // Validate checks the settings.
 func (c *Config) Validate() error {
@@ -165,13 +184,16 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("manageCgroupsMode %q: want soft, full, strict or ignore", c.ManageCgroupsMode))
 	}
 	for name, p := range map[string]string{"driverRoot": c.DriverRoot, "devRoot": c.DevRoot, "procRoot": c.ProcRoot,
-		"containerLibraryDir": c.ContainerLibraryDir, "containerBinaryDir": c.ContainerBinaryDir} {
+		"containerLibraryDir": c.ContainerLibraryDir, "containerBinaryDir": c.ContainerBinaryDir, "agentSocket": c.AgentSocket} {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", name, p))
 		}
 	}
 	if c.CRIUTimeout.Duration < 0 {
 		errs = append(errs, fmt.Errorf("criuTimeout %s: want a positive duration", c.CRIUTimeout.Duration))
+	}
+	if c.AgentTimeout.Duration < 0 {
+		errs = append(errs, fmt.Errorf("agentTimeout %s: want a positive duration", c.AgentTimeout.Duration))
 	}
 	seen := map[string]bool{}
 	for _, g := range c.GPUs {

@@ -294,7 +294,8 @@ func TestRestoreFromBadImages(t *testing.T) {
 		{name: "no metadata", dir: unfinished, wantMsg: "has no metadata.json"},
 		{name: "corrupt", dir: corrupt, wantMsg: "checkpoint image corrupt"},
 		{name: "relative", dir: "images/good", wantMsg: "want an absolute path"},
-		{name: "gpu memory", dir: gpu, wantMsg: "restoring GPU containers from images is not implemented yet"},
+		// A GPU image restores only into a container with its GPUs (kybernate.io/gpus).
+		{name: "gpu memory", dir: gpu, wantMsg: "but the container has 0 gpus in kybernate.io/gpus"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -315,13 +316,14 @@ func TestRestoreFromBadImages(t *testing.T) {
 	n := orig.count(t)
 	orig.counting(t, n+2)
 
-	// The agent's Restore has nothing to put back for a container without GPUs and refuses
-	// GPU images for now.
+	// The agent's Restore has nothing to put back for a container without GPUs; GPU images need
+	// the CUDA driver (this agent has none: the GPU part runs in test/gpu).
 	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: good, ContainerId: "counter"}); err != nil {
 		t.Errorf("Restore of an image without gpus: %v", err)
 	}
-	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: gpu}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("Restore of a gpu image: %v, want Unimplemented", err)
+	_, err = e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: gpu, ContainerId: "counter"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "CUDA driver is not usable") || !strings.Contains(err.Error(), "the image is kept") {
+		t.Errorf("Restore of a gpu image: %v, want FailedPrecondition: no CUDA driver, image kept", err)
 	}
 }
 
