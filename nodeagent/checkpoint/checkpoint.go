@@ -71,6 +71,8 @@ type GPUs interface {
 	Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout time.Duration) (engine.Result, error)
 	Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.UUID) (engine.Result, error)
 	RestoreImage(ctx context.Context, pod podmap.PodRef, req engine.ImageRestore) (engine.Result, error)
+	// Parked is the GPU memory of a pod that is suspended already; ok is false otherwise.
+	Parked(uid types.UID) (bytes int64, ok bool)
 }
 
 var _ GPUs = (*engine.Engine)(nil)
@@ -254,7 +256,11 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, err
 	)
 
 	var vram int64
-	if len(gpus) > 0 {
+	if parked, suspended := c.parkedBytes(pod, gpus); suspended {
+		// Suspended before (a migration): the memory is in the processes' host memory already
+		// and stays there whatever happens here.
+		vram = parked
+	} else if len(gpus) > 0 {
 		r, err := c.gpus.Suspend(ctx, pod, req.LockTimeout)
 		if err != nil {
 			return rollback(CauseGPU, fmt.Errorf("moving gpu memory to host memory: %w", err))
@@ -373,4 +379,13 @@ func criuVersion(path string) string {
 		}
 	}
 	return ""
+}
+
+// parkedBytes reports whether the pod's GPU memory is parked in host memory already (the pod is
+// suspended), and how much.
+func (c *Checkpointer) parkedBytes(pod podmap.PodRef, gpus []string) (int64, bool) {
+	if len(gpus) == 0 || c.gpus == nil {
+		return 0, false
+	}
+	return c.gpus.Parked(pod.UID)
 }

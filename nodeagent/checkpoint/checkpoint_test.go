@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/types"
 	testingclock "k8s.io/utils/clock/testing"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -67,7 +68,11 @@ type fakeGPUs struct {
 	failing string
 	// restored is the last RestoreImage request.
 	restored engine.ImageRestore
+	// parked is the memory of a pod suspended before the checkpoint; 0: running.
+	parked int64
 }
+
+func (f *fakeGPUs) Parked(types.UID) (int64, bool) { return f.parked, f.parked > 0 }
 
 func (f *fakeGPUs) RestoreImage(_ context.Context, _ podmap.PodRef, req engine.ImageRestore) (engine.Result, error) {
 	f.restored = req
@@ -92,6 +97,7 @@ func TestCheckpoint(t *testing.T) {
 	tests := []struct {
 		name         string
 		gpus         bool
+		suspended    bool
 		leaveRunning bool
 		failing      string
 		wantCalls    []string
@@ -105,6 +111,8 @@ func TestCheckpoint(t *testing.T) {
 		{name: "criu fails", failing: "Dump", wantCalls: []string{"Pause", "Dump", "Resume"},
 			wantCause: CauseDump, wantMsg: "criu's log says: (00.2) Error (criu/files-reg.c:1031): Can't dump ghost file"},
 		{name: "criu fails with gpus", gpus: true, failing: "Dump", wantCalls: []string{"Suspend", "Pause", "Dump", "Resume", "ResumeGPU"}, wantCause: CauseDump},
+		{name: "suspended gpu pod: its memory stays parked", gpus: true, suspended: true, leaveRunning: true, wantCalls: []string{"Pause", "Dump", "Resume"}},
+		{name: "suspended gpu pod, criu fails: still suspended", gpus: true, suspended: true, failing: "Dump", wantCalls: []string{"Pause", "Dump", "Resume"}, wantCause: CauseDump},
 		{name: "gpu lock fails", gpus: true, failing: "Suspend", wantCalls: []string{"Suspend"}, wantCause: CauseGPU, wantMsg: "moving gpu memory to host memory"},
 		{name: "freeze fails", gpus: true, failing: "Pause", wantCalls: []string{"Suspend", "Pause", "ResumeGPU"}, wantCause: CauseUnsupported},
 		{name: "stop fails", failing: "Stop", wantCalls: []string{"Pause", "Dump", "Stop", "Resume"}, wantCause: CauseInternal},
@@ -116,7 +124,11 @@ func TestCheckpoint(t *testing.T) {
 			var gpus GPUs
 			if tt.gpus {
 				rt.ctr.Annotations = map[string]string{kv1.AnnotationGPUs: gpu}
-				gpus = &fakeGPUs{rt: rt}
+				fg := &fakeGPUs{rt: rt}
+				if tt.suspended {
+					fg.parked = 3 << 30
+				}
+				gpus = fg
 			}
 			clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
 			versions := func(context.Context) (string, int32) { return "580.95.05", 13000 }

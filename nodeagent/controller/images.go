@@ -133,14 +133,17 @@ func (c *ContainerdImages) Checkpoint(ctx context.Context, pod *v1.Pod, dir stri
 	return ImageResult{Image: img, Steps: res.Steps}, nil
 }
 
-// Restore verifies the image the shim restored the pod's container from. Images with GPU
-// memory fail: package checkpoint cannot put it onto GPUs yet.
+// Restore confirms the restore of the pod's container from an image. On a real node the work
+// is done by then: the shim restored the container (kybernate.io/restore-from) and, for an image
+// with GPU memory, had this agent put the memory onto the pod's GPUs (the Restore RPC) before
+// the container started. What is left is to check that the image is the verified one.
 func (c *ContainerdImages) Restore(ctx context.Context, pod *v1.Pod, dir string, _ []string) (engine.Result, error) {
-	if _, err := ckpt.RestoreGPUs(dir); err != nil {
+	m, err := image.Verify(dir)
+	if err != nil {
 		return engine.Result{}, &ImageError{Cause: "RestoreFailed", RolledBack: false, Err: err}
 	}
-	klog.FromContext(ctx).V(2).Info("Container restored from image without GPU memory", "pod", klog.KObj(pod), "image", dir)
-	return engine.Result{}, nil
+	klog.FromContext(ctx).V(2).Info("Container restored from image", "pod", klog.KObj(pod), "image", dir, "gpus", m.GPUs, "bytes", m.VRAMBytes)
+	return engine.Result{Bytes: m.VRAMBytes}, nil
 }
 
 // Checkpoint writes an image of a suspended pod into dir: the pod is Checkpointing while it

@@ -552,6 +552,21 @@ func (e *Engine) IsSuspended(uid types.UID) bool {
 	return ok && p.parked != nil
 }
 
+// Parked reports the GPU memory the engine holds parked in host memory for a suspended pod;
+// ok is false when the pod is not suspended.
+func (e *Engine) Parked(uid types.UID) (bytes int64, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, found := e.pods[uid]
+	if !found || p.parked == nil {
+		return 0, false
+	}
+	for _, pr := range p.parked {
+		bytes += pr.Bytes
+	}
+	return bytes, true
+}
+
 // SuspendedPods lists the pods the engine holds suspended, for the GPUNode status.
 func (e *Engine) SuspendedPods() []kv1.PodGPUUsage {
 	e.mu.Lock()

@@ -535,6 +535,27 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 	}
 }
 
+// Parked tells a checkpoint whether a pod's memory is in host memory already, and how much.
+func TestParked(t *testing.T) {
+	h := newHarness(t, 100*gib, Config{})
+	if _, ok := h.e.Parked(train.UID); ok {
+		t.Fatal("a running pod reported parked")
+	}
+	res, err := h.e.Suspend(t.Context(), train, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes, ok := h.e.Parked(train.UID); !ok || bytes != res.Bytes || bytes == 0 {
+		t.Errorf("Parked = %d, %v; want %d, true", bytes, ok, res.Bytes)
+	}
+	if _, err := h.e.Resume(t.Context(), train, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.e.Parked(train.UID); ok {
+		t.Error("a resumed pod reported parked")
+	}
+}
+
 func TestResumeAfterRestart(t *testing.T) {
 	h := newHarness(t, 100*gib, Config{})
 	if _, err := h.e.Suspend(t.Context(), train, 0); err != nil {
