@@ -8,19 +8,15 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
 	st "k8s.io/kubernetes/pkg/scheduler/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/kybernate/kybernate/apis/config"
-	kfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
-	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
 const gi = int64(1) << 30
@@ -64,39 +60,18 @@ var args = config.CheckpointPreemptionArgs{MigrationMinWait: metav1.Duration{Dur
 // runScan runs one scan and returns the pods marked for migration, with their target.
 func runScan(t *testing.T, a config.CheckpointPreemptionArgs, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) map[string]string {
 	t.Helper()
-	var objs []runtime.Object
-	for _, p := range pods {
-		objs = append(objs, p)
-	}
-	client := fake.NewClientset(objs...)
-	kclient := kfake.NewSimpleClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	kfactory := externalversions.NewSharedInformerFactory(kclient, 0)
-	podInformer := factory.Core().V1().Pods()
-	c, err := New(client, kclient, podInformer, factory.Core().V1().Nodes(), kfactory.Kybernate().V1alpha1().GPUNodes(),
-		kfactory.Kybernate().V1alpha1().GPUCheckpoints(), events.NewFakeRecorder(100), a)
+	env := controllertest.New(pods)
+	client, kclient := env.Client, env.Kybernate
+	c, err := New(client, kclient, env.Pods, env.Nodes, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), a)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.now = func() time.Time { return now }
-	for _, p := range pods {
-		if err := podInformer.Informer().GetIndexer().Add(p); err != nil {
-			t.Fatal(err)
-		}
+	nodes := make([]*v1.Node, len(gns))
+	for i, gn := range gns {
+		nodes[i] = node(gn.Name)
 	}
-	for _, gn := range gns {
-		if err := kfactory.Kybernate().V1alpha1().GPUNodes().Informer().GetIndexer().Add(gn); err != nil {
-			t.Fatal(err)
-		}
-		if err := factory.Core().V1().Nodes().Informer().GetIndexer().Add(node(gn.Name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, ck := range cks {
-		if err := c.checkpoints.Add(ck); err != nil {
-			t.Fatal(err)
-		}
-	}
+	env.Fill(t, pods, nodes, gns, cks)
 	if err := c.scan(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -11,18 +11,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
 	st "k8s.io/kubernetes/pkg/scheduler/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/kybernate/kybernate/apis/config"
-	kfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
-	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
 const gi = int64(1) << 30
@@ -186,34 +182,14 @@ type outcome struct {
 
 func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
 	t.Helper()
-	var objs []runtime.Object
-	for _, p := range pods {
-		objs = append(objs, p)
-	}
-	client := fake.NewClientset(objs...)
-	kclient := kfake.NewSimpleClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	kfactory := externalversions.NewSharedInformerFactory(kclient, 0)
-	podInformer := factory.Core().V1().Pods()
-	c, err := New(client, kclient, podInformer, kfactory.Kybernate().V1alpha1().GPUNodes(),
-		kfactory.Kybernate().V1alpha1().GPUCheckpoints(), events.NewFakeRecorder(100), args)
+	env := controllertest.New(pods)
+	client, kclient := env.Client, env.Kybernate
+	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), args)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.now = func() time.Time { return now }
-	for _, p := range pods {
-		if err := podInformer.Informer().GetIndexer().Add(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := kfactory.Kybernate().V1alpha1().GPUNodes().Informer().GetIndexer().Add(gn); err != nil {
-		t.Fatal(err)
-	}
-	for _, ck := range cks {
-		if err := c.checkpoints.Add(ck); err != nil {
-			t.Fatal(err)
-		}
-	}
+	env.Fill(t, pods, nil, []*kv1.GPUNode{gn}, cks)
 	onNode, nominated := []*v1.Pod{}, []*v1.Pod{}
 	for _, p := range pods {
 		if p.Spec.NodeName != "" {
