@@ -57,7 +57,7 @@ export KYBERNATE_E2E_PREBUILT=$work/prebuilt KYBERNATE_CACHE_DIR=$work/root/.cac
 	echo "# Kybernate runtime e2e suite (test/e2e) on the lent GPU machine, $(date -u +%FT%TZ)"
 	echo "# kernel: $(uname -srvm)"
 	echo "# machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%d GiB", $2/1048576}' /proc/meminfo); GPUs (not used): $(nvidia-smi -L 2>/dev/null | tr '\n' ';')"
-	echo "# os: $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+	echo "# os: $(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')"
 	echo "# containerd: $(containerd --version 2>&1)"
 	echo "# runc: $(runc --version 2>&1 | head -1)"
 	echo "# criu: $("$work/criu/bin/criu" --version 2>&1 | head -1)"
@@ -65,7 +65,7 @@ export KYBERNATE_E2E_PREBUILT=$work/prebuilt KYBERNATE_CACHE_DIR=$work/root/.cac
 	echo "# id: $(id -u); cgroup: $(stat -fc %T /sys/fs/cgroup)"
 	echo
 } >"$log"
-cd "$work/root/test/e2e"
+cd "$work/root/test/e2e" || exit 1
 t0=$SECONDS
 timeout 270 ./e2e.test -test.v -test.count=1 -test.timeout 260s "$@" >>"$log" 2>&1
 rc=$?
