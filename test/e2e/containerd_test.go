@@ -4,6 +4,11 @@
 // outside CI they skip with the reason when that is missing, in CI (CI=true) that fails them.
 // The one skip CI allows: where criu dump hangs on the kernel (the preflight finds out), the
 // checkpoint and restore tests skip with one loud line giving the reason.
+//
+// With KYBERNATE_E2E_PREBUILT=DIR (a machine with no Go and no package registry, see
+// test/e2e/pack-gpu.sh) nothing is installed or built: the shim, the test agent, the counter
+// image and CRIU come from DIR (containerd-shim-kybernate-v1, e2e-agent, counter.tar,
+// criu/bin/criu), containerd, containerd-shim-runc-v2 and runc from PATH.
 package e2e
 
 import (
@@ -61,6 +66,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if p := os.Getenv(prebuiltEnv); p != "" {
+		// The daemons' shims find runc's criu on PATH.
+		os.Setenv("PATH", filepath.Join(p, "criu", "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
 	script := filepath.Join(root, "hack", "containerd.sh")
 	env := append(os.Environ(), "KYBERNATE_CONTAINERD_DIR="+dir, "KYBERNATE_SHIM_DIR="+filepath.Join(dir, "bin"))
 	if err := setup(root, dir, env); err != nil {
@@ -84,42 +93,33 @@ func run(m *testing.M) int {
 	return code
 }
 
+// prebuiltEnv names the folder of prebuilt binaries, image and CRIU; see the package doc.
+const prebuiltEnv = "KYBERNATE_E2E_PREBUILT"
+
 // setup installs the runtime (cached after the first run), builds the shim and the counter
-// image, starts containerd and runs the CRIU preflight.
+// image, or takes them from $KYBERNATE_E2E_PREBUILT, starts containerd and runs the CRIU
+// preflight.
 func setup(root, dir string, env []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("not root")
 	}
-	install := exec.Command(filepath.Join(root, "hack", "install-runtime.sh"))
-	install.Stderr = os.Stderr
-	out, err := install.Output()
-	if err != nil {
-		return fmt.Errorf("hack/install-runtime.sh: %w", err)
-	}
-	criu := filepath.Join(strings.TrimSpace(string(out)), "criu")
-
 	shimDir = filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-o", filepath.Join(shimDir, "containerd-shim-kybernate-v1"), "./shim/cmd/containerd-shim-kybernate-v1")
-	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building the shim: %w", err)
+	var criu string
+	var err error
+	if p := os.Getenv(prebuiltEnv); p != "" {
+		if criu, err = usePrebuilt(p); err != nil {
+			err = fmt.Errorf("%s=%s: %w", prebuiltEnv, p, err)
+		}
+	} else {
+		criu, err = installAndBuild(root, dir)
 	}
-	agentBin = filepath.Join(dir, "e2e-agent")
-	build = exec.Command("go", "build", "-o", agentBin, "./test/e2e/agent")
-	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building the test agent: %w", err)
-	}
-	imageTar = filepath.Join(dir, "counter.tar")
-	img := exec.Command(filepath.Join(root, "hack", "build-image.sh"), imageTar, counterImage)
-	img.Stderr = os.Stderr
-	if err := img.Run(); err != nil {
-		return fmt.Errorf("hack/build-image.sh: %w", err)
+	if err != nil {
+		return err
 	}
 
 	up := exec.Command(filepath.Join(root, "hack", "containerd.sh"), "up")
 	up.Env, up.Stderr = env, os.Stderr
-	out, err = up.Output()
+	out, err := up.Output()
 	if err != nil {
 		return fmt.Errorf("hack/containerd.sh up: %w", err)
 	}
@@ -130,6 +130,63 @@ func setup(root, dir string, env []string) error {
 		fmt.Fprintf(os.Stderr, "\n!!!!! e2e: CHECKPOINT/RESTORE TESTS SKIP: %s !!!!!\n\n", criuSkip)
 	}
 	return nil
+}
+
+// usePrebuilt takes the shim, the test agent and the counter image from folder p and returns
+// the path of its CRIU. The shim is copied next to the daemons' folders, where migration's
+// second daemon looks for it.
+func usePrebuilt(p string) (string, error) {
+	criu := filepath.Join(p, "criu", "bin", "criu")
+	agentBin = filepath.Join(p, "e2e-agent")
+	imageTar = filepath.Join(p, "counter.tar")
+	for _, f := range []string{criu, agentBin, imageTar} {
+		if _, err := os.Stat(f); err != nil {
+			return "", err
+		}
+	}
+	shim, err := os.ReadFile(filepath.Join(p, "containerd-shim-kybernate-v1"))
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(shimDir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(shimDir, "containerd-shim-kybernate-v1"), shim, 0o755); err != nil {
+		return "", err
+	}
+	return criu, nil
+}
+
+// installAndBuild installs the runtime (cached after the first run) and builds the shim, the test agent
+// and the counter image under dir; it returns the path of CRIU.
+func installAndBuild(root, dir string) (string, error) {
+	install := exec.Command(filepath.Join(root, "hack", "install-runtime.sh"))
+	install.Stderr = os.Stderr
+	out, err := install.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/install-runtime.sh: %w", err)
+	}
+	criu := filepath.Join(strings.TrimSpace(string(out)), "criu")
+
+	build := exec.Command("go", "build", "-o", filepath.Join(shimDir, "containerd-shim-kybernate-v1"), "./shim/cmd/containerd-shim-kybernate-v1")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building the shim: %w", err)
+	}
+	agentBin = filepath.Join(dir, "e2e-agent")
+	build = exec.Command("go", "build", "-o", agentBin, "./test/e2e/agent")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building the test agent: %w", err)
+	}
+	imageTar = filepath.Join(dir, "counter.tar")
+	img := exec.Command(filepath.Join(root, "hack", "build-image.sh"), imageTar, counterImage)
+	img.Stderr = os.Stderr
+	if err := img.Run(); err != nil {
+		return "", fmt.Errorf("hack/build-image.sh: %w", err)
+	}
+
+	return criu, nil
 }
 
 // preflight dumps a host `sleep` with CRIU, bounded by 20 seconds: on some kernel builds
