@@ -332,9 +332,7 @@ func restoreStatus(err error) error {
 			code = codes.InvalidArgument
 		case engine.CauseUnsupported, engine.CauseNoProcesses:
 			code = codes.FailedPrecondition
-		case engine.CauseBusy:
-			code = codes.Aborted
-		default:
+		default: // the driver refused, or another operation on the pod runs
 			code = codes.Aborted
 		}
 	}
@@ -405,7 +403,8 @@ func result(r engine.Result) *agentv1.Result {
 	return out
 }
 
-// toStatus is the one place where errors become gRPC codes.
+// toStatus converts the errors of Suspend and Resume (the operator's and the engine's) to gRPC
+// codes; checkpointStatus and restoreStatus do it for the image operations.
 func toStatus(err error) error {
 	var inv *controller.InvalidError
 	if errors.As(err, &inv) {

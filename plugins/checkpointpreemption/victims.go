@@ -50,7 +50,7 @@ func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now 
 	default:
 		return "GPU state " + pod.Annotations[kv1.AnnotationState], false
 	}
-	if strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever)) {
+	if gpushare.NeverSuspended(pod) {
 		return kv1.AnnotationPreemption + "=Never", false
 	}
 	if pod.DeletionTimestamp != nil {

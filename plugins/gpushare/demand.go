@@ -121,3 +121,9 @@ func Resident(pod *v1.Pod) bool {
 	}
 	return true
 }
+
+// NeverSuspended reports whether a pod opts out of suspension (kybernate.io/preemption: Never):
+// it keeps its GPUs until it ends, for preemptions and time-slice turns alike.
+func NeverSuspended(pod *v1.Pod) bool {
+	return strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever))
+}

@@ -134,7 +134,7 @@ func Quantum(args config.CheckpointPreemptionArgs, pod *v1.Pod, u Usage) time.Du
 // TakesTurns reports whether a pod may give its GPUs up for a turn of another pod: it asks for
 // GPUs and does not opt out with kybernate.io/preemption: Never.
 func TakesTurns(pod *v1.Pod) bool {
-	if strings.EqualFold(pod.Annotations[kv1.AnnotationPreemption], string(kv1.PreemptionNever)) {
+	if gpushare.NeverSuspended(pod) {
 		return false
 	}
 	d, err := gpushare.PodDemand(pod)
