@@ -497,16 +497,7 @@ var migratePolicy = policy{name: "kybernate+migration", description: "Kybernate 
 	kybernateStep(s)
 	// A suspended job whose node has no room moves to a GPU that no job of its new node
 	// wants: checkpoint image out of host memory and into the other node's, then restore.
-	var waiting []*job
-	for _, j := range s.jobs {
-		if j.state == suspended {
-			waiting = append(waiting, j)
-		}
-	}
-	slices.SortFunc(waiting, func(a, b *job) int {
-		return timeslice.NextFirst(a.prio, b.prio, dur(a.gpuTime), dur(b.gpuTime), secs(a.waitSince()), secs(b.waitSince()))
-	})
-	for _, j := range waiting {
+	for _, j := range s.waiting(func(j *job) bool { return j.state == suspended }) {
 		if s.bestFit(j.vram, j.node) >= 0 {
 			continue // its own node has room: it resumes there
 		}
@@ -525,16 +516,7 @@ func kybernateStep(s *sim) {
 	// Waiting jobs of each node (nominated pending and suspended) get freed memory first,
 	// highest priority, then least GPU time, then longest waiting (the resume controller).
 	for n := range s.o.nodes {
-		var waiting []*job
-		for _, j := range s.jobs {
-			if (j.state == suspended && j.node == n) || (j.state == pending && j.nominated == n) {
-				waiting = append(waiting, j)
-			}
-		}
-		slices.SortFunc(waiting, func(a, b *job) int {
-			return timeslice.NextFirst(a.prio, b.prio, dur(a.gpuTime), dur(b.gpuTime), secs(a.waitSince()), secs(b.waitSince()))
-		})
-		for _, j := range waiting {
+		for _, j := range s.waiting(waitsOn(n)) {
 			if g := s.bestFit(j.vram, n); g >= 0 {
 				if j.state == pending {
 					s.start(j, g)
@@ -565,7 +547,7 @@ func kybernateStep(s *sim) {
 				if o.prio == j.prio && o.state == resident && o.node == n {
 					peers++
 				}
-				if o.prio == j.prio && ((o.state == suspended && o.node == n) || (o.state == pending && o.nominated == n)) {
+				if o.prio == j.prio && waitsOn(n)(o) {
 					waiting++
 				}
 			}
@@ -626,15 +608,7 @@ func (s *sim) preempt(j *job) bool {
 // rotate ends the turns that are due on node n: a running job whose quantum has passed gives its
 // GPU to the equal-priority waiting job with the least GPU time, if that has had less.
 func (s *sim) rotate(n int) {
-	var waiting []*job
-	for _, j := range s.jobs {
-		if (j.state == suspended && j.node == n) || (j.state == pending && j.nominated == n) {
-			waiting = append(waiting, j)
-		}
-	}
-	slices.SortFunc(waiting, func(a, b *job) int {
-		return timeslice.NextFirst(a.prio, b.prio, dur(a.gpuTime), dur(b.gpuTime), secs(a.waitSince()), secs(b.waitSince()))
-	})
+	waiting := s.waiting(waitsOn(n))
 	// As the controller: the turns that end first yield, the fewest that make room; a set whose
 	// turns have not all ended yet is held for the waiting job.
 	given := map[*job]bool{}
@@ -694,6 +668,29 @@ func (s *sim) rotate(n int) {
 		for _, r := range set {
 			s.suspend(r)
 		}
+	}
+}
+
+// waiting returns the jobs that match in the order they get GPUs: highest priority, then the
+// least GPU time, then the longest waiting (timeslice.NextFirst, as the resume and time-slice
+// controllers order them).
+func (s *sim) waiting(match func(*job) bool) []*job {
+	var out []*job
+	for _, j := range s.jobs {
+		if match(j) {
+			out = append(out, j)
+		}
+	}
+	slices.SortFunc(out, func(a, b *job) int {
+		return timeslice.NextFirst(a.prio, b.prio, dur(a.gpuTime), dur(b.gpuTime), secs(a.waitSince()), secs(b.waitSince()))
+	})
+	return out
+}
+
+// waitsOn matches the jobs waiting for node n: suspended there, or pending and nominated to it.
+func waitsOn(n int) func(*job) bool {
+	return func(j *job) bool {
+		return (j.state == suspended && j.node == n) || (j.state == pending && j.nominated == n)
 	}
 }
 
