@@ -132,6 +132,26 @@ func TestUsageOf(t *testing.T) {
 			want: Usage{Received: 6 * time.Minute, Completed: 6 * time.Minute, TurnStart: now},
 		},
 		{
+			name: "a suspension stamped as begun before the resume before it ended: taken in the order they began",
+			pod: func() *v1.Pod {
+				p := running("a", 1, "10Gi", 0, time.Minute)
+				p.Status.Conditions = []v1.PodCondition{{Type: kv1.ConditionGPUResident, Status: v1.ConditionTrue,
+					LastTransitionTime: metav1.Time{Time: now.Add(-100 * time.Millisecond)}}}
+				return p
+			}(),
+			cks: []*kv1.GPUCheckpoint{
+				moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 40*time.Second, 39*time.Second),
+				moved("a", kv1.ActionResume, kv1.ReasonTimeSlice, 22*time.Second, 20*time.Second),
+				// Requested for a preemptor while the resume finished; its start is stamped 50 ms
+				// before the resume's end. The resume that followed is not seen yet.
+				moved("a", kv1.ActionSuspend, kv1.ReasonPreemption, 20*time.Second+50*time.Millisecond, 19*time.Second),
+			},
+			want: Usage{
+				Received: 20*time.Second + 100*time.Millisecond, Completed: 20 * time.Second,
+				TurnStart: now.Add(-100 * time.Millisecond), MoveCost: 3050 * time.Millisecond,
+			},
+		},
+		{
 			name: "failed moves change nothing",
 			pod:  running("a", 1, "10Gi", 0, 10*time.Minute),
 			cks: []*kv1.GPUCheckpoint{func() *kv1.GPUCheckpoint {

@@ -28,10 +28,11 @@ type Usage struct {
 	MoveCost time.Duration
 }
 
-// change is a move of the pod onto its GPUs or off them.
+// change is a move of the pod onto its GPUs or off them: began is when the action started, at
+// when it took effect.
 type change struct {
-	at       time.Time
-	resident bool
+	began, at time.Time
+	resident  bool
 }
 
 // Resident reports whether the pod is on its GPUs now.
@@ -41,7 +42,10 @@ func (u Usage) Resident() bool { return !u.TurnStart.IsZero() }
 //
 // A pod is on its GPUs from its start until a Suspend or Checkpoint begins (the process stops at
 // its first step, Lock), and again from the end of a Resume or Restore. Failed actions move
-// nothing. Whether the pod is resident now is the pod's own kybernate.io/state.
+// nothing. The agent runs one action of a pod at a time, so the actions are taken in the order
+// they began; a time stamp out of that order (an end written a moment after the next action's
+// start) shortens an interval to nothing rather than reordering the moves. Whether the pod is
+// resident now is the pod's own kybernate.io/state.
 func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 	var u Usage
 	if pod.Status.StartTime == nil {
@@ -55,38 +59,40 @@ func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 		}
 		switch ck.Spec.Action {
 		case kv1.ActionSuspend, kv1.ActionCheckpoint:
-			changes = append(changes, change{at: started(ck), resident: false})
+			changes = append(changes, change{began: started(ck), at: started(ck), resident: false})
 			if ck.Spec.Action == kv1.ActionSuspend && (lastSuspend == nil || started(ck).After(started(lastSuspend))) {
 				lastSuspend = ck
 			}
 		case kv1.ActionResume, kv1.ActionRestore:
-			changes = append(changes, change{at: completed(ck), resident: true})
+			changes = append(changes, change{began: started(ck), at: completed(ck), resident: true})
 			if ck.Spec.Action == kv1.ActionResume && (lastResume == nil || completed(ck).After(completed(lastResume))) {
 				lastResume = ck
 			}
 		}
 	}
-	slices.SortStableFunc(changes, func(a, b change) int { return a.at.Compare(b.at) })
+	slices.SortStableFunc(changes, func(a, b change) int { return a.began.Compare(b.began) })
 
 	since, resident := pod.Status.StartTime.Time, true
 	for _, c := range changes {
 		if c.resident == resident {
 			continue
 		}
+		at := maxTime(c.at, since)
 		if resident {
-			u.Completed += c.at.Sub(since)
+			u.Completed += at.Sub(since)
 		}
-		since, resident = c.at, c.resident
+		since, resident = at, c.resident
 	}
 	u.Received = u.Completed
 	if gpushare.Resident(pod) && pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
 		if !resident {
 			// The pod is back on its GPUs but the Resume that brought it is not seen yet:
 			// the turn began when the agent marked it resident, else now.
-			since = now
-			if at := residentAt(pod); at.After(latest(changes)) && at.Before(now) {
-				since = at
+			at := residentAt(pod)
+			if !at.After(since) || !at.Before(now) {
+				at = now
 			}
+			since = at
 		}
 		u.TurnStart = since
 		if now.After(since) {
@@ -97,14 +103,6 @@ func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 		u.MoveCost = duration(lastSuspend) + duration(lastResume)
 	}
 	return u
-}
-
-// latest is the time of the last of the sorted changes, zero without one.
-func latest(changes []change) time.Time {
-	if len(changes) == 0 {
-		return time.Time{}
-	}
-	return changes[len(changes)-1].at
 }
 
 // residentAt is when the pod's kybernate.io/GPUResident condition last turned True.
