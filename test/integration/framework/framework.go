@@ -17,8 +17,8 @@
 //	KYBERNATE_REAL_NODE         with KYBERNATE_KUBECONFIG: the cluster's real node (MainWithRealNode)
 //	KYBERNATE_KEEP_CLUSTER=true leave the started cluster running (its folder is printed)
 //	KYBERNATE_NODES, KYBERNATE_GPUS_PER_NODE, KYBERNATE_GPU_MODELS  passed to cluster-up
-//	CI=true                     a control plane that cannot be built fails the tests
-//	                            instead of skipping them
+//	CI=true                     (test/ci) a control plane that cannot be built, or a real
+//	                            node that cannot start, fails the tests instead of skipping them
 package framework
 
 import (
@@ -39,6 +39,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 // Cluster is a running control plane and clients for it.
@@ -71,7 +73,7 @@ var (
 func Get(t testing.TB) *Cluster {
 	t.Helper()
 	if skipReason != "" {
-		t.Skip(skipReason)
+		ci.Skip(t, skipReason)
 	}
 	if cluster == nil {
 		t.Fatal("framework: no cluster; call framework.Main(m) from TestMain")
@@ -117,7 +119,7 @@ func run(m *testing.M) int {
 	// first, or give go test a -timeout that covers it).
 	if err := build(root); err != nil {
 		msg := fmt.Sprintf("framework: cannot build the control plane: hack/build-controlplane.sh: %v", err)
-		if inCI() {
+		if ci.Enabled() {
 			fmt.Fprintln(os.Stderr, msg+"\nCI is set: failing instead of skipping")
 			return 1
 		}
@@ -168,7 +170,7 @@ func run(m *testing.M) int {
 		case err == nil:
 			cluster.realNode = name
 			code = m.Run()
-		case skip && !inCI():
+		case skip && !ci.Enabled():
 			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
 			skipReason = fmt.Sprintf("these tests need a real node on this machine: %v; in CI this is a failure", err)
 			code = m.Run()
@@ -275,8 +277,6 @@ func packageName() string {
 	}
 	return filepath.Base(wd)
 }
-
-func inCI() bool { return boolEnv("CI") }
 
 func boolEnv(name string) bool {
 	v, err := strconv.ParseBool(os.Getenv(name))
