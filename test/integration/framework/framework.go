@@ -18,7 +18,10 @@
 //	KYBERNATE_KEEP_CLUSTER=true leave the started cluster running (its folder is printed)
 //	KYBERNATE_NODES, KYBERNATE_GPUS_PER_NODE, KYBERNATE_GPU_MODELS  passed to cluster-up
 //	CI=true                     (test/ci) a control plane that cannot be built, or a real
-//	                            node that cannot start, fails the tests instead of skipping them
+//	                            node that cannot start, fails the tests instead of skipping them;
+//	                            Kybernate's binaries are built with -race
+//	KYBERNATE_RACE=true|false   build them with -race, or not, whatever CI says; a data race
+//	                            in a component's log fails the package
 package framework
 
 import (
@@ -111,7 +114,10 @@ func run(m *testing.M) int {
 		}
 		cluster.realNode = os.Getenv("KYBERNATE_REAL_NODE")
 		code := m.Run()
-		stopComponents()
+		if err := stopComponents(); err != nil {
+			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+			code = 1
+		}
 		return code
 	}
 
@@ -180,7 +186,11 @@ func run(m *testing.M) int {
 	} else {
 		code = m.Run()
 	}
-	stopComponents() // before the cluster they talk to goes away
+	// Before the cluster they talk to goes away.
+	if err := stopComponents(); err != nil {
+		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+		code = 1
+	}
 	if nodeStarted && !keep {
 		if err := stopRealNode(root, dir, code == 0); err != nil {
 			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
