@@ -228,10 +228,21 @@ func preflight(criu, dir string) error {
 		return fmt.Errorf("criu dump of a sleep did not finish within 20s on kernel %s (criu dump hangs on some kernel builds, checkpoint-restore/criu issue #162)", ci.KernelRelease())
 	}
 	if err != nil {
-		return fmt.Errorf("CRIU cannot dump a sleep on kernel %s: %s: %w: %s", ci.KernelRelease(), criu, err, strings.TrimSpace(string(out)))
+		// criu writes its errors to dump.log; its output is mostly empty.
+		log, _ := os.ReadFile(filepath.Join(images, "dump.log"))
+		return fmt.Errorf("CRIU cannot dump a sleep on kernel %s: %s: %w%s%s", ci.KernelRelease(), criu, err, tailOf(out), tailOf(log))
 	}
 	fmt.Fprintf(os.Stderr, "e2e: preflight: criu dump of a sleep took %s\n", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// tailOf is ": " and the last line of a command's output, or "" when it printed nothing.
+func tailOf(out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if last := lines[len(lines)-1]; last != "" {
+		return ": " + last
+	}
+	return ""
 }
 
 func containers(t *testing.T) containersapi.ContainersClient {

@@ -135,7 +135,7 @@ func criuPreflight(t *testing.T, c *framework.Cluster) string {
 	case ctx.Err() != nil:
 		return fmt.Sprintf("criu dump of a sleep did not finish within 20s on kernel %s (checkpoint-restore/criu#162)", ci.KernelRelease())
 	case err != nil:
-		return fmt.Sprintf("criu dump of a sleep failed on kernel %s: %v: %s", ci.KernelRelease(), err, bytes.TrimSpace(out))
+		return fmt.Sprintf("criu dump of a sleep failed on kernel %s: %v (criu's output: %q)", ci.KernelRelease(), err, bytes.TrimSpace(out))
 	}
 	return ""
 }
