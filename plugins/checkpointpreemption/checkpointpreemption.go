@@ -38,19 +38,17 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
+	kclient "github.com/kybernate/kybernate/apis/kybernate/client"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/resume"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
 const Name = "CheckpointPreemption"
-
-// LabelPreemptor is set on the GPUCheckpoints a preemption creates: the preemptor's UID.
-const LabelPreemptor = "kybernate.io/preemptor-uid"
 
 // CheckpointPreemption suspends lower-priority GPU pods to make room for a GPU pod.
 type CheckpointPreemption struct {
@@ -81,7 +79,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(gpushare.CRDConfig(fh.KubeConfig()))
+	client, err := versioned.NewForConfig(kclient.CRDConfig(fh.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
@@ -93,7 +91,7 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 		fh.SharedInformerFactory().Core().V1().Nodes(), gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
 		return nil, fmt.Errorf("starting the resume controller: %w", err)
 	}
-	if err := gpushare.StartInformers(ctx, factory); err != nil {
+	if err := kclient.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 	registerMetrics()
@@ -140,9 +138,9 @@ func isPreemptorOf(_ klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.Queue
 	var preemptor string
 	switch o := newObj.(type) {
 	case *kv1.GPUCheckpoint:
-		preemptor = o.Labels[LabelPreemptor]
+		preemptor = o.Labels[kv1.LabelPreemptor]
 	case *unstructured.Unstructured:
-		preemptor = o.GetLabels()[LabelPreemptor]
+		preemptor = o.GetLabels()[kv1.LabelPreemptor]
 	default:
 		return fwk.Queue, fmt.Errorf("unexpected object %T in a GPUCheckpoint event", newObj)
 	}
@@ -156,7 +154,7 @@ func isPreemptorOf(_ klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.Queue
 // to the next PostFilter plugin (DefaultPreemption). For GPU pods a failure is final for this
 // cycle (UnschedulableAndUnresolvable), so that no later plugin deletes pods to make room.
 func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, m framework.NodeToStatusReader) (*framework.PostFilterResult, *fwk.Status) {
-	d, err := gpushare.PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil || d.Count == 0 {
 		preemptionAttempts.WithLabelValues(outcomeNotGPUPod).Inc()
 		return nil, fwk.NewStatus(fwk.Unschedulable, "not a GPU pod")
@@ -180,7 +178,7 @@ func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleS
 
 // PostBind records how long a pod that suspended others waited from its creation to its binding.
 func (pl *CheckpointPreemption) PostBind(_ context.Context, _ fwk.CycleState, pod *v1.Pod, _ string) {
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(pod.UID)}))
 	if err != nil || len(cks) == 0 {
 		return
 	}
@@ -225,7 +223,7 @@ func (pl *CheckpointPreemption) PodEligibleToPreemptOthers(_ context.Context, po
 
 // inFlight counts the GPUCheckpoints made for the preemptor that have not ended.
 func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(pod.UID)}))
 	if err != nil {
 		return 0
 	}
@@ -242,7 +240,7 @@ func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
 // fail again, so they are no victims of it.
 func (pl *CheckpointPreemption) failedSuspensions(preemptor *v1.Pod) sets.Set[types.UID] {
 	failed := sets.New[types.UID]()
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(preemptor.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(preemptor.UID)}))
 	if err != nil {
 		return failed
 	}
@@ -388,7 +386,7 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      checkpointName(victim, preemptor),
 			Namespace: victim.Namespace,
-			Labels:    map[string]string{LabelPreemptor: string(preemptor.UID)},
+			Labels:    map[string]string{kv1.LabelPreemptor: string(preemptor.UID)},
 			// Gone with the pod.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: victim.Name, UID: victim.UID}},
 		},

@@ -61,7 +61,7 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 )
@@ -78,22 +78,6 @@ const (
 	rescan = 5 * time.Second
 )
 
-// Names the controller writes.
-const (
-	// LabelMigrationOf is on the GPUCheckpoints of a migration: the UID of the pod that moves.
-	LabelMigrationOf = "kybernate.io/migration-of"
-	// AnnotationResult is on a migration's Checkpoint once the controller is done with it:
-	// Succeeded, Failed or Abandoned.
-	AnnotationResult = "kybernate.io/migration-result"
-)
-
-// Results of a migration.
-const (
-	ResultSucceeded = "Succeeded"
-	ResultFailed    = "Failed"
-	ResultAbandoned = "Abandoned"
-)
-
 // Event reasons, on the pod that moves and on its replacement.
 const (
 	EventMigrating          = "Migrating"
@@ -104,11 +88,6 @@ const (
 )
 
 const scanKey = "*"
-
-// simulatedProgress is the progress counter the simulated agent writes on the pods of kwok
-// nodes (sim.AnnotationProgress): an output about the original, not copied; the replacement's
-// comes from its image.
-const simulatedProgress = "sim.kybernate.io/progress"
 
 // Controller migrates suspended pods.
 type Controller struct {
@@ -240,7 +219,7 @@ func (c *Controller) syncKey(ctx context.Context, key string) error {
 // candidate is a suspended pod that may move.
 type candidate struct {
 	pod        *v1.Pod
-	demand     gpushare.Demand
+	demand     gpupod.Demand
 	suspension *kv1.GPUCheckpoint
 	waited     time.Duration
 	bytes      int64
@@ -268,7 +247,7 @@ func (c *Controller) scan(ctx context.Context) error {
 		}
 		return int(b.waited - a.waited)
 	})
-	accs := map[string]*gpushare.Accounting{}
+	accs := map[string]*gpupod.Accounting{}
 	for _, cand := range cands {
 		from := cand.pod.Spec.NodeName
 		src, err := c.gpuNodes.Get(from)
@@ -279,7 +258,7 @@ func (c *Controller) scan(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		gpus := gpushare.AssignedGPUs(cand.pod)
+		gpus := gpupod.AssignedGPUs(cand.pod)
 		if accA.FitsSlotHeld(cand.demand, gpus) {
 			continue // the resume controller brings it back where it is
 		}
@@ -331,8 +310,8 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 	if metav1.GetControllerOf(pod) != nil || len(pod.Spec.Containers) != 1 {
 		return candidate{}, false
 	}
-	d, err := gpushare.PodDemand(pod)
-	if err != nil || d.Count == 0 || len(gpushare.AssignedGPUs(pod)) != d.Count {
+	d, err := gpupod.PodDemand(pod)
+	if err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count {
 		return candidate{}, false
 	}
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
@@ -354,7 +333,7 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 		if ck.Spec.Action != kv1.ActionCheckpoint || ck.Spec.Reason != kv1.ReasonMigration || ck.CreationTimestamp.Time.Before(endedAt(suspension)) {
 			continue
 		}
-		if ck.Annotations[AnnotationResult] == "" && ck.Status.Phase == kv1.PhaseSucceeded {
+		if ck.Annotations[kv1.AnnotationMigrationResult] == "" && ck.Status.Phase == kv1.PhaseSucceeded {
 			return candidate{}, false // being finished by syncPod
 		}
 		attempt++
@@ -396,7 +375,7 @@ func (r Requirements) Compatible(gn *kv1.GPUNode) (bool, string) {
 
 // target picks the node and GPUs a pod moves to: the first node by name that meets want,
 // admits the pod and has room now; "" when none.
-func (c *Controller) target(pod *v1.Pod, d gpushare.Demand, want Requirements, accs map[string]*gpushare.Accounting) (string, []string, error) {
+func (c *Controller) target(pod *v1.Pod, d gpupod.Demand, want Requirements, accs map[string]*gpupod.Accounting) (string, []string, error) {
 	gns, err := c.gpuNodes.List(labels.Everything())
 	if err != nil {
 		return "", nil, err
@@ -435,7 +414,7 @@ func (c *Controller) target(pod *v1.Pod, d gpushare.Demand, want Requirements, a
 
 // accounting returns the GPU accounting of a node: its pods, the GPUs nominated preemptors
 // will take, and the pods on their way there (migrations in flight).
-func (c *Controller) accounting(node string, accs map[string]*gpushare.Accounting) (*gpushare.Accounting, error) {
+func (c *Controller) accounting(node string, accs map[string]*gpupod.Accounting) (*gpupod.Accounting, error) {
 	if acc, ok := accs[node]; ok {
 		return acc, nil
 	}
@@ -447,7 +426,7 @@ func (c *Controller) accounting(node string, accs map[string]*gpushare.Accountin
 	if err != nil {
 		return nil, err
 	}
-	acc := gpushare.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, onNode)
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
 		return nil, err
@@ -456,7 +435,7 @@ func (c *Controller) accounting(node string, accs map[string]*gpushare.Accountin
 		if p.Spec.NodeName != "" {
 			continue
 		}
-		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
+		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, config.MostAllocated); uuids != nil {
 				acc.Take(d, uuids)
 			}
@@ -470,7 +449,7 @@ func (c *Controller) accounting(node string, accs map[string]*gpushare.Accountin
 		if s := kv1.PodGPUState(p.Annotations[kv1.AnnotationState]); s != kv1.PodCheckpointing && s != kv1.PodCheckpointed {
 			continue
 		}
-		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
+		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, config.MostAllocated); uuids != nil {
 				acc.Take(d, uuids)
 			}
@@ -484,13 +463,14 @@ func (c *Controller) accounting(node string, accs map[string]*gpushare.Accountin
 func (c *Controller) start(ctx context.Context, cand candidate, target string, estimate time.Duration) error {
 	logger := klog.FromContext(ctx)
 	pod := cand.pod
+	mark := map[string]string{kv1.AnnotationMigrateTo: target}
+	if err := gpupod.SetState(mark, gpupod.StateOf(pod), kv1.PodCheckpointing); err != nil {
+		return fmt.Errorf("pod %s: %w", klog.KObj(pod), err)
+	}
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		// The pod must still be the one we looked at: a conflict means someone else acted.
 		"resourceVersion": pod.ResourceVersion,
-		"annotations": map[string]string{
-			kv1.AnnotationState:     string(kv1.PodCheckpointing),
-			kv1.AnnotationMigrateTo: target,
-		},
+		"annotations":     mark,
 	}})
 	if err != nil {
 		return err
@@ -505,7 +485,7 @@ func (c *Controller) start(ctx context.Context, cand candidate, target string, e
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        checkpointName(pod, cand.suspension, cand.attempt),
 			Namespace:   pod.Namespace,
-			Labels:      map[string]string{LabelMigrationOf: string(pod.UID)},
+			Labels:      map[string]string{kv1.LabelMigrationOf: string(pod.UID)},
 			Annotations: map[string]string{kv1.AnnotationMigrateTo: target},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID,
@@ -520,7 +500,7 @@ func (c *Controller) start(ctx context.Context, cand candidate, target string, e
 	}
 	created, err := c.kybernate.KybernateV1alpha1().GPUCheckpoints(pod.Namespace).Create(ctx, ck, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
-		if uerr := c.backToSuspended(ctx, pod); uerr != nil {
+		if uerr := c.backToSuspended(ctx, pod, kv1.PodCheckpointing); uerr != nil {
 			logger.Error(uerr, "Could not undo the Checkpointing mark", "pod", klog.KObj(pod))
 		}
 		return fmt.Errorf("requesting the checkpoint of pod %s: %w", klog.KObj(pod), err)
@@ -553,7 +533,7 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 			ck = x
 		}
 	}
-	if ck == nil || ck.Annotations[AnnotationResult] != "" || !ended(ck) {
+	if ck == nil || ck.Annotations[kv1.AnnotationMigrationResult] != "" || !ended(ck) {
 		return nil
 	}
 	target := ck.Annotations[kv1.AnnotationMigrateTo]
@@ -564,11 +544,11 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 		migrations.WithLabelValues("CheckpointFailed").Inc()
 		if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) == kv1.PodCheckpointing {
 			// The agent never took it on; release the mark.
-			if err := c.backToSuspended(ctx, pod); err != nil {
+			if err := c.backToSuspended(ctx, pod, kv1.PodCheckpointing); err != nil {
 				return err
 			}
 		}
-		return c.markResult(ctx, ck, ResultFailed)
+		return c.markResult(ctx, ck, kv1.MigrationFailed)
 	}
 
 	replName := replacementName(pod, ck)
@@ -581,7 +561,7 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
-	if repl != nil && repl.Annotations[kv1.AnnotationMigratedFrom] != migratedFrom(pod) {
+	if repl != nil && repl.Annotations[kv1.AnnotationMigratedFrom] != gpupod.FormatMigratedFrom(pod) {
 		return c.abandon(ctx, pod, ck, fmt.Sprintf("a pod %s/%s that is not its replacement exists", ns, replName))
 	}
 
@@ -596,12 +576,12 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 		if err := c.client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			return fmt.Errorf("deleting the migrated pod %s: %w", klog.KObj(pod), err)
 		}
-		migrations.WithLabelValues(ResultSucceeded).Inc()
+		migrations.WithLabelValues(kv1.MigrationSucceeded).Inc()
 		duration.Observe(c.now().Sub(ck.CreationTimestamp.Time).Seconds())
 		movedBytes.Add(float64(ck.Status.BytesMoved))
 		logger.V(2).Info("Migrated pod", "pod", klog.KObj(pod), "replacement", klog.KObj(repl), "node", repl.Spec.NodeName,
 			"duration", c.now().Sub(ck.CreationTimestamp.Time))
-		if err := c.markResult(ctx, ck, ResultSucceeded); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.markResult(ctx, ck, kv1.MigrationSucceeded); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
 		return nil
@@ -620,14 +600,14 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 				return fmt.Errorf("deleting replacement %s after its restore failed: %w", klog.KObj(repl), err)
 			}
 		}
-		if err := c.backToSuspended(ctx, pod); err != nil {
+		if err := c.backToSuspended(ctx, pod, gpupod.StateOf(pod)); err != nil {
 			return err
 		}
 		c.recorder.Eventf(pod, ck, v1.EventTypeWarning, EventMigrationFailed, "Migrate",
 			"Restore on node %s failed, replacement %s deleted; the pod stays suspended on node %s (image kept at %s): %s",
 			target, replName, pod.Spec.NodeName, ck.Status.ImageLocation, msg)
 		migrations.WithLabelValues("RestoreFailed").Inc()
-		return c.markResult(ctx, ck, ResultFailed)
+		return c.markResult(ctx, ck, kv1.MigrationFailed)
 
 	case repl != nil && restore == nil:
 		return c.createRestore(ctx, pod, repl, ck, restoreName)
@@ -644,12 +624,12 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 	if img == nil || img.Digest == "" || ck.Status.ImageLocation == "" {
 		return c.abandon(ctx, pod, ck, "the agent reported no verified image")
 	}
-	d, err := gpushare.PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil {
 		return c.abandon(ctx, pod, ck, err.Error())
 	}
 	want := Requirements{Model: img.GPUModel, DriverVersion: img.DriverVersion, CUDADriverVersion: img.CUDADriverVersion, Simulated: img.Simulated}
-	accs := map[string]*gpushare.Accounting{}
+	accs := map[string]*gpupod.Accounting{}
 	node, uuids := "", []string(nil)
 	// The node chosen at the start first; any other that meets the image's needs else.
 	if gn, err := c.gpuNodes.Get(target); err == nil {
@@ -685,7 +665,7 @@ func (c *Controller) syncPod(ctx context.Context, ns, name string) error {
 }
 
 // accountingWithout is the accounting of node without the pod's own migration mark.
-func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string]*gpushare.Accounting) (*gpushare.Accounting, error) {
+func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string]*gpupod.Accounting) (*gpupod.Accounting, error) {
 	// The pod itself is counted on its target by accounting (migrations in flight); give its
 	// GPUs back by computing without it.
 	gn, err := c.gpuNodes.Get(node)
@@ -696,7 +676,7 @@ func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string
 	if err != nil {
 		return nil, err
 	}
-	acc := gpushare.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, onNode)
 	for _, obj := range c.pods.List() {
 		p := obj.(*v1.Pod)
 		if p.UID == pod.UID || p.Annotations[kv1.AnnotationMigrateTo] != node || p.DeletionTimestamp != nil {
@@ -705,7 +685,7 @@ func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string
 		if s := kv1.PodGPUState(p.Annotations[kv1.AnnotationState]); s != kv1.PodCheckpointing && s != kv1.PodCheckpointed {
 			continue
 		}
-		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
+		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, config.MostAllocated); uuids != nil {
 				acc.Take(d, uuids)
 			}
@@ -721,8 +701,8 @@ func (c *Controller) createRestore(ctx context.Context, pod, repl *v1.Pod, ck *k
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        name,
 			Namespace:   pod.Namespace,
-			Labels:      map[string]string{LabelMigrationOf: string(pod.UID)},
-			Annotations: map[string]string{kv1.AnnotationMigratedFrom: migratedFrom(pod)},
+			Labels:      map[string]string{kv1.LabelMigrationOf: string(pod.UID)},
+			Annotations: map[string]string{kv1.AnnotationMigratedFrom: gpupod.FormatMigratedFrom(pod)},
 			// Owned by the original: it outlives a failed replacement, so that the failure is
 			// remembered, and goes with the original once the move is done.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID}},
@@ -733,7 +713,7 @@ func (c *Controller) createRestore(ctx context.Context, pod, repl *v1.Pod, ck *k
 			Action:     kv1.ActionRestore,
 			Reason:     kv1.ReasonMigration,
 			Image:      ck.Status.ImageLocation,
-			TargetGPUs: gpushare.AssignedGPUs(repl),
+			TargetGPUs: gpupod.AssignedGPUs(repl),
 		},
 	}
 	if _, err := c.kybernate.KybernateV1alpha1().GPUCheckpoints(pod.Namespace).Create(ctx, rck, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -745,24 +725,30 @@ func (c *Controller) createRestore(ctx context.Context, pod, repl *v1.Pod, ck *k
 // abandon gives a migration up after its image was written: the pod stays suspended on its
 // node; the image stays too.
 func (c *Controller) abandon(ctx context.Context, pod *v1.Pod, ck *kv1.GPUCheckpoint, why string) error {
-	if err := c.backToSuspended(ctx, pod); err != nil {
+	if err := c.backToSuspended(ctx, pod, gpupod.StateOf(pod)); err != nil {
 		return err
 	}
 	c.recorder.Eventf(pod, ck, v1.EventTypeWarning, EventMigrationAbandoned, "Migrate",
 		"Move to node %s given up, the pod stays suspended on node %s: %s", ck.Annotations[kv1.AnnotationMigrateTo], pod.Spec.NodeName, why)
 	klog.FromContext(ctx).V(2).Info("Migration abandoned", "pod", klog.KObj(pod), "reason", why)
-	migrations.WithLabelValues(ResultAbandoned).Inc()
-	return c.markResult(ctx, ck, ResultAbandoned)
+	migrations.WithLabelValues(kv1.MigrationAbandoned).Inc()
+	return c.markResult(ctx, ck, kv1.MigrationAbandoned)
 }
 
-// backToSuspended puts a pod that was marked for a migration back to Suspended.
-func (c *Controller) backToSuspended(ctx context.Context, pod *v1.Pod) error {
+// backToSuspended puts a pod that was marked for a migration (in state from) back to
+// Suspended and removes the mark. A pod that is Suspended already, or in a state from which
+// the state machine does not lead back to Suspended, only loses the mark.
+func (c *Controller) backToSuspended(ctx context.Context, pod *v1.Pod, from kv1.PodGPUState) error {
+	ann := map[string]any{kv1.AnnotationMigrateTo: nil}
+	state := map[string]string{}
+	if err := gpupod.SetState(state, from, kv1.PodSuspended); err == nil {
+		ann[kv1.AnnotationState] = state[kv1.AnnotationState]
+	} else if from != kv1.PodSuspended {
+		klog.FromContext(ctx).Info("Leaving the pod's GPU state as it is", "pod", klog.KObj(pod), "err", err)
+	}
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-		"uid": pod.UID,
-		"annotations": map[string]any{
-			kv1.AnnotationState:     string(kv1.PodSuspended),
-			kv1.AnnotationMigrateTo: nil,
-		},
+		"uid":         pod.UID,
+		"annotations": ann,
 	}})
 	if err != nil {
 		return err
@@ -774,7 +760,7 @@ func (c *Controller) backToSuspended(ctx context.Context, pod *v1.Pod) error {
 }
 
 func (c *Controller) markResult(ctx context.Context, ck *kv1.GPUCheckpoint, result string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnotationResult: result}}})
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{kv1.AnnotationMigrationResult: result}}})
 	if err != nil {
 		return err
 	}
@@ -804,12 +790,9 @@ func Replacement(pod *v1.Pod, name, node string, gpus []string, image string) *v
 		}
 	}
 	for k, v := range pod.Annotations {
-		switch k {
-		case kv1.AnnotationGPUs, kv1.AnnotationState, kv1.AnnotationGPUTime, kv1.AnnotationMigrateTo, kv1.AnnotationRestoreFrom,
-			kv1.AnnotationMigratedFrom, simulatedProgress:
-			continue
+		if !gpupod.IsOutput(k) {
+			r.Annotations[k] = v
 		}
-		r.Annotations[k] = v
 	}
 	for _, o := range pod.OwnerReferences {
 		if o.Controller == nil || !*o.Controller {
@@ -817,9 +800,11 @@ func Replacement(pod *v1.Pod, name, node string, gpus []string, image string) *v
 		}
 	}
 	r.Annotations[kv1.AnnotationRestoreFrom] = image
-	r.Annotations[kv1.AnnotationGPUs] = strings.Join(gpus, ",")
-	r.Annotations[kv1.AnnotationState] = string(kv1.PodRestoring)
-	r.Annotations[kv1.AnnotationMigratedFrom] = migratedFrom(pod)
+	r.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(gpus)
+	// The replacement continues the checkpointed pod: Checkpointed -> Restoring, which the
+	// state machine allows (gpupod's table test).
+	_ = gpupod.SetState(r.Annotations, kv1.PodCheckpointed, kv1.PodRestoring)
+	r.Annotations[kv1.AnnotationMigratedFrom] = gpupod.FormatMigratedFrom(pod)
 	r.Spec.NodeName = node
 	r.Spec.EphemeralContainers = nil
 	r.Spec.SchedulingGates = nil
@@ -827,16 +812,9 @@ func Replacement(pod *v1.Pod, name, node string, gpus []string, image string) *v
 	return r
 }
 
-func migratedFrom(pod *v1.Pod) string {
-	return pod.Namespace + "/" + pod.Name + "/" + string(pod.UID)
-}
-
 func parseMigratedFrom(s string) (ns, name string, uid types.UID, ok bool) {
-	parts := strings.Split(s, "/")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" {
-		return "", "", "", false
-	}
-	return parts[0], parts[1], types.UID(parts[2]), true
+	ns, name, uid, err := gpupod.ParseMigratedFrom(s)
+	return ns, name, uid, err == nil
 }
 
 // replacementName is <name>-m<5 characters of the checkpoint's UID>, within 63 characters

@@ -222,7 +222,7 @@ func TestReplacement(t *testing.T) {
 	orig.Annotations[kv1.AnnotationGPUMemory] = "10Gi"
 	orig.Annotations[kv1.AnnotationMigrateTo] = "b"
 	orig.Annotations[kv1.AnnotationGPUTime] = "3m"
-	orig.Annotations[simulatedProgress] = "42"
+	orig.Annotations[kv1.AnnotationSimulatedProgress] = "42"
 	orig.OwnerReferences = []metav1.OwnerReference{{Kind: "ConfigMap", Name: "cm", UID: "cm"}}
 	r := Replacement(orig, "train-mabcde", "b", []string{"GPU-b"}, "/images/ns/train-x")
 	want := map[string]string{

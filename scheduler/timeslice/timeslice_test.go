@@ -255,8 +255,8 @@ func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckp
 			preemptor := ""
 			if ck.Spec.Preemptor != nil {
 				preemptor = ck.Spec.Preemptor.Name
-				if ck.Labels[LabelPreemptor] != string(ck.Spec.Preemptor.UID) {
-					t.Errorf("GPUCheckpoint %s: label %s = %q, want the preemptor's UID", ck.Name, LabelPreemptor, ck.Labels[LabelPreemptor])
+				if ck.Labels[kv1.LabelPreemptor] != string(ck.Spec.Preemptor.UID) {
+					t.Errorf("GPUCheckpoint %s: label %s = %q, want the preemptor's UID", ck.Name, kv1.LabelPreemptor, ck.Labels[kv1.LabelPreemptor])
 				}
 			}
 			got.Suspended[ck.Spec.PodName] = preemptor
