@@ -38,13 +38,12 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
-	kclient "github.com/kybernate/kybernate/apis/kybernate/client"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
-	"github.com/kybernate/kybernate/scheduler/resume"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -79,19 +78,16 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(kclient.CRDConfig(fh.KubeConfig()))
+	client, err := versioned.NewForConfig(connect.CRDConfig(fh.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
-	// The controller that resumes the pods this plugin suspends runs in the same process.
-	if err := resume.Start(ctx, fh.ClientSet(), client, fh.SharedInformerFactory().Core().V1().Pods(),
-		fh.SharedInformerFactory().Core().V1().Nodes(), gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
-		return nil, fmt.Errorf("starting the resume controller: %w", err)
-	}
-	if err := kclient.StartInformers(ctx, factory); err != nil {
+	gpuNodes.Informer() // register before Start
+	checkpoints.Informer()
+	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 	registerMetrics()

@@ -26,10 +26,10 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
-	kclient "github.com/kybernate/kybernate/apis/kybernate/client"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
 )
@@ -67,14 +67,14 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	if err := validation.ValidateGPUShareArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(kclient.CRDConfig(h.KubeConfig()))
+	client, err := versioned.NewForConfig(connect.CRDConfig(h.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	gpuNodes.Informer() // register before Start
-	if err := kclient.StartInformers(ctx, factory); err != nil {
+	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 

@@ -101,14 +101,14 @@ type Controller struct {
 	ckLister    listers.GPUCheckpointLister
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
-	args        config.CheckpointPreemptionArgs
+	args        config.ControllerConfiguration
 	now         func() time.Time
 }
 
 // New wires the controller to informers that the caller starts; call it before they run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	args config.CheckpointPreemptionArgs) (*Controller, error) {
+	args config.ControllerConfiguration) (*Controller, error) {
 	if err := index.AddPodIndexes(pods.Informer()); err != nil {
 		return nil, err
 	}

@@ -139,6 +139,9 @@ func (c *Controller) podChanged(old, pod *v1.Pod) {
 	}
 }
 
+// ShutDown stops the work queue; Run returns once the current item is done.
+func (c *Controller) ShutDown() { c.queue.ShutDown() }
+
 // Run processes nodes until ctx ends (the lease is lost); it may run again later.
 func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrashWithContext(ctx)

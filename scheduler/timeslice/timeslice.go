@@ -60,7 +60,7 @@ type Controller struct {
 	checkpoints cache.Indexer
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
-	args        config.CheckpointPreemptionArgs
+	args        config.ControllerConfiguration
 	strategy    config.ScoringStrategyType
 	now         func() time.Time
 }
@@ -69,7 +69,7 @@ type Controller struct {
 // run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	args config.CheckpointPreemptionArgs) (*Controller, error) {
+	args config.ControllerConfiguration) (*Controller, error) {
 	if err := index.AddPodIndexes(pods.Informer()); err != nil {
 		return nil, err
 	}

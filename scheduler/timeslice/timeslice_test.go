@@ -25,7 +25,7 @@ const gi = int64(1) << 30
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-var args = config.CheckpointPreemptionArgs{
+var args = config.ControllerConfiguration{
 	TimeSliceQuantum:          metav1.Duration{Duration: time.Minute},
 	TimeSliceMinQuantumFactor: 10,
 }

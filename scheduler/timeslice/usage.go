@@ -117,7 +117,7 @@ func residentAt(pod *v1.Pod) time.Time {
 // Quantum is how long the pod's turn lasts: the configured quantum, but never less than the
 // floor factor times the pod's measured suspend+resume time (so that at most about 1/factor of
 // the GPU's time goes to moving memory), nor less than the pod's kybernate.io/min-runtime.
-func Quantum(args config.CheckpointPreemptionArgs, pod *v1.Pod, u Usage) time.Duration {
+func Quantum(args config.ControllerConfiguration, pod *v1.Pod, u Usage) time.Duration {
 	q := max(args.TimeSliceQuantum.Duration, time.Duration(args.TimeSliceMinQuantumFactor)*u.MoveCost)
 	minRuntime := args.DefaultMinRuntime.Duration
 	if d, set, err := gpupod.MinRuntime(pod); err == nil && set && d > 0 {

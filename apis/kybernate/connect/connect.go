@@ -1,7 +1,7 @@
-// Package client connects processes to the kybernate.io API through the generated clientset
+// Package connect connects processes to the kybernate.io API through the generated clientset
 // and informers next to it: a client config that custom resources understand, and a bounded
 // first sync of informers.
-package client
+package connect
 
 import (
 	"context"
