@@ -54,6 +54,7 @@ import (
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
+	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
 )
 
 const (
@@ -99,10 +100,7 @@ type Controller struct {
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
 	args config.ControllerConfiguration) (*Controller, error) {
-	if err := index.AddPodIndexes(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
 	c := &Controller{
@@ -118,12 +116,9 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		args:        args,
 		now:         time.Now,
 	}
-	c.queue = keyqueue.New("kybernate-migrate", "Migrating pods failed", c.syncKey)
+	c.queue = skeleton.Queue("kybernate-migrate", "Migrating pods failed", c.syncKey)
 	podHandler := func(obj interface{}) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		pod, ok := obj.(*v1.Pod)
+		pod, ok := skeleton.Pod(obj)
 		if !ok {
 			return
 		}
@@ -139,11 +134,8 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	}
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, obj interface{}) {
-			o, p := old.(*v1.Pod), obj.(*v1.Pod)
-			if o.Annotations[kv1.AnnotationState] != p.Annotations[kv1.AnnotationState] || o.Status.Phase != p.Status.Phase ||
-				o.Spec.NodeName != p.Spec.NodeName || o.Annotations[kv1.AnnotationGPUs] != p.Annotations[kv1.AnnotationGPUs] ||
-				!o.DeletionTimestamp.Equal(p.DeletionTimestamp) {
-				podHandler(p)
+			if skeleton.GPUChange(old.(*v1.Pod), obj.(*v1.Pod)) {
+				podHandler(obj)
 			}
 		},
 		DeleteFunc: podHandler,

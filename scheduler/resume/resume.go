@@ -42,6 +42,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
+	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
@@ -71,10 +72,7 @@ type Controller struct {
 // called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
-	if err := index.AddPodIndexes(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
 	c := &Controller{
@@ -88,14 +86,11 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		strategy:    config.MostAllocated,
 		now:         time.Now,
 	}
-	c.queue = keyqueue.New("kybernate-resume", "Resuming pods failed", c.sync)
+	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, obj interface{}) { c.podChanged(old.(*v1.Pod), obj.(*v1.Pod)) },
 		DeleteFunc: func(obj interface{}) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if pod, ok := obj.(*v1.Pod); ok && pod.Spec.NodeName != "" {
+			if pod, ok := skeleton.Pod(obj); ok && pod.Spec.NodeName != "" {
 				c.queue.Add(pod.Spec.NodeName)
 			}
 		},
@@ -128,13 +123,7 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 // podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
 // holding VRAM, moved GPUs, finished, or a preemptor bound there.
 func (c *Controller) podChanged(old, pod *v1.Pod) {
-	if pod.Spec.NodeName == "" {
-		return
-	}
-	if old.Spec.NodeName != pod.Spec.NodeName ||
-		old.Annotations[kv1.AnnotationState] != pod.Annotations[kv1.AnnotationState] ||
-		old.Annotations[kv1.AnnotationGPUs] != pod.Annotations[kv1.AnnotationGPUs] ||
-		old.Status.Phase != pod.Status.Phase {
+	if pod.Spec.NodeName != "" && skeleton.GPUChange(old, pod) {
 		c.queue.Add(pod.Spec.NodeName)
 	}
 }

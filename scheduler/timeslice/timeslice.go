@@ -49,6 +49,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
+	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
 )
 
 // Controller rotates the turns of equal-priority pods on oversubscribed nodes.
@@ -70,10 +71,7 @@ type Controller struct {
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
 	args config.ControllerConfiguration) (*Controller, error) {
-	if err := index.AddPodIndexes(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
 	c := &Controller{
@@ -87,26 +85,16 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		strategy:    config.MostAllocated,
 		now:         time.Now,
 	}
-	c.queue = keyqueue.New("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
+	c.queue = skeleton.Queue("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
 	queuePod := func(obj interface{}) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		if pod, ok := obj.(*v1.Pod); ok {
-			if pod.Spec.NodeName != "" {
-				c.queue.Add(pod.Spec.NodeName)
-			} else if pod.Status.NominatedNodeName != "" {
-				c.queue.Add(pod.Status.NominatedNodeName)
-			}
+		if pod, ok := skeleton.Pod(obj); ok && skeleton.Node(pod) != "" {
+			c.queue.Add(skeleton.Node(pod))
 		}
 	}
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: queuePod,
 		UpdateFunc: func(old, obj interface{}) {
-			o, p := old.(*v1.Pod), obj.(*v1.Pod)
-			if o.Spec.NodeName != p.Spec.NodeName || o.Status.NominatedNodeName != p.Status.NominatedNodeName ||
-				o.Status.Phase != p.Status.Phase || o.Annotations[kv1.AnnotationState] != p.Annotations[kv1.AnnotationState] ||
-				o.Annotations[kv1.AnnotationGPUs] != p.Annotations[kv1.AnnotationGPUs] {
+			if o, p := old.(*v1.Pod), obj.(*v1.Pod); skeleton.GPUChange(o, p) {
 				queuePod(o)
 				queuePod(p)
 			}
