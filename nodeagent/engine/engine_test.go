@@ -512,9 +512,16 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 		_, err := h.e.Suspend(context.Background(), train, 0)
 		done <- err
 	}()
-	// Once the checkpoint is stuck, move the clock past its step timeout until the timer,
-	// armed around the call, fires (earlier steps' timers are stopped by then).
-	<-stuck
+	// A hang of the engine is a failure of this test, not a hang of the test binary: every
+	// wait below ends at this (real-time) guard.
+	guard := time.After(time.Minute)
+	select {
+	case <-stuck:
+	case <-guard:
+		t.Fatal("the checkpoint call was never made")
+	}
+	// Move the clock past the step timeout until the timer, armed around the call, fires
+	// (earlier steps' timers are stopped by then).
 	var err error
 	for waiting := true; waiting; {
 		if h.clock.HasWaiters() {
@@ -523,6 +530,8 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 		select {
 		case err = <-done:
 			waiting = false
+		case <-guard:
+			t.Fatal("Suspend did not return after its step timeout")
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -533,6 +542,8 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 	if CauseOf(err) != CauseStepTimeout || !strings.Contains(err.Error(), "unknown state") {
 		t.Errorf("next operation error %v, want a refusal", err)
 	}
+	// The hung call holds the fake driver until release: a rollback or unlock of the process
+	// in its unknown state would have hung Suspend (the guard) or failed the refusal above.
 }
 
 // Parked tells a checkpoint whether a pod's memory is in host memory already, and how much.
