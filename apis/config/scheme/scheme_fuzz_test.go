@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	schedconfig "k8s.io/kubernetes/pkg/scheduler/apis/config"
@@ -47,8 +46,8 @@ func FuzzPluginArgs(f *testing.F) {
 					if validation.ValidateCheckpointPreemptionArgs(path, args) != nil {
 						continue
 					}
-					if args.SuspendTimeout.Duration <= 0 || args.TimeSliceQuantum.Duration < time.Second ||
-						args.MigrationBytesPerSecond < 1<<20 || args.TimeSliceMinQuantumFactor < 1 {
+					if args.MinCandidateNodesPercentage < 0 || args.MinCandidateNodesPercentage > 100 ||
+						args.MinCandidateNodesAbsolute < 0 || args.DefaultMinRuntime.Duration < 0 {
 						t.Errorf("args %+v validated", args)
 					}
 				}
