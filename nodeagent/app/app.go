@@ -213,16 +213,6 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	return a
 }
 
-func (a *agent) engineConfig() engine.Config {
-	return engine.Config{
-		LockTimeout:       a.o.LockTimeout,
-		StepTimeout:       a.o.StepTimeout,
-		RestoreRetries:    a.o.RestoreRetries,
-		RetryBackoff:      time.Second,
-		HostMemoryReserve: a.o.HostMemoryReserve.Value(),
-	}
-}
-
 // watchCommon registers the handlers both modes have.
 func (a *agent) watchCommon() error {
 	// A deleted pod's suspended state goes with it.
@@ -288,7 +278,8 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 	if err != nil {
 		logger.Error(err, "CUDA driver not usable: GPU inventory is reported, but suspend and resume are unavailable on this node")
 	} else {
-		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, a.engineConfig(), clock.RealClock{})
+		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, engine.InventoryMemory{Inventory: a.nvml},
+			engine.SignalKiller{}, a.o.engineConfig(), clock.RealClock{})
 		a.engines.set(o.NodeName, e)
 		node.Suspended, srvNode.Engine, srvNode.Suspended = e, e, e
 		node.Busy = e.Busy
@@ -346,7 +337,7 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 			return
 		}
 		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
-		e := engine.New(drv, m, m, a.engineConfig(), clock.RealClock{})
+		e := engine.New(drv, m, m, m, m, a.o.engineConfig(), clock.RealClock{})
 		a.engines.set(node, e)
 		// Images are written at the checkpoint rate too: host memory to the shared folder.
 		a.images.set(node, &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}})

@@ -70,7 +70,7 @@ func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient,
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	e := engine.New(d, finder{d}, memory(100*gib), engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
+	e := engine.New(d, finder{d}, memory(100*gib), d, d, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train", UID: "uid-train",
 			Annotations: map[string]string{kv1.AnnotationGPUs: devs[0].UUID.String()}},

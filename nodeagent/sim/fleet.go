@@ -239,6 +239,11 @@ func (f *Fleet) SyncNode(ctx context.Context, name string) error {
 	if fm.m == nil {
 		return nil
 	}
+	if foreign, err := ParseForeignMemory(node.Annotations[AnnotationForeignMemory], len(fm.m.GPUs())); err != nil {
+		logger.Error(err, "Ignoring node annotation", "annotation", AnnotationForeignMemory)
+	} else if err := fm.m.SetForeignMemory(foreign); err != nil {
+		logger.Error(err, "Cannot simulate foreign GPU memory")
+	}
 
 	objs, err := f.pods.ByIndex(NodeNameIndex, name)
 	if err != nil {
