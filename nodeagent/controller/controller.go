@@ -271,6 +271,7 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	for _, g := range res.GPUs {
 		st.GPUs = append(st.GPUs, g.String())
 	}
+	st.Footprint = FootprintStatus(res.Parked)
 	if img != nil {
 		st.ImageLocation = ImageDir(c.op.imageRoot, ck)
 		st.Image = img.Image.DeepCopy()
