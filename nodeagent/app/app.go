@@ -356,6 +356,9 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
 		e := engine.New(drv, m, m, m, m, a.o.engineConfig(), clock.RealClock{})
 		a.engines.set(node, e)
+		// GPUCheckpoints for the node that came before its machine were left as another
+		// agent's: take them on now.
+		a.controller.RequeueUnfinished()
 		// Images are written at the checkpoint rate too: host memory to the shared folder.
 		a.images.set(node, &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}})
 	})

@@ -24,6 +24,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -112,6 +113,21 @@ func (c *Controller) EventHandler() cache.ResourceEventHandler {
 				c.Forget(ck.UID)
 			}
 		},
+	}
+}
+
+// RequeueUnfinished queues every GPUCheckpoint that is not finished: a node the agent has
+// just begun to serve (a simulated node appears after the agent started) may have objects
+// that were left alone as another agent's.
+func (c *Controller) RequeueUnfinished() {
+	list, err := c.ckpts.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, ck := range list {
+		if ck.Status.Phase != kv1.PhaseSucceeded && ck.Status.Phase != kv1.PhaseFailed {
+			c.queue.Add(ck.Namespace + "/" + ck.Name)
+		}
 	}
 }
 

@@ -127,3 +127,17 @@ func TestEndDeleted(t *testing.T) {
 		t.Errorf("status triggers (-want +got):\n%s", diff)
 	}
 }
+
+// TestRequeueUnfinished: objects that are not finished are queued again, finished ones not.
+func TestRequeueUnfinished(t *testing.T) {
+	done := checkpoint("done", "train", kv1.ActionSuspend)
+	done.Status.Phase = kv1.PhaseSucceeded
+	h := newHarness(t, 100*gib, nil, checkpoint("open", "train", kv1.ActionSuspend), done)
+	h.c.RequeueUnfinished()
+	if n := h.c.queue.Len(); n != 1 {
+		t.Fatalf("%d queued, want 1", n)
+	}
+	if key, _ := h.c.queue.Get(); key != "ml/open" {
+		t.Errorf("queued %q, want ml/open", key)
+	}
+}

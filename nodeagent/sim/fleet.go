@@ -239,11 +239,6 @@ func (f *Fleet) SyncNode(ctx context.Context, name string) error {
 	if fm.m == nil {
 		return nil
 	}
-	if foreign, err := ParseForeignMemory(node.Annotations[AnnotationForeignMemory], len(fm.m.GPUs())); err != nil {
-		logger.Error(err, "Ignoring node annotation", "annotation", AnnotationForeignMemory)
-	} else if err := fm.m.SetForeignMemory(foreign); err != nil {
-		logger.Error(err, "Cannot simulate foreign GPU memory")
-	}
 
 	objs, err := f.pods.ByIndex(NodeNameIndex, name)
 	if err != nil {
@@ -258,6 +253,13 @@ func (f *Fleet) SyncNode(ctx context.Context, name string) error {
 	changed, errs := fm.m.SyncPods(pods)
 	for _, err := range errs {
 		logger.Error(err, "Cannot simulate pod's GPU processes")
+	}
+	// After the pods: a new machine (an agent restart) recreates the parked processes of
+	// suspended pods first, which need no room on the GPUs.
+	if foreign, err := ParseForeignMemory(node.Annotations[AnnotationForeignMemory], len(fm.m.GPUs())); err != nil {
+		logger.Error(err, "Ignoring node annotation", "annotation", AnnotationForeignMemory)
+	} else if err := fm.m.SetForeignMemory(foreign); err != nil {
+		logger.Error(err, "Cannot simulate foreign GPU memory")
 	}
 	if changed {
 		logger.V(4).Info("Simulated GPU processes changed")
