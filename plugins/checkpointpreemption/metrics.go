@@ -42,5 +42,9 @@ var registerOnce sync.Once
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(preemptionAttempts, preemptorBindDuration)
+		// Every outcome's series exists from the start, for dashboards and alerts.
+		for _, o := range []string{outcomeSuspending, outcomeNotHelpful, outcomeNotEligible, outcomeError, outcomeNotGPUPod} {
+			preemptionAttempts.WithLabelValues(o)
+		}
 	})
 }

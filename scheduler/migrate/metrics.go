@@ -36,7 +36,13 @@ var (
 
 // RegisterMetrics registers the controller's metrics with the scheduler's registry.
 func RegisterMetrics() {
-	registerOnce.Do(func() { legacyregistry.MustRegister(migrations, duration, movedBytes) })
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(migrations, duration, movedBytes)
+		// Every result's series exists from the start, for dashboards and alerts.
+		for _, r := range []string{"Started", "CheckpointFailed", "RestoreFailed", ResultAbandoned, ResultSucceeded} {
+			migrations.WithLabelValues(r)
+		}
+	})
 }
 
 func quantity(n int64) string { return resource.NewQuantity(n, resource.BinarySI).String() }
