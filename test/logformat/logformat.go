@@ -39,7 +39,19 @@ func RunMain() bool {
 // output is not JSON, so the check cannot pass on output that never changes format.
 func CheckJSON(t *testing.T, args ...string) {
 	t.Helper()
-	lines := run(t, append([]string{"--logging-format=json"}, args...))
+	CheckJSONBesides(t, "", args...)
+}
+
+// CheckJSONBesides is CheckJSON for a command that also writes output for its user on stderr,
+// kubectl's "error: ..." say: lines that start with userPrefix are not log lines.
+func CheckJSONBesides(t *testing.T, userPrefix string, args ...string) {
+	t.Helper()
+	var lines []string
+	for _, l := range run(t, append([]string{"--logging-format=json"}, args...)) {
+		if userPrefix == "" || !strings.HasPrefix(l, userPrefix) {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) == 0 {
 		t.Fatal("no log lines with --logging-format=json")
 	}
