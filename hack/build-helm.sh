@@ -11,8 +11,11 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Helm 3.19 is built on the Kubernetes 1.34 libraries, the release of our go.mod.
+# Helm 3.19 is built on the Kubernetes 1.34 libraries, the release of our go.mod. helm
+# template and lint take the Kubernetes version they check kubeVersion against from ldflags
+# (helm's Makefile sets them; go install does not): 1.34 here.
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+HELM_KUBE_MINOR="${HELM_KUBE_MINOR:-34}"
 
 FORCE=false
 case "${1:-}" in
@@ -24,7 +27,7 @@ esac
 STAMP_DIR="${KYBERNATE_BIN_DIR}/.stamps"
 mkdir -p "${KYBERNATE_BIN_DIR}" "${STAMP_DIR}" "${KYBERNATE_BUILD_DIR}"
 bin="${KYBERNATE_BIN_DIR}/helm"
-stamp="helm.sh/helm/v3@${HELM_VERSION} cgo=0"
+stamp="helm.sh/helm/v3@${HELM_VERSION} kube=1.${HELM_KUBE_MINOR} cgo=0"
 
 # Two test packages may call this at once: one builds, the other waits. Its own lock, so it
 # does not wait for a control-plane build.
@@ -42,7 +45,9 @@ out="$(mktemp -d "${KYBERNATE_BUILD_DIR}/out.XXXXXX")"
 trap 'rm -rf "${out}"' EXIT
 # go install module@version ignores any go.mod around it; GOWORK and -mod must not interfere.
 GOWORK=off GOFLAGS='' CGO_ENABLED=0 GOBIN="${out}" go install -trimpath \
-  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_KUBE_MINOR} \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_KUBE_MINOR}" \
   "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 [[ -x "${out}/helm" ]] || die "helm was not built"
 # The rename keeps a concurrent reader from seeing half a file.
