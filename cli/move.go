@@ -125,12 +125,9 @@ func (o *Options) finish(ctx context.Context, kyb versioned.Interface, ck *kv1.G
 		return fmt.Errorf("pod %s/%s was not %s: %s (GPUCheckpoint %s; kubectl describe pod shows the events)",
 			done.Namespace, done.Spec.PodName, verb, orDash(done.Status.Message), done.Name)
 	}
-	took := "-"
-	if done.Status.StartTime != nil && done.Status.CompletionTime != nil {
-		took = done.Status.CompletionTime.Sub(done.Status.StartTime.Time).String()
-	}
-	fmt.Fprintf(o.Streams.Out, "pod %s/%s %s on node %s: %s of GPU memory moved in %s\n",
-		done.Namespace, done.Spec.PodName, verb, done.Status.NodeName, bytes(done.Status.BytesMoved), took)
+	// The agent's message has the step timings; the time stamps have whole seconds only.
+	fmt.Fprintf(o.Streams.Out, "pod %s/%s %s on node %s: %s\n", done.Namespace, done.Spec.PodName, verb, done.Status.NodeName,
+		orDash(done.Status.Message))
 	return nil
 }
 
