@@ -186,6 +186,35 @@ func TestEventTimeOrder(t *testing.T) {
 	}
 }
 
+// Within one second an event of the core API (whole seconds) goes after the events.k8s.io
+// events (microseconds) of that second.
+func TestPodEventsOrder(t *testing.T) {
+	pod := running("a", "1Gi", kv1.PodRunning)
+	ev := func(name string, e v1.Event) *v1.Event {
+		e.ObjectMeta = metav1.ObjectMeta{Namespace: "ml", Name: name}
+		e.InvolvedObject = v1.ObjectReference{Kind: "Pod", Namespace: "ml", Name: "a", UID: pod.UID}
+		e.Reason = name
+		return &e
+	}
+	kube := fake.NewClientset(pod,
+		ev("Suspending", v1.Event{LastTimestamp: metav1.NewTime(t0.Add(time.Second))}),
+		ev("Preempted", v1.Event{EventTime: metav1.NewMicroTime(t0.Add(1200 * time.Millisecond))}),
+		ev("Scheduled", v1.Event{EventTime: metav1.NewMicroTime(t0.Add(300 * time.Millisecond))}),
+		ev("Suspended", v1.Event{LastTimestamp: metav1.NewTime(t0.Add(3 * time.Second))}),
+	)
+	events, err := podEvents(t.Context(), kube, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range events {
+		got = append(got, e.Reason)
+	}
+	if diff := cmp.Diff([]string{"Scheduled", "Preempted", "Suspending", "Suspended"}, got); diff != "" {
+		t.Errorf("order (-want +got):\n%s", diff)
+	}
+}
+
 func TestGPUTimes(t *testing.T) {
 	a := running("a", "20Gi", kv1.PodRunning)
 	b := running("b", "30Gi", kv1.PodSuspended)

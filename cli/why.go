@@ -189,33 +189,51 @@ func podEvents(ctx context.Context, kube kubernetes.Interface, pod *v1.Pod) ([]E
 	if err != nil {
 		return nil, fmt.Errorf("listing the events of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	out := make([]EventView, 0, len(list.Items))
-	for i := range list.Items {
-		e := &list.Items[i]
+	events := list.Items
+	slices.SortStableFunc(events, func(a, b v1.Event) int { return sortKey(&a).Compare(sortKey(&b)) })
+	out := make([]EventView, 0, len(events))
+	for i := range events {
+		e := &events[i]
 		from := e.Source.Component
 		if from == "" {
 			from = e.ReportingController
 		}
 		out = append(out, EventView{Time: metav1.NewTime(EventTime(e)), Type: e.Type, Reason: e.Reason, From: from, Message: e.Message, Count: e.Count})
 	}
-	slices.SortStableFunc(out, func(a, b EventView) int { return a.Time.Compare(b.Time.Time) })
 	return out, nil
 }
 
 // EventTime is when an event last happened. Events of the events.k8s.io API (the scheduler's)
 // carry eventTime and a series, those of the core API (the agent's) lastTimestamp.
 func EventTime(e *v1.Event) time.Time {
+	t, _ := eventTime(e)
+	return t
+}
+
+// eventTime is EventTime and whether it has sub-second precision.
+func eventTime(e *v1.Event) (time.Time, bool) {
 	switch {
 	case e.Series != nil && !e.Series.LastObservedTime.IsZero():
-		return e.Series.LastObservedTime.Time
+		return e.Series.LastObservedTime.Time, true
 	case !e.LastTimestamp.IsZero():
-		return e.LastTimestamp.Time
+		return e.LastTimestamp.Time, false
 	case !e.EventTime.IsZero():
-		return e.EventTime.Time
+		return e.EventTime.Time, true
 	case !e.FirstTimestamp.IsZero():
-		return e.FirstTimestamp.Time
+		return e.FirstTimestamp.Time, false
 	}
-	return e.CreationTimestamp.Time
+	return e.CreationTimestamp.Time, false
+}
+
+// sortKey orders events by time. A time in whole seconds (the core API's) is the end of its
+// second, after the finer-stamped events of that second: the agent's events answer the
+// scheduler's.
+func sortKey(e *v1.Event) time.Time {
+	t, fine := eventTime(e)
+	if !fine {
+		t = t.Add(time.Second - time.Microsecond)
+	}
+	return t
 }
 
 // summarize says in one sentence why the pod stands where it stands.
