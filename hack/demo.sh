@@ -72,7 +72,8 @@ launch() {
 mkdir -p "${RUN}/images"
 launch kybernate-agent --simulate --kubeconfig "${KUBECONFIG}" --simulate-node-selector type=kwok \
   --metrics-bind-address 127.0.0.1:0 --socket "${RUN}/agent.sock" --checkpoint-dir "${RUN}/images"
-launch kybernate-scheduler --config "${SCHED_CONFIG}" --secure-port 0 --v=2
+launch kybernate-scheduler --config "${SCHED_CONFIG}" \
+  --controllers-config "${KYBERNATE_ROOT}/manifests/scheduler/controllers.yaml" --secure-port 0 --v=2
 
 # Every GPU node reports its (simulated) GPUs before the workload arrives.
 for _ in $(seq 120); do

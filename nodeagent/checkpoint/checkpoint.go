@@ -29,6 +29,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
@@ -200,11 +201,9 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, err
 		return Result{}, fail(CauseUnsupported, "container %s runs under runtime %s: checkpoints need the kybernate runtime (runtimeClassName: kybernate)", ctr.ID, ctr.Runtime)
 	}
 	var gpus []string
-	if v := ctr.Annotations[kv1.AnnotationGPUs]; v != "" {
-		for _, g := range strings.Split(v, ",") {
-			if g = strings.TrimSpace(g); g != "" {
-				gpus = append(gpus, g)
-			}
+	if v := ctr.Annotations[kv1.AnnotationGPUs]; strings.TrimSpace(v) != "" {
+		if gpus, err = gpupod.ParseGPUs(v); err != nil {
+			return Result{}, fail(CauseInvalid, "container %s: %w", ctr.ID, err)
 		}
 	}
 	if len(gpus) > 0 && c.gpus == nil {

@@ -220,7 +220,7 @@ func (e env) waitMigrationResult(t *testing.T, ns string, timeout time.Duration)
 			return false, err
 		}
 		for _, ck := range list.Items {
-			if ck.Spec.Action == kv1.ActionCheckpoint && ck.Spec.Reason == kv1.ReasonMigration && ck.Annotations[migrate.AnnotationResult] != "" {
+			if ck.Spec.Action == kv1.ActionCheckpoint && ck.Spec.Reason == kv1.ReasonMigration && ck.Annotations[kv1.AnnotationMigrationResult] != "" {
 				got = ck
 				return true, nil
 			}
@@ -326,8 +326,8 @@ func TestMigrationFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			ck := e.waitMigrationResult(t, ns, 2*time.Minute)
-			if got := ck.Annotations[migrate.AnnotationResult]; got != migrate.ResultFailed {
-				t.Errorf("migration result %s, want %s (checkpoint %s: %s)", got, migrate.ResultFailed, ck.Status.Phase, ck.Status.Message)
+			if got := ck.Annotations[kv1.AnnotationMigrationResult]; got != kv1.MigrationFailed {
+				t.Errorf("migration result %s, want %s (checkpoint %s: %s)", got, kv1.MigrationFailed, ck.Status.Phase, ck.Status.Message)
 			}
 			if wantPhase := map[bool]kv1.CheckpointPhase{false: kv1.PhaseFailed, true: kv1.PhaseSucceeded}[tc.replaced]; ck.Status.Phase != wantPhase {
 				t.Errorf("checkpoint %s, want %s", ck.Status.Phase, wantPhase)
