@@ -20,8 +20,7 @@ import (
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
-	"github.com/kybernate/kybernate/scheduler/resume"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // moveFlags are the flags of suspend and resume.
@@ -166,10 +165,10 @@ func Suspend(ctx context.Context, kube kubernetes.Interface, kyb versioned.Inter
 	if err := movable(pod); err != nil {
 		return nil, err
 	}
-	if s := podState(pod); s != kv1.PodRunning {
+	if s := gpupod.StateOf(pod); s != kv1.PodRunning {
 		return nil, fmt.Errorf("pod %s/%s is %s (annotation %s): only a Running GPU pod can be suspended", ns, name, s, kv1.AnnotationState)
 	}
-	if gpushare.NeverSuspended(pod) {
+	if gpupod.NeverSuspended(pod) {
 		return nil, fmt.Errorf("pod %s/%s has %s: %s and is never suspended", ns, name, kv1.AnnotationPreemption, kv1.PreemptionNever)
 	}
 	if err := noneInFlight(ctx, kyb, pod); err != nil {
@@ -195,13 +194,13 @@ func Resume(ctx context.Context, kube kubernetes.Interface, kyb versioned.Interf
 	if err := movable(pod); err != nil {
 		return nil, err
 	}
-	if s := podState(pod); s != kv1.PodSuspended {
+	if s := gpupod.StateOf(pod); s != kv1.PodSuspended {
 		return nil, fmt.Errorf("pod %s/%s is %s (annotation %s): only a Suspended pod can be resumed", ns, name, s, kv1.AnnotationState)
 	}
 	if err := noneInFlight(ctx, kyb, pod); err != nil {
 		return nil, err
 	}
-	from := gpushare.AssignedGPUs(pod)
+	from := gpupod.AssignedGPUs(pod)
 	target, err := resumeTarget(ctx, kube, kyb, pod, from, gpus)
 	if err != nil {
 		return nil, err
@@ -215,15 +214,15 @@ func Resume(ctx context.Context, kube kubernetes.Interface, kyb versioned.Interf
 		return nil, err
 	} else if suspension != nil {
 		// Links the resume to the suspension it undoes, as the resume controller does.
-		ck.Labels = map[string]string{resume.LabelSuspension: string(suspension.UID)}
+		ck.Labels = map[string]string{kv1.LabelSuspension: string(suspension.UID)}
 	}
-	if err := markPod(ctx, kube, pod, pod.ResourceVersion, target, kv1.PodResuming); err != nil {
+	if err := markPod(ctx, kube, pod, pod.ResourceVersion, target, kv1.PodSuspended, kv1.PodResuming); err != nil {
 		return nil, fmt.Errorf("marking pod %s/%s Resuming: %w", ns, name, err)
 	}
 	created, err := kyb.KybernateV1alpha1().GPUCheckpoints(ns).Create(ctx, ck, metav1.CreateOptions{})
 	if err != nil {
 		// Take the mark back, so that the pod is not left Resuming with nobody resuming it.
-		undo := markPod(ctx, kube, pod, "", from, kv1.PodSuspended)
+		undo := markPod(ctx, kube, pod, "", from, kv1.PodResuming, kv1.PodSuspended) // the rollback of a resume
 		return nil, errors.Join(fmt.Errorf("requesting the resume of pod %s/%s: %w", ns, name, err), undo)
 	}
 	return created, nil
@@ -237,17 +236,13 @@ func movable(pod *v1.Pod) error {
 		return fmt.Errorf("pod %s/%s is finished or being deleted (phase %s)", pod.Namespace, pod.Name, pod.Status.Phase)
 	case pod.Spec.NodeName == "":
 		return fmt.Errorf("pod %s/%s is not bound to a node yet ('kubectl kybernate why %s' says why)", pod.Namespace, pod.Name, pod.Name)
-	case len(gpushare.AssignedGPUs(pod)) == 0:
+	}
+	if _, ok, err := gpupod.PodGPUs(pod); err != nil {
+		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	} else if !ok {
 		return fmt.Errorf("pod %s/%s has no %s annotation: it was not placed on GPUs by kybernate-scheduler", pod.Namespace, pod.Name, kv1.AnnotationGPUs)
 	}
 	return nil
-}
-
-func podState(pod *v1.Pod) kv1.PodGPUState {
-	if s := kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]); s != "" {
-		return s
-	}
-	return kv1.PodRunning
 }
 
 // podCheckpoints lists the GPUCheckpoints of the pod (this pod, not an earlier one of its name).
@@ -305,7 +300,7 @@ func startedAt(ck *kv1.GPUCheckpoint) time.Time {
 // resumeTarget picks or checks the GPUs a suspended pod resumes onto, by the scheduler's own
 // GPU accounting of its node.
 func resumeTarget(ctx context.Context, kube kubernetes.Interface, kyb versioned.Interface, pod *v1.Pod, from, gpus []string) ([]string, error) {
-	d, err := gpushare.PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
@@ -322,7 +317,7 @@ func resumeTarget(ctx context.Context, kube kubernetes.Interface, kyb versioned.
 	for i := range list.Items {
 		onNode = append(onNode, &list.Items[i])
 	}
-	acc := gpushare.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, onNode)
 	if len(gpus) == 0 {
 		if acc.FitsSlotHeld(d, from) {
 			return from, nil
@@ -356,7 +351,7 @@ func resumeTarget(ctx context.Context, kube kubernetes.Interface, kyb versioned.
 		strings.Join(gpus, ","), node, pod.Namespace, pod.Name, demandText(d))
 }
 
-func demandText(d gpushare.Demand) string {
+func demandText(d gpupod.Demand) string {
 	if d.Whole() {
 		return fmt.Sprintf("%d whole GPUs", d.Count)
 	}
@@ -381,16 +376,15 @@ func checkpointFor(pod *v1.Pod, action string, spec kv1.GPUCheckpointSpec) *kv1.
 	}
 }
 
-// markPod writes the pod's kybernate.io/gpus and kybernate.io/state; with resourceVersion set
-// only if the pod is unchanged since it was read, else only if it is the same pod (UID).
-func markPod(ctx context.Context, kube kubernetes.Interface, pod *v1.Pod, resourceVersion string, gpus []string, s kv1.PodGPUState) error {
-	meta := map[string]any{
-		"uid": pod.UID,
-		"annotations": map[string]string{
-			kv1.AnnotationGPUs:  strings.Join(gpus, ","),
-			kv1.AnnotationState: string(s),
-		},
+// markPod writes the pod's kybernate.io/gpus and moves its kybernate.io/state from one state to
+// another through the state machine; with resourceVersion set only if the pod is unchanged
+// since it was read, else only if it is the same pod (UID).
+func markPod(ctx context.Context, kube kubernetes.Interface, pod *v1.Pod, resourceVersion string, gpus []string, from, to kv1.PodGPUState) error {
+	ann := map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(gpus)}
+	if err := gpupod.SetState(ann, from, to); err != nil {
+		return err
 	}
+	meta := map[string]any{"uid": pod.UID, "annotations": ann}
 	if resourceVersion != "" {
 		meta["resourceVersion"] = resourceVersion
 	}

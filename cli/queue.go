@@ -14,7 +14,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
@@ -100,7 +100,7 @@ func turnOrder(ctx context.Context, kube kubernetes.Interface, kyb versioned.Int
 	}
 	var out []TurnEntry
 	for _, p := range onNode.pods {
-		if podState(p) != kv1.PodSuspended || p.DeletionTimestamp != nil {
+		if gpupod.StateOf(p) != kv1.PodSuspended || p.DeletionTimestamp != nil {
 			continue
 		}
 		last := onNode.lastSuspend(p)
@@ -114,7 +114,7 @@ func turnOrder(ctx context.Context, kube kubernetes.Interface, kyb versioned.Int
 		if p.Status.NominatedNodeName != node || p.DeletionTimestamp != nil {
 			continue
 		}
-		if d, err := gpushare.PodDemand(p); err != nil || d.Count == 0 {
+		if d, err := gpupod.PodDemand(p); err != nil || d.Count == 0 {
 			continue
 		}
 		out = append(out, TurnEntry{Namespace: p.Namespace, Name: p.Name, Priority: corev1helpers.PodPriority(p), State: "Pending",

@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // PodGPUTime is one GPU pod's GPU time (-o json|yaml of top).
@@ -73,12 +73,12 @@ and that time's share of the pod's life.`,
 func gpuTimes(s *snapshot) []PodGPUTime {
 	rows := []PodGPUTime{}
 	for _, p := range s.pods {
-		d, err := gpushare.PodDemand(p)
+		d, err := gpupod.PodDemand(p)
 		if err != nil || d.Count == 0 || p.Spec.NodeName == "" {
 			continue
 		}
 		u := s.usage(p)
-		r := PodGPUTime{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, State: string(podState(p)), GPUs: d.Count,
+		r := PodGPUTime{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, State: string(gpupod.StateOf(p)), GPUs: d.Count,
 			GPUTime: metav1.Duration{Duration: u.Received}, TimeSlice: p.Labels[kv1.LabelTimeSlice]}
 		if p.Status.StartTime != nil {
 			if life := s.now.Sub(p.Status.StartTime.Time); life > 0 {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/checkpointpreemption"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // Why explains where a pod stands with its GPUs (-o json|yaml of why).
@@ -138,7 +138,7 @@ func Explain(ctx context.Context, kube kubernetes.Interface, kyb versioned.Inter
 			return nil, err
 		}
 	default:
-		w.State = string(podState(pod))
+		w.State = string(gpupod.StateOf(pod))
 	}
 	if kv1.PodGPUState(w.State) == kv1.PodSuspended {
 		if last := snap.lastSuspend(pod); last != nil {
@@ -162,7 +162,7 @@ func Explain(ctx context.Context, kube kubernetes.Interface, kyb versioned.Inter
 
 // suspensionsFor lists the suspensions in flight for a preemptor, in every namespace.
 func suspensionsFor(ctx context.Context, kyb versioned.Interface, pod *v1.Pod) ([]CheckpointView, error) {
-	sel := labels.SelectorFromSet(labels.Set{checkpointpreemption.LabelPreemptor: string(pod.UID)}).String()
+	sel := labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(pod.UID)}).String()
 	list, err := kyb.KybernateV1alpha1().GPUCheckpoints("").List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return nil, fmt.Errorf("listing the suspensions for pod %s/%s: %w", pod.Namespace, pod.Name, err)

@@ -49,17 +49,19 @@ func TestHelmInstallUninstall(t *testing.T) {
 			t.Errorf("%s %s/%s of the release: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 		}
 	}
-	// The scheduler gets the shipped configuration.
+	// The scheduler gets the shipped configurations.
 	cm, err := c.Client.CoreV1().ConfigMaps(ns).Get(t.Context(), "kybernate-scheduler-config", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := cm.Data["config.yaml"]; !bytes.Equal(bytes.TrimSpace([]byte(got)), bytes.TrimSpace(shipped)) {
-		t.Errorf("the release's scheduler configuration is not manifests/scheduler/config.yaml:\n%s", got)
+	for _, file := range []string{"config.yaml", "controllers.yaml"} {
+		shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cm.Data[file]; !bytes.Equal(bytes.TrimSpace([]byte(got)), bytes.TrimSpace(shipped)) {
+			t.Errorf("the release's %s is not manifests/scheduler/%s:\n%s", file, file, got)
+		}
 	}
 
 	helmRun(t, helm, append([]string{"uninstall", release, "--wait", "--timeout", "2m"}, flags...)...)

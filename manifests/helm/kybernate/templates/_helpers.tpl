@@ -14,3 +14,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kybernate.schedulerConfig" -}}
 {{- if .Values.scheduler.config }}{{ .Values.scheduler.config }}{{ else }}{{ .Files.Get "files/scheduler-config.yaml" }}{{ end }}
 {{- end }}
+
+{{/* The scheduler's ControllerConfiguration: the value or the shipped file. */}}
+{{- define "kybernate.controllersConfig" -}}
+{{- if .Values.scheduler.controllersConfig }}{{ .Values.scheduler.controllersConfig }}{{ else }}{{ .Files.Get "files/scheduler-controllers.yaml" }}{{ end }}
+{{- end }}
