@@ -32,7 +32,7 @@ var (
 		Subsystem:      subsystem,
 		Name:           "preemptor_bind_duration_seconds",
 		Help:           "Time from the creation of a pod that suspended others to its binding.",
-		Buckets:        metrics.ExponentialBuckets(0.1, 2, 14), // 100ms .. ~27min
+		Buckets:        metrics.ExponentialBuckets(0.1, 2, 14), // 100ms .. ~14min
 		StabilityLevel: metrics.ALPHA,
 	})
 )
