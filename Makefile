@@ -5,11 +5,12 @@ SHELL := /usr/bin/env bash -o pipefail
 GO        ?= go
 BIN       := $(CURDIR)/bin
 GOFLAGS_BUILD := -trimpath
-BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1
+BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1 kubectl-kybernate
 PKG_kybernate-scheduler := ./scheduler/cmd/kybernate-scheduler
 PKG_kybernate-agent     := ./nodeagent/cmd/kybernate-agent
 PKG_cuda-test           := ./cuda/cmd/cuda-test
 PKG_containerd-shim-kybernate-v1 := ./shim/cmd/containerd-shim-kybernate-v1
+PKG_kubectl-kybernate   := ./cli/cmd/kubectl-kybernate
 
 TEST_TIMEOUT ?= 20m
 # Results of the test tiers (go test -json), read by the summary of `make test`.

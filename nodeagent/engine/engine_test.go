@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/types"
+	compmetrics "k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/testutil"
 	testingclock "k8s.io/utils/clock/testing"
 
@@ -580,5 +581,40 @@ func TestResumeAfterRestart(t *testing.T) {
 	}
 	if states, _ := h.snapshot(); !cmp.Equal(running("1", "2"), states) {
 		t.Errorf("states %v, want running", states)
+	}
+}
+
+// A successful operation records its bytes and its rate; a failed one neither.
+func TestSuccessMetrics(t *testing.T) {
+	metrics.Register()
+	start := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	hist := func(h interface {
+		WithLabelValues(...string) compmetrics.ObserverMetric
+	}) (count uint64, sum float64) {
+		t.Helper()
+		o := h.WithLabelValues(metrics.OperationResume)
+		count, err := testutil.GetHistogramMetricCount(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err = testutil.GetHistogramMetricValue(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return count, sum
+	}
+	bytesCount, bytesSum := hist(metrics.OperationBytes)
+	rateCount, rateSum := hist(metrics.OperationThroughput)
+
+	observe(metrics.OperationResume, start, start.Add(2*time.Second), Result{Bytes: 8 * gib}, nil)
+	observe(metrics.OperationResume, start, start.Add(time.Second), Result{Bytes: 8 * gib}, errors.New("refused"))
+
+	c, s := hist(metrics.OperationBytes)
+	if c-bytesCount != 1 || s-bytesSum != float64(8*gib) {
+		t.Errorf("operation_bytes: %d samples summing %v more, want 1 of %d", c-bytesCount, s-bytesSum, 8*gib)
+	}
+	c, s = hist(metrics.OperationThroughput)
+	if c-rateCount != 1 || s-rateSum != float64(4*gib) {
+		t.Errorf("operation_throughput: %d samples summing %v more, want 1 of %d bytes/s", c-rateCount, s-rateSum, 4*gib)
 	}
 }

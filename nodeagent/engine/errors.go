@@ -49,6 +49,11 @@ const (
 	CauseInternal Cause = "Internal"
 )
 
+// Causes are all causes, for the failure metric's series.
+var Causes = []Cause{CauseBusy, CauseNoProcesses, CauseWrongState, CauseInvalidTarget, CauseUnsupported,
+	CauseHostMemoryExhausted, CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed,
+	CauseUnlockFailed, CauseStepTimeout, CauseInternal}
+
 // Error is a failed operation on a pod.
 type Error struct {
 	// Op is "suspend" or "resume".
