@@ -153,6 +153,8 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 	if bytes == 0 {
 		bytes = d.Bytes * int64(d.Count)
 	}
+	// The restore on the target needs the pod's footprint before the suspension free there.
+	d = d.AtLeast(suspension.Status.GPUFootprint())
 	return candidate{pod: pod, demand: d, suspension: suspension, waited: c.now().Sub(endedAt(suspension)), bytes: bytes, attempt: attempt}, true
 }
 
