@@ -68,6 +68,12 @@ func (c *Controller) start(ctx context.Context, cand candidate, target string, e
 	migrations.WithLabelValues("Started").Inc()
 	logger.V(2).Info("Migrating pod", "pod", klog.KObj(pod), "from", pod.Spec.NodeName, "to", target, "bytes", cand.bytes,
 		"waited", cand.waited, "estimate", estimate, "attempt", cand.attempt+1)
+	if cand.draining {
+		c.recorder.Eventf(pod, created, v1.EventTypeNormal, EventMigrating, "Migrate",
+			"Node %s is cordoned; node %s has room: checkpointing %s to move the suspended pod there (estimated %s)",
+			pod.Spec.NodeName, target, quantity(cand.bytes), estimate.Round(time.Second))
+		return nil
+	}
 	c.recorder.Eventf(pod, created, v1.EventTypeNormal, EventMigrating, "Migrate",
 		"No room on node %s after %s suspended; node %s has room: checkpointing %s to move it there (estimated %s)",
 		pod.Spec.NodeName, cand.waited.Round(time.Second), target, quantity(cand.bytes), estimate.Round(time.Second))
