@@ -14,7 +14,6 @@
 package checkpoint
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -338,46 +337,6 @@ func causeOf(ctx context.Context, c Cause) Cause {
 		return CauseTimeout
 	}
 	return c
-}
-
-// logTail returns the last lines of CRIU's log that say what went wrong.
-func logTail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		if l := sc.Text(); strings.Contains(l, "Error") || strings.Contains(l, "error") || strings.Contains(l, "Warn") {
-			lines = append(lines, strings.TrimSpace(l))
-		}
-	}
-	if len(lines) == 0 {
-		return ""
-	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return "; criu's log says: " + strings.Join(lines, " | ")
-}
-
-// criuVersion reads "Version: 4.1.1" from the start of CRIU's log.
-func criuVersion(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for i := 0; i < 20 && sc.Scan(); i++ {
-		if _, v, ok := strings.Cut(sc.Text(), "Version: "); ok {
-			return strings.Fields(v)[0]
-		}
-	}
-	return ""
 }
 
 // parkedBytes reports whether the pod's GPU memory is parked in host memory already (the pod is
