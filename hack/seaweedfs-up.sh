@@ -32,6 +32,8 @@ cat >"${DIR}/s3.json" <<JSON
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 JSON
 
+# pick_port sets the variable it is given.
+master='' master_grpc='' volume='' volume_grpc='' filer='' filer_grpc='' s3='' s3_grpc=''
 pick_port master
 pick_port master_grpc
 pick_port volume
