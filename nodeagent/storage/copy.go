@@ -26,7 +26,8 @@ type CopyResult struct {
 // holds with the right size and SHA-256 (an earlier Copy that was interrupted) are not sent
 // again. A source object that does not match its manifest stops the copy with ErrCorrupt
 // naming the file; the source is never changed. It refuses (ErrExists) when the destination
-// already holds a complete image under id.
+// already holds a complete image under id, and returns ErrCorrupt when the destination holds
+// one with a damaged manifest.
 func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 	m, err := readManifest(ctx, from, id)
 	if err != nil {
@@ -34,7 +35,7 @@ func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 	}
 	if _, err := readManifest(ctx, to, id); err == nil {
 		return CopyResult{}, fmt.Errorf("%s: image %s: %w", to, id, ErrExists)
-	} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+	} else if !errors.Is(err, ErrNotFound) {
 		return CopyResult{}, err
 	}
 	start := time.Now()

@@ -56,8 +56,8 @@ func readManifest(ctx context.Context, t Tier, id ImageID) (Manifest, error) {
 }
 
 // Put encrypts the image folder src into t under id, file by file, streaming, and writes the
-// manifest last. It refuses (ErrExists) when t already holds a complete image under id. A
-// Put that fails leaves file objects without a manifest, which no reader uses; Put again
+// manifest last. It refuses (ErrExists) when t already holds a complete image under id, and
+// returns the error when its manifest is damaged (ErrCorrupt): Delete it first. A Put that fails leaves file objects without a manifest, which no reader uses; Put again
 // overwrites them, Delete removes them.
 func Put(ctx context.Context, t Tier, id ImageID, key Key, src string) (Manifest, error) {
 	if err := id.Validate(); err != nil {
@@ -66,9 +66,10 @@ func Put(ctx context.Context, t Tier, id ImageID, key Key, src string) (Manifest
 	if key.IsZero() {
 		return Manifest{}, errors.New("put: no image key")
 	}
+	// A damaged image is kept for inspection as much as a good one: only Delete removes it.
 	if _, err := readManifest(ctx, t, id); err == nil {
 		return Manifest{}, fmt.Errorf("%s: image %s: %w", t, id, ErrExists)
-	} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+	} else if !errors.Is(err, ErrNotFound) {
 		return Manifest{}, err
 	}
 	names, err := listFiles(src)

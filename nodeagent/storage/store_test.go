@@ -313,3 +313,26 @@ func TestImageIDValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A damaged image stays for inspection: Put and Copy do not overwrite it.
+func TestDamagedImageIsNotOverwritten(t *testing.T) {
+	ctx := t.Context()
+	disk, other, key := newDisk(t), newDisk(t), testKey(t, 1)
+	src, _ := writeImage(t)
+	for _, d := range []*Disk{disk, other} {
+		if _, err := Put(ctx, d, testID, key, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	modify(t, disk, testID.manifestKey(), func(b []byte) []byte { return b[:len(b)/2] })
+	before := readTree(t, disk.Root)
+	if _, err := Put(ctx, disk, testID, key, src); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Put over a damaged image: %v, want ErrCorrupt", err)
+	}
+	if _, err := Copy(ctx, other, disk, testID); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Copy over a damaged image: %v, want ErrCorrupt", err)
+	}
+	if diff := cmp.Diff(before, readTree(t, disk.Root), cmp.Comparer(bytes.Equal)); diff != "" {
+		t.Errorf("the damaged image changed (-before +after):\n%s", diff)
+	}
+}
