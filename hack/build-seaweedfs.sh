@@ -43,7 +43,7 @@ if [[ ! -f "${mod}/go.mod" || "$(<"${mod}/go.mod")" != "${content}" ]]; then
 fi
 
 start=${SECONDS}
-log "seaweedfs ${SEAWEEDFS_VERSION}: building weed (cold: about 12 min on 2 cores)"
+log "seaweedfs ${SEAWEEDFS_VERSION}: building weed (cold: about 30 min on a busy 2-core machine)"
 out="$(mktemp -d "${KYBERNATE_BUILD_DIR}/out.XXXXXX")"
 # Moderate parallelism: the build machine is shared.
 (cd "${mod}" && GOFLAGS="-mod=mod -buildvcs=false" go build -p "${SEAWEEDFS_BUILD_JOBS:-2}" -trimpath \

@@ -12,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ $# -ge 1 ]] || die "usage: $0 DIR [--purge]"
 [[ -d "$1" ]] || { log "no folder $1"; exit 0; }
 DIR="$(cd "$1" && pwd -P)"
-WEED="${KYBERNATE_BIN_DIR}/weed"
+WEED="$(cat "${DIR}/weed.bin" 2>/dev/null || echo "${KYBERNATE_BIN_DIR}/weed")"
 
 if [[ -f "${DIR}/weed.pid" ]]; then
   pid="$(<"${DIR}/weed.pid")"
@@ -24,6 +24,9 @@ if [[ -f "${DIR}/weed.pid" ]]; then
       log "weed (pid ${pid}) did not stop on SIGTERM; killing it"
       kill -KILL "${pid}" 2>/dev/null || true
     fi
+  fi
+  if pid_matches "${pid}" "${WEED}" "${DIR}"; then
+    die "weed (pid ${pid}) is still running"
   fi
   rm -f "${DIR}/weed.pid"
 fi

@@ -33,7 +33,7 @@ cat >"${DIR}/s3.json" <<JSON
 JSON
 
 # pick_port sets the variable it is given.
-master='' master_grpc='' volume='' volume_grpc='' filer='' filer_grpc='' s3='' s3_grpc=''
+master='' master_grpc='' volume='' volume_grpc='' filer='' filer_grpc='' s3='' s3_grpc='' admin='' admin_grpc=''
 pick_port master
 pick_port master_grpc
 pick_port volume
@@ -42,6 +42,8 @@ pick_port filer
 pick_port filer_grpc
 pick_port s3
 pick_port s3_grpc
+pick_port admin
+pick_port admin_grpc
 
 # setsid: the store outlives this script and is not in the caller's process group.
 setsid "${WEED}" mini -dir="${DIR}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
@@ -51,9 +53,12 @@ setsid "${WEED}" mini -dir="${DIR}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -s3.port="${s3}" -s3.port.grpc="${s3_grpc}" -s3.port.iceberg=0 -s3.port.lance=0 \
   -s3.config="${DIR}/s3.json" -bucket="${bucket}" \
   -webdav=false -admin.ui=false \
+  -admin.port="${admin}" -admin.port.grpc="${admin_grpc}" -admin.port.legacy=0 \
   </dev/null >"${DIR}/weed.log" 2>&1 &
 pid=$!
 echo "${pid}" >"${DIR}/weed.pid"
+# seaweedfs-down.sh stops the binary that was started, whatever KYBERNATE_BIN_DIR says then.
+echo "${WEED}" >"${DIR}/weed.bin"
 
 cat >"${DIR}/s3.env" <<ENV
 S3_ENDPOINT=127.0.0.1:${s3}
@@ -66,7 +71,7 @@ ENV
 # http_status PORT PATH: the status code of a GET on loopback, empty when nothing answers.
 http_status() {
   local line
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 0
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 0
   printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
   IFS=' ' read -r -t 5 _ line _ <&3 || true
   exec 3>&-
