@@ -136,7 +136,8 @@ func (d *Disk) Delete(_ context.Context, key string) error {
 	return nil
 }
 
-// List walks the folder of prefix; temporary files of unfinished Puts are not objects.
+// List walks the folder of prefix. It lists the temporary files of Puts that a crash
+// interrupted too (named .tmp-*), so that Delete removes them with the image.
 func (d *Disk) List(_ context.Context, prefix string) ([]string, error) {
 	dir, err := d.path(strings.TrimSuffix(prefix, "/"))
 	if err != nil {
@@ -150,7 +151,7 @@ func (d *Disk) List(_ context.Context, prefix string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".tmp-") {
+		if e.Type().IsRegular() {
 			rel, err := filepath.Rel(d.Root, p)
 			if err != nil {
 				return err

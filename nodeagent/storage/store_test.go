@@ -336,3 +336,24 @@ func TestDamagedImageIsNotOverwritten(t *testing.T) {
 		t.Errorf("the damaged image changed (-before +after):\n%s", diff)
 	}
 }
+
+// Delete also removes what a Put that crashed left: objects and temporary files.
+func TestDeleteRemovesLeftovers(t *testing.T) {
+	ctx := t.Context()
+	disk := newDisk(t)
+	dir := filepath.Join(disk.Root, "team-a", testID.Name, "files")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pages-1.img", ".tmp-pages-2.img-123"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Delete(ctx, disk, testID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(disk.Root, "team-a")); !os.IsNotExist(err) {
+		t.Errorf("left after Delete: %v (%v)", readTree(t, disk.Root), err)
+	}
+}

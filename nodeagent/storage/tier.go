@@ -23,7 +23,8 @@ type Tier interface {
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	// Delete removes the object under key; no error when there is none.
 	Delete(ctx context.Context, key string) error
-	// List returns the keys under prefix, in any order.
+	// List returns the keys under prefix, in any order (on a disk, with the temporary files
+	// of interrupted Puts).
 	List(ctx context.Context, prefix string) ([]string, error)
 }
 
