@@ -8,10 +8,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/objectstore"
 )
 
@@ -36,7 +36,7 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	if err := objectstore.Build(ctx, root); err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
+		if ci.Enabled() {
 			fmt.Fprintf(os.Stderr, "%v\nCI is set: failing instead of skipping\n", err)
 			return 1
 		}
@@ -70,7 +70,7 @@ func run(m *testing.M) int {
 func need(t *testing.T) *objectstore.Server {
 	t.Helper()
 	if server == nil {
-		t.Skip(skipReason)
+		ci.Skip(t, skipReason)
 	}
 	return server
 }
