@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,9 +185,27 @@ func TestRoundTripThroughS3(t *testing.T) {
 	}
 }
 
-// prefixFor is the object prefix of a test's tier.
+var (
+	prefixMu sync.Mutex
+	prefixes = map[*testing.T]string{}
+)
+
+// prefixFor is the object prefix of a test's tier: the test's name and a random part, so
+// that a run with -count=N or a server kept from before starts empty.
 func prefixFor(t *testing.T) string {
-	return strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "/"
+	prefixMu.Lock()
+	defer prefixMu.Unlock()
+	if p, ok := prefixes[t]; ok {
+		return p
+	}
+	p := fmt.Sprintf("%s-%s/", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), rand.Text()[:8])
+	prefixes[t] = strings.ToLower(p)
+	t.Cleanup(func() {
+		prefixMu.Lock()
+		delete(prefixes, t)
+		prefixMu.Unlock()
+	})
+	return prefixes[t]
 }
 
 // s3Key is the full object name of a file of the image in the test's tier.
