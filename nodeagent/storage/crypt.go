@@ -228,6 +228,29 @@ func (d *Decrypter) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes the plaintext to w a whole chunk at a time (io.Copy uses it), and only
+// chunks that authenticated.
+func (d *Decrypter) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(d.out) > 0 {
+			n, err := w.Write(d.out)
+			total += int64(n)
+			d.out = d.out[n:]
+			if err != nil {
+				return total, err
+			}
+		}
+		if d.err != nil {
+			return total, d.err
+		}
+		if d.done {
+			return total, nil
+		}
+		d.err = d.next()
+	}
+}
+
 // next reads and opens one chunk. A chunk is the last one when the stream ends within one
 // byte past it.
 func (d *Decrypter) next() error {

@@ -196,3 +196,35 @@ func TestParseKey(t *testing.T) {
 		t.Error("two keys have one id")
 	}
 }
+
+// io.Copy takes WriteTo; it hands out the same plaintext as Read, and nothing of a chunk
+// that does not authenticate.
+func TestDecrypterWriteTo(t *testing.T) {
+	key := testKey(t, 1)
+	plain := make([]byte, 100)
+	rand.Read(plain)
+	ct := encrypt(t, key, "p", 32, plain)
+	for name, tc := range map[string]struct {
+		ct      []byte
+		want    []byte
+		wantErr bool
+	}{
+		"intact":          {ct: ct, want: plain},
+		"chunk 2 changed": {ct: func() []byte { c := bytes.Clone(ct); c[headerSize+2*(32+tagSize)] ^= 1; return c }(), want: plain[:64], wantErr: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dec, err := NewDecrypter(bytes.NewReader(tc.ct), key, "p")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			n, err := io.Copy(&out, dec)
+			if (err != nil) != tc.wantErr || (err != nil && !errors.Is(err, ErrAuthentication)) {
+				t.Fatalf("io.Copy: %v, want error %v", err, tc.wantErr)
+			}
+			if n != int64(len(tc.want)) || !bytes.Equal(out.Bytes(), tc.want) {
+				t.Errorf("io.Copy wrote %d bytes, want the %d authenticated ones", n, len(tc.want))
+			}
+		})
+	}
+}
