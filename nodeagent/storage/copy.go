@@ -29,7 +29,7 @@ type CopyResult struct {
 // already holds a complete image under id, and returns ErrCorrupt when the destination holds
 // one with a damaged manifest.
 func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
-	m, err := readManifest(ctx, from, id)
+	m, data, err := readManifestData(ctx, from, id)
 	if err != nil {
 		return CopyResult{}, err
 	}
@@ -54,10 +54,6 @@ func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 		}
 		res.Copied++
 		res.BytesCopied += f.StoredSize
-	}
-	data, err := readObject(ctx, from, id.manifestKey())
-	if err != nil {
-		return res, err
 	}
 	sum := sha256.Sum256(data)
 	if err := to.Put(ctx, id.manifestKey(), bytesReader(data), int64(len(data)), sha256Hex(sum[:])); err != nil {
@@ -122,15 +118,6 @@ func copyObject(ctx context.Context, from, to Tier, id ImageID, f FileEntry) err
 			id, f.Name, from, got, f.StoredSHA256, ErrCorrupt)
 	}
 	return nil
-}
-
-func readObject(ctx context.Context, t Tier, key string) ([]byte, error) {
-	rc, err := t.Get(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
 }
 
 // exactReader turns an early end of r into the error short.

@@ -30,29 +30,36 @@ func Stat(ctx context.Context, t Tier, id ImageID, key Key) (Manifest, error) {
 
 // readManifest reads the manifest without its MAC check (Copy moves images without keys).
 func readManifest(ctx context.Context, t Tier, id ImageID) (Manifest, error) {
+	m, _, err := readManifestData(ctx, t, id)
+	return m, err
+}
+
+// readManifestData also returns the manifest's bytes, for Copy to write exactly what it
+// checked.
+func readManifestData(ctx context.Context, t Tier, id ImageID) (Manifest, []byte, error) {
 	if err := id.Validate(); err != nil {
-		return Manifest{}, err
+		return Manifest{}, nil, err
 	}
 	rc, err := t.Get(ctx, id.manifestKey())
 	if errors.Is(err, ErrObjectNotFound) {
-		return Manifest{}, fmt.Errorf("%s: image %s: %w", t, id, ErrNotFound)
+		return Manifest{}, nil, fmt.Errorf("%s: image %s: %w", t, id, ErrNotFound)
 	}
 	if err != nil {
-		return Manifest{}, err
+		return Manifest{}, nil, err
 	}
 	defer rc.Close()
 	data, err := io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
 	if err != nil {
-		return Manifest{}, fmt.Errorf("%s: image %s: reading the manifest: %w", t, id, err)
+		return Manifest{}, nil, fmt.Errorf("%s: image %s: reading the manifest: %w", t, id, err)
 	}
 	m, err := ParseManifest(data)
 	if err != nil {
-		return Manifest{}, fmt.Errorf("%s: image %s: %w", t, id, err)
+		return Manifest{}, nil, fmt.Errorf("%s: image %s: %w", t, id, err)
 	}
 	if m.Image != id {
-		return Manifest{}, fmt.Errorf("%s: image %s: manifest is of image %s: %w", t, id, m.Image, ErrCorrupt)
+		return Manifest{}, nil, fmt.Errorf("%s: image %s: manifest is of image %s: %w", t, id, m.Image, ErrCorrupt)
 	}
-	return m, nil
+	return m, data, nil
 }
 
 // Put encrypts the image folder src into t under id, file by file, streaming, and writes the
