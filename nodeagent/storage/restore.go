@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -72,7 +73,7 @@ func restoreFile(ctx context.Context, t Tier, m Manifest, key Key, f FileEntry, 
 	}
 	defer out.Close()
 	plain := sha256.New()
-	n, err := decryptFile(ctxReader{ctx: ctx, r: rc}, key, id.place(f.Name), io.MultiWriter(out, plain))
+	n, err := decryptInto(ctx, rc, key, id.place(f.Name), out, plain)
 	if err != nil {
 		return corruption(ctx, t, id, f, err)
 	}
@@ -86,6 +87,30 @@ func restoreFile(ctx context.Context, t Tier, m Manifest, key Key, f FileEntry, 
 		return err
 	}
 	return out.Close()
+}
+
+// decryptInto decrypts r into out and h, the reading and decryption in a goroutine of their
+// own, so that they overlap with the writes to out.
+func decryptInto(ctx context.Context, r io.Reader, key Key, place string, out io.Writer, h hash.Hash) (int64, error) {
+	pr, pw := io.Pipe()
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := decryptFile(ctxReader{ctx: ctx, r: r}, key, place, io.MultiWriter(pw, h))
+		pw.CloseWithError(err)
+		done <- result{n, err}
+	}()
+	// A plain Writer, so that io.CopyBuffer uses the buffer of a whole chunk.
+	_, werr := io.CopyBuffer(struct{ io.Writer }{out}, pr, make([]byte, DefaultChunkSize))
+	pr.CloseWithError(errors.New("restore stopped writing"))
+	res := <-done
+	if werr != nil {
+		return res.n, werr
+	}
+	return res.n, res.err
 }
 
 func decryptFile(r io.Reader, key Key, place string, w io.Writer) (int64, error) {
