@@ -66,8 +66,8 @@ const (
 	AnnotationMigrationResult = "kybernate.io/migration-result"
 )
 
-// Annotations of the node agent's simulated GPUs (nodeagent/sim), on pods of simulated nodes
-// only: they describe a simulated process, never a real one.
+// Annotations of the node agent's simulated GPUs (nodeagent/sim), on pods and Nodes of
+// simulated nodes only: they describe a simulated process, never a real one.
 const (
 	// AnnotationSimulatedProgress (output) is the progress counter of a pod's simulated
 	// process; it survives suspension and migration like GPU memory would.
@@ -75,6 +75,9 @@ const (
 	// AnnotationSimulatedFail (input) makes the simulated agent fail the pod's next operation
 	// of the named step.
 	AnnotationSimulatedFail = "sim.kybernate.io/fail"
+	// AnnotationSimulatedForeignMemory (input), on a simulated Node, gives GPUs memory held by
+	// simulated processes outside Kybernate: "<gpu index>=<quantity>", comma separated.
+	AnnotationSimulatedForeignMemory = "sim.kybernate.io/foreign-gpu-memory"
 )
 
 // Values of AnnotationMigrationResult.
