@@ -12,7 +12,7 @@ PKG_cuda-test           := ./cuda/cmd/cuda-test
 PKG_containerd-shim-kybernate-v1 := ./shim/cmd/containerd-shim-kybernate-v1
 PKG_kubectl-kybernate   := ./cli/cmd/kubectl-kybernate
 
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 40m
 # Results of the test tiers (go test -json), read by the summary of `make test`.
 RESULTS   := $(CURDIR)/.cache/test-results
 TIERS     := verify unit integration e2e fuzz
