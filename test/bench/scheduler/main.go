@@ -1,8 +1,13 @@
 // Command bench-scheduler measures kybernate-scheduler against the default kube-scheduler on the
 // same control plane: a local cluster of kwok nodes with simulated GPUs (the node agent in
-// --simulate mode), N plain pods placed by the default scheduler, then N GPU pods placed by
-// kybernate-scheduler. It prints pods/s and the p50/p99 latency from creation to binding for
-// both, and the ratio, as a markdown table.
+// --simulate mode), and two scheduler processes started here with the same client limits
+// (-client-qps, -client-burst): kube-scheduler with its default plugins, and kybernate-scheduler
+// with the shipped profile and controllers. Each repetition creates the same pods for both, one
+// scheduler after the other: GPU pods (kybernate.io/gpu: 1, 20Gi) for kybernate-scheduler and
+// the same pods without the GPU resource for the default one. It prints pods/s (min, median,
+// max over the repetitions), the p50/p99 latency from creation to binding, and the p99 of the
+// scheduling algorithm from each scheduler's own scheduler_scheduling_algorithm_duration_seconds,
+// as Markdown.
 //
 // Latency is measured by this program: from the return of the create call to the first watch
 // event that shows the pod bound.
@@ -16,13 +21,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -39,34 +44,58 @@ func main() {
 }
 
 type options struct {
-	root, bin    string
-	nodes, pods  int
-	gpusPerNode  int
-	slotsPerGPU  int
-	createQPS    int
-	keepCluster  bool
-	timeout      time.Duration
-	clusterDir   string
-	resultPrefix string
+	root, bin     string
+	kubeScheduler string
+	nodes, pods   int
+	gpusPerNode   int
+	slotsPerGPU   int
+	createQPS     int
+	clientQPS     int
+	clientBurst   int
+	reps          int
+	keepCluster   bool
+	timeout       time.Duration
+	clusterDir    string
+	cpuProfile    string
 }
+
+// defaultName is the profile of the default kube-scheduler that this program starts; the
+// cluster's own default-scheduler keeps its lower client limits and serves nothing here.
+const defaultName = "bench-default-scheduler"
 
 func run() int {
 	var o options
 	flag.StringVar(&o.root, "root", ".", "repository root")
 	flag.StringVar(&o.bin, "bin", "bin", "folder with kybernate-scheduler and kybernate-agent")
+	flag.StringVar(&o.kubeScheduler, "kube-scheduler", "", "kube-scheduler binary (default: $KYBERNATE_CACHE_DIR/bin/kube-scheduler)")
 	flag.IntVar(&o.nodes, "nodes", 1000, "kwok nodes")
 	flag.IntVar(&o.gpusPerNode, "gpus-per-node", 8, "simulated GPUs per node")
 	flag.IntVar(&o.slotsPerGPU, "slots-per-gpu", 2, "pods per GPU")
-	flag.IntVar(&o.pods, "pods", 2000, "pods per scheduler")
-	flag.IntVar(&o.createQPS, "create-qps", 300, "pod creations per second (the same for both schedulers)")
+	flag.IntVar(&o.pods, "pods", 2000, "pods per scheduler and repetition")
+	flag.IntVar(&o.createQPS, "create-qps", 500, "pod creations per second (the same for both schedulers)")
+	flag.IntVar(&o.clientQPS, "client-qps", 500, "both schedulers' client QPS")
+	flag.IntVar(&o.clientBurst, "client-burst", 1000, "both schedulers' client burst")
+	flag.IntVar(&o.reps, "reps", 3, "repetitions per scheduler")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "limit for each scheduler's run")
 	flag.BoolVar(&o.keepCluster, "keep-cluster", false, "leave the cluster running")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler during its first repetition here")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := bench(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
 
+func bench(ctx context.Context, o options) error {
 	root, _ := filepath.Abs(o.root)
+	if o.kubeScheduler == "" {
+		o.kubeScheduler = filepath.Join(os.Getenv("KYBERNATE_CACHE_DIR"), "bin", "kube-scheduler")
+	}
+	loadBefore := loadAverage()
 	o.clusterDir = filepath.Join(root, ".cache", "bench-cluster")
 	env := append(os.Environ(), "KYBERNATE_CLUSTER_DIR="+o.clusterDir,
 		fmt.Sprintf("KYBERNATE_NODES=%d", o.nodes), fmt.Sprintf("KYBERNATE_GPUS_PER_NODE=%d", o.gpusPerNode))
@@ -75,8 +104,7 @@ func run() int {
 	started := time.Now()
 	out, err := up.Output()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "cluster-up: %v\n", err)
-		return 1
+		return fmt.Errorf("cluster-up: %w", err)
 	}
 	kubeconfig := strings.TrimSpace(string(out))
 	fmt.Fprintf(os.Stderr, "cluster with %d kwok nodes up in %s\n", o.nodes, time.Since(started).Round(time.Second))
@@ -90,73 +118,145 @@ func run() int {
 
 	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	config.QPS, config.Burst = 1000, 2000
 	client := kubernetes.NewForConfigOrDie(config)
 	kc := versioned.NewForConfigOrDie(config)
 
+	// The controllers' leader election lease lives there, as in manifests/.
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kybernate-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	logs := filepath.Join(o.clusterDir, "logs")
 	agent, err := start(ctx, filepath.Join(root, o.bin, "kybernate-agent"), filepath.Join(logs, "bench-agent.log"),
 		"--simulate", "--kubeconfig", kubeconfig, "--simulate-node-selector", "type=kwok",
 		"--slots-per-gpu", fmt.Sprint(o.slotsPerGPU), "--metrics-bind-address", "", "--socket", "",
 		"--kube-api-qps", "500", "--kube-api-burst", "1000")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	defer stopProcess(agent)
-	schedConfig := filepath.Join(o.clusterDir, "bench-scheduler.yaml")
+	def, err := startScheduler(ctx, o, kubeconfig, o.kubeScheduler, defaultConfig(o, kubeconfig))
+	if err != nil {
+		return err
+	}
+	defer stopProcess(def.cmd)
 	base, err := os.ReadFile(filepath.Join(root, "manifests", "scheduler", "config.yaml"))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	// The shipped profile; leader election off and the same client limits as the default
-	// scheduler of the harness.
-	cfg := strings.Replace(string(base), "leaderElect: true", "leaderElect: false", 1) +
-		fmt.Sprintf("clientConnection:\n  kubeconfig: %s\n  qps: 50\n  burst: 100\n", kubeconfig)
-	if err := os.WriteFile(schedConfig, []byte(cfg), 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	sched, err := start(ctx, filepath.Join(root, o.bin, "kybernate-scheduler"), filepath.Join(logs, "bench-kybernate-scheduler.log"),
-		"--config", schedConfig, "--controllers-config", filepath.Join(root, "manifests", "scheduler", "controllers.yaml"), "--secure-port", "0")
+	// The shipped profile and controllers; leader election off for the profile, the client
+	// limits the same as the default scheduler's.
+	ours, err := startScheduler(ctx, o, kubeconfig, filepath.Join(root, o.bin, "kybernate-scheduler"),
+		strings.Replace(string(base), "leaderElect: true", "leaderElect: false", 1)+clientConnection(o, kubeconfig),
+		"--controllers-config", filepath.Join(root, "manifests", "scheduler", "controllers.yaml"))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	defer stopProcess(sched)
+	defer stopProcess(ours.cmd)
+	for _, s := range []*scheduler{def, ours} {
+		if err := s.endpoint.waitReady(ctx, 2*time.Minute); err != nil {
+			return err
+		}
+	}
 
 	fmt.Fprintf(os.Stderr, "waiting for %d GPUNodes\n", o.nodes)
 	if err := waitGPUNodes(ctx, kc, o.nodes, 5*time.Minute); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
+	// Namespaces of this run: a kept cluster may hold earlier runs' pods.
+	runID := time.Now().UTC().Format("150405")
+	var defRuns, ourRuns []result
+	for rep := range o.reps {
+		for _, s := range []*scheduler{def, ours} {
+			profile := ""
+			if s == ours && rep == 0 {
+				profile = o.cpuProfile
+			}
+			r, err := measureScheduler(ctx, client, o, s, fmt.Sprintf("bench-%s-%s-%d", s.name, runID, rep+1), profile)
+			if err != nil {
+				return err
+			}
+			if s == def {
+				defRuns = append(defRuns, r)
+			} else {
+				ourRuns = append(ourRuns, r)
+			}
+		}
+	}
+	report(os.Stdout, o, loadBefore, loadAverage(), defRuns, ourRuns)
+	return nil
+}
 
-	def, err := measure(ctx, client, o, "default-scheduler", false)
+// scheduler is one scheduler process of the bench.
+type scheduler struct {
+	name     string // the profile's schedulerName
+	gpu      bool   // whether its pods ask for a GPU
+	cmd      *exec.Cmd
+	endpoint endpoint
+}
+
+func defaultConfig(o options, kubeconfig string) string {
+	return "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n" +
+		"leaderElection:\n  leaderElect: false\nprofiles:\n- schedulerName: " + defaultName + "\n" +
+		clientConnection(o, kubeconfig)
+}
+
+func clientConnection(o options, kubeconfig string) string {
+	return fmt.Sprintf("clientConnection:\n  kubeconfig: %s\n  qps: %d\n  burst: %d\n", kubeconfig, o.clientQPS, o.clientBurst)
+}
+
+// startScheduler starts kube-scheduler or kybernate-scheduler with a configuration, serving
+// /metrics and /debug/pprof (profiling is on by default in a KubeSchedulerConfiguration) on a
+// free port without authentication.
+func startScheduler(ctx context.Context, o options, kubeconfig, path, config string, args ...string) (*scheduler, error) {
+	s := &scheduler{name: defaultName}
+	if strings.Contains(config, "schedulerName: kybernate-scheduler") {
+		s.name, s.gpu = "kybernate-scheduler", true
+	}
+	file := filepath.Join(o.clusterDir, "bench-"+s.name+".yaml")
+	if err := os.WriteFile(file, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	ours, err := measure(ctx, client, o, "kybernate-scheduler", true)
+	s.endpoint = newEndpoint(port)
+	s.cmd, err = start(ctx, path, filepath.Join(o.clusterDir, "logs", "bench-"+s.name+".log"),
+		append([]string{"--config", file, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
+			"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/metrics,/debug/pprof/*"}, args...)...)
+	return s, err
+}
+
+// measureScheduler measures one repetition of a scheduler, with its algorithm histogram
+// scraped before and after, and a CPU profile when profile names a file.
+func measureScheduler(ctx context.Context, client kubernetes.Interface, o options, s *scheduler, ns, profile string) (result, error) {
+	before, err := s.endpoint.scrape(ctx, algorithmMetric)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return result{}, err
 	}
-	fmt.Printf("# Scheduler throughput, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Printf("Command: `make bench-scheduler` (go run ./test/bench/scheduler -nodes %d -pods %d -create-qps %d); "+
-		"%d kwok nodes x %d simulated GPUs, %d slots per GPU; both schedulers on the same control plane, one after the other; "+
-		"kube-apiserver, etcd and both schedulers on this machine (%s).\n\n",
-		o.nodes, o.pods, o.createQPS, o.nodes, o.gpusPerNode, o.slotsPerGPU, machine())
-	fmt.Println("| scheduler | pods | pods placed | pods/s | p50 latency | p99 latency |")
-	fmt.Println("|---|---|---|---|---|---|")
-	for _, r := range []result{def, ours} {
-		fmt.Printf("| %s | %s | %d | %.1f | %s | %s |\n", r.scheduler, r.kind, r.placed, r.throughput(), r.percentile(50), r.percentile(99))
+	profiled := make(chan error, 1)
+	if profile != "" {
+		d := time.Duration(o.pods/o.createQPS+5) * time.Second
+		go func() { profiled <- s.endpoint.profileCPU(ctx, d, profile) }()
+	} else {
+		profiled <- nil
 	}
-	fmt.Printf("\nkybernate-scheduler / default-scheduler throughput: **%.2fx**\n", ours.throughput()/def.throughput())
-	return 0
+	r, err := measure(ctx, client, o, ns, s.name, s.gpu)
+	if err != nil {
+		return r, err
+	}
+	if err := <-profiled; err != nil {
+		return r, fmt.Errorf("profiling %s: %w", s.name, err)
+	}
+	after, err := s.endpoint.scrape(ctx, algorithmMetric)
+	if err != nil {
+		return r, err
+	}
+	r.algorithm = after.since(before)
+	return r, nil
 }
 
 type result struct {
@@ -164,26 +264,15 @@ type result struct {
 	placed          int
 	window          time.Duration
 	latencies       []time.Duration
-}
-
-func (r result) throughput() float64 { return float64(r.placed) / r.window.Seconds() }
-
-func (r result) percentile(p int) time.Duration {
-	if len(r.latencies) == 0 {
-		return 0
-	}
-	s := slices.Clone(r.latencies)
-	slices.Sort(s)
-	return s[min(len(s)-1, len(s)*p/100)].Round(time.Millisecond)
+	algorithm       histogram
 }
 
 // measure creates o.pods pods for a scheduler at o.createQPS and waits until all are bound.
-func measure(ctx context.Context, client kubernetes.Interface, o options, scheduler string, gpu bool) (result, error) {
-	ns := "bench-" + scheduler
+func measure(ctx context.Context, client kubernetes.Interface, o options, ns, scheduler string, gpu bool) (result, error) {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		return result{}, err
 	}
-	kind := "plain"
+	kind := "no GPU, 20Gi annotation"
 	if gpu {
 		kind = "1 GPU, 20Gi"
 	}
@@ -281,8 +370,9 @@ func benchPod(ns, name, scheduler string, gpu bool) *v1.Pod {
 			}}},
 		},
 	}
+	// The same pod for both schedulers, but only kybernate-scheduler's asks for a GPU.
+	pod.Annotations = map[string]string{kv1.AnnotationGPUMemory: "20Gi"}
 	if gpu {
-		pod.Annotations = map[string]string{kv1.AnnotationGPUMemory: "20Gi"}
 		pod.Spec.Containers[0].Resources.Limits = v1.ResourceList{kv1.ResourceGPU: resource.MustParse("1")}
 	}
 	return pod
@@ -329,17 +419,4 @@ func start(ctx context.Context, path, logPath string, args ...string) (*exec.Cmd
 func stopProcess(cmd *exec.Cmd) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	_ = cmd.Wait()
-}
-
-func machine() string {
-	data, _ := os.ReadFile("/proc/cpuinfo")
-	model := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "model name") {
-			model = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
-			break
-		}
-	}
-	n := strings.Count(string(data), "processor\t:")
-	return fmt.Sprintf("%d x %s", n, model)
 }
