@@ -57,6 +57,8 @@ type options struct {
 	timeout       time.Duration
 	clusterDir    string
 	cpuProfile    string
+	kubeconfig    string
+	profileFor    time.Duration
 }
 
 // defaultName is the profile of the default kube-scheduler that this program starts; the
@@ -78,6 +80,8 @@ func run() int {
 	flag.IntVar(&o.reps, "reps", 3, "repetitions per scheduler")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "limit for each scheduler's run")
 	flag.BoolVar(&o.keepCluster, "keep-cluster", false, "leave the cluster running")
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "use the running bench cluster of this admin kubeconfig (left running) instead of starting one")
+	flag.DurationVar(&o.profileFor, "cpuprofile-duration", 30*time.Second, "length of the CPU profile, from the start of the repetition")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler during its first repetition here")
 	flag.Parse()
 
@@ -99,16 +103,19 @@ func bench(ctx context.Context, o options) error {
 	o.clusterDir = filepath.Join(root, ".cache", "bench-cluster")
 	env := append(os.Environ(), "KYBERNATE_CLUSTER_DIR="+o.clusterDir,
 		fmt.Sprintf("KYBERNATE_NODES=%d", o.nodes), fmt.Sprintf("KYBERNATE_GPUS_PER_NODE=%d", o.gpusPerNode))
-	up := exec.CommandContext(ctx, filepath.Join(root, "hack", "cluster-up.sh"))
-	up.Env, up.Stderr = env, os.Stderr
-	started := time.Now()
-	out, err := up.Output()
-	if err != nil {
-		return fmt.Errorf("cluster-up: %w", err)
+	kubeconfig := o.kubeconfig
+	if kubeconfig == "" {
+		up := exec.CommandContext(ctx, filepath.Join(root, "hack", "cluster-up.sh"))
+		up.Env, up.Stderr = env, os.Stderr
+		started := time.Now()
+		out, err := up.Output()
+		if err != nil {
+			return fmt.Errorf("cluster-up: %w", err)
+		}
+		kubeconfig = strings.TrimSpace(string(out))
+		fmt.Fprintf(os.Stderr, "cluster with %d kwok nodes up in %s\n", o.nodes, time.Since(started).Round(time.Second))
 	}
-	kubeconfig := strings.TrimSpace(string(out))
-	fmt.Fprintf(os.Stderr, "cluster with %d kwok nodes up in %s\n", o.nodes, time.Since(started).Round(time.Second))
-	if !o.keepCluster {
+	if !o.keepCluster && o.kubeconfig == "" {
 		defer func() {
 			down := exec.Command(filepath.Join(root, "hack", "cluster-down.sh"), "--purge")
 			down.Env, down.Stderr = env, os.Stderr
@@ -239,8 +246,7 @@ func measureScheduler(ctx context.Context, client kubernetes.Interface, o option
 	}
 	profiled := make(chan error, 1)
 	if profile != "" {
-		d := time.Duration(o.pods/o.createQPS+5) * time.Second
-		go func() { profiled <- s.endpoint.profileCPU(ctx, d, profile) }()
+		go func() { profiled <- s.endpoint.profileCPU(ctx, o.profileFor, profile) }()
 	} else {
 		profiled <- nil
 	}
