@@ -1,12 +1,20 @@
 // Command timeslice is a simulation benchmark of GPU time slicing: one oversubscribed trace of
-// GPU jobs run under three policies, with the figures printed as a Markdown report.
+// GPU jobs run under several policies, with the figures printed as a Markdown report.
 //
-//   - kybernate: preemption by suspension and time slicing, by the rules of
-//     plugins/checkpointpreemption, scheduler/resume and scheduler/timeslice: a higher-priority
-//     job suspends lower-priority ones at once; equal-priority jobs take turns of
-//     timeslice.Quantum (the configured quantum, at least 10x the job's suspend+resume time),
-//     the waiting job with the least GPU time next (timeslice.NextFirst); suspended jobs resume
-//     onto any GPU of their node; suspend and resume cost the measured driver rates.
+//   - kybernate: the system's policy, by the rules of plugins/checkpointpreemption and the
+//     resume, time-slice and migration controllers: a higher-priority job suspends
+//     lower-priority ones at once; equal-priority jobs take turns of timeslice.Quantum (the
+//     configured quantum, at least 10x the job's last measured suspend+resume once it has been
+//     moved both ways), the waiting job with the least GPU time next (timeslice.NextFirst);
+//     suspended jobs resume onto any GPU of their node, and move to another node once they have
+//     waited migrationMinWait and longer than migrate.Estimate of their memory. Each move takes
+//     its time at the measured driver rates; a share of suspensions fails (-suspend-failures):
+//     the move's time is spent, the job stays on its GPU with its turn renewed
+//     (timeslice.Usage.TurnRenewed), a preemptor looks for other victims.
+//   - kybernate+spread: the same, and a job that shares its GPU's compute moves onto a GPU
+//     nothing uses (suspend and resume on its node, else a migration): a rule of this model
+//     that the controllers do not have yet.
+//   - kybernate-no-migration: the system with disableMigration.
 //   - kill: the default scheduler's preemption: a higher-priority job deletes lower-priority
 //     ones, which restart from their last application checkpoint (work since then is lost);
 //     equal priorities wait.
@@ -28,11 +36,9 @@ import (
 	"strings"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kybernate/kybernate/apis/config"
-	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
 const gib = float64(1 << 30)
@@ -50,6 +56,9 @@ type options struct {
 	appCheckpoint  time.Duration
 	migrateGBps    float64
 	sizes          []float64
+	// suspendFailures is the share of suspensions that fail (the agent rolls back; the job
+	// stays on its GPU).
+	suspendFailures float64
 }
 
 // defaults fills what the flags left unset.
@@ -89,6 +98,7 @@ func main() {
 		}
 		return nil
 	})
+	flag.Float64Var(&o.suspendFailures, "suspend-failures", 0.02, "share of suspensions that fail and are rolled back")
 	flag.Parse()
 	o.defaults()
 
@@ -189,8 +199,14 @@ type job struct {
 	lastCkpt float64
 	turnAt   float64 // when its current turn began
 	moveEnd  float64
-	waitFrom float64 // when it began to wait (suspended)
-	finished float64
+	// failing says the suspension under way fails at moveEnd; preemptor is the job it was for.
+	failing   bool
+	preemptor *job
+	// lastSuspend and lastResume are the durations of its last moves, what the time-slice
+	// controller measures (zero until it was moved both ways).
+	lastSuspend, lastResume float64
+	waitFrom                float64 // when it began to wait (suspended)
+	finished                float64
 	// nominated is the node a pending job waits on (kybernate), -1 if none.
 	nominated int
 	hourMark  float64 // gpuTime at the start of the current hour
@@ -212,12 +228,14 @@ type sim struct {
 	gpus     []*gpu
 	args     config.ControllerConfiguration
 	stats    stats
+	// failures draws which suspensions fail, from the trace's seed.
+	failures *rand.Rand
 }
 
 type stats struct {
 	busyGPUSeconds, contendedGPUSeconds float64
 	lostSeconds                         float64
-	moves                               int
+	moves, failedSuspensions            int
 	moveGPUSeconds                      float64
 	jainSum, jainWeight                 float64
 	drained                             float64 // when nothing waited any more
@@ -239,6 +257,9 @@ func run(o options, trace []spec, p policy) result {
 	s := &sim{o: o, args: config.ControllerConfiguration{
 		TimeSliceQuantum: metav1.Duration{Duration: o.quantum}, TimeSliceMinQuantumFactor: o.factor,
 	}}
+	s.args.MigrationMinWait = metav1.Duration{Duration: 30 * time.Second}
+	s.args.MigrationBytesPerSecond = 1 << 30
+	s.failures = rand.New(rand.NewPCG(o.seed, 7))
 	for n := range o.nodes {
 		for range o.gpus {
 			s.gpus = append(s.gpus, &gpu{node: n})
@@ -333,9 +354,18 @@ func (s *sim) contended() bool {
 func (s *sim) finishMoves() {
 	for _, j := range s.jobs {
 		switch {
+		case j.state == movingOut && j.moveEnd <= s.t && j.failing:
+			// Rolled back: the job computes on, its turn renewed (timeslice.Usage.TurnRenewed);
+			// a preemptor looks for other victims.
+			j.state, j.turnAt, j.failing = resident, s.t, false
+			if j.preemptor != nil && j.preemptor.state == pending {
+				j.preemptor.nominated = -1
+			}
+			j.preemptor = nil
+			s.dirty = true
 		case j.state == movingOut && j.moveEnd <= s.t:
 			s.gpus[j.gpu].used -= j.vram
-			j.gpu, j.state, j.waitFrom = -1, suspended, s.t
+			j.gpu, j.state, j.waitFrom, j.preemptor = -1, suspended, s.t, nil
 			s.dirty = true
 		case j.state == movingIn && j.moveEnd <= s.t:
 			j.state, j.turnAt = resident, s.t
@@ -407,21 +437,37 @@ func (s *sim) start(j *job, g int) {
 	j.gpu, j.node, j.state, j.turnAt, j.nominated = g, s.gpus[g].node, resident, s.t, -1
 }
 
+// resume brings a suspended job back onto GPU g of its node.
 func (s *sim) resume(j *job, g int) {
 	s.gpus[g].used += j.vram
 	j.gpu, j.state = g, movingIn
-	j.moveEnd = s.t + math.Ceil(j.vram/(s.o.restoreGBps*1e9))
+	j.lastResume = math.Ceil(j.vram / (s.o.restoreGBps * 1e9))
+	j.moveEnd = s.t + j.lastResume
 	s.stats.moves++
 }
 
-func (s *sim) suspend(j *job) {
-	j.state = movingOut
-	j.moveEnd = s.t + math.Ceil(j.vram/(s.o.checkpointGBps*1e9))
+// suspend parks a job's memory in host memory, for preemptor (nil: a turn). The move takes
+// its time even when it fails.
+func (s *sim) suspend(j *job, preemptor *job) {
+	j.state, j.preemptor = movingOut, preemptor
+	d := math.Ceil(j.vram / (s.o.checkpointGBps * 1e9))
+	j.moveEnd = s.t + d
 	s.stats.moves++
+	if s.failures.Float64() < s.o.suspendFailures {
+		j.failing = true
+		s.stats.failedSuspensions++
+		return
+	}
+	j.lastSuspend = d
 }
 
+// moveCost is the job's last measured suspend plus resume, as the time-slice controller reads
+// it (timeslice.Usage.MoveCost): zero until it was moved both ways.
 func (s *sim) moveCost(j *job) time.Duration {
-	return time.Duration((j.vram/(s.o.checkpointGBps*1e9) + j.vram/(s.o.restoreGBps*1e9)) * float64(time.Second))
+	if j.lastSuspend == 0 || j.lastResume == 0 {
+		return 0
+	}
+	return time.Duration((j.lastSuspend + j.lastResume) * float64(time.Second))
 }
 
 // queue is the arrived pending jobs by priority, then arrival.
@@ -436,277 +482,6 @@ func (s *sim) queue() []*job {
 	return q
 }
 
-// ---------------------------------------------------------------- policies
-
-var fifoPolicy = policy{name: "fifo", description: "no preemption (FIFO by priority, then arrival)", step: func(s *sim) {
-	for _, j := range s.queue() {
-		if g := s.bestFit(j.vram, -1); g >= 0 {
-			s.start(j, g)
-		}
-	}
-}}
-
-var killPolicy = policy{name: "kill", description: "kill-preemption (default scheduler: victims deleted, restart from their last checkpoint)", step: func(s *sim) {
-	for _, j := range s.queue() {
-		if g := s.bestFit(j.vram, -1); g >= 0 {
-			s.start(j, g)
-			continue
-		}
-		// The GPU where deleting the fewest lower-priority jobs (lowest priority, least work
-		// lost first) makes room.
-		var bestVictims []*job
-		bestGPU := -1
-		for g := range s.gpus {
-			var cands []*job
-			for _, v := range s.jobs {
-				if v.gpu == g && v.state == resident && v.prio < j.prio {
-					cands = append(cands, v)
-				}
-			}
-			slices.SortFunc(cands, func(a, b *job) int {
-				return cmp.Or(cmp.Compare(a.prio, b.prio), cmp.Compare(a.progress-a.lastCkpt, b.progress-b.lastCkpt))
-			})
-			free := s.o.gpuGiB*gib - s.gpus[g].used
-			for i, v := range cands {
-				free += v.vram
-				if free >= j.vram {
-					if bestGPU < 0 || i+1 < len(bestVictims) {
-						bestGPU, bestVictims = g, cands[:i+1]
-					}
-					break
-				}
-			}
-		}
-		if bestGPU < 0 {
-			continue
-		}
-		for _, v := range bestVictims {
-			s.stats.lostSeconds += v.progress - v.lastCkpt
-			s.gpus[v.gpu].used -= v.vram
-			v.progress, v.state, v.gpu = v.lastCkpt, pending, -1
-		}
-		s.start(j, bestGPU)
-	}
-}}
-
-var kybernatePolicy = policy{name: "kybernate", description: "Kybernate: suspension instead of deletion, equal priorities take turns", step: kybernateStep}
-
-var policies = []policy{kybernatePolicy, migratePolicy, killPolicy, fifoPolicy}
-
-var migratePolicy = policy{name: "kybernate+migration", description: "Kybernate with migration to other nodes (a model of the migration issue, not built yet)", step: func(s *sim) {
-	kybernateStep(s)
-	// A suspended job whose node has no room moves to a GPU that no job of its new node
-	// wants: checkpoint image out of host memory and into the other node's, then restore.
-	for _, j := range s.waiting(func(j *job) bool { return j.state == suspended }) {
-		if s.bestFit(j.vram, j.node) >= 0 {
-			continue // its own node has room: it resumes there
-		}
-		g := s.bestFit(j.vram, -1)
-		if g < 0 {
-			continue
-		}
-		s.gpus[g].used += j.vram
-		j.gpu, j.node, j.state = g, s.gpus[g].node, movingIn
-		j.moveEnd = s.t + math.Ceil(j.vram/(s.o.migrateGBps*1e9)+j.vram/(s.o.restoreGBps*1e9))
-		s.stats.moves++
-	}
-}}
-
-func kybernateStep(s *sim) {
-	// Waiting jobs of each node (nominated pending and suspended) get freed memory first,
-	// highest priority, then least GPU time, then longest waiting (the resume controller).
-	for n := range s.o.nodes {
-		for _, j := range s.waiting(waitsOn(n)) {
-			if g := s.bestFit(j.vram, n); g >= 0 {
-				if j.state == pending {
-					s.start(j, g)
-				} else {
-					s.resume(j, g)
-				}
-			}
-		}
-	}
-	// New jobs: place, else suspend lower priority (CheckpointPreemption), else join the
-	// rotation of the node where equal-priority jobs have the fewest waiting.
-	for _, j := range s.queue() {
-		// A nominated job binds wherever it fits, as the scheduler retries it on every node.
-		if g := s.bestFit(j.vram, -1); g >= 0 {
-			s.start(j, g)
-			continue
-		}
-		if j.nominated >= 0 {
-			continue
-		}
-		if s.preempt(j) {
-			continue
-		}
-		best, bestWaiting := -1, math.MaxInt
-		for n := range s.o.nodes {
-			peers, waiting := 0, 0
-			for _, o := range s.jobs {
-				if o.prio == j.prio && o.state == resident && o.node == n {
-					peers++
-				}
-				if o.prio == j.prio && waitsOn(n)(o) {
-					waiting++
-				}
-			}
-			if peers > 0 && waiting < bestWaiting {
-				best, bestWaiting = n, waiting
-			}
-		}
-		j.nominated = best
-	}
-	// Turns (the time-slice controller).
-	s.nextTurn = math.Inf(1)
-	for n := range s.o.nodes {
-		s.rotate(n)
-	}
-}
-
-// preempt suspends the cheapest set of lower-priority jobs on one GPU that makes room for j
-// and nominates j to its node.
-func (s *sim) preempt(j *job) bool {
-	bestGPU, bestBytes := -1, math.Inf(1)
-	var bestVictims []*job
-	for g := range s.gpus {
-		var cands []*job
-		for _, v := range s.jobs {
-			if v.gpu == g && v.state == resident && v.prio < j.prio {
-				cands = append(cands, v)
-			}
-		}
-		slices.SortFunc(cands, func(a, b *job) int { return cmp.Or(cmp.Compare(a.vram, b.vram), cmp.Compare(a.prio, b.prio)) })
-		free := s.o.gpuGiB*gib - s.gpus[g].used
-		for _, v := range s.jobs {
-			if v.gpu == g && v.state == movingOut {
-				free += v.vram // already leaving
-			}
-		}
-		var bytes float64
-		for i, v := range cands {
-			free += v.vram
-			bytes += v.vram
-			if free >= j.vram {
-				if bytes < bestBytes {
-					bestGPU, bestBytes, bestVictims = g, bytes, cands[:i+1]
-				}
-				break
-			}
-		}
-	}
-	if bestGPU < 0 {
-		return false
-	}
-	for _, v := range bestVictims {
-		s.suspend(v)
-	}
-	j.nominated = s.gpus[bestGPU].node
-	return true
-}
-
-// rotate ends the turns that are due on node n: a running job whose quantum has passed gives its
-// GPU to the equal-priority waiting job with the least GPU time, if that has had less.
-func (s *sim) rotate(n int) {
-	waiting := s.waiting(waitsOn(n))
-	// As the controller: the turns that end first yield, the fewest that make room; a set whose
-	// turns have not all ended yet is held for the waiting job.
-	given := map[*job]bool{}
-	end := func(r *job) float64 {
-		return r.turnAt + timeslice.Quantum(s.args, &v1.Pod{}, timeslice.Usage{MoveCost: s.moveCost(r)}).Seconds()
-	}
-	fits := func(w *job, set []*job) bool {
-		freed := map[int]float64{}
-		for _, r := range set {
-			freed[r.gpu] += r.vram
-		}
-		for g, gp := range s.gpus {
-			if gp.node == n && s.o.gpuGiB*gib-gp.used+freed[g] >= w.vram {
-				return true
-			}
-		}
-		return false
-	}
-	for _, w := range waiting {
-		var cands []*job
-		for _, r := range s.jobs {
-			if r.state != resident || r.node != n || given[r] || r.prio != w.prio {
-				continue
-			}
-			if r.gpuTime <= w.gpuTime {
-				// It will have had more by then.
-				s.nextTurn = math.Min(s.nextTurn, math.Max(end(r), s.t+w.gpuTime-r.gpuTime+1))
-				continue
-			}
-			cands = append(cands, r)
-		}
-		slices.SortFunc(cands, func(a, b *job) int { return cmp.Or(cmp.Compare(end(a), end(b)), cmp.Compare(b.gpuTime, a.gpuTime)) })
-		var set []*job
-		for k := 1; k <= len(cands); k++ {
-			if fits(w, cands[:k]) {
-				set = slices.Clone(cands[:k])
-				break
-			}
-		}
-		if set == nil {
-			continue
-		}
-		for i := len(set) - 2; i >= 0; i-- {
-			if fewer := slices.Delete(slices.Clone(set), i, i+1); fits(w, fewer) {
-				set = fewer
-			}
-		}
-		due := s.t
-		for _, r := range set {
-			given[r] = true
-			due = math.Max(due, end(r))
-		}
-		if s.t < due {
-			s.nextTurn = math.Min(s.nextTurn, due)
-			continue
-		}
-		for _, r := range set {
-			s.suspend(r)
-		}
-	}
-}
-
-// waiting returns the jobs that match in the order they get GPUs: highest priority, then the
-// least GPU time, then the longest waiting (timeslice.NextFirst, as the resume and time-slice
-// controllers order them).
-func (s *sim) waiting(match func(*job) bool) []*job {
-	var out []*job
-	for _, j := range s.jobs {
-		if match(j) {
-			out = append(out, j)
-		}
-	}
-	slices.SortFunc(out, func(a, b *job) int {
-		return timeslice.NextFirst(a.prio, b.prio, dur(a.gpuTime), dur(b.gpuTime), secs(a.waitSince()), secs(b.waitSince()))
-	})
-	return out
-}
-
-// waitsOn matches the jobs waiting for node n: suspended there, or pending and nominated to it.
-func waitsOn(n int) func(*job) bool {
-	return func(j *job) bool {
-		return (j.state == suspended && j.node == n) || (j.state == pending && j.nominated == n)
-	}
-}
-
-func (j *job) waitSince() float64 {
-	if j.state == suspended {
-		return j.waitFrom
-	}
-	return j.submit
-}
-
-func dur(seconds float64) time.Duration { return time.Duration(seconds * float64(time.Second)) }
-
-var epoch = time.Unix(0, 0)
-
-func secs(seconds float64) time.Time { return epoch.Add(dur(seconds)) }
-
 // ---------------------------------------------------------------- report
 
 func report(w *os.File, o options, trace []spec, results []result) {
@@ -720,11 +495,13 @@ func report(w *os.File, o options, trace []spec, results []result) {
 	fmt.Fprintf(w, "`go run ./test/bench/timeslice %s`. A simulation (a model, not the system): %d node(s) x %d GPUs of %.0f GiB, "+
 		"batch jobs of %s GiB whose VRAM is %.1fx the cluster's submitted at the start (%d normal, %d low priority), "+
 		"%d high-priority jobs (10-30 min) arriving over %.0f h; %.0f GPU-hours of work in all. Jobs resident together on a GPU share it equally. "+
-		"Suspend %.1f GB/s, resume %.1f GB/s per process (measured on H200, driver 580); quantum %s, floor %dx suspend+resume; "+
+		"Suspend %.1f GB/s, resume %.1f GB/s per process (measured on H200, driver 580), each move charged its time; %.0f%% of suspensions fail "+
+		"(rolled back after their time, the job keeps its GPU for a renewed turn); quantum %s, floor %dx the last measured suspend+resume; "+
+		"migration once a job waited 30 s and longer than its memory takes at 1 GiB/s, image transfer %.2f GB/s; "+
 		"jobs write their own checkpoint every %s (what kill-preemption restarts from).\n\n",
 		strings.Join(os.Args[1:], " "), o.nodes, o.gpus, o.gpuGiB, joinSizes(o.sizes), o.load, count[prioNormal], count[prioLow], count[prioHigh], o.hours, work/3600,
-		o.checkpointGBps, o.restoreGBps, o.quantum, o.factor, o.appCheckpoint)
-	fmt.Fprintln(w, "| policy | GPU busy while jobs wait | Jain fairness of GPU time (equal priority, hourly) | mean JCT h | p95 JCT h | high-priority mean / p95 extra time min | GPU-hours lost | moves | GPU time moving memory | all done after h |")
+		o.checkpointGBps, o.restoreGBps, 100*o.suspendFailures, o.quantum, o.factor, o.migrateGBps, o.appCheckpoint)
+	fmt.Fprintln(w, "| policy | GPU busy while jobs wait | Jain fairness of GPU time (equal priority, hourly) | mean JCT h | p95 JCT h | high-priority mean / p95 extra time min | GPU-hours lost | moves (failed) | GPU time moving memory | all done after h |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		var jct, highWait []float64
@@ -743,9 +520,9 @@ func report(w *os.File, o options, trace []spec, results []result) {
 		if st.jainWeight > 0 {
 			jain = st.jainSum / st.jainWeight
 		}
-		fmt.Fprintf(w, "| %s | %.1f%% | %.3f | %.2f | %.2f | %.1f / %.1f | %.1f | %d | %.2f%% | %.1f |\n",
+		fmt.Fprintf(w, "| %s | %.1f%% | %.3f | %.2f | %.2f | %.1f / %.1f | %.1f | %d (%d) | %.2f%% | %.1f |\n",
 			r.policy.description, 100*st.busyGPUSeconds/st.contendedGPUSeconds, jain, mean(jct), pct(jct, 0.95),
-			mean(highWait), pct(highWait, 0.95), st.lostSeconds/3600, st.moves, 100*st.moveGPUSeconds/st.contendedGPUSeconds, st.end/3600)
+			mean(highWait), pct(highWait, 0.95), st.lostSeconds/3600, st.moves, st.failedSuspensions, 100*st.moveGPUSeconds/st.contendedGPUSeconds, st.end/3600)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "GPU busy: share of GPU-seconds with a job computing, counted while some job waited for a GPU. Fairness: Jain's index of the GPU time "+

@@ -5,11 +5,11 @@ import (
 	"time"
 )
 
-// A small trace under each policy: every job finishes, only kill-preemption loses work, and
-// Kybernate moves memory while the others never do.
+// A small trace under each policy: every job finishes, only kill-preemption loses work,
+// Kybernate moves memory while the others never do, and failed suspensions lose nothing.
 func TestPolicies(t *testing.T) {
 	o := options{nodes: 1, gpus: 2, gpuGiB: 80, load: 3, hours: 6, seed: 7, quantum: time.Minute,
-		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute}
+		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute, suspendFailures: 0.1}
 	o.defaults()
 	trace := makeTrace(o)
 	byName := map[string]result{}
@@ -31,10 +31,13 @@ func TestPolicies(t *testing.T) {
 	if byName["kill"].stats.lostSeconds <= 0 {
 		t.Error("kill-preemption lost no work: the trace has no preemption")
 	}
-	for _, name := range []string{"kybernate", "kybernate+migration", "fifo"} {
+	for _, name := range []string{"kybernate", "kybernate+spread", "kybernate-no-migration", "fifo"} {
 		if lost := byName[name].stats.lostSeconds; lost != 0 {
 			t.Errorf("%s lost %.0f s of work", name, lost)
 		}
+	}
+	if byName["kybernate"].stats.failedSuspensions == 0 {
+		t.Error("no suspension failed at a failure rate of 10%")
 	}
 	if byName["kybernate"].stats.moves == 0 || byName["fifo"].stats.moves != 0 {
 		t.Errorf("moves: kybernate %d, fifo %d", byName["kybernate"].stats.moves, byName["fifo"].stats.moves)
