@@ -143,12 +143,12 @@ def host_mounts(python):
     """The host folders a PyTorch pod mounts read-only: /usr/lib, /usr/bin, ... and PYTHON's
     prefixes where they lie elsewhere (a venv under /opt, say); top-level folders that are not
     links to /usr."""
-    p = subprocess.run([python, "-c", "import sys, os, torch; print(os.path.realpath(sys.executable)); "
+    p = subprocess.run([python, "-c", "import sys, os, torch; print(sys.executable); print(os.path.realpath(sys.executable)); "
                         "print(sys.prefix); print(sys.base_prefix); print(os.path.dirname(torch.__file__))"],
                        capture_output=True, text=True, timeout=180)
     if p.returncode != 0:
         raise RuntimeError(f"{python} cannot import torch: {p.stderr[-800:]}")
-    real_exe, prefix, base, torchdir = p.stdout.strip().splitlines()[-4:]
+    exe, real_exe, prefix, base, torchdir = p.stdout.strip().splitlines()[-5:]
     binds = [top for top in ("/lib", "/lib64", "/bin", "/sbin", "/lib32", "/libx32")
              if os.path.isdir(top) and not os.path.islink(top)]
     binds += [d for d in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/bin", "/usr/sbin", "/usr/share",
@@ -158,4 +158,6 @@ def host_mounts(python):
         if d in ("/", "/usr", "/usr/local") or any(d == b or d.startswith(b + "/") for b in binds):
             continue
         binds.append(d)
-    return binds, {"python": python, "realpath": real_exe, "prefix": prefix, "torch": torchdir}
+    # The pods start EXE itself (a venv's bin/python3, not what it links to: the venv's
+    # site-packages come with it).
+    return binds, {"python": exe, "realpath": real_exe, "prefix": prefix, "torch": torchdir}

@@ -265,7 +265,7 @@ serializeImagePulls: false
         self.wait(ready, 90, f"node {NODE} Ready and untainted", proc=proc)
 
     # -------------------------------------------------------------------------- install
-    def install(self, driver_libdir, quantum, factor):
+    def install(self, driver_libdir, quantum, factor, simulate=False):
         """kubectl apply -k of an overlay of the project's manifests (see the module doc)."""
         d = self.p("deploy")
         shutil.rmtree(f"{d}/manifests", ignore_errors=True)
@@ -287,7 +287,9 @@ serializeImagePulls: false
             {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": [
                 "/kybernate-agent", "--socket=/run/kybernate/agent.sock", f"--metrics-bind-address=:{PORTS['agent-metrics']}",
                 "--slots-per-gpu=4", "--host-memory-reserve=8Gi", "--checkpoint-dir=/var/lib/kybernate/images",
-                f"--containerd-socket={sock}", "--v=2"]},
+                f"--containerd-socket={sock}", "--v=2"] +
+                # Rehearsal on a machine without a GPU only: the agent's simulated GPUs.
+                (["--simulate", "--simulate-node-selector=kybernate.io/gpu-node=true"] if simulate else [])},
             {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
              "value": [{"name": "metrics", "containerPort": PORTS["agent-metrics"], "protocol": "TCP"}]},
             {"op": "add", "path": "/spec/template/spec/containers/0/env/-",

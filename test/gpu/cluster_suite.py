@@ -42,7 +42,9 @@ AP.add_argument("--deadline", type=float, default=540, help="seconds; then the r
 AP.add_argument("--scenarios", default="1,2,4,3")
 AP.add_argument("--quantum", default="15s")
 AP.add_argument("--factor", default="3")
-AP.add_argument("--keep", action="store_true", help="leave the cluster running (make demo)")
+AP.add_argument("--keep", action="store_true", help="leave the cluster running")
+AP.add_argument("--simulate-agent", action="store_true",
+                help="rehearsal without a GPU: the agent simulates the node's GPUs (the scenarios still need a real one)")
 ARGS = AP.parse_args()
 
 T0 = time.time()
@@ -220,7 +222,8 @@ def setup(node, gpu):
     node.import_images(tars)
     node.kubelet()
     log("node Ready")
-    node.install(libdir or "/usr/lib", ARGS.quantum, ARGS.factor)
+    s["agent_simulated"] = ARGS.simulate_agent
+    node.install(libdir or "/usr/lib", ARGS.quantum, ARGS.factor, simulate=ARGS.simulate_agent)
     node.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cluster_scenarios.NS}})
     t = time.time()
 
@@ -317,6 +320,8 @@ def main():
         if node:
             try:
                 R["setup"]["final_pods"] = node.kubectl("get", "pods", "-A", "-o", "wide", check=False, timeout=15)
+                ev = node.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False, timeout=15)
+                R["setup"]["events"] = "\n".join(ev.splitlines()[-200:])
             except Exception as e:  # noqa: BLE001
                 R["setup"]["final_pods"] = str(e)
         save()
