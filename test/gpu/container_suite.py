@@ -364,7 +364,9 @@ def new_container(name, gpu, steps, ballast, exe, binds, annotations=None, losse
 
 def read_losses(name):
     p = CTRS[name]["losses"]
-    out = {"steps": {}, "start": [], "done": None}
+    # Steps by index for lookups, and every step line in file order: a step written twice (a
+    # restarted process, not a restored one) shows in "twice".
+    out = {"steps": {}, "order": [], "twice": [], "start": [], "done": None}
     if not os.path.exists(p):
         return out
     for line in open(p):
@@ -373,8 +375,11 @@ def read_losses(name):
         except Exception:
             continue
         if "step" in d:
+            if d["step"] in out["steps"]:
+                out["twice"].append(d["step"])
             out["steps"][d["step"]] = d
-        elif d.get("start"):
+            out["order"].append(d)
+        elif d.get("started"):
             out["start"].append(d)
         elif d.get("done"):
             out["done"] = d
@@ -402,8 +407,14 @@ def compare(name, ref, upto):
     n = min(upto, len(rs))
     missing = [i for i in range(n) if i not in gs]
     diff = [i for i in range(n) if i in gs and gs[i]["loss"] != rs[i]["loss"]]
+    lines = got["order"] + got["start"] + ([got["done"]] if got["done"] else [])
+    tokens = sorted({d.get("token") for d in lines} - {None})
+    starts = sorted({d.get("start") for d in lines} - {None})
+    one = len(got["start"]) == 1 and len(tokens) == 1 and len(starts) == 1
     return {"steps_compared": n, "missing": missing[:10], "n_missing": len(missing), "n_different": len(diff),
-            "first_different": diff[:5], "identical": not missing and not diff, "done": got["done"],
+            "first_different": diff[:5], "steps_twice": got["twice"][:10], "tokens": tokens, "start_counters": starts,
+            "one_process_started_once": one,
+            "identical": not missing and not diff and not got["twice"] and one, "done": got["done"],
             "loss_first": float.fromhex(gs[0]["loss"]) if 0 in gs else None,
             "loss_last": float.fromhex(gs[n - 1]["loss"]) if (n - 1) in gs else None}
 
@@ -667,6 +678,18 @@ def main():
             except Exception:
                 pass
         log("end")
+    # Non-zero when anything failed: an error, or an experiment whose losses are not identical
+    # (steps missing or twice, another process, other losses) where one was compared.
+    bad = list(R["errors"])
+    for name, e in R["experiments"].items():
+        c = e.get("compare") if isinstance(e, dict) else None
+        if isinstance(e, dict) and e.get("exception"):
+            bad.append(f"{name}: {e['exception']}")
+        elif c and not c.get("identical") and not name.startswith("2-remap-"):
+            bad.append(f"{name}: losses not identical ({c})")
+    R["failures"] = bad
+    save()
+    return 1 if bad else 0
 
 
-main()
+sys.exit(main())
