@@ -213,9 +213,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.wait(lambda: os.path.exists(f"{n}/containerd.sock"), 30, "containerd socket", proc=proc)
         return snapshotter
 
-    def import_images(self, tarballs):
+    def import_images(self, snapshotter, tarballs):
         t = time.time()
-        p = subprocess.run([f"{self.bin}/ctr-import", self.p("node", "containerd.sock")] + tarballs,
+        p = subprocess.run([f"{self.bin}/ctr-import", self.p("node", "containerd.sock"), snapshotter] + tarballs,
                            capture_output=True, text=True, timeout=180)
         if p.returncode != 0:
             raise RuntimeError(f"ctr-import: {p.stderr.strip()[-1500:]}")

@@ -219,7 +219,7 @@ def setup(node, gpu):
             cluster_images.go_image(imgdir, "kybernate-agent", kyb),
             cluster_images.go_image(imgdir, "kybernate-scheduler", kyb),
             cluster_images.host_python_image(imgdir)]
-    node.import_images(tars)
+    node.import_images(s["snapshotter"], tars)
     node.kubelet()
     log("node Ready")
     s["agent_simulated"] = ARGS.simulate_agent

@@ -37,8 +37,12 @@ c="${c//@STAGING_VERSION@/$staging}"
 c="${c//@ETCD_VERSION@/$ETCD_VERSION}"
 c="${c//@ROOT@/$root}"
 c="${c//@STAGING_REPLACES@/$replaces}"
-if [[ ! -f $mod/go.mod || "$(<"$mod/go.mod")" != "$c" ]]; then printf '%s\n' "$c" >"$mod/go.mod"; fi
 cp -f "$root/test/gpu/cluster/multicall/main.go.txt" "$mod/main.go"
+if [[ ! -f $mod/go.mod.rendered || "$(<"$mod/go.mod.rendered")" != "$c" ]]; then
+	printf '%s\n' "$c" >"$mod/go.mod"
+	(cd "$mod" && GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" go mod tidy)
+	printf '%s\n' "$c" >"$mod/go.mod.rendered"
+fi
 major="${KUBE_VERSION#v}" && major="${major%%.*}"
 minor="${KUBE_VERSION#v*.}" && minor="${minor%%.*}"
 ld="-s -w"
