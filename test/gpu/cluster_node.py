@@ -357,18 +357,31 @@ def fstype(path):
 
 
 def enable_cgroup_controllers():
-    """On cgroup v2 without systemd the root may delegate no controllers; the kubelet needs them."""
-    ctl = "/sys/fs/cgroup/cgroup.subtree_control"
-    if not os.path.exists(ctl):
+    """Creates the kubelet's cgroupRoot, which it wants to exist. cgroup v2: with every
+    controller delegated from the root down to it (without systemd the root may delegate none);
+    v1: in every hierarchy (cpuset with its parent's CPUs and memory nodes)."""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        for d in ("/sys/fs/cgroup", "/sys/fs/cgroup" + CGROUP_ROOT):
+            os.makedirs(d, exist_ok=True)
+            ctl = os.path.join(d, "cgroup.subtree_control")
+            have = set(open(ctl).read().split())
+            for c in open(os.path.join(d, "cgroup.controllers")).read().split():
+                if c not in have:
+                    try:
+                        with open(ctl, "w") as f:
+                            f.write("+" + c)
+                    except OSError:
+                        pass
         return
-    have = set(open(ctl).read().split())
-    for c in open("/sys/fs/cgroup/cgroup.controllers").read().split():
-        if c not in have:
-            try:
-                with open(ctl, "w") as f:
-                    f.write("+" + c)
-            except OSError:
-                pass
+    for h in glob.glob("/sys/fs/cgroup/*/"):
+        if os.path.islink(h.rstrip("/")) or not os.path.exists(os.path.join(h, "cgroup.procs")):
+            continue
+        d = os.path.join(h, CGROUP_ROOT.strip("/"))
+        os.makedirs(d, exist_ok=True)
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            if os.path.exists(os.path.join(d, f)) and not open(os.path.join(d, f)).read().strip():
+                with open(os.path.join(d, f), "w") as w:
+                    w.write(open(os.path.join(h, f)).read().strip())
 
 
 def driver_paths():
