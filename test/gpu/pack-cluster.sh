@@ -45,7 +45,11 @@ if [[ ! -f $mod/go.mod.rendered || "$(<"$mod/go.mod.rendered")" != "$c" ]]; then
 fi
 major="${KUBE_VERSION#v}" && major="${major%%.*}"
 minor="${KUBE_VERSION#v*.}" && minor="${minor%%.*}"
-ld="-s -w"
+# -z lazy: kubectl's kustomize imports Go's plugin package, for which the Go linker asks for
+# immediate binding (-z now); go-nvml (the agent's NVML) leaves NVML's symbols undefined and
+# binds them lazily after its dlopen of libnvidia-ml.so.1, so with -z now kyb would not start
+# ("undefined symbol: nvmlGpmMetricsGet"). The last -z wins; kyb loads no plugin.
+ld="-s -w -extldflags=-Wl,-z,lazy"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
