@@ -20,6 +20,9 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "slots", args: []string{"--node-name=n", "--slots-per-gpu=0"}, wantErr: "--slots-per-gpu=0: want 1..64"},
 		{name: "selector", args: []string{"--simulate", "--simulate-node-selector=a b"}, wantErr: "--simulate-node-selector"},
 		{name: "rate", args: []string{"--simulate", "--simulate-restore-rate=0"}, wantErr: "--simulate-restore-rate must be positive"},
+		{name: "restore margin negative", args: []string{"--node-name=n", "--restore-margin=-1Mi"}, wantErr: "--restore-margin=-1Mi: want 0..16Gi"},
+		{name: "restore margin huge", args: []string{"--node-name=n", "--restore-margin=17Gi"}, wantErr: "--restore-margin=17Gi: want 0..16Gi"},
+		{name: "restore margin", args: []string{"--node-name=n", "--restore-margin=64Mi"}},
 		{name: "quantities parse", args: []string{"--node-name=n", "--host-memory-reserve=16Gi", "--simulate-checkpoint-rate=1.5G"}},
 	}
 	for _, tt := range tests {
@@ -48,7 +51,8 @@ func TestOptionsValidate(t *testing.T) {
 func TestOptionsDefaults(t *testing.T) {
 	o := NewOptions()
 	if o.SlotsPerGPU != 2 || o.Socket != "/run/kybernate/agent.sock" || o.HostMemoryReserve.String() != "8Gi" ||
-		o.SimulateCheckpointRate.Value() != 2_200_000_000 || o.SimulateRestoreRate.Value() != 6_000_000_000 {
+		o.SimulateCheckpointRate.Value() != 2_200_000_000 || o.SimulateRestoreRate.Value() != 6_000_000_000 ||
+		o.RestoreMargin.String() != "256Mi" || o.engineConfig().RestoreMargin != 256<<20 {
 		t.Errorf("defaults %+v", o)
 	}
 }

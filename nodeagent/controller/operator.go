@@ -32,6 +32,12 @@ const (
 	EventResuming      = "Resuming"
 	EventResumed       = "Resumed"
 	EventResumeFailed  = "ResumeFailed"
+	// EventResumeDeferred: the restore guard refused the resume because a target GPU lacks
+	// free memory; the pod stays suspended and nothing was tried.
+	EventResumeDeferred = "ResumeDeferred"
+	// EventGPUStateLost: the driver refused a restore for lack of memory and destroyed the
+	// pod's GPU state; the pod cannot run on.
+	EventGPUStateLost = "GPUStateLost"
 )
 
 // Reasons of the pod condition kybernate.io/GPUResident.
@@ -246,7 +252,7 @@ func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (e
 			back = kv1.PodRunning // the engine says it is not suspended
 		}
 		err := o.setState(ctx, pod, back, "")
-		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeFailed, "Resume failed (%s): %v", engine.CauseOf(opErr), opErr)
+		o.resumeFailed(pod, opErr)
 		logger.Info("Resume failed", "cause", engine.CauseOf(opErr), "rolledBack", engine.RolledBack(opErr), "err", opErr)
 		return engine.Result{}, errors.Join(opErr, err)
 	}
@@ -260,6 +266,20 @@ func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (e
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventResumed, msg)
 	return res, nil
+}
+
+// resumeFailed records a failed resume on the pod: a guard refusal is a wait, not a failure.
+func (o *Operator) resumeFailed(pod *v1.Pod, err error) {
+	switch engine.CauseOf(err) {
+	case engine.CauseInsufficientGPUMemory:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeDeferred,
+			"Resume deferred, the pod stays suspended: %v; it is resumed once the memory is free", errors.Unwrap(err))
+	case engine.CauseGPUStateLost:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventGPUStateLost,
+			"The GPU driver refused the restore for lack of GPU memory, which destroys a process's GPU state: the pod cannot run on; delete it so that its controller starts it again: %v", err)
+	default:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeFailed, "Resume failed (%s): %v", engine.CauseOf(err), err)
+	}
 }
 
 func firstNonEmpty(a, b []cuda.UUID) []cuda.UUID {

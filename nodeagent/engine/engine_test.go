@@ -78,7 +78,7 @@ func newHarness(t *testing.T, hostMemory int64, cfg Config) *harness {
 		cfg.StepTimeout = time.Minute
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	return &harness{e: New(d, f, fixedMemory(hostMemory), cfg, clk), d: d, finder: f, clock: clk}
+	return &harness{e: New(d, f, fixedMemory(hostMemory), d, d, cfg, clk), d: d, finder: f, clock: clk}
 }
 
 // states returns the pod's processes' states and GPUs, and the memory used per GPU.
@@ -124,7 +124,8 @@ func TestSuspendResume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Suspend: %v", err)
 	}
-	want := Result{Bytes: 50 * gib, Steps: []Step{{Name: StepLock}, {Name: StepCheckpoint, Bytes: 50 * gib}}}
+	want := Result{Bytes: 50 * gib, Steps: []Step{{Name: StepLock}, {Name: StepCheckpoint, Bytes: 50 * gib}},
+		Parked: []Process{{PID: 100, GPU: gpu0, Bytes: 30 * gib}, {PID: 101, GPU: gpu1, Bytes: 20 * gib}}}
 	if diff := cmp.Diff(want, res); diff != "" {
 		t.Errorf("suspend result (-want +got):\n%s", diff)
 	}
@@ -562,7 +563,7 @@ func TestResumeAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new engine on the same driver: the agent restarted.
-	e := New(h.d, h.finder, fixedMemory(100*gib), Config{StepTimeout: time.Minute}, h.clock)
+	e := New(h.d, h.finder, fixedMemory(100*gib), h.d, h.d, Config{StepTimeout: time.Minute}, h.clock)
 	if _, err := e.Resume(t.Context(), train, []cuda.UUID{gpu0, gpu1}, nil); err != nil {
 		t.Fatalf("Resume after restart: %v", err)
 	}

@@ -33,6 +33,13 @@ const (
 	CauseCheckpointFailed Cause = "CheckpointFailed"
 	CauseRestoreFailed    Cause = "RestoreFailed"
 	CauseUnlockFailed     Cause = "UnlockFailed"
+	// CauseInsufficientGPUMemory: the restore guard refused a restore because a target GPU has
+	// less free memory than the pod's footprint before its checkpoint plus the margin. Nothing
+	// changed; it is worth trying again once memory is free.
+	CauseInsufficientGPUMemory Cause = "InsufficientGPUMemory"
+	// CauseGPUStateLost: the driver refused a restore for lack of GPU memory, which destroys
+	// the process's GPU state (driver 580): the pod cannot run on.
+	CauseGPUStateLost Cause = "GPUStateLost"
 	// CauseStepTimeout: a driver call did not return within the step timeout; the pod's
 	// state is unknown and the agent refuses further operations on it.
 	CauseStepTimeout Cause = "StepTimeout"
@@ -68,7 +75,17 @@ func (e *Error) Unwrap() error { return e.Err }
 // nothing.
 func (c Cause) Attempted() bool {
 	switch c {
-	case CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed, CauseStepTimeout:
+	case CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed, CauseStepTimeout, CauseGPUStateLost:
+		return true
+	}
+	return false
+}
+
+// Retryable reports whether the same operation may succeed later without anyone changing the
+// request: the pod was busy, or the node lacked memory for it just now.
+func (c Cause) Retryable() bool {
+	switch c {
+	case CauseBusy, CauseInsufficientGPUMemory, CauseHostMemoryExhausted:
 		return true
 	}
 	return false

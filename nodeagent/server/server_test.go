@@ -70,7 +70,7 @@ func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient,
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	e := engine.New(d, finder{d}, memory(100*gib), engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
+	e := engine.New(d, finder{d}, memory(100*gib), d, d, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train", UID: "uid-train",
 			Annotations: map[string]string{kv1.AnnotationGPUs: devs[0].UUID.String()}},
@@ -271,11 +271,32 @@ func TestRestoreStatus(t *testing.T) {
 		{gpuErr(engine.CauseInvalidTarget), codes.InvalidArgument},
 		{gpuErr(engine.CauseStepTimeout), codes.DeadlineExceeded},
 		{gpuErr(engine.CauseRestoreFailed), codes.Aborted},
+		{gpuErr(engine.CauseInsufficientGPUMemory), codes.ResourceExhausted},
+		{gpuErr(engine.CauseGPUStateLost), codes.DataLoss},
 		{errors.New("other"), codes.Internal},
 	}
 	for _, tt := range tests {
 		if got := status.Code(restoreStatus(tt.err)); got != tt.want {
 			t.Errorf("restoreStatus(%v) = %s, want %s", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestToStatus(t *testing.T) {
+	tests := []struct {
+		cause engine.Cause
+		want  codes.Code
+	}{
+		{engine.CauseInsufficientGPUMemory, codes.ResourceExhausted},
+		{engine.CauseHostMemoryExhausted, codes.ResourceExhausted},
+		{engine.CauseGPUStateLost, codes.DataLoss},
+		{engine.CauseBusy, codes.Aborted},
+		{engine.CauseWrongState, codes.FailedPrecondition},
+	}
+	for _, tt := range tests {
+		err := &engine.Error{Op: "resume", Pod: "ml/train", Cause: tt.cause, Err: errors.New("x")}
+		if got := status.Code(toStatus(err)); got != tt.want {
+			t.Errorf("toStatus(%s) = %s, want %s", tt.cause, got, tt.want)
 		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -115,6 +116,8 @@ type Machine struct {
 	pods       map[types.UID]*simPod
 	byPID      map[int]*simPod
 	nextPID    int
+	// foreign are the PIDs of simulated processes outside Kybernate (AnnotationForeignMemory).
+	foreign []int
 	// failing are the driver calls that fail for a pid (AnnotationFail of its pod). Its own
 	// lock: the driver calls the hook that reads it while mu may be held.
 	faultMu sync.Mutex
@@ -220,7 +223,8 @@ func (m *Machine) residentProcesses(gpu cuda.UUID) []nvml.ProcessInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []nvml.ProcessInfo
-	for pid := range m.byPID {
+	pids := slices.Collect(maps.Keys(m.byPID))
+	for _, pid := range append(pids, m.foreign...) {
 		p, ok := m.cuda.Process(pid)
 		if ok && p.GPU == gpu && p.State != cuda.ProcessStateCheckpointed {
 			out = append(out, nvml.ProcessInfo{Pid: uint32(pid), UsedGpuMemory: p.VRAM})

@@ -186,6 +186,17 @@ type GPUCheckpointStatus struct {
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
+	// footprint is, after a Suspend, the GPU memory each of the pod's processes used on each
+	// GPU just before its checkpoint, as NVML reported it (its CUDA context included): what a
+	// restore needs free there, because the driver destroys a process's GPU state when it
+	// refuses a restore for lack of memory. The agent reads it back to take over a suspended
+	// pod after it restarts; the scheduler counts it where it is larger than the pod's
+	// declared kybernate.io/gpu-memory.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	Footprint []ProcessFootprint `json:"footprint,omitempty"`
+
 	// imageLocation is where a Checkpoint wrote its image.
 	// +optional
 	// +kubebuilder:validation:MaxLength=4096
@@ -210,6 +221,22 @@ type GPUCheckpointStatus struct {
 	// +patchMergeKey=type
 	// +kubebuilder:validation:MaxItems=8
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+}
+
+// ProcessFootprint is the GPU memory one process used on one GPU.
+type ProcessFootprint struct {
+	// pid of the process in the node's (host) PID namespace.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	PID int32 `json:"pid"`
+	// gpu is the GPU's UUID.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	GPU string `json:"gpu"`
+	// bytes of GPU memory, as NVML reports them for the process.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	Bytes int64 `json:"bytes"`
 }
 
 // CheckpointImage describes a verified checkpoint image.

@@ -1,6 +1,7 @@
 // Package agent tests the node agent in --simulate mode on a real control plane, without the
-// scheduler: GPUNode status and node capacity, and GPUCheckpoints written by hand (reason
-// Manual), valid and invalid.
+// scheduler: GPUNode status and node capacity, GPUCheckpoints written by hand (reason Manual),
+// valid and invalid, the restore guard across an agent killed with SIGKILL, and suspended pods
+// that are deleted.
 package agent
 
 import (
@@ -31,16 +32,18 @@ func TestMain(m *testing.M) {
 	framework.MainWithGPUNodes(m, nodes, gpusPerNode)
 }
 
-var started bool
+// agent is the simulated agent the tests share; restartAgent replaces it.
+var agent *framework.Component
+
+var agentArgs = []string{"--slots-per-gpu", fmt.Sprint(slotsPerGPU),
+	"--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G", "--simulate-progress-period", "500ms"}
 
 func setup(t *testing.T) (*framework.Cluster, versioned.Interface) {
 	t.Helper()
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
-	if !started {
-		started = true
-		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
-			"--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G", "--simulate-progress-period", "500ms")
+	if agent == nil {
+		agent = c.StartSimulatedAgent(t, agentArgs...)
 	}
 	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	return c, kc
