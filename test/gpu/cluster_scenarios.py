@@ -8,6 +8,7 @@ NVML samples. Suspend and resume durations are the agent's own (GPUCheckpoint st
 import os
 import re
 import signal
+import subprocess
 import time
 
 import losses
@@ -167,13 +168,16 @@ def moved(cp):
             "message": st.get("message", "")[:300]}
 
 
-def wait_cp(ctx, pod, action, timeout, after=0.0):
-    """Waits for a GPUCheckpoint of POD with ACTION to succeed (fails at once when one failed)."""
+def wait_cp(ctx, pod, action, timeout, after=0.0, retryable=()):
+    """Waits for a GPUCheckpoint of POD with ACTION to succeed (fails at once when one failed,
+    unless its message names one of RETRYABLE)."""
     def done(_):
         for cp in checkpoints(ctx, pod, action):
             if cp["_first"] < after:
                 continue
             ph = cp.get("status", {}).get("phase")
+            if ph == "Failed" and any(r in str(cp.get("status")) for r in retryable):
+                continue
             if ph == "Failed":
                 raise RuntimeError(f"{action} of {pod} failed: {cp['status'].get('message')}")
             if ph == "Succeeded":
@@ -357,7 +361,7 @@ def s4(ctx):
     R = ctx.R["scenarios"].setdefault(sc, {"title": "Agent restart while suspended; deleting a suspended pod"})
     R5 = ctx.R["scenarios"].setdefault("s5", {"title": "Deleting a suspended pod returns its host memory"})
     reference = ref(ctx, S4_SEED, S4_STEPS)
-    create(ctx, gpu_pod(ctx, "keep", "kybernate-batch-low", int(0.40 * M), 4, S4_STEPS, S4_SEED, sc, start_file="keep.starts"))
+    create(ctx, gpu_pod(ctx, "keep", "kybernate-batch-low", int(0.40 * M), 8, S4_STEPS, S4_SEED, sc, start_file="keep.starts"))
     create(ctx, gpu_pod(ctx, "drop", "kybernate-batch-low", int(0.40 * M), 8, 100000, 42, sc, start_file="drop.starts"))
     wait_steps(ctx, sc, "keep", 100, 180)
     wait_steps(ctx, sc, "drop", 20, 180)
@@ -390,14 +394,62 @@ def s4(ctx):
               parked > 4 * GIB and avail_after - avail_before >= 0.8 * parked,
               f"RSS {gib(rss_running)} GiB running, {gib(rss_parked)} GiB suspended; MemAvailable {gib(avail_before)} -> "
               f"{gib(avail_after)} GiB; process gone {gone_s:.1f} s after the delete")
+    guard = s6_guard_before(ctx)
+    t_big = time.time()
     delete(ctx, "big")
-    res = wait_cp(ctx, "keep", "Resume", 180, after=t_kill)
+    if guard:
+        s6_guard_after(ctx, guard, t_big)
+    res = wait_cp(ctx, "keep", "Resume", 180, after=t_kill, retryable=("InsufficientGPUMemory",))
     R["resume_after_restart"] = moved(res)
     ctx.pods.wait_for(lambda l: phase(l.get("keep")) in ("Succeeded", "Failed"), 180, "keep done")
     ctx.check(sc, "the pod suspended across the agent's SIGKILL and restart is resumed and completes",
               phase(ctx.pods.latest.get("keep")) == "Succeeded", pod_why(ctx.pods.latest.get("keep")))
     report_losses(ctx, sc, "keep", steps_file(ctx, sc, "keep"), reference)
     cleanup(ctx)
+
+
+def s6_guard_before(ctx):
+    """Restore guard, part 1: a process outside Kybernate (PyTorch on the host) takes the GPU's
+    free memory while "keep" is suspended and "big" still runs."""
+    if "6" not in ctx.scenarios:
+        return None
+    R6 = ctx.R["scenarios"].setdefault("s6", {"title": "Restore guard: memory taken outside Kybernate"})
+    free = ctx.gpu["memory_bytes"] - ctx.sampler.samples[-1]["used"]
+    hog = int(free - 768 * (1 << 20))
+    ready = os.path.join(ctx.work, "hog.ready")
+    code = ("import sys, time, torch; x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, device='cuda'); "
+            "torch.cuda.synchronize(); open(sys.argv[2], 'w').write('ok'); time.sleep(600)")
+    proc = subprocess.Popen([ctx.python, "-c", code, str(hog), ready], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    ctx.node.wait(lambda: os.path.exists(ready), 60, "the outside process holds its memory", proc=proc)
+    R6.update({"outside_process_gib": gib(hog), "free_before_gib": gib(free), "outside_pid": proc.pid})
+    ctx.log(f"outside process {proc.pid} holds {gib(hog)} GiB")
+    return proc
+
+
+def s6_guard_after(ctx, hog, t_big):
+    """Restore guard, part 2: "big" ended; the resume of "keep" must be refused as not yet (the
+    driver is never asked), and succeed once the outside process ended."""
+    R6 = ctx.R["scenarios"]["s6"]
+    try:
+        refused = ctx.cps.wait_for(lambda _: next((c for c in checkpoints(ctx, "keep", "Resume")
+                                                   if c["_first"] >= t_big and c.get("status", {}).get("phase") == "Failed"), None),
+                                   90, "a refused resume of keep")
+    except TimeoutError as e:
+        refused = None
+        R6["error"] = str(e)
+    finally:
+        hog.kill()
+        hog.wait()
+    t_free = time.time()
+    st = (refused or {}).get("status", {})
+    R6["refused"] = {"message": st.get("message", "")[:400], "conditions": st.get("conditions")}
+    ctx.check("s6", "with the GPU's memory taken outside Kybernate the resume is refused as not yet (InsufficientGPUMemory), the pod stays suspended",
+              refused is not None and "InsufficientGPUMemory" in str(st) and state(ctx.pods.latest.get("keep")) == "Suspended",
+              (st.get("message", "") or R6.get("error", ""))[:300])
+    res = wait_cp(ctx, "keep", "Resume", 120, after=t_free, retryable=("InsufficientGPUMemory",))
+    R6["resumed_after_s"] = round(time.time() - t_free, 1)
+    ctx.check("s6", "once the outside process ended the resume succeeds", res.get("status", {}).get("phase") == "Succeeded",
+              f"{R6['resumed_after_s']} s after the outside process ended")
 
 
 def gib(b):
