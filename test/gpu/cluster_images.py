@@ -139,12 +139,13 @@ def host_python_image(out_dir):
     return build(os.path.join(out_dir, "host-python.tar"), "docker.io/kybernate/host-python:dev", fill, ["/bin/sh"])
 
 
-def host_mounts(python):
+def host_mounts(python, torch=True):
     """The host folders a PyTorch pod mounts read-only: /usr/lib, /usr/bin, ... and PYTHON's
     prefixes where they lie elsewhere (a venv under /opt, say); top-level folders that are not
     links to /usr."""
-    p = subprocess.run([python, "-c", "import sys, os, torch; print(sys.executable); print(os.path.realpath(sys.executable)); "
-                        "print(sys.prefix); print(sys.base_prefix); print(os.path.dirname(torch.__file__))"],
+    imp = "import torch; t = os.path.dirname(torch.__file__)" if torch else "t = sys.prefix"
+    p = subprocess.run([python, "-c", f"import sys, os; {imp}; print(sys.executable); print(os.path.realpath(sys.executable)); "
+                        "print(sys.prefix); print(sys.base_prefix); print(t)"],
                        capture_output=True, text=True, timeout=180)
     if p.returncode != 0:
         raise RuntimeError(f"{python} cannot import torch: {p.stderr[-800:]}")

@@ -40,7 +40,7 @@ AP.add_argument("--out", required=True)
 AP.add_argument("--python", default="python3", help="the Python with PyTorch the pods run (host tree)")
 AP.add_argument("--deadline", type=float, default=540, help="seconds; then the run stops and reports")
 AP.add_argument("--scenarios", default="1,2,4,6,3", help="6 (restore guard) runs inside 4")
-AP.add_argument("--quantum", default="15s")
+AP.add_argument("--quantum", default="12s")
 AP.add_argument("--factor", default="3")
 AP.add_argument("--keep", action="store_true", help="leave the cluster running")
 AP.add_argument("--simulate-agent", action="store_true",
@@ -245,6 +245,29 @@ def setup(node, gpu):
         s["allocatable_kybernate_gpu"] = alloc.get("kybernate.io/gpu")
 
 
+def smoke(node, binds, python, gpu):
+    """A pod under our shim (no GPU) runs the host's Python from the image host-python."""
+    c = cluster_scenarios.Ctx(node=node, binds=binds, python=python, work=ARGS.work)
+    pod = cluster_scenarios.gpu_pod(c, "smoke", "kybernate-batch-low", 0, 0, 0, 0, "smoke", scheduler="default-scheduler")
+    spec = pod["spec"]["containers"][0]
+    del spec["resources"], pod["metadata"]["annotations"]["kybernate.io/gpu-memory"]
+    spec["command"] = [python, "-c", "import sys; print('python', sys.version.split()[0])" +
+                       ("; import torch; print('torch', torch.__version__)" if gpu else "")]
+    node.api("POST", f"/api/v1/namespaces/{cluster_scenarios.NS}/pods", pod)
+    t = time.time()
+
+    def done():
+        p = node.api("GET", f"/api/v1/namespaces/{cluster_scenarios.NS}/pods/smoke")
+        return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+    try:
+        p = node.wait(done, min(90, remaining()), "smoke pod done")
+        log_ = node.kubectl("logs", "-n", cluster_scenarios.NS, "smoke", check=False, timeout=20).strip()
+        check("setup", "a pod with RuntimeClass kybernate runs the host's Python (image host-python + hostPath mounts)",
+              p["status"]["phase"] == "Succeeded", f"{log_!r} in {time.time() - t:.1f}s; {cluster_scenarios.pod_why(p)[:300]}")
+    finally:
+        node.api("DELETE", f"/api/v1/namespaces/{cluster_scenarios.NS}/pods/smoke?gracePeriodSeconds=0", ok404=True)
+
+
 def gpunode_ready(node):
     gn = node.api("GET", f"/apis/kybernate.io/v1alpha1/gpunodes/{cluster_node.NODE}", ok404=True)
     if gn and any(c["type"] == "Ready" and c["status"] == "True" for c in gn.get("status", {}).get("conditions", [])):
@@ -278,11 +301,12 @@ def main():
             sampler = Sampler()
             sampler.start()
             refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
-            binds, py = cluster_images.host_mounts(ARGS.python)
-            R["setup"]["python"], R["setup"]["host_mounts"] = py, binds
+        binds, py = cluster_images.host_mounts(ARGS.python, torch=bool(gpu))
+        R["setup"]["python"], R["setup"]["host_mounts"] = py, binds
         setup(node, gpu)
         check("setup", "control plane, node, kybernate-scheduler and kybernate-agent up (kubectl apply -k)", True,
               f"agent and scheduler Ready {R['setup']['components_ready_s']}s after apply")
+        smoke(node, binds, py["python"], bool(gpu))
         if not gpu:
             raise RuntimeError("no GPU: the scenarios need one (the setup above ran without it)")
         pods = Recorder(node, f"/api/v1/namespaces/{cluster_scenarios.NS}/pods", "pods")
