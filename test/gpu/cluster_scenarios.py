@@ -415,7 +415,7 @@ def s6_guard_before(ctx):
         return None
     R6 = ctx.R["scenarios"].setdefault("s6", {"title": "Restore guard: memory taken outside Kybernate"})
     free = ctx.gpu["memory_bytes"] - ctx.sampler.samples[-1]["used"]
-    hog = int(free - 768 * (1 << 20))
+    hog = int(free - 1536 * (1 << 20))  # its CUDA context takes about 0.5 GiB more
     ready = os.path.join(ctx.work, "hog.ready")
     code = ("import sys, time, torch; x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, device='cuda'); "
             "torch.cuda.synchronize(); open(sys.argv[2], 'w').write('ok'); time.sleep(600)")
