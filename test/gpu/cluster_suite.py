@@ -185,6 +185,26 @@ class Recorder(threading.Thread):
                 self.cond.wait(min(left, 0.5))
 
 
+# ------------------------------------------------------------------------- host memory
+def grow_host_memory(need):
+    """Some lent machines (Firecracker) start with a small MemTotal that grows as memory is used:
+    a suspend that parks NEED bytes would be refused for lack of host memory. A helper touches
+    that much once (in the background, during the bring-up) and frees it again."""
+    def meminfo(key):
+        for line in open("/proc/meminfo"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) << 10
+    total = meminfo("MemTotal")
+    R["setup"]["memtotal_gib_at_start"] = round(total / 2**30, 1)
+    if total >= need + (24 << 30):
+        return None
+    code = ("import numpy as np, sys; n = int(sys.argv[1]); c = 4 << 30; "
+            "keep = [np.ones(min(c, n - i), dtype=np.uint8) for i in range(0, n, c)]; print(len(keep))")
+    f = open(os.path.join(ARGS.work, "logs", "grow-memory.log"), "w")
+    log(f"MemTotal {total / 2**30:.1f} GiB: touching {need / 2**30:.0f} GiB once so that it grows")
+    return subprocess.Popen([ARGS.python, "-c", code, str(need)], stdout=f, stderr=subprocess.STDOUT)
+
+
 # --------------------------------------------------------------------------- references
 def start_references(work, python, seeds):
     """Uninterrupted runs of train.py on the host, one per (seed, steps), in the background."""
@@ -296,14 +316,18 @@ def main():
         if not gpu:
             check("setup", "an NVIDIA GPU is present (nvidia-smi)", False, why or "no GPU listed")
         node = cluster_node.Node(ARGS.bin, ARGS.pki, ARGS.repo, ARGS.work, log)
-        refs = None
+        refs = grow = None
         if gpu:
             sampler = Sampler()
             sampler.start()
             refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
+            grow = grow_host_memory(int(0.8 * gpu["memory_bytes"]))
         binds, py = cluster_images.host_mounts(ARGS.python, torch=bool(gpu))
         R["setup"]["python"], R["setup"]["host_mounts"] = py, binds
         setup(node, gpu)
+        if gpu and grow:
+            grow.wait()
+            R["setup"]["memtotal_gib_after_growing"] = round(int(open("/proc/meminfo").readline().split()[1]) / 2**20, 1)
         check("setup", "control plane, node, kybernate-scheduler and kybernate-agent up (kubectl apply -k)", True,
               f"agent and scheduler Ready {R['setup']['components_ready_s']}s after apply")
         smoke(node, binds, py["python"], bool(gpu))

@@ -69,7 +69,7 @@ if [[ ! -x $build/containerd ]]; then
 	rm -rf "$tmp"
 fi
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$build/pause" ./test/images/pause)
-cp -f "$(command -v runc)" "$build/runc"
+cp -fp "$(command -v runc)" "$build/runc"
 cp -fL "$(ldd "$(command -v runc)" | awk '/libseccomp/ {print $3}')" "$dst/libseccomp.so.2"
 
 for b in kyb containerd runc pause; do
