@@ -75,6 +75,12 @@ def render(R):
             f"| node MemAvailable before / after the deletion | {_v(s5.get('mem_available_before_gib'), ' GiB')} / "
             f"{_v(s5.get('mem_available_after_gib'), ' GiB')} |",
             f"| process gone after the delete | {_v(s5.get('process_gone_s'), ' s')} |", ""]
+    s6 = sc.get("s6", {})
+    if s6:
+        out += ["| restore guard | |", "|---|---|",
+                f"| memory taken by a process outside Kybernate | {_v(s6.get('outside_process_gib'), ' GiB')} |",
+                f"| while it held the memory | {s6.get('while_held')} |",
+                f"| resumed after it ended | {_v(s6.get('resumed_after_s'), ' s')} |", ""]
     out += ["## Checks", "", "| scenario | check | result | detail |", "|---|---|---|---|"]
     for c in R.get("checks", []):
         d = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:400]
