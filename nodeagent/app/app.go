@@ -51,7 +51,6 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
-	"github.com/kybernate/kybernate/nodeagent/metrics"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 	"github.com/kybernate/kybernate/nodeagent/server"
 	"github.com/kybernate/kybernate/nodeagent/sim"
@@ -94,7 +93,7 @@ With --simulate one agent serves many kwok nodes with simulated GPUs; nothing to
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options) error {
 	logger := klog.FromContext(ctx)
-	metrics.Register()
+	engine.RegisterMetrics()
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	if err != nil {

@@ -629,6 +629,17 @@ func (e *Engine) SuspendedPods() []kv1.PodGPUUsage {
 	return out
 }
 
+// RegisterMetrics registers the agent's metrics (package metrics) and starts the failure
+// series of every cause at zero, so that dashboards and alerts see them before a failure.
+func RegisterMetrics() {
+	metrics.Register()
+	for _, op := range []string{metrics.OperationSuspend, metrics.OperationResume} {
+		for _, c := range Causes {
+			metrics.Failures.WithLabelValues(op, string(c))
+		}
+	}
+}
+
 func observe(op string, start, end time.Time, res Result, err error) {
 	result := metrics.ResultSuccess
 	if err != nil {
@@ -636,6 +647,10 @@ func observe(op string, start, end time.Time, res Result, err error) {
 		metrics.Failures.WithLabelValues(op, string(CauseOf(err))).Inc()
 	} else {
 		metrics.BytesMoved.WithLabelValues(op).Add(float64(res.Bytes))
+		metrics.OperationBytes.WithLabelValues(op).Observe(float64(res.Bytes))
+		if d := end.Sub(start).Seconds(); res.Bytes > 0 && d > 0 {
+			metrics.OperationThroughput.WithLabelValues(op).Observe(float64(res.Bytes) / d)
+		}
 	}
 	metrics.OperationDuration.WithLabelValues(op, result).Observe(end.Sub(start).Seconds())
 }

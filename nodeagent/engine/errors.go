@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 // Cause is why an operation failed, in words a person and a metric label can use.
@@ -36,7 +38,7 @@ const (
 	// CauseInsufficientGPUMemory: the restore guard refused a restore because a target GPU has
 	// less free memory than the pod's footprint before its checkpoint plus the margin. Nothing
 	// changed; it is worth trying again once memory is free.
-	CauseInsufficientGPUMemory Cause = "InsufficientGPUMemory"
+	CauseInsufficientGPUMemory Cause = kv1.ReasonInsufficientGPUMemory
 	// CauseGPUStateLost: the driver refused a restore for lack of GPU memory, which destroys
 	// the process's GPU state (driver 580): the pod cannot run on.
 	CauseGPUStateLost Cause = "GPUStateLost"
@@ -46,6 +48,11 @@ const (
 	// CauseInternal: something else, such as a failure to list the pod's processes.
 	CauseInternal Cause = "Internal"
 )
+
+// Causes are all causes, for the failure metric's series.
+var Causes = []Cause{CauseBusy, CauseNoProcesses, CauseWrongState, CauseInvalidTarget, CauseUnsupported,
+	CauseHostMemoryExhausted, CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed,
+	CauseUnlockFailed, CauseStepTimeout, CauseInternal}
 
 // Error is a failed operation on a pod.
 type Error struct {

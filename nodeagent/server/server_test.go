@@ -65,6 +65,14 @@ func (m memory) MemAvailable() (int64, error) { return int64(m), nil }
 // in a temporary folder and returns a client.
 func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient, *fake.Driver) {
 	t.Helper()
+	s, d := newServer(t)
+	return serveOn(t, s, filepath.Join(t.TempDir(), "agent.sock"), creds), d
+}
+
+// newServer is a Server for node-a (pod ml/train: pid 100, 30 GiB on the first GPU) on the
+// fake driver it returns.
+func newServer(t testing.TB) (*Server, *fake.Driver) {
+	t.Helper()
 	d := fake.New(devs...)
 	if err := errors.Join(d.Init(), d.AddProcess(100, devs[0].UUID, uint64(30*gib))); err != nil {
 		t.Fatal(err)
@@ -84,9 +92,12 @@ func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient,
 			Processes: []inventory.Process{{PID: 100, UsedBytes: 30 * gib}}},
 	}}}
 	nodes := NodeMap{"node-a": {Inventory: inv, Pods: pids{100: {Namespace: "ml", Name: "train", UID: "uid-train"}}, Engine: e, Suspended: e, HostMemory: memory(100 * gib)}}
-	s := New(nodes, op, APIPods{Client: kube}, 8*gib, true)
+	return New(nodes, op, APIPods{Client: kube}, 8*gib, true), d
+}
 
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+// serveOn is the rest of serve: s on sock, and a client.
+func serveOn(t *testing.T, s *Server, sock string, creds PeerCredentials) agentv1.NodeAgentServiceClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- serveWith(ctx, sock, s, creds) }()
@@ -101,7 +112,7 @@ func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient,
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return agentv1.NewNodeAgentServiceClient(conn), d
+	return agentv1.NewNodeAgentServiceClient(conn)
 }
 
 // call waits for the server to be up: the socket appears asynchronously.

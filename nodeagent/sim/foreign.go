@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 )
@@ -18,7 +19,7 @@ import (
 // "0=20Gi,1=512Mi". NVML reports them as compute processes in no pod, so the GPUNode shows the
 // memory used and the agent's restore guard sees it gone. Tests use it to show that a resume
 // waits until such memory is free; real nodes never have it.
-const AnnotationForeignMemory = "sim.kybernate.io/foreign-gpu-memory"
+const AnnotationForeignMemory = kv1.AnnotationSimulatedForeignMemory
 
 // foreignPID is the first PID of the simulated foreign processes: one per GPU, far above the
 // pods' PIDs.

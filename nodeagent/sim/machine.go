@@ -34,13 +34,13 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/cuda/fake"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 )
@@ -334,22 +334,21 @@ func (m *Machine) podProcesses(pod *v1.Pod) ([]cuda.UUID, []uint64, error) {
 	if pod.Status.Phase != v1.PodRunning || pod.DeletionTimestamp != nil {
 		return nil, nil, nil
 	}
-	s := strings.TrimSpace(pod.Annotations[kv1.AnnotationGPUs])
-	if s == "" {
+	assigned, ok, err := gpupod.PodGPUs(pod)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if !ok {
 		return nil, nil, nil
 	}
-	var per int64
-	if q, ok := pod.Annotations[kv1.AnnotationGPUMemory]; ok {
-		v, err := resource.ParseQuantity(strings.TrimSpace(q))
-		if err != nil || v.Sign() <= 0 {
-			return nil, nil, fmt.Errorf("pod %s/%s: annotation %s=%q is not a positive quantity", pod.Namespace, pod.Name, kv1.AnnotationGPUMemory, q)
-		}
-		per = v.Value()
+	per, err := gpupod.GPUMemory(pod)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod %s/%s: annotation %s=%q is not a positive quantity", pod.Namespace, pod.Name, kv1.AnnotationGPUMemory, pod.Annotations[kv1.AnnotationGPUMemory])
 	}
 	var uuids []cuda.UUID
 	var bytes []uint64
-	for _, part := range strings.Split(s, ",") {
-		u, err := cuda.ParseUUID(strings.TrimSpace(part))
+	for _, part := range assigned {
+		u, err := cuda.ParseUUID(part)
 		if err != nil {
 			return nil, nil, fmt.Errorf("pod %s/%s: annotation %s: %w", pod.Namespace, pod.Name, kv1.AnnotationGPUs, err)
 		}
@@ -458,7 +457,7 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 // checkpoint images: Dump (writing the image fails), CorruptImage (the image is damaged after
 // it was written and verified), RestoreImage (restoring from an image fails). Tests use it to
 // show what a failed suspend, resume or migration does; real pods never have it.
-const AnnotationFail = "sim.kybernate.io/fail"
+const AnnotationFail = kv1.AnnotationSimulatedFail
 
 var faultCalls = map[string]string{
 	"Lock": fake.CallLock, "Checkpoint": fake.CallCheckpoint, "Restore": fake.CallRestore, "Unlock": fake.CallUnlock,

@@ -53,6 +53,37 @@ const (
 	CheckpointRolledBack = "RolledBack"
 )
 
+// ReasonInsufficientGPUMemory is the reason of a Complete=False condition when the agent's
+// restore guard refused a Resume or Restore: a target GPU had less free memory than the pod's
+// footprint plus a margin. Nothing was tried; the same action may succeed once memory is free.
+const ReasonInsufficientGPUMemory = "InsufficientGPUMemory"
+
+// Deferred reports whether the action was refused by the restore guard (reason
+// ReasonInsufficientGPUMemory): a "not yet", not a failure.
+func (s *GPUCheckpointStatus) Deferred() bool {
+	if s.Phase != PhaseFailed {
+		return false
+	}
+	for _, c := range s.Conditions {
+		if c.Type == CheckpointComplete {
+			return c.Status == metav1.ConditionFalse && c.Reason == ReasonInsufficientGPUMemory
+		}
+	}
+	return false
+}
+
+// GPUFootprint is the most memory the recorded footprint puts on one GPU: what the pod needs on
+// each GPU to be restored; 0 when nothing was recorded.
+func (s *GPUCheckpointStatus) GPUFootprint() int64 {
+	per := map[string]int64{}
+	var most int64
+	for _, f := range s.Footprint {
+		per[f.GPU] += f.Bytes
+		most = max(most, per[f.GPU])
+	}
+	return most
+}
+
 // +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Namespaced,shortName=gpuckpt
