@@ -39,7 +39,8 @@ def render(R):
             f"| pods | host network; image host-python (empty root) + the host's Python tree read-only: "
             f"{', '.join(s.get('host_mounts') or [])}; `{_get(s, 'python', 'python')}` |",
             f"| kybernate.io/gpu allocatable | {s.get('allocatable_kybernate_gpu')} |",
-            f"| components Ready after apply | {s.get('components_ready_s')} s |", ""]
+            f"| components Ready after apply | {s.get('components_ready_s')} s |",
+            f"| built from | {s.get('build') or '-'} |", ""]
 
     s1, s2, s3, s4, s5 = (sc.get(k, {}) for k in ("s1", "s2", "s3", "s4", "s5"))
     sus, res = s1.get("suspend") or {}, s1.get("resume") or {}

@@ -226,6 +226,8 @@ def setup(node, gpu):
                     "cgroup": cluster_node.fstype("/sys/fs/cgroup")}
     driver_root, libdir = cluster_node.driver_paths()
     s["driver"] = {"root": driver_root, "libdir": libdir}
+    build = os.path.join(ARGS.repo, "BUILD")
+    s["build"] = open(build).read().strip() if os.path.exists(build) else None
     s["quantum"], s["factor"] = ARGS.quantum, ARGS.factor
     if gpu and not libdir:
         raise RuntimeError("no folder with libcuda.so.1 and libnvidia-ml.so.1 found (ldconfig -p)")
@@ -321,7 +323,7 @@ def main():
             sampler = Sampler()
             sampler.start()
             refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
-            grow = grow_host_memory(int(0.8 * gpu["memory_bytes"]))
+            grow = grow_host_memory(int(0.62 * gpu["memory_bytes"]))
         binds, py = cluster_images.host_mounts(ARGS.python, torch=bool(gpu))
         R["setup"]["python"], R["setup"]["host_mounts"] = py, binds
         setup(node, gpu)

@@ -112,5 +112,6 @@ cp -r "$root/manifests" "$dst/repo/"
 cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
+echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"
 ls -l "$dst"
 du -sh "$dst"
