@@ -271,25 +271,32 @@ serializeImagePulls: false
         shutil.rmtree(f"{d}/manifests", ignore_errors=True)
         shutil.copytree(os.path.join(self.repo, "manifests"), f"{d}/manifests")
         os.makedirs(f"{d}/overlay", exist_ok=True)
-        cfg = open(f"{d}/manifests/scheduler/config.yaml").read()
-        for key, val in (("timeSliceQuantum", quantum), ("timeSliceMinQuantumFactor", factor)):
-            lines = [l for l in cfg.splitlines() if l.strip().startswith(key + ":")]
-            if len(lines) != 1:
-                raise RuntimeError(f"manifests/scheduler/config.yaml: want one {key}, found {len(lines)}")
-            cfg = cfg.replace(lines[0], lines[0].split(":")[0] + f": {val}")
-        open(f"{d}/overlay/config.yaml", "w").write(cfg)
+        # The time-slice quantum and its floor factor: in whichever of the scheduler's files
+        # (config.yaml, controllers.yaml) sets them.
+        files = self.generator_files(f"{d}/manifests/scheduler/kustomization.yaml")
+        found = set()
+        for name in files:
+            cfg = open(f"{d}/manifests/scheduler/{name}").read()
+            for key, val in (("timeSliceQuantum", quantum), ("timeSliceMinQuantumFactor", factor)):
+                lines = [l for l in cfg.splitlines() if l.strip().startswith(key + ":")]
+                if len(lines) == 1:
+                    cfg = cfg.replace(lines[0], lines[0].split(":")[0] + f": {val}")
+                    found.add(key)
+            open(f"{d}/overlay/{name}", "w").write(cfg)
+        if found != {"timeSliceQuantum", "timeSliceMinQuantumFactor"}:
+            raise RuntimeError(f"manifests/scheduler {files}: timeSliceQuantum and timeSliceMinQuantumFactor not found once each")
         env_api = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(PORTS["apiserver"])}]
         host_net = [{"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
                     {"op": "add", "path": "/spec/template/spec/dnsPolicy", "value": "ClusterFirstWithHostNet"}]
         sock = self.p("node", "containerd.sock")
         agent = host_net + [
-            {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": [
-                "/kybernate-agent", "--socket=/run/kybernate/agent.sock", f"--metrics-bind-address=:{PORTS['agent-metrics']}",
-                "--slots-per-gpu=4", "--host-memory-reserve=8Gi", "--checkpoint-dir=/var/lib/kybernate/images",
-                f"--containerd-socket={sock}", "--v=2"] +
+            {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
+                self.container(f"{d}/manifests/agent/daemonset.yaml")["command"],
+                {"--metrics-bind-address": f":{PORTS['agent-metrics']}", "--slots-per-gpu": "4",
+                 "--containerd-socket": sock},
                 # Rehearsal on a machine without a GPU only: the agent's simulated GPUs.
-                (["--simulate", "--simulate-node-selector=kybernate.io/gpu-node=true"] if simulate else [])},
+                ["--simulate", "--simulate-node-selector=kybernate.io/gpu-node=true"] if simulate else [])},
             {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
              "value": [{"name": "metrics", "containerPort": PORTS["agent-metrics"], "protocol": "TCP"}]},
             {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
@@ -311,8 +318,11 @@ serializeImagePulls: false
                 agent.append({"op": "replace", "path": f"/spec/template/spec/volumes/{i}/hostPath/path", "value": where})
         probe = lambda: {"httpGet": {"path": "/healthz", "port": PORTS["kyb-scheduler"], "scheme": "HTTPS"}}
         sched = host_net + [
-            {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": [
-                "/kybernate-scheduler", "--config=/etc/kybernate/config.yaml", f"--secure-port={PORTS['kyb-scheduler']}", "--v=2"]},
+            {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
+                self.container(f"{d}/manifests/scheduler/deployment.yaml")["command"],
+                {"--secure-port": str(PORTS["kyb-scheduler"])})},
+            {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
+             "value": [{"name": "https", "containerPort": PORTS["kyb-scheduler"], "protocol": "TCP"}]},
             {"op": "replace", "path": "/spec/template/spec/containers/0/livenessProbe", "value": probe()},
             {"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe", "value": probe()},
             {"op": "add", "path": "/spec/template/spec/containers/0/env", "value": env_api},
@@ -320,7 +330,7 @@ serializeImagePulls: false
         kust = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                 "resources": ["../manifests"],
                 "configMapGenerator": [{"name": "kybernate-scheduler-config", "namespace": "kybernate-system",
-                                        "behavior": "replace", "files": ["config.yaml"]}],
+                                        "behavior": "replace", "files": files}],
                 "patches": [
                     {"target": {"kind": "DaemonSet", "name": "kybernate-agent"}, "patch": json.dumps(agent)},
                     {"target": {"kind": "Deployment", "name": "kybernate-scheduler"}, "patch": json.dumps(sched)}]}
@@ -329,6 +339,25 @@ serializeImagePulls: false
             json.dump(kust, f, indent=1)
         out = self.kubectl("apply", "--server-side", "-k", f"{d}/overlay", timeout=120)
         self.log("kubectl apply -k:", " | ".join(out.strip().splitlines()))
+
+    @staticmethod
+    def generator_files(path):
+        """The files of the scheduler's configMapGenerator."""
+        import yaml
+        k = yaml.safe_load(open(path))
+        for g in k.get("configMapGenerator") or []:
+            if g["name"] == "kybernate-scheduler-config":
+                return list(g["files"])
+        raise RuntimeError(f"{path}: no configMapGenerator kybernate-scheduler-config")
+
+    @staticmethod
+    def container(path):
+        """The first container of the workload in PATH."""
+        import yaml
+        for doc in yaml.safe_load_all(open(path)):
+            if doc and doc.get("kind") in ("DaemonSet", "Deployment"):
+                return doc["spec"]["template"]["spec"]["containers"][0]
+        raise RuntimeError(f"no workload in {path}")
 
     @staticmethod
     def daemonset_volumes(path):
@@ -349,6 +378,21 @@ serializeImagePulls: false
                 proc.wait(max(0.1, end - time.time()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def with_flags(command, values, extra=()):
+    """COMMAND with each --flag of VALUES set to its value (replaced, or added before the last
+    argument), then EXTRA."""
+    out, seen = [], set()
+    for a in command:
+        key = a.split("=", 1)[0]
+        if key in values:
+            out.append(f"{key}={values[key]}")
+            seen.add(key)
+        else:
+            out.append(a)
+    out += [f"{k}={v}" for k, v in values.items() if k not in seen]
+    return out + list(extra)
 
 
 def fstype(path):
