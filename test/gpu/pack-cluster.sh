@@ -75,7 +75,7 @@ cp -fL "$(ldd "$(command -v runc)" | awk '/libseccomp/ {print $3}')" "$dst/libse
 for b in kyb containerd runc pause; do
 	if [[ ! -s $dst/$b.xz || $dst/$b.xz -ot $build/$b ]]; then
 		# One dictionary over the whole binary: its parts share much.
-		xz --lzma2=preset=9,dict=192MiB -c "$build/$b" >"$dst/$b.xz.tmp" && mv -f "$dst/$b.xz.tmp" "$dst/$b.xz"
+		xz --lzma2=preset=${XZ_PRESET:-9},dict=192MiB -c "$build/$b" >"$dst/$b.xz.tmp" && mv -f "$dst/$b.xz.tmp" "$dst/$b.xz"
 	fi
 done
 
