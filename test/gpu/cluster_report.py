@@ -19,7 +19,10 @@ def _get(d, *keys):
 def render(R):
     s, sc = R.get("setup", {}), R.get("scenarios", {})
     g = (s.get("gpus") or [{}])[0]
-    out = [f"# Kybernate on a real GPU node: kubelet, containerd, shim, agent and kybernate-scheduler ({R.get('date')})", ""]
+    where = "a real GPU node" if s.get("gpus") else "a machine WITHOUT a GPU (rehearsal of the bring-up; the scenarios need a GPU)"
+    out = [f"# Kybernate on {where}: kubelet, containerd, shim, agent and kybernate-scheduler ({R.get('date')})", ""]
+    if s.get("agent_simulated"):
+        out += ["The agent ran with `--simulate` (simulated GPUs) for this rehearsal: nothing here touched a GPU.", ""]
     passed = sum(c["ok"] for c in R.get("checks", []))
     out += [f"**{'ALL CHECKS PASSED' if R.get('passed') else 'FAILED'}**: {passed} of {len(R.get('checks', []))} checks "
             f"passed; run took {R.get('duration_s')} s. Written by `test/gpu/cluster_report.py` from the run's "
