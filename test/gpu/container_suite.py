@@ -292,7 +292,7 @@ def rootfs_and_mounts():
     return exe, binds
 
 
-def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None):
+def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None, results=None):
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -304,7 +304,7 @@ def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None):
     for b in binds:
         mounts.append({"destination": b, "type": "bind", "source": b, "options": ["rbind", "ro", "nosuid", "nodev"]})
     mounts.append({"destination": "/work", "type": "bind", "source": HERE, "options": ["rbind", "ro"]})
-    mounts.append({"destination": "/results", "type": "bind", "source": RESULTS, "options": ["rbind", "rw"]})
+    mounts.append({"destination": "/results", "type": "bind", "source": results or RESULTS, "options": ["rbind", "rw"]})
     caps = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
             "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
     dev_allow = [{"allow": False, "access": "rwm"}] + [
@@ -345,19 +345,20 @@ def ctr(*a, timeout=300):
     return agentctl("--containerd", SOCK, "--namespace", "k8s.io", *a, timeout=timeout)
 
 
-def new_container(name, gpu, steps, ballast, exe, binds, annotations=None, losses=None):
+def new_container(name, gpu, steps, ballast, exe, binds, annotations=None, losses=None, results=None):
+    """RESULTS: the host folder mounted at /results (default the shared one)."""
     uid = make_pod(name, gpu)
     cid = os.urandom(32).hex()
     losses = losses or f"{name}.jsonl"
     env = [f"SEED=7", f"STEPS={steps}", f"BALLAST_GIB={ballast}", f"LOSSES=/results/{losses}", "PACE=0.02"]
-    spec = oci_spec(name, uid, cid, gpu, env, binds, exe, annotations)
+    spec = oci_spec(name, uid, cid, gpu, env, binds, exe, annotations, results)
     path = f"{W}/specs/{name}.json"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     json.dump(spec, open(path, "w"), indent=1)
     labels = [f"io.kubernetes.pod.namespace={NS}", f"io.kubernetes.pod.name={name}", f"io.kubernetes.pod.uid={uid}",
               "io.kubernetes.container.name=train", "io.cri-containerd.kind=container"]
     r = ctr("ctr-run", path, cid, "io.containerd.kybernate.v1", f"{W}/logs/ctr-{name}.log", *labels)
-    CTRS[name] = {"cid": cid, "uid": uid, "losses": f"{RESULTS}/{losses}", "gpu": gpu, "pid": (r.get("response") or {}).get("pid")}
+    CTRS[name] = {"cid": cid, "uid": uid, "losses": f"{results or RESULTS}/{losses}", "gpu": gpu, "pid": (r.get("response") or {}).get("pid")}
     r.update({"rc": 1 if "error" in r else 0, "cid": cid, "uid": uid})
     return r
 
@@ -552,9 +553,19 @@ def exp3(ctx, mode, cgroups="soft", e3="e3"):
         r["metadata"] = f"? {e}"
     if "error" in r["checkpoint"]:
         return r
+    # The restored container writes into a file of its own: its /results is another folder,
+    # holding a copy of the original's file as it was at the checkpoint (the restored process
+    # reopens it at the same offset). The original file must get no line after the checkpoint,
+    # and the copy only lines of the same process (token, start) after it, each step once.
+    rdir = f"{RESULTS}/{e3r}"
+    os.makedirs(rdir, exist_ok=True)
+    os.chmod(rdir, 0o777)
+    orig = CTRS[e3]["losses"]
+    shutil.copy2(orig, f"{rdir}/{e3}.jsonl")
+    r["original_lines_at_checkpoint"] = sum(1 for _ in open(orig))
     t = time.time()
     r["restore"] = new_container(e3r, ctx["uuids"][1], ARGS.steps, ARGS.ballast_gib, ctx["exe"], ctx["binds"],
-                                 annotations={"kybernate.io/restore-from": img}, losses=f"{e3}.jsonl")
+                                 annotations={"kybernate.io/restore-from": img}, losses=f"{e3}.jsonl", results=rdir)
     r["restore_wall_s"] = time.time() - t
     if r["restore"]["rc"] != 0:
         return r
@@ -564,6 +575,10 @@ def exp3(ctx, mode, cgroups="soft", e3="e3"):
                         "cgroup": cgroup_of(pids[0]) if pids else None}
     r["finished"] = wait_done(e3r, 240)
     r["compare"] = compare(e3r, ctx["ref"], ARGS.steps)
+    r["original_lines_after"] = sum(1 for _ in open(orig))
+    if r["original_lines_after"] != r["original_lines_at_checkpoint"]:
+        r["exception"] = (f"the original container's file grew after the checkpoint ({r['original_lines_at_checkpoint']} -> "
+                          f"{r['original_lines_after']} lines): the original process went on")
     return r
 
 
