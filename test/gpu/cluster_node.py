@@ -157,6 +157,11 @@ current-context: kyb
     # ---------------------------------------------------------------------------- node
     def containerd(self, driver_root):
         n = self.p("node")
+        # Both runtimes' shims come from the run's own folder: a machine's own containerd shims
+        # (a rehearsal on a machine with Debian's containerd) must not stand in for missing ones.
+        for shim in ("containerd-shim-runc-v2", "containerd-shim-kybernate-v1", "runc"):
+            if not os.access(os.path.join(self.bin, shim), os.X_OK):
+                raise RuntimeError(f"{shim} is not in {self.bin}")
         snapshotter = "native" if fstype(n) in ("overlay", "tmpfs") else "overlayfs"
         os.makedirs(f"{n}/cni/net.d", exist_ok=True)
         os.makedirs(f"{n}/cni/bin", exist_ok=True)
