@@ -6,11 +6,21 @@
 # Nothing here touches a GPU: the agent simulates each node's GPUs and says so in every
 # GPUNode's Simulated condition.
 #
+# On a machine with an NVIDIA GPU (nvidia-smi lists one, root) it runs the same acts on a real
+# node instead: hack/demo-gpu.sh (a kubelet with containerd's CRI and our shim, the agent on the
+# real driver, PyTorch pods). KYBERNATE_DEMO_SIMULATED=1 forces the simulated demo there.
+#
 # Usage: hack/demo.sh [up|down]
 set -euo pipefail
 
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [[ "${1:-up}" == up && "${KYBERNATE_DEMO_SIMULATED:-0}" != 1 ]] && ((EUID == 0)) &&
+  nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  log "an NVIDIA GPU is here: the demo runs on a real node (KYBERNATE_DEMO_SIMULATED=1 for the simulated one)"
+  exec "${KYBERNATE_ROOT}/hack/demo-gpu.sh"
+fi
 
 # Four nodes: the workload goes to three, the fourth (cordoned until then) is for the preemption act.
 export KYBERNATE_NODES="${KYBERNATE_NODES:-4}"

@@ -813,5 +813,18 @@ def main():
         log("done", f"{time.time() - T0:.1f}s", "errors:", len(R["errors"]))
 
 
+def failed_verdicts(text):
+    """The rows of the report whose verdict is NO (a checksum or a figure that does not match)."""
+    return [line for line in text.splitlines() if line.startswith("|") and
+            any(c.strip() == "NO" or c.strip().startswith("NO (") for c in line.split("|"))]
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    try:
+        bad = failed_verdicts(open(os.path.join(ARGS.out, "agent-results.md")).read())
+    except OSError as e:
+        bad = [f"no report: {e}"]
+    for line in bad:
+        log("FAILED", line)
+    sys.exit(rc or (1 if bad else 0))

@@ -292,7 +292,7 @@ def rootfs_and_mounts():
     return exe, binds
 
 
-def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None):
+def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None, results=None):
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -304,7 +304,7 @@ def oci_spec(name, uid, cid, gpu, env, binds, exe, annotations=None):
     for b in binds:
         mounts.append({"destination": b, "type": "bind", "source": b, "options": ["rbind", "ro", "nosuid", "nodev"]})
     mounts.append({"destination": "/work", "type": "bind", "source": HERE, "options": ["rbind", "ro"]})
-    mounts.append({"destination": "/results", "type": "bind", "source": RESULTS, "options": ["rbind", "rw"]})
+    mounts.append({"destination": "/results", "type": "bind", "source": results or RESULTS, "options": ["rbind", "rw"]})
     caps = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
             "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
     dev_allow = [{"allow": False, "access": "rwm"}] + [
@@ -345,26 +345,29 @@ def ctr(*a, timeout=300):
     return agentctl("--containerd", SOCK, "--namespace", "k8s.io", *a, timeout=timeout)
 
 
-def new_container(name, gpu, steps, ballast, exe, binds, annotations=None, losses=None):
+def new_container(name, gpu, steps, ballast, exe, binds, annotations=None, losses=None, results=None):
+    """RESULTS: the host folder mounted at /results (default the shared one)."""
     uid = make_pod(name, gpu)
     cid = os.urandom(32).hex()
     losses = losses or f"{name}.jsonl"
     env = [f"SEED=7", f"STEPS={steps}", f"BALLAST_GIB={ballast}", f"LOSSES=/results/{losses}", "PACE=0.02"]
-    spec = oci_spec(name, uid, cid, gpu, env, binds, exe, annotations)
+    spec = oci_spec(name, uid, cid, gpu, env, binds, exe, annotations, results)
     path = f"{W}/specs/{name}.json"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     json.dump(spec, open(path, "w"), indent=1)
     labels = [f"io.kubernetes.pod.namespace={NS}", f"io.kubernetes.pod.name={name}", f"io.kubernetes.pod.uid={uid}",
               "io.kubernetes.container.name=train", "io.cri-containerd.kind=container"]
     r = ctr("ctr-run", path, cid, "io.containerd.kybernate.v1", f"{W}/logs/ctr-{name}.log", *labels)
-    CTRS[name] = {"cid": cid, "uid": uid, "losses": f"{RESULTS}/{losses}", "gpu": gpu, "pid": (r.get("response") or {}).get("pid")}
+    CTRS[name] = {"cid": cid, "uid": uid, "losses": f"{results or RESULTS}/{losses}", "gpu": gpu, "pid": (r.get("response") or {}).get("pid")}
     r.update({"rc": 1 if "error" in r else 0, "cid": cid, "uid": uid})
     return r
 
 
 def read_losses(name):
     p = CTRS[name]["losses"]
-    out = {"steps": {}, "start": [], "done": None}
+    # Steps by index for lookups, and every step line in file order: a step written twice (a
+    # restarted process, not a restored one) shows in "twice".
+    out = {"steps": {}, "order": [], "twice": [], "start": [], "done": None}
     if not os.path.exists(p):
         return out
     for line in open(p):
@@ -373,8 +376,11 @@ def read_losses(name):
         except Exception:
             continue
         if "step" in d:
+            if d["step"] in out["steps"]:
+                out["twice"].append(d["step"])
             out["steps"][d["step"]] = d
-        elif d.get("start"):
+            out["order"].append(d)
+        elif d.get("started"):
             out["start"].append(d)
         elif d.get("done"):
             out["done"] = d
@@ -402,8 +408,14 @@ def compare(name, ref, upto):
     n = min(upto, len(rs))
     missing = [i for i in range(n) if i not in gs]
     diff = [i for i in range(n) if i in gs and gs[i]["loss"] != rs[i]["loss"]]
+    lines = got["order"] + got["start"] + ([got["done"]] if got["done"] else [])
+    tokens = sorted({d.get("token") for d in lines} - {None})
+    starts = sorted({d.get("start") for d in lines} - {None})
+    one = len(got["start"]) == 1 and len(tokens) == 1 and len(starts) == 1
     return {"steps_compared": n, "missing": missing[:10], "n_missing": len(missing), "n_different": len(diff),
-            "first_different": diff[:5], "identical": not missing and not diff, "done": got["done"],
+            "first_different": diff[:5], "steps_twice": got["twice"][:10], "tokens": tokens, "start_counters": starts,
+            "one_process_started_once": one,
+            "identical": not missing and not diff and not got["twice"] and one, "done": got["done"],
             "loss_first": float.fromhex(gs[0]["loss"]) if 0 in gs else None,
             "loss_last": float.fromhex(gs[n - 1]["loss"]) if (n - 1) in gs else None}
 
@@ -541,9 +553,19 @@ def exp3(ctx, mode, cgroups="soft", e3="e3"):
         r["metadata"] = f"? {e}"
     if "error" in r["checkpoint"]:
         return r
+    # The restored container writes into a file of its own: its /results is another folder,
+    # holding a copy of the original's file as it was at the checkpoint (the restored process
+    # reopens it at the same offset). The original file must get no line after the checkpoint,
+    # and the copy only lines of the same process (token, start) after it, each step once.
+    rdir = f"{RESULTS}/{e3r}"
+    os.makedirs(rdir, exist_ok=True)
+    os.chmod(rdir, 0o777)
+    orig = CTRS[e3]["losses"]
+    shutil.copy2(orig, f"{rdir}/{e3}.jsonl")
+    r["original_lines_at_checkpoint"] = sum(1 for _ in open(orig))
     t = time.time()
     r["restore"] = new_container(e3r, ctx["uuids"][1], ARGS.steps, ARGS.ballast_gib, ctx["exe"], ctx["binds"],
-                                 annotations={"kybernate.io/restore-from": img}, losses=f"{e3}.jsonl")
+                                 annotations={"kybernate.io/restore-from": img}, losses=f"{e3}.jsonl", results=rdir)
     r["restore_wall_s"] = time.time() - t
     if r["restore"]["rc"] != 0:
         return r
@@ -553,6 +575,10 @@ def exp3(ctx, mode, cgroups="soft", e3="e3"):
                         "cgroup": cgroup_of(pids[0]) if pids else None}
     r["finished"] = wait_done(e3r, 240)
     r["compare"] = compare(e3r, ctx["ref"], ARGS.steps)
+    r["original_lines_after"] = sum(1 for _ in open(orig))
+    if r["original_lines_after"] != r["original_lines_at_checkpoint"]:
+        r["exception"] = (f"the original container's file grew after the checkpoint ({r['original_lines_at_checkpoint']} -> "
+                          f"{r['original_lines_after']} lines): the original process went on")
     return r
 
 
@@ -667,6 +693,18 @@ def main():
             except Exception:
                 pass
         log("end")
+    # Non-zero when anything failed: an error, or an experiment whose losses are not identical
+    # (steps missing or twice, another process, other losses) where one was compared.
+    bad = list(R["errors"])
+    for name, e in R["experiments"].items():
+        c = e.get("compare") if isinstance(e, dict) else None
+        if isinstance(e, dict) and e.get("exception"):
+            bad.append(f"{name}: {e['exception']}")
+        elif c and not c.get("identical") and not name.startswith("2-remap-"):
+            bad.append(f"{name}: losses not identical ({c})")
+    R["failures"] = bad
+    save()
+    return 1 if bad else 0
 
 
-main()
+sys.exit(main())
