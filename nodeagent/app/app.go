@@ -241,6 +241,7 @@ func (a *agent) watchCommon() error {
 		watch(a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Informer(), a.reporter.EventHandler()),
 		watch(a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Informer(), a.controller.EventHandler()),
 		watch(a.podFactory.Core().V1().Pods().Informer(), forget),
+		watch(a.podFactory.Core().V1().Pods().Informer(), controller.NewRestoreFromGuard(a.controller.Operator()).EventHandler()),
 	)
 }
 
@@ -409,6 +410,7 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
 	if a.o.Socket != "" {
+		a.server.SetImageRoot(a.o.CheckpointDir)
 		wg.Go(func() {
 			if err := server.Serve(runCtx, a.o.Socket, a.server); err != nil {
 				logger.Error(err, "Agent API failed", "socket", a.o.Socket)

@@ -46,7 +46,7 @@ func newCheckpointEnv(t *testing.T) *checkpointEnv {
 	e := newEnv(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
-	agent := exec.Command(agentBin, "--containerd-socket", socket, "--namespace", e.ns, "--socket", sock)
+	agent := exec.Command(agentBin, "--containerd-socket", socket, "--namespace", e.ns, "--socket", sock, "--checkpoint-dir", imagesRoot)
 	agent.Stdout, agent.Stderr = os.Stderr, os.Stderr
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
@@ -62,11 +62,29 @@ func newCheckpointEnv(t *testing.T) *checkpointEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	images := filepath.Join(dir, "images")
-	if err := os.Mkdir(images, 0o700); err != nil {
+	return &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn), images: testImages(t)}
+}
+
+// testImages is a folder of this test's images in namespace ml's folder under imagesRoot,
+// removed when the test ends.
+func testImages(t *testing.T) string {
+	t.Helper()
+	ns, err := image.NamespaceDir(imagesRoot, "ml")
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn), images: images}
+	dir, err := os.MkdirTemp(ns, "test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// restoreFrom are the annotations of a container of a pod in namespace ml (the CRI gives
+// containers their sandbox's namespace) restored from dir.
+func restoreFrom(dir string) map[string]string {
+	return map[string]string{kv1.AnnotationRestoreFrom: dir, "io.kubernetes.cri.sandbox-namespace": "ml"}
 }
 
 // podLabels are the kubelet's labels of container name of pod ml/<pod>.
@@ -134,10 +152,11 @@ func TestCheckpointAndRestore(t *testing.T) {
 	if !slices.ContainsFunc(m.Files, func(f image.File) bool { return f.Name == "inventory.img" }) {
 		t.Errorf("metadata files %v: no inventory.img", m.Files)
 	}
+	private(t, moveDir)
 	before := tree(t, moveDir)
 
 	restored := e.mustRun("counter-restored", ctrOpts{labels: podLabels("train-2", "counter"),
-		annotations: map[string]string{kv1.AnnotationRestoreFrom: moveDir}})
+		annotations: restoreFrom(moveDir)})
 	restored.counting(t, last+3)
 	first, err := strconv.Atoi(restored.stdout.lines()[0])
 	if err != nil {
@@ -152,7 +171,7 @@ func TestCheckpointAndRestore(t *testing.T) {
 
 	// The copy restores too, next to the restored move: it goes on from where the copy was taken.
 	fromCopy := e.mustRun("counter-from-copy", ctrOpts{labels: podLabels("train-3", "counter"),
-		annotations: map[string]string{kv1.AnnotationRestoreFrom: copyDir}})
+		annotations: restoreFrom(copyDir)})
 	fromCopy.counting(t, 2)
 	if first, _ := strconv.Atoi(fromCopy.stdout.lines()[0]); first <= 5 || first > n+1 {
 		t.Errorf("counter restored from the copy started at %d, want 6..%d", first, n+1)
@@ -285,6 +304,22 @@ func TestRestoreFromBadImages(t *testing.T) {
 	if _, err := image.Write(gpu, gm); err != nil {
 		t.Fatal(err)
 	}
+	// Isolation: images of other namespaces, outside the checkpoint folder, or reached
+	// through a link or "..", are refused whatever they hold.
+	outside := filepath.Join(t.TempDir(), "good")
+	copyTree(t, good, outside)
+	otherNS, err := image.NamespaceDir(imagesRoot, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(otherNS, filepath.Base(e.images)+"-good")
+	copyTree(t, good, other)
+	t.Cleanup(func() { os.RemoveAll(other) })
+	link := e.images + "-link" // next to e.images: tree does not follow links
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(link) })
 	before := tree(t, e.images)
 
 	tests := []struct {
@@ -296,11 +331,15 @@ func TestRestoreFromBadImages(t *testing.T) {
 		{name: "relative", dir: "images/good", wantMsg: "want an absolute path"},
 		// A GPU image restores only into a container with its GPUs (kybernate.io/gpus).
 		{name: "gpu memory", dir: gpu, wantMsg: "but the container has 0 gpus in kybernate.io/gpus"},
+		{name: "outside the checkpoint folder", dir: outside, wantMsg: image.RefusedOutside},
+		{name: "other namespace", dir: other, wantMsg: image.RefusedOtherNamespace},
+		{name: "symbolic link", dir: link, wantMsg: image.RefusedSymlink},
+		{name: "dot dot", dir: e.images + "/../" + filepath.Base(e.images) + "/good", wantMsg: image.RefusedInvalidPath},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := e.run("restore-"+strconv.Itoa(i), ctrOpts{labels: podLabels("train-2", "counter"),
-				annotations: map[string]string{kv1.AnnotationRestoreFrom: tt.dir}})
+				annotations: restoreFrom(tt.dir)})
 			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Fatalf("error %v, want one containing %q", err, tt.wantMsg)
 			}
@@ -318,12 +357,41 @@ func TestRestoreFromBadImages(t *testing.T) {
 
 	// The agent's Restore has nothing to put back for a container without GPUs; GPU images need
 	// the CUDA driver (this agent has none: the GPU part runs in test/gpu).
-	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: good, ContainerId: "counter"}); err != nil {
+	ml := &agentv1.PodRef{Namespace: "ml", Name: "train-2"}
+	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: good, ContainerId: "counter"}); err != nil {
 		t.Errorf("Restore of an image without gpus: %v", err)
 	}
-	_, err = e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: gpu, ContainerId: "counter"})
+	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: other, ContainerId: "counter"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Restore of another namespace's image: %v, want PermissionDenied", err)
+	}
+	_, err = e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: gpu, ContainerId: "counter"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "CUDA driver is not usable") || !strings.Contains(err.Error(), "the image is kept") {
 		t.Errorf("Restore of a gpu image: %v, want FailedPrecondition: no CUDA driver, image kept", err)
+	}
+}
+
+// private checks that an image's folders are 0700 and its files 0600.
+func private(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := image.FileMode
+		if d.IsDir() {
+			want = image.DirMode
+		}
+		if info.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", p, info.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
