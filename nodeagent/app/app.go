@@ -50,6 +50,7 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/imagegc"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/metrics"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
@@ -164,6 +165,7 @@ type agent struct {
 	controller     *controller.Controller
 	server         *server.Server
 	broadcaster    record.EventBroadcaster
+	recorder       record.EventRecorder
 	fleet          *sim.Fleet // with --simulate
 	nvml           *lazyNVML  // on a GPU node
 
@@ -202,8 +204,8 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	if o.Simulate {
 		host = "simulated"
 	}
-	recorder := a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
-	op := controller.NewOperator(kube, a.engines, recorder, clock.RealClock{}, a.reporter.Trigger)
+	a.recorder = a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
+	op := controller.NewOperator(kube, a.engines, a.recorder, clock.RealClock{}, a.reporter.Trigger)
 	if o.CheckpointDir != "" {
 		op.SetImages(a.images, o.CheckpointDir)
 	}
@@ -409,6 +411,11 @@ func (a *agent) run(ctx context.Context) error {
 		wg.Go(func() { a.fleet.Run(runCtx, 2) })
 	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
+	if a.o.CheckpointDir != "" {
+		gc := imagegc.New(imagegc.Config{Root: a.o.CheckpointDir, TTL: a.o.ImageTTL, Interval: a.o.ImageGCInterval}, a.kube,
+			a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.serves, a.o.NodeName, a.recorder, clock.RealClock{})
+		wg.Go(func() { gc.Run(runCtx) })
+	}
 	if a.o.Socket != "" {
 		a.server.SetImageRoot(a.o.CheckpointDir)
 		wg.Go(func() {
@@ -497,6 +504,12 @@ func (s *imageSet) set(node string, i controller.Images) {
 }
 
 // engineSet holds the engine of each served node.
+// serves reports whether the agent serves node: its own node, or a simulated one.
+func (a *agent) serves(node string) bool {
+	_, ok := a.engines.Engine(node)
+	return ok || node == a.o.NodeName
+}
+
 type engineSet struct {
 	mu sync.RWMutex
 	m  map[string]*engine.Engine

@@ -404,6 +404,8 @@ func checkpointStatus(err error) error {
 		}
 	case checkpoint.CauseDump:
 		code = codes.Aborted
+	case checkpoint.CauseDiskFull:
+		code = codes.ResourceExhausted
 	}
 	return status.Error(code, err.Error())
 }

@@ -438,3 +438,67 @@ func copyTree(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// A checkpoint that fills the disk rolls back cleanly: on an 8 MiB tmpfs filled up to a few
+// KiB, the dump fails with the disk's error, the image folder and CRIU's work folder are gone,
+// the container runs on (it was frozen for the dump), and once there is room again the same
+// checkpoint succeeds.
+func TestCheckpointOnFullDisk(t *testing.T) {
+	e := newCheckpointEnv(t)
+	disk := filepath.Join(e.images, "small-disk")
+	if err := os.Mkdir(disk, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", disk, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
+		t.Fatalf("mounting an 8 MiB tmpfs (the e2e tests run as root): %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(disk, unix.MNT_DETACH) })
+	filler := filepath.Join(disk, "filler")
+	fill(t, filler, 16<<10)
+
+	counter := e.mustRun("counter", ctrOpts{labels: podLabels("train", "counter"), env: []string{"COUNTER_INTERVAL=0.05"}})
+	counter.counting(t, 3)
+	dir := filepath.Join(disk, "img")
+	_, err := e.checkpoint("train", dir, false)
+	if err == nil {
+		t.Fatal("checkpoint onto a full disk succeeded")
+	}
+	t.Logf("error: %v", err)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "is full") || !strings.Contains(err.Error(), "no image written") {
+		t.Errorf("error %v: want ResourceExhausted saying the disk is full and no image was written (rolled back)", err)
+	}
+	if got := names(t, disk); !slices.Equal(got, []string{"filler"}) {
+		t.Errorf("the disk holds %v after the failed checkpoint, want only the filler (no image, no criu work folder)", got)
+	}
+	n := counter.count(t)
+	counter.counting(t, n+3) // thawed, still running
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.checkpoint("train", dir, true); err != nil {
+		t.Fatalf("checkpoint with room again: %v", err)
+	}
+	if _, err := image.Verify(dir); err != nil {
+		t.Error(err)
+	}
+	private(t, dir)
+	n = counter.count(t)
+	counter.counting(t, n+2)
+}
+
+// fill writes a file that leaves about free bytes on its file system.
+func fill(t *testing.T, path string, free uint64) {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(path), &st); err != nil {
+		t.Fatal(err)
+	}
+	avail := st.Bavail * uint64(st.Bsize)
+	if avail <= free {
+		t.Fatalf("%s has %d bytes free, want more than %d", filepath.Dir(path), avail, free)
+	}
+	if err := os.WriteFile(path, make([]byte, avail-free), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
