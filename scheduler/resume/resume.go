@@ -319,9 +319,12 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 		return err
 	}
 	if _, err := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return nil // the informer brings the news and the node is synced again
+		if apierrors.IsNotFound(err) {
+			return nil // the pod's deletion queues the node again
 		}
+		// A conflict too is retried: the change that caused it (another controller's
+		// annotation, say) may be one that does not queue the node by itself, and the pod
+		// would stay suspended on a free GPU.
 		return fmt.Errorf("marking pod %s Resuming: %w", klog.KObj(pod), err)
 	}
 	ck := &kv1.GPUCheckpoint{

@@ -2,13 +2,17 @@ package resume
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
@@ -286,5 +290,43 @@ func TestResumeName(t *testing.T) {
 	ck := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{UID: "0123456789"}}
 	if got := resumeName(st.MakePod().Name("p").Obj(), ck, 2); got != "p-resume-01234567-3" {
 		t.Errorf("resumeName = %q", got)
+	}
+}
+
+// A pod that changed between the controller's look and its Resuming mark (a conflict) is not
+// dropped: the sync fails, so that the node is synced again from the fresh pod. Found by the
+// kill storm: another controller's annotation patch, which does not queue the node by itself,
+// left a pod suspended on a free GPU.
+func TestSyncRetriesAfterConflict(t *testing.T) {
+	pods := []*v1.Pod{pod("a", 100, "10Gi", 0, kv1.PodSuspended)}
+	env := controllertest.New(pods)
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.now = func() time.Time { return now }
+	env.Fill(t, pods, nil, []*kv1.GPUNode{gpuNode(2, 80)}, []*kv1.GPUCheckpoint{suspension("a", kv1.ReasonPreemption, time.Minute)})
+	conflicts := 1
+	env.Client.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicts == 0 {
+			return false, nil, nil
+		}
+		conflicts--
+		return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "pods"}, "a", errors.New("the object has been modified"))
+	})
+	if err := c.sync(t.Context(), "n1"); !apierrors.IsConflict(err) {
+		t.Fatalf("sync after a conflict: %v, want the conflict (the node is retried)", err)
+	}
+	if err := c.sync(t.Context(), "n1"); err != nil {
+		t.Fatalf("second sync: %v", err)
+	}
+	var resumed []string
+	for _, a := range env.Kybernate.Actions() {
+		if cr, ok := a.(k8stesting.CreateAction); ok {
+			resumed = append(resumed, cr.GetObject().(*kv1.GPUCheckpoint).Spec.PodName)
+		}
+	}
+	if diff := cmp.Diff([]string{"a"}, resumed); diff != "" {
+		t.Errorf("resumed (-want +got):\n%s", diff)
 	}
 }
