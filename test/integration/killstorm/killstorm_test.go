@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,15 +214,13 @@ func TestKillStorm(t *testing.T) {
 			t.Logf("change %d %s", i, describe(ch, start))
 		}
 	}
-	for i, v := range violations {
-		if i == 40 {
-			t.Errorf("... and %d more violations", len(violations)-40)
-			break
-		}
-		t.Errorf("violation: %s", v)
+	reportViolations(t, violations)
+	conv := "never"
+	if converged >= 0 {
+		conv = converged.Round(100 * time.Millisecond).String()
 	}
-	t.Logf("KILL STORM seed=%d: kills=%d pods=%d (replacements by migration %d) events audited=%d violations=%d converged=%s (bound %s)",
-		s.seed, s.kills, pods, migrated, len(changes), len(violations), converged.Round(100*time.Millisecond), convergenceBound)
+	t.Logf("KILL STORM seed=%d: kills=%d pods=%d (replacements by migration %d) events audited=%d violations=%d converged=%s after the last kill (bound %s)",
+		s.seed, s.kills, pods, migrated, len(changes), len(violations), conv, convergenceBound)
 }
 
 // settledNow lists the namespace's pods and GPUCheckpoints and the GPUNodes and says what is
@@ -268,5 +267,33 @@ func preempt(ctx context.Context, t *testing.T, c *framework.Cluster, ns string,
 		case <-ctx.Done():
 		case <-time.After(time.Duration(500+rng.IntN(1500)) * time.Millisecond):
 		}
+	}
+}
+
+// reportViolations fails the test with each kind of violation once: the first change it was
+// seen at and how many changes show it.
+func reportViolations(t *testing.T, violations []string) {
+	type seen struct {
+		first string
+		n     int
+	}
+	var order []string
+	byText := map[string]*seen{}
+	for _, v := range violations {
+		text, at := v, ""
+		if rest, ok := strings.CutPrefix(v, "change "); ok {
+			if n, msg, ok := strings.Cut(rest, ": "); ok {
+				text, at = msg, "change "+n
+			}
+		}
+		if byText[text] == nil {
+			byText[text] = &seen{first: at}
+			order = append(order, text)
+		}
+		byText[text].n++
+	}
+	for _, text := range order {
+		v := byText[text]
+		t.Errorf("violation (%d times, first at %s): %s", v.n, v.first, text)
 	}
 }
