@@ -408,6 +408,10 @@ func (a *agent) run(ctx context.Context) error {
 	defer stopAll()
 	wg.Go(func() { a.reporter.Run(runCtx, 2) })
 	if a.fleet != nil {
+		// Every node's machine first: the controller serves only nodes with an engine.
+		if err := a.fleet.SyncAll(runCtx); err != nil {
+			logger.Error(err, "Simulating some nodes failed; retrying", "simulated", true)
+		}
 		wg.Go(func() { a.fleet.Run(runCtx, 2) })
 	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
