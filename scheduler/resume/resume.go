@@ -219,6 +219,11 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	// A nominated pod that does not fit yet waits for the memory its victims are freeing (or
+	// for its time-slice turn): that memory is its own, so no pod of its priority or lower
+	// resumes on the node meanwhile.
+	waiting := false
+	var waitingPriority int32
 	for _, p := range nominated {
 		if p.Spec.NodeName != "" {
 			continue
@@ -226,11 +231,17 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)
+			} else if prio := corev1helpers.PodPriority(p); !waiting || prio > waitingPriority {
+				waiting, waitingPriority = true, prio
 			}
 		}
 	}
 
 	for _, cand := range candidates {
+		if waiting && corev1helpers.PodPriority(cand.pod) <= waitingPriority {
+			logger.V(4).Info("Suspended pod waits: a nominated pod of its priority or higher waits for memory on the node", "pod", klog.KObj(cand.pod), "node", node)
+			continue
+		}
 		from := gpushare.AssignedGPUs(cand.pod)
 		target := from
 		if acc.FitsSlotHeld(cand.demand, from) {

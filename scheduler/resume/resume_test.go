@@ -239,6 +239,31 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
 		},
 		{
+			// Found by the kill storm: the preemptor's victim still held its memory, so the
+			// preemptor did not fit yet and the memory freed so far went to a suspended pod.
+			name: "memory a nominated preemptor waits for goes to no pod of its priority or lower",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("victim", 1, "50Gi", 0, kv1.PodSuspending),
+				pod("small", 1, "20Gi", 0, kv1.PodSuspended),
+				pod("peer", 10, "20Gi", 0, kv1.PodSuspended),
+				nominatedPod("hi", 10, "80Gi"),
+			},
+			cks: []*kv1.GPUCheckpoint{suspension("small", kv1.ReasonTimeSlice, time.Minute), suspension("peer", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a pod of higher priority than a waiting preemptor resumes",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("victim", 1, "50Gi", 0, kv1.PodSuspending),
+				pod("top", 20, "20Gi", 0, kv1.PodSuspended),
+				nominatedPod("hi", 10, "80Gi"),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("top", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{"top": resuming("GPU-0")}, Resumed: map[string]string{"top": ""}},
+		},
+		{
 			name: "a resume in flight is not repeated",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
@@ -329,4 +354,13 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 	if diff := cmp.Diff([]string{"a"}, resumed); diff != "" {
 		t.Errorf("resumed (-want +got):\n%s", diff)
 	}
+}
+
+// nominatedPod is an unbound pod nominated to n1 (a preemptor waiting for its victims).
+func nominatedPod(name string, prio int32, mem string) *v1.Pod {
+	p := pod(name, prio, mem, 0, "")
+	p.Spec.NodeName = ""
+	delete(p.Annotations, kv1.AnnotationGPUs)
+	p.Status.NominatedNodeName = "n1"
+	return p
 }
