@@ -91,7 +91,7 @@ func TestKillStorm(t *testing.T) {
 	images := t.TempDir()
 	agentArgs := []string{"--slots-per-gpu", "6", "--checkpoint-dir", images,
 		"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
-		"--simulate-progress-period", "1s", "--dump-timeout", "10s", "--image-ttl", "20s", "--image-gc-interval", "2s"}
+		"--simulate-progress-period", "1s", "--dump-timeout", "10s", "--image-ttl", "20s", "--image-gc-interval", "2s", "--v=2"}
 	k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{
 		"timeSliceQuantum: 60s":               "timeSliceQuantum: " + quantum.String(),
 		"migrationMinWait: 30s":               "migrationMinWait: 1s",
