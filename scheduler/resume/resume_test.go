@@ -249,7 +249,7 @@ func TestSync(t *testing.T) {
 				pod("peer", 10, "20Gi", 0, kv1.PodSuspended),
 				nominatedPod("hi", 10, "80Gi"),
 			},
-			cks: []*kv1.GPUCheckpoint{suspension("small", kv1.ReasonTimeSlice, time.Minute), suspension("peer", kv1.ReasonPreemption, time.Minute)},
+			cks:  []*kv1.GPUCheckpoint{suspension("small", kv1.ReasonTimeSlice, time.Minute), suspension("peer", kv1.ReasonPreemption, time.Minute)},
 			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
 		},
 		{
