@@ -5,13 +5,28 @@ SHELL := /usr/bin/env bash -o pipefail
 GO        ?= go
 BIN       := $(CURDIR)/bin
 GOFLAGS_BUILD := -trimpath
-BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1
+BINARIES  := kybernate-scheduler kybernate-agent cuda-test containerd-shim-kybernate-v1 kubectl-kybernate
 PKG_kybernate-scheduler := ./scheduler/cmd/kybernate-scheduler
 PKG_kybernate-agent     := ./nodeagent/cmd/kybernate-agent
 PKG_cuda-test           := ./cuda/cmd/cuda-test
 PKG_containerd-shim-kybernate-v1 := ./shim/cmd/containerd-shim-kybernate-v1
+PKG_kubectl-kybernate   := ./cli/cmd/kubectl-kybernate
 
 TEST_TIMEOUT ?= 20m
+# Results of the test tiers (go test -json), read by the summary of `make test`.
+RESULTS   := $(CURDIR)/.cache/test-results
+TIERS     := verify unit integration e2e fuzz
+REPORT    := $(GO) run ./test/report
+# How long `make test-fuzz` runs each fuzz target beyond its seed corpus.
+FUZZTIME  ?= 15s
+
+# go-nvml's header marks deprecated functions, and cgo warns about each one it wraps (about 150
+# lines on a cold build). Exported, so that every go command of make and of the tests it runs
+# (which build binaries themselves) gets it.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
+
+# gotest TIER,ARGS: go test -json ARGS, printed briefly and kept for the summary by test/report.
+gotest = mkdir -p $(RESULTS) && $(GO) test -json $(2) 2>&1 | $(REPORT) stream -tier $(1) -o $(RESULTS)/$(1).json
 
 .PHONY: help
 help: ## Show this help.
@@ -27,22 +42,37 @@ $(BIN)/%: FORCE
 FORCE:
 
 .PHONY: test
-test: verify test-unit test-integration test-e2e ## Run every test tier this machine can run (the README's test command).
+test: deps ## Every test tier (verify, unit, integration, e2e, fuzz), then one summary (the README's test command).
+	@rm -rf $(RESULTS); rc=0; \
+	for tier in $(TIERS); do echo ">> make test-$$tier"; $(MAKE) --no-print-directory test-$$tier || rc=1; done; \
+	$(REPORT) summary -tiers "$(TIERS)" $(RESULTS) || rc=1; exit $$rc
+
+.PHONY: test-verify
+test-verify: deps ## make verify, its checks kept for the summary of make test.
+	mkdir -p $(RESULTS) && VERIFY_JSON=$(RESULTS)/verify.json hack/verify.sh
 
 .PHONY: test-unit
 test-unit: ## Unit tests: no GPU, no root, no cluster.
-	$(GO) test -count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e)
+	$(call gotest,unit,-count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e))
 
 .PHONY: test-integration
 test-integration: controlplane runtime ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...
+	$(call gotest,integration,-count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...)
 
 .PHONY: test-e2e
 test-e2e: runtime ## Runtime e2e tests: the shim and agent on a private containerd, runc and CRIU (root).
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+	$(call gotest,e2e,-count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...)
+
+.PHONY: test-fuzz
+test-fuzz: ## Every Go fuzz target (found in the tree) for FUZZTIME beyond its seed corpus.
+	mkdir -p $(RESULTS) && FUZZTIME=$(FUZZTIME) hack/test-fuzz.sh 2>&1 | $(REPORT) stream -tier fuzz -o $(RESULTS)/fuzz.json
+
+.PHONY: deps
+deps: ## Install the Debian packages that the tests and hack/ scripts need (root), or name them and stop.
+	hack/install-deps.sh
 
 .PHONY: runtime
-runtime: ## Install containerd, runc, iptables, busybox-static (apt) and CRIU 4.1 (cached) for the e2e tests (root).
+runtime: deps ## Install the Debian packages (containerd, runc, ...) and CRIU 4.1 (cached) for the e2e tests (root).
 	hack/install-runtime.sh >/dev/null
 
 .PHONY: bench-scheduler
@@ -55,7 +85,7 @@ bench-timeslice: ## Simulated time slicing vs kill-preemption vs FIFO on an over
 	  $(GO) run ./test/bench/timeslice; echo; $(GO) run ./test/bench/timeslice -nodes 1; } | tee test/bench/results/timeslice-$$(date -u +%Y-%m-%d).md
 
 .PHONY: controlplane
-controlplane: ## Build etcd, kube-apiserver, controller-manager, kube-scheduler, kubectl, kubelet and kwok into .cache/bin.
+controlplane: deps ## Build etcd, kube-apiserver, controller-manager, kube-scheduler, kubectl, kubelet and kwok into .cache/bin.
 	hack/build-controlplane.sh
 
 .PHONY: cluster-up
@@ -87,11 +117,11 @@ demo-down: ## Stop the demo cluster.
 	hack/demo.sh down
 
 .PHONY: generate
-generate: ## Regenerate deepcopy, conversions, defaults, CRDs, clients and gRPC code.
+generate: deps ## Regenerate deepcopy, conversions, defaults, CRDs, clients and gRPC code.
 	hack/update-codegen.sh
 
 .PHONY: verify
-verify: ## gofmt, go vet, go mod tidy without diff, generated files up to date.
+verify: deps ## gofmt, go vet, go mod tidy without diff, generated files up to date.
 	hack/verify.sh
 
 .PHONY: clean

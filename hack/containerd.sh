@@ -8,6 +8,7 @@
 #
 # Usage: hack/containerd.sh up|down
 # Env:   KYBERNATE_CONTAINERD_DIR (default .cache/containerd), KYBERNATE_SHIM_DIR (default bin/),
+#        KYBERNATE_CRIU (a criu binary to use instead of hack/install-runtime.sh's),
 #        KYBERNATE_SHIM_CONFIG (passed to the shims: their settings file, see shim/README.md)
 # `up` prints the socket path.
 set -euo pipefail
@@ -44,6 +45,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 TOML
   path="${PATH}"
   criu_dir="${KYBERNATE_CACHE_DIR}/runtime/criu/bin"
+  # KYBERNATE_CRIU (a binary named criu) replaces it, as in test/e2e.
+  [[ -n "${KYBERNATE_CRIU:-}" ]] && criu_dir="$(dirname "${KYBERNATE_CRIU}")"
   [[ -x "${criu_dir}/criu" ]] && path="${criu_dir}:${path}"
   shim_dir="${KYBERNATE_SHIM_DIR:-${KYBERNATE_ROOT}/bin}"
   [[ -d "${shim_dir}" ]] && path="$(cd "${shim_dir}" && pwd -P):${path}"

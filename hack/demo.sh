@@ -45,7 +45,7 @@ if [[ "${1:-up}" == down ]]; then
   exit 0
 fi
 
-for name in "${COMPONENTS[@]}"; do
+for name in "${COMPONENTS[@]}" kubectl-kybernate; do
   [[ -x "${BIN}/${name}" ]] || die "${BIN}/${name} is missing: run make build"
 done
 
@@ -72,7 +72,8 @@ launch() {
 mkdir -p "${RUN}/images"
 launch kybernate-agent --simulate --kubeconfig "${KUBECONFIG}" --simulate-node-selector type=kwok \
   --metrics-bind-address 127.0.0.1:0 --socket "${RUN}/agent.sock" --checkpoint-dir "${RUN}/images"
-launch kybernate-scheduler --config "${SCHED_CONFIG}" --secure-port 0 --v=2
+launch kybernate-scheduler --config "${SCHED_CONFIG}" \
+  --controllers-config "${KYBERNATE_ROOT}/manifests/scheduler/controllers.yaml" --secure-port 0 --v=2
 
 # Every GPU node reports its (simulated) GPUs before the workload arrives.
 for _ in $(seq 120); do
@@ -115,6 +116,22 @@ timeline() {
     sleep 0.2
   done
 }
+# events_in_order NS POD: the pod's Events, oldest first. The scheduler's events (events.k8s.io)
+# carry eventTime and a series, the agent's (core API) lastTimestamp: each is sorted by the time
+# it last happened, whichever field holds it. The core API has whole seconds only: such an event
+# goes after the finer-stamped events of its second (the agent answers the scheduler's).
+events_in_order() {
+  "${KUBECTL}" get events -n "$1" --field-selector "involvedObject.name=$2" -o jsonpath='{range .items[*]}{.series.lastObservedTime}|{.lastTimestamp}|{.eventTime}|{.firstTimestamp}|{.metadata.creationTimestamp}|{.type}|{.reason}|{.source.component}|{.reportingComponent}|{.message}{"\n"}{end}' |
+    awk -F'|' '
+      function set(v) { return v != "" && v != "null" }   # jsonpath prints an unset time as null
+      {
+        t = ""; for (i = 1; i <= 5; i++) if (set($i)) { t = $i; break }
+        if (t ~ /:[0-9][0-9]Z$/) sub(/Z$/, ".999999Z", t)   # whole seconds: after the events of that second
+        from = set($8) ? $8 : $9
+        msg = $10; for (i = 11; i <= NF; i++) msg = msg "|" $i
+        printf "%s\t%-8s %-16s %-22s %s\n", t, $6, $7, from, msg
+      }' | LC_ALL=C sort -s -t$'\t' -k1,1 | awk -F'\t' 'BEGIN { printf "%-27s %-8s %-16s %-22s %s\n", "TIME", "TYPE", "REASON", "FROM", "MESSAGE" } { printf "%-27s %s\n", $1, $2 }'
+}
 all_placed() { ! "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -qx ''; }
 state_of() { "${KUBECTL}" get pod -n "${NAMESPACE}" "$1" -o jsonpath='{.metadata.annotations.kybernate\.io/state}' 2>/dev/null; }
 suspended_any() { "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{.items[*].metadata.annotations.kybernate\.io/state}' | grep -qw Suspended; }
@@ -143,10 +160,12 @@ echo "== GPUCheckpoints: what moved, how much, how long"
 "${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" \
   -o custom-columns='NAME:.metadata.name,ACTION:.spec.action,REASON:.spec.reason,PHASE:.status.phase,BYTES:.status.bytesMoved,STEPS:.status.steps[*].name,DURATIONS:.status.steps[*].duration'
 echo
-echo "== Events of the suspended pod"
+echo "== Events of the suspended pod, oldest first"
 victim=$("${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" -o jsonpath='{.items[0].spec.podName}')
-[[ -n "${victim}" ]] && "${KUBECTL}" get events -n "${NAMESPACE}" --field-selector "involvedObject.name=${victim}" \
-  --sort-by=.lastTimestamp -o custom-columns='REASON:.reason,MESSAGE:.message' | tail -n +1
+[[ -n "${victim}" ]] && events_in_order "${NAMESPACE}" "${victim}"
+echo
+echo "== kubectl kybernate gpus (the kubectl plugin, ${BIN}/kubectl-kybernate)"
+"${BIN}/kubectl-kybernate" --kubeconfig "${KUBECONFIG}" gpus
 echo
 echo "Everything above is simulated: the GPUNodes say Simulated=True and no real GPU was touched."
 echo "Try: kubectl --kubeconfig ${KUBECONFIG} get pods,gpunodes,gpucheckpoints -A"

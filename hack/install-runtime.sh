@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the runtime e2e tests need on a Debian bookworm machine (as root): containerd,
-# runc, iptables and iproute2 (CRIU calls iptables-restore and ip), busybox-static (the test
-# images) and patchelf from Debian, and CRIU >= 4.1. Bookworm's criu 3.17 fails on kernels >= 6.13 ("Unexpected rt
-# vDSO area bounds"), so CRIU comes from Debian trixie: fetched with an apt configuration of its
-# own (sources, lists and downloads under the cache folder; the machine's apt is not touched),
+# Installs what the runtime e2e tests need on a Debian bookworm machine (as root): the Debian
+# packages of hack/install-deps.sh (containerd, runc, iptables and iproute2 that CRIU calls,
+# busybox-static for the test images, patchelf, ...), and CRIU >= 4.1. Bookworm's criu 3.17
+# fails on kernels >= 6.13 ("Unexpected rt vDSO area bounds"), so CRIU comes from Debian trixie:
+# fetched with an apt configuration of its own (sources, lists and downloads under the cache
+# folder; the machine's apt is not touched),
 # unpacked with dpkg -x together with the trixie libraries it needs (glibc included), and
 # patched with patchelf to load those libraries through trixie's dynamic loader.
 #
@@ -33,17 +34,9 @@ mkdir -p "${RUNTIME_DIR}"
 exec 9>"${RUNTIME_DIR}/.lock"
 flock 9
 
-# Debian packages.
-need=()
-for pkg in containerd runc iptables iproute2 busybox-static patchelf; do
-  dpkg -s "${pkg}" >/dev/null 2>&1 || need+=("${pkg}")
-done
-if ((${#need[@]})); then
-  [[ "$(id -u)" == 0 ]] || die "missing packages ${need[*]}; install them as root (apt-get install ${need[*]})"
-  log "apt-get install ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# Debian packages (containerd, runc, iptables, iproute2, busybox-static, patchelf, ...): the
+# project's one list.
+"$(dirname "${BASH_SOURCE[0]}")/install-deps.sh"
 
 # criu_ok BINARY: true when BINARY runs and is at least CRIU_MIN.
 criu_ok() {

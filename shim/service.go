@@ -42,6 +42,7 @@ import (
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/shim/spec"
 )
@@ -282,8 +283,8 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*r
 	logger := log.G(ctx).WithField("id", r.ID)
 	var uuids []string
 	if gpus != "" {
-		if uuids, err = spec.ParseGPUs(gpus); err != nil {
-			return nil, fmt.Errorf("annotation %s: %w", kv1.AnnotationGPUs, err)
+		if uuids, err = gpupod.ParseGPUs(gpus); err != nil {
+			return nil, err
 		}
 		if err := spec.GPUs(&sp, uuids, cfg, s.devices); err != nil {
 			return nil, fmt.Errorf("exposing gpus %s: %w", gpus, err)

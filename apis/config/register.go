@@ -24,6 +24,22 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 	return nil
 }
 
+// ControllersGroupName is the API group of ControllerConfiguration, Kybernate's own: the
+// controllers' configuration is not a KubeSchedulerConfiguration.
+const ControllersGroupName = "config.kybernate.io"
+
+// ControllersSchemeGroupVersion is the internal version of ControllersGroupName.
+var ControllersSchemeGroupVersion = schema.GroupVersion{Group: ControllersGroupName, Version: runtime.APIVersionInternal}
+
+// controllersSchemeBuilder registers the internal ControllerConfiguration.
+var controllersSchemeBuilder = runtime.NewSchemeBuilder(func(scheme *runtime.Scheme) error {
+	scheme.AddKnownTypes(ControllersSchemeGroupVersion, &ControllerConfiguration{})
+	return nil
+})
+
+// AddControllersToScheme registers ControllerConfiguration (see controllersSchemeBuilder).
+var AddControllersToScheme = controllersSchemeBuilder.AddToScheme
+
 func init() {
 	localSchemeBuilder.Register(addKnownTypes)
 }

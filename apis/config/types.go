@@ -27,8 +27,7 @@ type GPUShareArgs struct {
 
 // +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
 
-// CheckpointPreemptionArgs are the arguments of the CheckpointPreemption plugin and of the
-// controllers in the scheduler binary that resume and time-slice suspended pods.
+// CheckpointPreemptionArgs are the arguments of the CheckpointPreemption plugin.
 type CheckpointPreemptionArgs struct {
 	metav1.TypeMeta
 
@@ -37,11 +36,33 @@ type CheckpointPreemptionArgs struct {
 	MinCandidateNodesPercentage int32
 	MinCandidateNodesAbsolute   int32
 
-	// SuspendTimeout is how long a suspension may take before the preemption is given up.
-	SuspendTimeout metav1.Duration
-
 	// DefaultMinRuntime is how long a pod runs after a resume before it may be suspended
 	// again, for pods without the kybernate.io/min-runtime annotation.
+	DefaultMinRuntime metav1.Duration
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ControllerConfiguration configures the controllers kybernate-scheduler runs beside its
+// scheduling profiles (resume, time slicing, migration), whichever plugins the profiles
+// enable. Kind ControllerConfiguration of config.kybernate.io, read from the file
+// --controllers-config names.
+type ControllerConfiguration struct {
+	metav1.TypeMeta
+
+	// LeaderElection elects, among scheduler replicas, the one that runs the controllers.
+	LeaderElection ControllerLeaderElection
+
+	// DisableResume turns the resume controller off: suspended pods are resumed only by a
+	// time-slice turn.
+	DisableResume bool
+
+	// DisableTimeSlicing turns the time-slice controller off: equal-priority pods do not
+	// take turns on an oversubscribed GPU.
+	DisableTimeSlicing bool
+
+	// DefaultMinRuntime is how long a pod's time-slice turn lasts at least, for pods without
+	// the kybernate.io/min-runtime annotation. Keep it equal to CheckpointPreemption's.
 	DefaultMinRuntime metav1.Duration
 
 	// TimeSliceQuantum is how long a pod keeps an oversubscribed GPU before an equal-priority
@@ -65,4 +86,18 @@ type CheckpointPreemptionArgs struct {
 	// this rate takes less than the time it has waited already, the estimate of how much
 	// longer it would wait.
 	MigrationBytesPerSecond int64
+}
+
+// ControllerLeaderElection is the Lease the controllers' replicas elect a leader with.
+type ControllerLeaderElection struct {
+	// LeaderElect runs the controllers only in the replica holding the Lease. Off, every
+	// replica runs them: for a single scheduler only.
+	LeaderElect bool
+	// ResourceName and ResourceNamespace name the Lease.
+	ResourceName      string
+	ResourceNamespace string
+	// LeaseDuration, RenewDeadline and RetryPeriod are client-go's leader election timings.
+	LeaseDuration metav1.Duration
+	RenewDeadline metav1.Duration
+	RetryPeriod   metav1.Duration
 }

@@ -10,11 +10,16 @@
 // A call in the wrong state fails with CUDA_ERROR_ILLEGAL_STATE; restore pairs
 // that are not a bijection over all simulated GPUs fail with
 // CUDA_ERROR_INVALID_VALUE and leave the process CHECKPOINTED, as on the real
-// driver. Faults can be injected per call, a process can be made busy so
+// driver. A restore the target GPU has no room for fails with
+// CUDA_ERROR_OUT_OF_MEMORY and, as on driver 580, destroys the process's GPU
+// state: it stays CHECKPOINTED, every later restore fails with
+// CUDA_ERROR_OPERATING_SYSTEM (304) and unlock with CUDA_ERROR_ILLEGAL_STATE
+// (Process.Lost). Faults can be injected per call, a process can be made busy so
 // that a lock with a timeout times out, and every call is recorded.
 package fake
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -99,6 +104,9 @@ type Process struct {
 	RestoreThreadID int
 	// Busy processes have work in flight: a lock with a timeout times out.
 	Busy bool
+	// Lost is set by a restore refused with CUDA_ERROR_OUT_OF_MEMORY: the
+	// process's GPU state is gone and no restore succeeds again.
+	Lost bool
 }
 
 // Call is one recorded call.
@@ -227,6 +235,19 @@ func (d *Driver) RemoveProcess(pid int) {
 	delete(d.procs, pid)
 }
 
+// Kill simulates SIGKILL: the process ends and its memory, on the GPU or
+// parked in host memory, is freed. Unknown pids fail as kill(2) does (ESRCH).
+func (d *Driver) Kill(pid int) error {
+	d.mu.Lock()
+	_, ok := d.procs[pid]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("fake: kill pid %d: no such process", pid)
+	}
+	d.RemoveProcess(pid)
+	return nil
+}
+
 // Process returns a copy of the simulated process.
 func (d *Driver) Process(pid int) (Process, bool) {
 	d.mu.Lock()
@@ -264,6 +285,17 @@ func (d *Driver) SetState(pid int, state cuda.ProcessState) error {
 	}
 	p.State = state
 	return nil
+}
+
+// FreeGPUMemory returns every GPU's free bytes, as NVML would report them.
+func (d *Driver) FreeGPUMemory(context.Context) (map[cuda.UUID]int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[cuda.UUID]int64, len(d.devices))
+	for i, dev := range d.devices {
+		out[dev.UUID] = int64(dev.TotalMem - d.used[i])
+	}
+	return out, nil
 }
 
 // UsedMem returns the bytes in use on gpu, as NVML would report them.
@@ -694,6 +726,10 @@ func (d *Driver) CheckpointProcessCheckpoint(pid int) error {
 	return nil
 }
 
+// errLost explains the OPERATING_SYSTEM error of a restore after an
+// OUT_OF_MEMORY one.
+var errLost = errors.New("an earlier restore ran out of gpu memory and destroyed the process's gpu state")
+
 // errNotBijection explains an INVALID_VALUE for pairs.
 var errNotBijection = errors.New("gpu pairs are not a bijection over all gpus")
 
@@ -711,6 +747,9 @@ func (d *Driver) CheckpointProcessRestore(pid int, pairs []cuda.GPUPair) error {
 	if p.State != cuda.ProcessStateCheckpointed {
 		return illegalState(op, p, cuda.ProcessStateCheckpointed)
 	}
+	if p.Lost {
+		return fmt.Errorf("%w: %w", errLost, cuda.NewError(op, cuda.ErrorOperatingSystem))
+	}
 	target := p.GPU
 	if len(pairs) > 0 {
 		if err := cuda.CapabilityOf(d.version).CheckRemap(); err != nil {
@@ -727,7 +766,9 @@ func (d *Driver) CheckpointProcessRestore(pid int, pairs []cuda.GPUPair) error {
 	}
 	i, _ := d.deviceIndex(target)
 	if d.used[i]+p.VRAM > d.devices[i].TotalMem {
-		return cuda.NewError(op, cuda.ErrorOutOfMemory)
+		p.Lost = true
+		return fmt.Errorf("gpu %s has %d bytes free, pid %d needs %d: %w",
+			target, d.devices[i].TotalMem-d.used[i], pid, p.VRAM, cuda.NewError(op, cuda.ErrorOutOfMemory))
 	}
 	d.used[i] += p.VRAM
 	p.GPU = target

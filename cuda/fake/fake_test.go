@@ -184,6 +184,10 @@ func TestStateMachine(t *testing.T) {
 	}
 }
 
+// TestRestoreOutOfMemory models driver 580 (measured on H100, 2026-12-06): a restore refused
+// for lack of GPU memory destroys the process's GPU state. Every later restore fails with
+// OPERATING_SYSTEM, even onto an empty GPU, the state stays CHECKPOINTED and unlock fails with
+// ILLEGAL_STATE.
 func TestRestoreOutOfMemory(t *testing.T) {
 	d := New(gpus...)
 	if err := d.Init(); err != nil {
@@ -194,15 +198,42 @@ func TestRestoreOutOfMemory(t *testing.T) {
 	mustOK(t, d.CheckpointProcessLock(1, 0))
 	mustOK(t, d.CheckpointProcessCheckpoint(1))
 	mustOK(t, d.AddProcess(2, gpu1, 100*gib))
+	free, _ := d.FreeGPUMemory(t.Context())
+	if want := int64(gpus[1].TotalMem - 100*gib); free[gpu1] != want {
+		t.Fatalf("free memory of gpu1 = %d, want %d", free[gpu1], want)
+	}
 	err := d.CheckpointProcessRestore(1, swap)
 	if !errors.Is(err, cuda.ErrOutOfMemory) {
 		t.Fatalf("restore onto a full gpu = %v, want ErrOutOfMemory", err)
 	}
-	if st, _ := d.CheckpointProcessGetState(1); st != cuda.ProcessStateCheckpointed {
-		t.Errorf("state after refused restore = %v, want CHECKPOINTED", st)
+	check := func(when string) {
+		t.Helper()
+		if st, _ := d.CheckpointProcessGetState(1); st != cuda.ProcessStateCheckpointed {
+			t.Errorf("state %s = %v, want CHECKPOINTED", when, st)
+		}
+		if p, _ := d.Process(1); !p.Lost || p.HostBytes != 100*gib {
+			t.Errorf("process %s: lost %v, host bytes %d; want lost, %d", when, p.Lost, p.HostBytes, uint64(100*gib))
+		}
+		if err := d.CheckpointProcessUnlock(1); !errors.Is(err, cuda.ErrIllegalState) {
+			t.Errorf("unlock %s = %v, want ErrIllegalState", when, err)
+		}
 	}
-	// Back to where it came from still works.
-	mustOK(t, d.CheckpointProcessRestore(1, nil))
+	check("after the refused restore")
+	// Nothing brings it back: not the GPU it came from, not an empty GPU.
+	for _, pairs := range [][]cuda.GPUPair{nil, swap} {
+		if pairs != nil {
+			d.RemoveProcess(2)
+		}
+		if err := d.CheckpointProcessRestore(1, pairs); !errors.Is(err, cuda.ErrOperatingSystem) {
+			t.Errorf("restore (pairs %v) after an out-of-memory restore = %v, want ErrOperatingSystem", pairs, err)
+		}
+	}
+	check("after later restores")
+	// Its memory returns when it ends.
+	d.RemoveProcess(1)
+	if used, _ := d.UsedMem(gpu0); used != 0 {
+		t.Errorf("gpu0 used after the process ended = %d, want 0", used)
+	}
 }
 
 func mustOK(t *testing.T, err error) {

@@ -52,7 +52,6 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/imagegc"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
-	"github.com/kybernate/kybernate/nodeagent/metrics"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 	"github.com/kybernate/kybernate/nodeagent/server"
 	"github.com/kybernate/kybernate/nodeagent/sim"
@@ -95,7 +94,7 @@ With --simulate one agent serves many kwok nodes with simulated GPUs; nothing to
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options) error {
 	logger := klog.FromContext(ctx)
-	metrics.Register()
+	engine.RegisterMetrics()
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	if err != nil {
@@ -168,6 +167,8 @@ type agent struct {
 	recorder       record.EventRecorder
 	fleet          *sim.Fleet // with --simulate
 	nvml           *lazyNVML  // on a GPU node
+	// recover takes over the node's suspended pods at start (on a GPU node with a driver).
+	recover func(ctx context.Context)
 
 	synced atomic.Bool
 }
@@ -215,34 +216,38 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	return a
 }
 
-func (a *agent) engineConfig() engine.Config {
-	return engine.Config{
-		LockTimeout:       a.o.LockTimeout,
-		StepTimeout:       a.o.StepTimeout,
-		RestoreRetries:    a.o.RestoreRetries,
-		RetryBackoff:      time.Second,
-		HostMemoryReserve: a.o.HostMemoryReserve.Value(),
-	}
-}
-
 // watchCommon registers the handlers both modes have.
-func (a *agent) watchCommon() error {
-	// A deleted pod's suspended state goes with it.
-	forget := cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj interface{}) {
+func (a *agent) watchCommon(ctx context.Context) error {
+	// A suspended pod that is being deleted has its parked processes ended at once; a deleted
+	// pod's suspended state goes with it.
+	podOf := func(obj interface{}) (*v1.Pod, bool) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = t.Obj
 		}
-		if pod, ok := obj.(*v1.Pod); ok {
-			if e, ok := a.engines.Engine(pod.Spec.NodeName); ok {
-				e.Forget(pod.UID)
+		pod, ok := obj.(*v1.Pod)
+		return pod, ok
+	}
+	op := a.controllerOperator()
+	deleted := cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj interface{}) {
+			if pod, ok := podOf(obj); ok && pod.DeletionTimestamp != nil {
+				op.EndDeleted(ctx, pod)
 			}
-		}
-	}}
+		},
+		DeleteFunc: func(obj interface{}) {
+			if pod, ok := podOf(obj); ok {
+				op.EndDeleted(ctx, pod)
+				if e, ok := a.engines.Engine(pod.Spec.NodeName); ok {
+					e.Forget(pod.UID)
+				}
+			}
+		},
+	}
 	return errors.Join(
 		watch(a.nodeFactory.Core().V1().Nodes().Informer(), a.reporter.EventHandler()),
 		watch(a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Informer(), a.reporter.EventHandler()),
 		watch(a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Informer(), a.controller.EventHandler()),
-		watch(a.podFactory.Core().V1().Pods().Informer(), forget),
+		watch(a.podFactory.Core().V1().Pods().Informer(), deleted),
 		watch(a.podFactory.Core().V1().Pods().Informer(), controller.NewRestoreFromGuard(a.controller.Operator()).EventHandler()),
 	)
 }
@@ -254,7 +259,7 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 	if err := podmap.AddUIDIndex(pods); err != nil {
 		return nil, err
 	}
-	if err := a.watchCommon(); err != nil {
+	if err := a.watchCommon(ctx); err != nil {
 		return nil, err
 	}
 	// Pods come and go: the processes on the GPUs map to other pods.
@@ -291,8 +296,10 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 	if err != nil {
 		logger.Error(err, "CUDA driver not usable: GPU inventory is reported, but suspend and resume are unavailable on this node")
 	} else {
-		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, a.engineConfig(), clock.RealClock{})
+		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, engine.InventoryMemory{Inventory: a.nvml},
+			engine.SignalKiller{}, a.o.engineConfig(), clock.RealClock{})
 		a.engines.set(o.NodeName, e)
+		a.recover = func(ctx context.Context) { a.recoverNode(ctx, o.NodeName, resolver.PIDsByPod) }
 		node.Suspended, srvNode.Engine, srvNode.Suspended = e, e, e
 		node.Busy = e.Busy
 	}
@@ -349,12 +356,15 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 			return
 		}
 		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
-		e := engine.New(drv, m, m, a.engineConfig(), clock.RealClock{})
+		e := engine.New(drv, m, m, m, m, a.o.engineConfig(), clock.RealClock{})
 		a.engines.set(node, e)
+		// GPUCheckpoints for the node that came before its machine were left as another
+		// agent's: take them on now.
+		a.controller.RequeueUnfinished()
 		// Images are written at the checkpoint rate too: host memory to the shared folder.
 		a.images.set(node, &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}})
 	})
-	if err := errors.Join(a.watchCommon(), watch(nodes.Informer(), a.fleet.NodeEventHandler()), watch(pods, a.fleet.PodEventHandler())); err != nil {
+	if err := errors.Join(a.watchCommon(ctx), watch(nodes.Informer(), a.fleet.NodeEventHandler()), watch(pods, a.fleet.PodEventHandler())); err != nil {
 		return nil, err
 	}
 	a.server = server.New(simNodes{fleet: a.fleet, engines: a.engines}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), true)
@@ -400,6 +410,9 @@ func (a *agent) run(ctx context.Context) error {
 	notSynced = append(notSynced, unsynced(a.ckptFactory.WaitForCacheSync(syncCtx.Done()))...)
 	if len(notSynced) > 0 {
 		return fmt.Errorf("listing %v timed out after %v: are the CRDs installed (manifests/crds) and may the agent list and watch them (manifests/agent)?", notSynced, informerSyncTimeout)
+	}
+	if a.recover != nil {
+		a.recover(ctx)
 	}
 	a.synced.Store(true)
 

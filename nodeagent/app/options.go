@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
+	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/status"
 )
 
@@ -40,6 +41,7 @@ type Options struct {
 	StepTimeout    time.Duration
 	DumpTimeout    time.Duration
 	RestoreRetries int
+	RestoreMargin  resource.Quantity
 	Workers        int
 
 	Simulate               bool
@@ -72,6 +74,7 @@ func NewOptions() *Options {
 		ImageTTL:               24 * time.Hour,
 		ImageGCInterval:        time.Minute,
 		RestoreRetries:         3,
+		RestoreMargin:          *resource.NewQuantity(engine.DefaultRestoreMargin, resource.BinarySI),
 		Workers:                16,
 		SimulateNodeSelector:   "type=kwok",
 		SimulateProgressPeriod: 2 * time.Second,
@@ -111,6 +114,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.StepTimeout, "step-timeout", o.StepTimeout, "Limit of each checkpoint or restore step.")
 	fs.DurationVar(&o.DumpTimeout, "dump-timeout", o.DumpTimeout, "Limit of the CRIU dump of a container checkpoint (through containerd and the shim).")
 	fs.IntVar(&o.RestoreRetries, "restore-retries", o.RestoreRetries, "Attempts of a refused restore before a resume is reported failed.")
+	fs.Var(&quantityValue{&o.RestoreMargin}, "restore-margin", "Free GPU memory a restore must leave on each target GPU beyond the footprint the pod's processes had there "+
+		"before their checkpoint. Below it the agent refuses the restore (InsufficientGPUMemory, retryable) without calling the driver: "+
+		"a restore the driver refuses for lack of memory destroys the process's GPU state.")
 	fs.IntVar(&o.Workers, "checkpoint-workers", o.Workers, "GPUCheckpoints carried out in parallel (each moves one pod).")
 
 	fs.BoolVar(&o.Simulate, "simulate", o.Simulate, "Simulate the GPUs of the nodes --simulate-node-selector picks (kwok nodes): mock NVML machines, "+
@@ -151,6 +157,9 @@ func (o *Options) Validate() error {
 	if o.RestoreRetries < 1 {
 		errs = append(errs, fmt.Errorf("--restore-retries=%d: want at least 1", o.RestoreRetries))
 	}
+	if o.RestoreMargin.Sign() < 0 || o.RestoreMargin.Value() > maxRestoreMargin {
+		errs = append(errs, fmt.Errorf("--restore-margin=%s: want 0..16Gi", o.RestoreMargin.String()))
+	}
 	if o.Workers < 1 {
 		errs = append(errs, fmt.Errorf("--checkpoint-workers=%d: want at least 1", o.Workers))
 	}
@@ -162,6 +171,22 @@ func (o *Options) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// engineConfig is the checkpoint engine's configuration from the flags.
+func (o *Options) engineConfig() engine.Config {
+	return engine.Config{
+		LockTimeout:       o.LockTimeout,
+		StepTimeout:       o.StepTimeout,
+		RestoreRetries:    o.RestoreRetries,
+		RetryBackoff:      time.Second,
+		HostMemoryReserve: o.HostMemoryReserve.Value(),
+		RestoreMargin:     o.RestoreMargin.Value(),
+	}
+}
+
+// maxRestoreMargin bounds --restore-margin: more would keep every pod from resuming on most
+// GPUs and is certainly a typo.
+const maxRestoreMargin = 16 << 30
 
 // quantityValue is a pflag.Value for a resource.Quantity.
 type quantityValue struct{ q *resource.Quantity }

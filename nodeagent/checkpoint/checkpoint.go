@@ -14,7 +14,6 @@
 package checkpoint
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +29,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
@@ -203,11 +203,9 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, err
 		return Result{}, fail(CauseUnsupported, "container %s runs under runtime %s: checkpoints need the kybernate runtime (runtimeClassName: kybernate)", ctr.ID, ctr.Runtime)
 	}
 	var gpus []string
-	if v := ctr.Annotations[kv1.AnnotationGPUs]; v != "" {
-		for _, g := range strings.Split(v, ",") {
-			if g = strings.TrimSpace(g); g != "" {
-				gpus = append(gpus, g)
-			}
+	if v := ctr.Annotations[kv1.AnnotationGPUs]; strings.TrimSpace(v) != "" {
+		if gpus, err = gpupod.ParseGPUs(v); err != nil {
+			return Result{}, fail(CauseInvalid, "container %s: %w", ctr.ID, err)
 		}
 	}
 	if len(gpus) > 0 && c.gpus == nil {
@@ -364,46 +362,6 @@ func diskFull(dir string) string {
 	}
 	if free := st.Bavail * uint64(st.Bsize); free < fullBelow {
 		return fmt.Sprintf("the file system of %s is full (%d bytes left of %d)", filepath.Dir(dir), free, st.Blocks*uint64(st.Bsize))
-	}
-	return ""
-}
-
-// logTail returns the last lines of CRIU's log that say what went wrong.
-func logTail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		if l := sc.Text(); strings.Contains(l, "Error") || strings.Contains(l, "error") || strings.Contains(l, "Warn") {
-			lines = append(lines, strings.TrimSpace(l))
-		}
-	}
-	if len(lines) == 0 {
-		return ""
-	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return "; criu's log says: " + strings.Join(lines, " | ")
-}
-
-// criuVersion reads "Version: 4.1.1" from the start of CRIU's log.
-func criuVersion(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for i := 0; i < 20 && sc.Scan(); i++ {
-		if _, v, ok := strings.Cut(sc.Text(), "Version: "); ok {
-			return strings.Fields(v)[0]
-		}
 	}
 	return ""
 }

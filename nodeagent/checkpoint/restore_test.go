@@ -1,7 +1,10 @@
 package checkpoint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,7 +88,7 @@ func TestRestore(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			before, _ := os.ReadDir(req.ImageDir)
+			before := folderContents(t, req.ImageDir)
 			res, err := c.Restore(t.Context(), req)
 			if tt.wantCause != "" {
 				var e *Error
@@ -106,13 +109,46 @@ func TestRestore(t *testing.T) {
 					t.Errorf("result %+v", res.Result)
 				}
 			}
-			// Nothing is ever deleted.
-			after, _ := os.ReadDir(req.ImageDir)
-			if len(after) != len(before) {
-				t.Errorf("image folder had %d entries, has %d", len(before), len(after))
+			// Nothing is ever deleted or changed: the same files with the same contents.
+			if diff := cmp.Diff(before, folderContents(t, req.ImageDir)); diff != "" {
+				t.Errorf("image folder changed (-before +after):\n%s", diff)
 			}
 		})
 	}
+}
+
+// folderContents maps every file and folder under dir (relative paths) to its content's
+// SHA-256, "dir" for a folder; empty when dir does not exist.
+func folderContents(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if p == dir && errors.Is(err, fs.ErrNotExist) {
+			return fs.SkipAll // no folder: empty, and it must stay so
+		}
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			out[rel] = "dir"
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(data)
+		out[rel] = hex.EncodeToString(sum[:])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func mustUUID(s string) cuda.UUID {

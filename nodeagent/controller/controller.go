@@ -25,6 +25,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -112,6 +113,21 @@ func (c *Controller) EventHandler() cache.ResourceEventHandler {
 				c.Forget(ck.UID)
 			}
 		},
+	}
+}
+
+// RequeueUnfinished queues every GPUCheckpoint that is not finished: a node the agent has
+// just begun to serve (a simulated node appears after the agent started) may have objects
+// that were left alone as another agent's.
+func (c *Controller) RequeueUnfinished() {
+	list, err := c.ckpts.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, ck := range list {
+		if ck.Status.Phase != kv1.PhaseSucceeded && ck.Status.Phase != kv1.PhaseFailed {
+			c.queue.Add(ck.Namespace + "/" + ck.Name)
+		}
 	}
 }
 
@@ -271,6 +287,7 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	for _, g := range res.GPUs {
 		st.GPUs = append(st.GPUs, g.String())
 	}
+	st.Footprint = FootprintStatus(res.Parked)
 	if img != nil {
 		st.ImageLocation = ImageDir(c.op.imageRoot, ck)
 		st.Image = img.Image.DeepCopy()

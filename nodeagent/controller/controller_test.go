@@ -100,7 +100,7 @@ func newHarness(t *testing.T, hostMemory int64, pods []*v1.Pod, ckpts ...*kv1.GP
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	e := engine.New(d, &driverFinder{d: d, pids: map[types.UID][]int{"uid-train": {100}}}, fixedMemory(hostMemory),
+	e := engine.New(d, &driverFinder{d: d, pids: map[types.UID][]int{"uid-train": {100}}}, fixedMemory(hostMemory), d, d,
 		engine.Config{LockTimeout: 5 * time.Second, StepTimeout: time.Minute, HostMemoryReserve: 8 * gib}, clk)
 	h := &harness{kube: kubefake.NewClientset(), kyb: kybfake.NewSimpleClientset(), d: d, e: e, recorder: record.NewFakeRecorder(100)}
 	podIndex := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})

@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	ckpt "github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/image"
@@ -167,14 +168,14 @@ func (o *Operator) Checkpoint(ctx context.Context, pod *v1.Pod, dir string) (Ima
 	if filepath.Dir(dir) != nsDir {
 		return ImageResult{}, invalid("image folder %s is not in the folder of namespace %s, %s", dir, pod.Namespace, nsDir)
 	}
-	if err := o.setState(ctx, pod, kv1.PodCheckpointing, ""); err != nil {
+	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodCheckpointing, ""); err != nil {
 		return ImageResult{}, err
 	}
 	o.recorder.Eventf(pod, v1.EventTypeNormal, EventCheckpointing, "Checkpointing into %s", dir)
 	res, err := imgs.Checkpoint(ctx, pod, dir)
 	o.changed(pod.Spec.NodeName)
 	if err != nil {
-		serr := o.setState(ctx, pod, kv1.PodSuspended, "")
+		serr := o.setState(ctx, pod, kv1.PodCheckpointing, kv1.PodSuspended, "")
 		o.recorder.Eventf(pod, v1.EventTypeWarning, EventCheckpointFailed, "Checkpoint failed; the pod stays suspended on its node: %v", err)
 		logger.Info("Checkpoint failed", "err", err)
 		var ie *ImageError
@@ -185,7 +186,7 @@ func (o *Operator) Checkpoint(ctx context.Context, pod *v1.Pod, dir string) (Ima
 	}
 	msg := fmt.Sprintf("Checkpointed into %s: %d files, %s, %s of GPU memory, digest %s", dir, res.Image.Files,
 		quantity(res.Image.SizeBytes), quantity(res.Image.VRAMBytes), res.Image.Digest)
-	if err := o.setState(ctx, pod, kv1.PodCheckpointed, ""); err != nil {
+	if err := o.setState(ctx, pod, kv1.PodCheckpointing, kv1.PodCheckpointed, ""); err != nil {
 		return res, fmt.Errorf("pod checkpointed, but %w: %w", ErrNotRecorded, err)
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventCheckpointed, msg)
@@ -213,7 +214,7 @@ func (o *Operator) Restore(ctx context.Context, pod *v1.Pod, dir string, gpus []
 		return engine.Result{}, invalid("node %s cannot restore checkpoint images (the agent runs without --checkpoint-dir, or without containerd)", pod.Spec.NodeName)
 	}
 	if len(gpus) == 0 {
-		gpus = strings.Split(pod.Annotations[kv1.AnnotationGPUs], ",")
+		gpus = gpupod.AssignedGPUs(pod)
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName, "image", dir)
 	o.recorder.Eventf(pod, v1.EventTypeNormal, EventRestoring, "Restoring from %s onto GPUs %s", dir, strings.Join(gpus, ","))
@@ -229,7 +230,7 @@ func (o *Operator) Restore(ctx context.Context, pod *v1.Pod, dir string, gpus []
 		return engine.Result{}, err
 	}
 	msg := fmt.Sprintf("Restored from %s: %s of GPU memory onto GPUs %s in %s", dir, quantity(res.Bytes), strings.Join(gpus, ","), describe(res.Steps))
-	if err := errors.Join(o.setState(ctx, pod, kv1.PodRunning, ""), o.setResident(ctx, pod, true, msg)); err != nil {
+	if err := errors.Join(o.setState(ctx, pod, kv1.PodRestoring, kv1.PodRunning, ""), o.setResident(ctx, pod, true, msg)); err != nil {
 		return res, fmt.Errorf("pod restored, but %w: %w", ErrNotRecorded, err)
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventRestored, msg)

@@ -20,6 +20,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 )
@@ -32,6 +33,12 @@ const (
 	EventResuming      = "Resuming"
 	EventResumed       = "Resumed"
 	EventResumeFailed  = "ResumeFailed"
+	// EventResumeDeferred: the restore guard refused the resume because a target GPU lacks
+	// free memory; the pod stays suspended and nothing was tried.
+	EventResumeDeferred = "ResumeDeferred"
+	// EventGPUStateLost: the driver refused a restore for lack of memory and destroyed the
+	// pod's GPU state; the pod cannot run on.
+	EventGPUStateLost = "GPUStateLost"
 )
 
 // Reasons of the pod condition kybernate.io/GPUResident.
@@ -101,14 +108,6 @@ func ref(pod *v1.Pod) podmap.PodRef {
 	return podmap.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
 }
 
-func state(pod *v1.Pod) kv1.PodGPUState {
-	s := kv1.PodGPUState(pod.Annotations[kv1.AnnotationState])
-	if s == "" {
-		return kv1.PodRunning
-	}
-	return s
-}
-
 // prepare checks what every operation needs: a running pod on a served node whose
 // kybernate.io/gpus are GPUs of the node. It returns the node's engine and the pod's GPUs.
 func (o *Operator) prepare(pod *v1.Pod, allowed ...kv1.PodGPUState) (*engine.Engine, []cuda.UUID, error) {
@@ -122,7 +121,7 @@ func (o *Operator) prepare(pod *v1.Pod, allowed ...kv1.PodGPUState) (*engine.Eng
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
 		return nil, nil, invalid("pod %s/%s is finished or being deleted (phase %s)", pod.Namespace, pod.Name, pod.Status.Phase)
 	}
-	if s := state(pod); !slices.Contains(allowed, s) {
+	if s := gpupod.StateOf(pod); !slices.Contains(allowed, s) {
 		return nil, nil, invalid("pod %s/%s is %s (annotation %s); this needs a pod that is %s", pod.Namespace, pod.Name, s, kv1.AnnotationState, joinStates(allowed))
 	}
 	gpus, err := podGPUs(pod, e)
@@ -142,15 +141,18 @@ func joinStates(s []kv1.PodGPUState) string {
 
 // podGPUs parses the pod's kybernate.io/gpus and checks that they are GPUs of the node.
 func podGPUs(pod *v1.Pod, e *engine.Engine) ([]cuda.UUID, error) {
-	s := strings.TrimSpace(pod.Annotations[kv1.AnnotationGPUs])
-	if s == "" {
+	list, ok, err := gpupod.PodGPUs(pod)
+	if err != nil {
+		return nil, invalid("pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	if !ok {
 		return nil, invalid("pod %s/%s has no %s annotation: it was not placed on GPUs by kybernate-scheduler", pod.Namespace, pod.Name, kv1.AnnotationGPUs)
 	}
 	all, err := e.GPUs()
 	if err != nil {
 		return nil, fmt.Errorf("listing the gpus of node %s: %w", pod.Spec.NodeName, err)
 	}
-	return parseGPUs(strings.Split(s, ","), all, fmt.Sprintf("annotation %s of pod %s/%s", kv1.AnnotationGPUs, pod.Namespace, pod.Name), pod.Spec.NodeName)
+	return parseGPUs(list, all, fmt.Sprintf("annotation %s of pod %s/%s", kv1.AnnotationGPUs, pod.Namespace, pod.Name), pod.Spec.NodeName)
 }
 
 func parseGPUs(list []string, all []cuda.UUID, what, node string) ([]cuda.UUID, error) {
@@ -186,7 +188,7 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 		return engine.Result{}, err
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName)
-	if err := o.setState(ctx, pod, kv1.PodSuspending, ""); err != nil {
+	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodSuspending, ""); err != nil {
 		return engine.Result{}, err
 	}
 	o.recorder.Eventf(pod, v1.EventTypeNormal, EventSuspending, "Suspending: moving GPU memory to host memory")
@@ -199,13 +201,13 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 		if e.IsSuspended(pod.UID) {
 			back = kv1.PodSuspended
 		}
-		err := o.setState(ctx, pod, back, "")
+		err := o.setState(ctx, pod, kv1.PodSuspending, back, "")
 		o.recorder.Eventf(pod, v1.EventTypeWarning, EventSuspendFailed, "Suspend failed (%s): %v", engine.CauseOf(opErr), opErr)
 		logger.Info("Suspend failed", "cause", engine.CauseOf(opErr), "rolledBack", engine.RolledBack(opErr), "err", opErr)
 		return engine.Result{}, errors.Join(opErr, err)
 	}
 	msg := fmt.Sprintf("Suspended: moved %s of GPU memory to host memory in %s", quantity(res.Bytes), describe(res.Steps))
-	if err := errors.Join(o.setState(ctx, pod, kv1.PodSuspended, ""), o.setResident(ctx, pod, false, msg)); err != nil {
+	if err := errors.Join(o.setState(ctx, pod, kv1.PodSuspending, kv1.PodSuspended, ""), o.setResident(ctx, pod, false, msg)); err != nil {
 		return res, fmt.Errorf("pod suspended, but %w: %w", ErrNotRecorded, err)
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventSuspended, msg)
@@ -234,7 +236,7 @@ func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (e
 		}
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName)
-	if err := o.setState(ctx, pod, kv1.PodResuming, ""); err != nil {
+	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodResuming, ""); err != nil {
 		return engine.Result{}, err
 	}
 	o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming: moving GPU memory back onto GPUs %s", uuidList(firstNonEmpty(to, from)))
@@ -245,21 +247,35 @@ func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (e
 		if engine.CauseOf(opErr) == engine.CauseWrongState && !e.IsSuspended(pod.UID) {
 			back = kv1.PodRunning // the engine says it is not suspended
 		}
-		err := o.setState(ctx, pod, back, "")
-		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeFailed, "Resume failed (%s): %v", engine.CauseOf(opErr), opErr)
+		err := o.setState(ctx, pod, kv1.PodResuming, back, "")
+		o.resumeFailed(pod, opErr)
 		logger.Info("Resume failed", "cause", engine.CauseOf(opErr), "rolledBack", engine.RolledBack(opErr), "err", opErr)
 		return engine.Result{}, errors.Join(opErr, err)
 	}
 	gpus := ""
 	if !slices.Equal(res.GPUs, from) {
-		gpus = strings.Join(strings.Split(uuidList(res.GPUs), ", "), ",")
+		gpus = gpupod.FormatGPUs(strings.Split(uuidList(res.GPUs), ", "))
 	}
 	msg := fmt.Sprintf("Resumed: moved %s of GPU memory onto GPUs %s in %s", quantity(res.Bytes), uuidList(res.GPUs), describe(res.Steps))
-	if err := errors.Join(o.setState(ctx, pod, kv1.PodRunning, gpus), o.setResident(ctx, pod, true, msg)); err != nil {
+	if err := errors.Join(o.setState(ctx, pod, kv1.PodResuming, kv1.PodRunning, gpus), o.setResident(ctx, pod, true, msg)); err != nil {
 		return res, fmt.Errorf("pod resumed, but %w: %w", ErrNotRecorded, err)
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventResumed, msg)
 	return res, nil
+}
+
+// resumeFailed records a failed resume on the pod: a guard refusal is a wait, not a failure.
+func (o *Operator) resumeFailed(pod *v1.Pod, err error) {
+	switch engine.CauseOf(err) {
+	case engine.CauseInsufficientGPUMemory:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeDeferred,
+			"Resume deferred, the pod stays suspended: %v; it is resumed once the memory is free", errors.Unwrap(err))
+	case engine.CauseGPUStateLost:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventGPUStateLost,
+			"The GPU driver refused the restore for lack of GPU memory, which destroys a process's GPU state: the pod cannot run on; delete it so that its controller starts it again: %v", err)
+	default:
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventResumeFailed, "Resume failed (%s): %v", engine.CauseOf(err), err)
+	}
 }
 
 func firstNonEmpty(a, b []cuda.UUID) []cuda.UUID {
@@ -269,10 +285,14 @@ func firstNonEmpty(a, b []cuda.UUID) []cuda.UUID {
 	return b
 }
 
-// setState writes the pod's kybernate.io/state and, when gpus is set, kybernate.io/gpus. The
-// UID in the patch makes it fail on a new pod of the same name.
-func (o *Operator) setState(ctx context.Context, pod *v1.Pod, s kv1.PodGPUState, gpus string) error {
-	ann := map[string]string{kv1.AnnotationState: string(s)}
+// setState moves the pod's kybernate.io/state from from to s (through the state machine, which
+// refuses other transitions) and, when gpus is set, writes kybernate.io/gpus. The UID in the
+// patch makes it fail on a new pod of the same name.
+func (o *Operator) setState(ctx context.Context, pod *v1.Pod, from, s kv1.PodGPUState, gpus string) error {
+	ann := map[string]string{}
+	if err := gpupod.SetState(ann, from, s); err != nil {
+		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
 	if gpus != "" {
 		ann[kv1.AnnotationGPUs] = gpus
 	}

@@ -40,6 +40,10 @@ type Process struct {
 	Bytes int64
 	// State is the process's checkpoint state as far as the finder knows.
 	State cuda.ProcessState
+	// Footprint is the process's memory per GPU as NVML reports it (its context included),
+	// when the finder knows it per GPU; empty means Bytes on GPU. Recorded at suspend time, it
+	// is what a restore needs free.
+	Footprint map[cuda.UUID]int64
 }
 
 // ProcessFinder finds the CUDA processes of a pod on the node. Processes whose memory is
@@ -66,6 +70,9 @@ type Config struct {
 	RetryBackoff time.Duration
 	// HostMemoryReserve is host memory a suspend may not use.
 	HostMemoryReserve int64
+	// RestoreMargin is free GPU memory a restore must leave beyond the processes' footprint
+	// (the restore guard).
+	RestoreMargin int64
 }
 
 // Step is one timed step of an operation.
@@ -83,6 +90,9 @@ type Result struct {
 	// GPUs the pod's memory is on afterwards, in the order of the pod's GPUs; empty after a
 	// suspend.
 	GPUs []cuda.UUID
+	// Parked are the processes a suspend parked, with their footprints: what a restore needs
+	// free, recorded where it survives an agent restart.
+	Parked []Process
 }
 
 // Step names.
@@ -99,6 +109,8 @@ type Engine struct {
 	driver cuda.Interface
 	finder ProcessFinder
 	host   HostMemory
+	gpuMem GPUMemory
+	kill   Killer
 	clock  clock.Clock
 
 	mu   sync.Mutex
@@ -112,14 +124,18 @@ type podEntry struct {
 	parked []Process
 	// stuck is set when a driver call did not return: the pod's state is unknown.
 	stuck error
+	// lost is set when the driver refused a restore for lack of memory: the pod's GPU state
+	// is gone.
+	lost error
 }
 
-// New returns an Engine on an initialised driver.
-func New(driver cuda.Interface, finder ProcessFinder, host HostMemory, cfg Config, clk clock.Clock) *Engine {
+// New returns an Engine on an initialised driver. gpuMem is what the restore guard reads
+// free GPU memory from; kill ends the processes of pods that are gone.
+func New(driver cuda.Interface, finder ProcessFinder, host HostMemory, gpuMem GPUMemory, kill Killer, cfg Config, clk clock.Clock) *Engine {
 	if cfg.RestoreRetries < 1 {
 		cfg.RestoreRetries = 1
 	}
-	return &Engine{cfg: cfg, driver: driver, finder: finder, host: host, clock: clk, pods: map[types.UID]*podEntry{}}
+	return &Engine{cfg: cfg, driver: driver, finder: finder, host: host, gpuMem: gpuMem, kill: kill, clock: clk, pods: map[types.UID]*podEntry{}}
 }
 
 // GPUs returns the UUIDs of every GPU the driver sees, in ordinal order: what restore pairs
@@ -156,6 +172,10 @@ func (e *Engine) begin(op string, pod podmap.PodRef) (*podEntry, error) {
 	if p.busy {
 		return nil, &Error{Op: op, Pod: pod.String(), Cause: CauseBusy, Err: errors.New("another operation on the pod is in progress")}
 	}
+	if p.lost != nil {
+		return nil, &Error{Op: op, Pod: pod.String(), Cause: CauseGPUStateLost,
+			Err: fmt.Errorf("an earlier restore destroyed the pod's gpu state; it cannot run on: %w", p.lost)}
+	}
 	if p.stuck != nil {
 		return nil, &Error{Op: op, Pod: pod.String(), Cause: CauseStepTimeout,
 			Err: fmt.Errorf("an earlier operation left the pod in an unknown state, refusing to touch it: %w", p.stuck)}
@@ -168,7 +188,7 @@ func (e *Engine) end(p *podEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	p.busy = false
-	if p.parked == nil && p.stuck == nil {
+	if p.parked == nil && p.stuck == nil && p.lost == nil {
 		delete(e.pods, p.ref.UID)
 	}
 }
@@ -305,6 +325,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 	}
 	res.Steps = append(res.Steps, Step{Name: StepCheckpoint, Duration: e.clock.Since(t), Bytes: need})
 	res.Bytes = need
+	res.Parked = slices.Clone(running)
 	p.parked = running
 	logger.V(2).Info("Suspended pod", "bytes", need, "processes", len(running), "duration", e.clock.Since(start))
 	return res, nil
@@ -363,6 +384,14 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 	if err := e.capability(pairs != nil); err != nil {
 		return Result{}, fail(CauseUnsupported, false, err)
 	}
+	if err := e.checkGPUMemory(ctx, restoreNeeds(parked, moves)); err != nil {
+		cause := CauseInternal
+		if errors.Is(err, ErrInsufficientGPUMemory) {
+			cause = CauseInsufficientGPUMemory
+		}
+		logger.V(2).Info("Not restoring: the restore guard refused", "err", err)
+		return Result{}, fail(cause, false, err)
+	}
 
 	t := e.clock.Now()
 	var moved int64
@@ -375,6 +404,14 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 		if errors.Is(err, errStepTimeout) {
 			p.stuck = err
 			return Result{}, fail(CauseStepTimeout, false, err)
+		}
+		if errors.Is(err, ErrGPUStateLost) {
+			// Nothing brings the process back. The others are put back to suspended, but the
+			// pod as a whole cannot run on.
+			p.lost = err
+			rbErr := e.checkpointAll(ctx, parked[:i])
+			logger.Error(err, "Restore ran out of GPU memory: the pod's GPU state is lost", "pid", pr.PID, "rollbackErr", rbErr)
+			return Result{}, fail(CauseGPUStateLost, false, joinRollback(err, rbErr))
 		}
 		// Back to suspended: checkpoint again what was restored.
 		rbErr := e.checkpointAll(ctx, parked[:i])
@@ -464,9 +501,13 @@ func (e *Engine) restore(ctx context.Context, pid int, pairs []cuda.GPUPair) err
 		if err == nil || errors.Is(err, errStepTimeout) {
 			return err
 		}
-		// A refused restore (INVALID_VALUE, OUT_OF_MEMORY) leaves the process CHECKPOINTED and
-		// may succeed later, e.g. when memory another pod is giving up is free.
-		if !errors.Is(err, cuda.ErrInvalidValue) && !errors.Is(err, cuda.ErrOutOfMemory) {
+		// OUT_OF_MEMORY destroys the process's GPU state (driver 580): no retry helps.
+		if errors.Is(err, cuda.ErrOutOfMemory) {
+			return fmt.Errorf("restore of pid %d: %w: %w", pid, ErrGPUStateLost, err)
+		}
+		// A refusal of the pairs (INVALID_VALUE) leaves the process CHECKPOINTED and may
+		// succeed later.
+		if !errors.Is(err, cuda.ErrInvalidValue) {
 			return err
 		}
 		klog.FromContext(ctx).V(2).Info("Restore refused; retrying", "pid", pid, "attempt", attempt, "err", err)
@@ -588,6 +629,17 @@ func (e *Engine) SuspendedPods() []kv1.PodGPUUsage {
 	return out
 }
 
+// RegisterMetrics registers the agent's metrics (package metrics) and starts the failure
+// series of every cause at zero, so that dashboards and alerts see them before a failure.
+func RegisterMetrics() {
+	metrics.Register()
+	for _, op := range []string{metrics.OperationSuspend, metrics.OperationResume} {
+		for _, c := range Causes {
+			metrics.Failures.WithLabelValues(op, string(c))
+		}
+	}
+}
+
 func observe(op string, start, end time.Time, res Result, err error) {
 	result := metrics.ResultSuccess
 	if err != nil {
@@ -595,6 +647,10 @@ func observe(op string, start, end time.Time, res Result, err error) {
 		metrics.Failures.WithLabelValues(op, string(CauseOf(err))).Inc()
 	} else {
 		metrics.BytesMoved.WithLabelValues(op).Add(float64(res.Bytes))
+		metrics.OperationBytes.WithLabelValues(op).Observe(float64(res.Bytes))
+		if d := end.Sub(start).Seconds(); res.Bytes > 0 && d > 0 {
+			metrics.OperationThroughput.WithLabelValues(op).Observe(float64(res.Bytes) / d)
+		}
 	}
 	metrics.OperationDuration.WithLabelValues(op, result).Observe(end.Sub(start).Seconds())
 }

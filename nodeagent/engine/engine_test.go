@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/types"
+	compmetrics "k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/testutil"
 	testingclock "k8s.io/utils/clock/testing"
 
@@ -78,7 +79,7 @@ func newHarness(t *testing.T, hostMemory int64, cfg Config) *harness {
 		cfg.StepTimeout = time.Minute
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	return &harness{e: New(d, f, fixedMemory(hostMemory), cfg, clk), d: d, finder: f, clock: clk}
+	return &harness{e: New(d, f, fixedMemory(hostMemory), d, d, cfg, clk), d: d, finder: f, clock: clk}
 }
 
 // states returns the pod's processes' states and GPUs, and the memory used per GPU.
@@ -124,7 +125,8 @@ func TestSuspendResume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Suspend: %v", err)
 	}
-	want := Result{Bytes: 50 * gib, Steps: []Step{{Name: StepLock}, {Name: StepCheckpoint, Bytes: 50 * gib}}}
+	want := Result{Bytes: 50 * gib, Steps: []Step{{Name: StepLock}, {Name: StepCheckpoint, Bytes: 50 * gib}},
+		Parked: []Process{{PID: 100, GPU: gpu0, Bytes: 30 * gib}, {PID: 101, GPU: gpu1, Bytes: 20 * gib}}}
 	if diff := cmp.Diff(want, res); diff != "" {
 		t.Errorf("suspend result (-want +got):\n%s", diff)
 	}
@@ -512,9 +514,16 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 		_, err := h.e.Suspend(context.Background(), train, 0)
 		done <- err
 	}()
-	// Once the checkpoint is stuck, move the clock past its step timeout until the timer,
-	// armed around the call, fires (earlier steps' timers are stopped by then).
-	<-stuck
+	// A hang of the engine is a failure of this test, not a hang of the test binary: every
+	// wait below ends at this (real-time) guard.
+	guard := time.After(time.Minute)
+	select {
+	case <-stuck:
+	case <-guard:
+		t.Fatal("the checkpoint call was never made")
+	}
+	// Move the clock past the step timeout until the timer, armed around the call, fires
+	// (earlier steps' timers are stopped by then).
 	var err error
 	for waiting := true; waiting; {
 		if h.clock.HasWaiters() {
@@ -523,6 +532,8 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 		select {
 		case err = <-done:
 			waiting = false
+		case <-guard:
+			t.Fatal("Suspend did not return after its step timeout")
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -533,6 +544,8 @@ func TestStepTimeoutLeavesPodAlone(t *testing.T) {
 	if CauseOf(err) != CauseStepTimeout || !strings.Contains(err.Error(), "unknown state") {
 		t.Errorf("next operation error %v, want a refusal", err)
 	}
+	// The hung call holds the fake driver until release: a rollback or unlock of the process
+	// in its unknown state would have hung Suspend (the guard) or failed the refusal above.
 }
 
 // Parked tells a checkpoint whether a pod's memory is in host memory already, and how much.
@@ -562,11 +575,46 @@ func TestResumeAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new engine on the same driver: the agent restarted.
-	e := New(h.d, h.finder, fixedMemory(100*gib), Config{StepTimeout: time.Minute}, h.clock)
+	e := New(h.d, h.finder, fixedMemory(100*gib), h.d, h.d, Config{StepTimeout: time.Minute}, h.clock)
 	if _, err := e.Resume(t.Context(), train, []cuda.UUID{gpu0, gpu1}, nil); err != nil {
 		t.Fatalf("Resume after restart: %v", err)
 	}
 	if states, _ := h.snapshot(); !cmp.Equal(running("1", "2"), states) {
 		t.Errorf("states %v, want running", states)
+	}
+}
+
+// A successful operation records its bytes and its rate; a failed one neither.
+func TestSuccessMetrics(t *testing.T) {
+	metrics.Register()
+	start := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	hist := func(h interface {
+		WithLabelValues(...string) compmetrics.ObserverMetric
+	}) (count uint64, sum float64) {
+		t.Helper()
+		o := h.WithLabelValues(metrics.OperationResume)
+		count, err := testutil.GetHistogramMetricCount(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err = testutil.GetHistogramMetricValue(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return count, sum
+	}
+	bytesCount, bytesSum := hist(metrics.OperationBytes)
+	rateCount, rateSum := hist(metrics.OperationThroughput)
+
+	observe(metrics.OperationResume, start, start.Add(2*time.Second), Result{Bytes: 8 * gib}, nil)
+	observe(metrics.OperationResume, start, start.Add(time.Second), Result{Bytes: 8 * gib}, errors.New("refused"))
+
+	c, s := hist(metrics.OperationBytes)
+	if c-bytesCount != 1 || s-bytesSum != float64(8*gib) {
+		t.Errorf("operation_bytes: %d samples summing %v more, want 1 of %d", c-bytesCount, s-bytesSum, 8*gib)
+	}
+	c, s = hist(metrics.OperationThroughput)
+	if c-rateCount != 1 || s-rateSum != float64(4*gib) {
+		t.Errorf("operation_throughput: %d samples summing %v more, want 1 of %d bytes/s", c-rateCount, s-rateSum, 4*gib)
 	}
 }

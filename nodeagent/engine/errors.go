@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 // Cause is why an operation failed, in words a person and a metric label can use.
@@ -33,12 +35,24 @@ const (
 	CauseCheckpointFailed Cause = "CheckpointFailed"
 	CauseRestoreFailed    Cause = "RestoreFailed"
 	CauseUnlockFailed     Cause = "UnlockFailed"
+	// CauseInsufficientGPUMemory: the restore guard refused a restore because a target GPU has
+	// less free memory than the pod's footprint before its checkpoint plus the margin. Nothing
+	// changed; it is worth trying again once memory is free.
+	CauseInsufficientGPUMemory Cause = kv1.ReasonInsufficientGPUMemory
+	// CauseGPUStateLost: the driver refused a restore for lack of GPU memory, which destroys
+	// the process's GPU state (driver 580): the pod cannot run on.
+	CauseGPUStateLost Cause = "GPUStateLost"
 	// CauseStepTimeout: a driver call did not return within the step timeout; the pod's
 	// state is unknown and the agent refuses further operations on it.
 	CauseStepTimeout Cause = "StepTimeout"
 	// CauseInternal: something else, such as a failure to list the pod's processes.
 	CauseInternal Cause = "Internal"
 )
+
+// Causes are all causes, for the failure metric's series.
+var Causes = []Cause{CauseBusy, CauseNoProcesses, CauseWrongState, CauseInvalidTarget, CauseUnsupported,
+	CauseHostMemoryExhausted, CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed,
+	CauseUnlockFailed, CauseStepTimeout, CauseInternal}
 
 // Error is a failed operation on a pod.
 type Error struct {
@@ -68,7 +82,17 @@ func (e *Error) Unwrap() error { return e.Err }
 // nothing.
 func (c Cause) Attempted() bool {
 	switch c {
-	case CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed, CauseStepTimeout:
+	case CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed, CauseUnlockFailed, CauseStepTimeout, CauseGPUStateLost:
+		return true
+	}
+	return false
+}
+
+// Retryable reports whether the same operation may succeed later without anyone changing the
+// request: the pod was busy, or the node lacked memory for it just now.
+func (c Cause) Retryable() bool {
+	switch c {
+	case CauseBusy, CauseInsufficientGPUMemory, CauseHostMemoryExhausted:
 		return true
 	}
 	return false

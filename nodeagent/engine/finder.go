@@ -16,7 +16,7 @@ type PodResolver interface {
 
 // InventoryFinder finds a pod's processes among the GPU processes of the node's inventory
 // (NVML): the ones whose memory is on a GPU. A process with memory on several GPUs is one
-// Process, on the first of them, with all its bytes.
+// Process, on the first of them, with all its bytes; its Footprint has them per GPU.
 type InventoryFinder struct {
 	Inventory inventory.Source
 	Pods      PodResolver
@@ -34,8 +34,13 @@ func (f InventoryFinder) Processes(ctx context.Context, pod podmap.PodRef) ([]Pr
 	index := map[int32]int{}
 	for _, g := range inv.GPUs {
 		for _, p := range g.Processes {
+			u, err := cuda.ParseUUID(g.UUID)
+			if err != nil {
+				return nil, fmt.Errorf("gpu %d: %w", g.Index, err)
+			}
 			if i, ok := index[p.PID]; ok {
 				out[i].Bytes += p.UsedBytes
+				out[i].Footprint[u] += p.UsedBytes
 				continue
 			}
 			// A process that is in no pod, is gone meanwhile or cannot be read is not the pod's
@@ -44,12 +49,9 @@ func (f InventoryFinder) Processes(ctx context.Context, pod podmap.PodRef) ([]Pr
 			if err != nil || ref.UID != pod.UID {
 				continue
 			}
-			u, err := cuda.ParseUUID(g.UUID)
-			if err != nil {
-				return nil, fmt.Errorf("gpu %d: %w", g.Index, err)
-			}
 			index[p.PID] = len(out)
-			out = append(out, Process{PID: int(p.PID), GPU: u, Bytes: p.UsedBytes, State: cuda.ProcessStateRunning})
+			out = append(out, Process{PID: int(p.PID), GPU: u, Bytes: p.UsedBytes, State: cuda.ProcessStateRunning,
+				Footprint: map[cuda.UUID]int64{u: p.UsedBytes}})
 		}
 	}
 	return out, nil

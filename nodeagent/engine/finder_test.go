@@ -35,8 +35,8 @@ func TestInventoryFinder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Process{
-		{PID: 10, GPU: gpu0, Bytes: 8, State: cuda.ProcessStateRunning},
-		{PID: 11, GPU: gpu0, Bytes: 7, State: cuda.ProcessStateRunning},
+		{PID: 10, GPU: gpu0, Bytes: 8, State: cuda.ProcessStateRunning, Footprint: map[cuda.UUID]int64{gpu0: 5, gpu1: 3}},
+		{PID: 11, GPU: gpu0, Bytes: 7, State: cuda.ProcessStateRunning, Footprint: map[cuda.UUID]int64{gpu0: 7}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("processes (-want +got):\n%s", diff)

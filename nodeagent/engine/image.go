@@ -31,6 +31,9 @@ type ImageRestore struct {
 	To []cuda.UUID
 	// Bytes of GPU memory in the image (metadata.json), reported as moved.
 	Bytes int64
+	// Footprint is the image's GPU memory per GPU of From, when the image records it; without
+	// it the restore guard asks for all of Bytes free on every target GPU.
+	Footprint map[cuda.UUID]int64
 }
 
 // RestoreImage puts the GPU memory of processes restored from a checkpoint image onto the
@@ -94,6 +97,14 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 		return Result{}, fail(CauseNoProcesses, fmt.Errorf("none of the container's %d processes %v is a checkpointed CUDA process", len(req.PIDs), req.PIDs))
 	}
 	res.Steps = append(res.Steps, Step{Name: StepFind, Duration: e.clock.Since(t)})
+	if err := e.checkGPUMemory(ctx, imageNeeds(req)); err != nil {
+		cause := CauseInternal
+		if errors.Is(err, ErrInsufficientGPUMemory) {
+			cause = CauseInsufficientGPUMemory
+		}
+		logger.V(2).Info("Not restoring the image's GPU memory: the restore guard refused", "err", err)
+		return Result{}, fail(cause, err)
+	}
 
 	t = e.clock.Now()
 	for _, pid := range procs {
@@ -101,6 +112,9 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 			if errors.Is(err, errStepTimeout) {
 				p.stuck = err
 				return Result{}, fail(CauseStepTimeout, err)
+			}
+			if errors.Is(err, ErrGPUStateLost) {
+				return Result{}, fail(CauseGPUStateLost, err)
 			}
 			return Result{}, fail(CauseRestoreFailed, fmt.Errorf("gpu pairs %s: %w", pairsString(pairs), err))
 		}
@@ -124,6 +138,19 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 	res.GPUs = slices.Clone(req.To)
 	logger.V(2).Info("Restored GPU memory of an image", "pids", procs, "from", req.From, "to", req.To, "bytes", req.Bytes, "duration", e.clock.Since(start))
 	return res, nil
+}
+
+// imageNeeds is the memory each target GPU of an image restore must have free.
+func imageNeeds(req ImageRestore) map[cuda.UUID]int64 {
+	need := map[cuda.UUID]int64{}
+	for i, t := range req.To {
+		if b, ok := req.Footprint[req.From[i]]; ok {
+			need[t] += b
+			continue
+		}
+		need[t] += req.Bytes
+	}
+	return need
 }
 
 // imagePairs are the restore pairs for memory that was on from (in an image) going to to:

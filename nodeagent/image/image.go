@@ -134,6 +134,11 @@ func Read(dir string) (Metadata, error) {
 	if err != nil {
 		return Metadata{}, fmt.Errorf("image %s: %w", dir, err)
 	}
+	return decode(dir, data)
+}
+
+// decode parses dir's metadata.json, data: untrusted, as anything in an image folder.
+func decode(dir string, data []byte) (Metadata, error) {
 	var m Metadata
 	if err := json.Unmarshal(data, &m); err != nil {
 		return Metadata{}, fmt.Errorf("image %s: %s: %v: %w", dir, MetadataFile, err, ErrCorrupt)

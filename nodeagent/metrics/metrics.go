@@ -36,6 +36,26 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"operation", "result"})
 
+	// OperationBytes is the GPU memory each successful suspend or resume moved.
+	OperationBytes = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Subsystem:      subsystem,
+		Name:           "operation_bytes",
+		Help:           "GPU memory moved by each successful suspend (to host memory) or resume (to GPUs), in bytes.",
+		Buckets:        metrics.ExponentialBuckets(64<<20, 2, 12), // 64 MiB .. 128 GiB
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"operation"})
+
+	// OperationThroughput is the rate of each successful suspend or resume that moved memory:
+	// bytes over the whole operation's duration (lock and unlock included), the figure that
+	// bounds how fast pods can take turns.
+	OperationThroughput = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Subsystem:      subsystem,
+		Name:           "operation_throughput_bytes_per_second",
+		Help:           "GPU memory moved per second by each successful suspend or resume that moved memory, end to end.",
+		Buckets:        metrics.ExponentialBuckets(100e6, 2, 12), // 100 MB/s .. ~205 GB/s
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"operation"})
+
 	// BytesMoved is GPU memory moved between GPUs and host memory.
 	BytesMoved = metrics.NewCounterVec(&metrics.CounterOpts{
 		Subsystem:      subsystem,
@@ -120,10 +140,26 @@ var (
 
 var registerOnce sync.Once
 
-// Register registers the metrics in the legacy registry; later calls do nothing.
+// Register registers the metrics in the legacy registry; later calls do nothing. The series
+// of known label values start at zero, so that dashboards and alerts see them before the
+// first suspend.
 func Register() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(OperationDuration, BytesMoved, Failures, ParkedBytes, StatusWrites, InventoryErrors,
+		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
+			ParkedBytes, StatusWrites, InventoryErrors,
 			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted)
+		for _, op := range []string{OperationSuspend, OperationResume} {
+			for _, result := range []string{ResultSuccess, ResultFailure} {
+				OperationDuration.WithLabelValues(op, result)
+			}
+			OperationBytes.WithLabelValues(op)
+			OperationThroughput.WithLabelValues(op)
+			BytesMoved.WithLabelValues(op)
+		}
+		for _, object := range []string{WriteGPUNode, WriteNode} {
+			for _, result := range []string{ResultSuccess, ResultFailure} {
+				StatusWrites.WithLabelValues(object, result)
+			}
+		}
 	})
 }

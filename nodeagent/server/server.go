@@ -358,6 +358,10 @@ func restoreStatus(err error) error {
 			code = codes.InvalidArgument
 		case engine.CauseUnsupported, engine.CauseNoProcesses:
 			code = codes.FailedPrecondition
+		case engine.CauseInsufficientGPUMemory:
+			code = codes.ResourceExhausted // nothing was tried: retry once memory is free
+		case engine.CauseGPUStateLost:
+			code = codes.DataLoss
 		default: // the driver refused, or another operation on the pod runs
 			code = codes.Aborted
 		}
@@ -449,8 +453,10 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case engine.CauseInvalidTarget:
 		code = codes.InvalidArgument
-	case engine.CauseHostMemoryExhausted:
+	case engine.CauseHostMemoryExhausted, engine.CauseInsufficientGPUMemory:
 		code = codes.ResourceExhausted
+	case engine.CauseGPUStateLost:
+		code = codes.DataLoss
 	case engine.CauseLockTimeout, engine.CauseStepTimeout:
 		code = codes.DeadlineExceeded
 	case engine.CauseInternal:

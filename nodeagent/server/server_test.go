@@ -62,16 +62,26 @@ type memory int64
 func (m memory) MemAvailable() (int64, error) { return int64(m), nil }
 
 // serve runs a Server for node-a (pod ml/train: pid 100, 30 GiB on the first GPU) on a socket
-// in a temporary folder and returns a client.
-// serve serves node-a; images are restored from root (its checkpoint folder).
-func serve(t *testing.T, creds PeerCredentials) (c agentv1.NodeAgentServiceClient, d *fake.Driver, root string) {
+// in a temporary folder and returns a client, the driver, and the checkpoint folder images are
+// restored from.
+func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient, *fake.Driver, string) {
 	t.Helper()
-	d = fake.New(devs...)
+	s, d := newServer(t)
+	root := filepath.Join(t.TempDir(), "images")
+	s.SetImageRoot(root)
+	return serveOn(t, s, filepath.Join(t.TempDir(), "agent.sock"), creds), d, root
+}
+
+// newServer is a Server for node-a (pod ml/train: pid 100, 30 GiB on the first GPU) on the
+// fake driver it returns.
+func newServer(t testing.TB) (*Server, *fake.Driver) {
+	t.Helper()
+	d := fake.New(devs...)
 	if err := errors.Join(d.Init(), d.AddProcess(100, devs[0].UUID, uint64(30*gib))); err != nil {
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	e := engine.New(d, finder{d}, memory(100*gib), engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
+	e := engine.New(d, finder{d}, memory(100*gib), d, d, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute}, clk)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train", UID: "uid-train",
 			Annotations: map[string]string{kv1.AnnotationGPUs: devs[0].UUID.String()}},
@@ -85,11 +95,12 @@ func serve(t *testing.T, creds PeerCredentials) (c agentv1.NodeAgentServiceClien
 			Processes: []inventory.Process{{PID: 100, UsedBytes: 30 * gib}}},
 	}}}
 	nodes := NodeMap{"node-a": {Inventory: inv, Pods: pids{100: {Namespace: "ml", Name: "train", UID: "uid-train"}}, Engine: e, Suspended: e, HostMemory: memory(100 * gib)}}
-	s := New(nodes, op, APIPods{Client: kube}, 8*gib, true)
-	root = filepath.Join(t.TempDir(), "images")
-	s.SetImageRoot(root)
+	return New(nodes, op, APIPods{Client: kube}, 8*gib, true), d
+}
 
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+// serveOn is the rest of serve: s on sock, and a client.
+func serveOn(t *testing.T, s *Server, sock string, creds PeerCredentials) agentv1.NodeAgentServiceClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- serveWith(ctx, sock, s, creds) }()
@@ -104,7 +115,7 @@ func serve(t *testing.T, creds PeerCredentials) (c agentv1.NodeAgentServiceClien
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return agentv1.NewNodeAgentServiceClient(conn), d, root
+	return agentv1.NewNodeAgentServiceClient(conn)
 }
 
 // call waits for the server to be up: the socket appears asynchronously.
@@ -308,11 +319,32 @@ func TestRestoreStatus(t *testing.T) {
 		{gpuErr(engine.CauseInvalidTarget), codes.InvalidArgument},
 		{gpuErr(engine.CauseStepTimeout), codes.DeadlineExceeded},
 		{gpuErr(engine.CauseRestoreFailed), codes.Aborted},
+		{gpuErr(engine.CauseInsufficientGPUMemory), codes.ResourceExhausted},
+		{gpuErr(engine.CauseGPUStateLost), codes.DataLoss},
 		{errors.New("other"), codes.Internal},
 	}
 	for _, tt := range tests {
 		if got := status.Code(restoreStatus(tt.err)); got != tt.want {
 			t.Errorf("restoreStatus(%v) = %s, want %s", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestToStatus(t *testing.T) {
+	tests := []struct {
+		cause engine.Cause
+		want  codes.Code
+	}{
+		{engine.CauseInsufficientGPUMemory, codes.ResourceExhausted},
+		{engine.CauseHostMemoryExhausted, codes.ResourceExhausted},
+		{engine.CauseGPUStateLost, codes.DataLoss},
+		{engine.CauseBusy, codes.Aborted},
+		{engine.CauseWrongState, codes.FailedPrecondition},
+	}
+	for _, tt := range tests {
+		err := &engine.Error{Op: "resume", Pod: "ml/train", Cause: tt.cause, Err: errors.New("x")}
+		if got := status.Code(toStatus(err)); got != tt.want {
+			t.Errorf("toStatus(%s) = %s, want %s", tt.cause, got, tt.want)
 		}
 	}
 }

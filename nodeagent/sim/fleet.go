@@ -275,6 +275,13 @@ func (f *Fleet) SyncNode(ctx context.Context, name string) error {
 	for _, err := range errs {
 		logger.Error(err, "Cannot simulate pod's GPU processes")
 	}
+	// After the pods: a new machine (an agent restart) recreates the parked processes of
+	// suspended pods first, which need no room on the GPUs.
+	if foreign, err := ParseForeignMemory(node.Annotations[AnnotationForeignMemory], len(fm.m.GPUs())); err != nil {
+		logger.Error(err, "Ignoring node annotation", "annotation", AnnotationForeignMemory)
+	} else if err := fm.m.SetForeignMemory(foreign); err != nil {
+		logger.Error(err, "Cannot simulate foreign GPU memory")
+	}
 	if changed {
 		logger.V(4).Info("Simulated GPU processes changed")
 		f.reporter.Trigger(name)

@@ -27,7 +27,7 @@ func simImages(t *testing.T, node, model string, clk clock.Clock) (*Machine, *Im
 		t.Fatal(err)
 	}
 	m.SetHostMemory(1 << 40)
-	e := engine.New(m.Driver(), m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1}, clk)
+	e := engine.New(m.Driver(), m, m, m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1}, clk)
 	return m, &Images{Machine: m, Engine: e, Clock: clk}
 }
 

@@ -24,6 +24,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,13 +34,13 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/cuda/fake"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 )
@@ -115,6 +116,8 @@ type Machine struct {
 	pods       map[types.UID]*simPod
 	byPID      map[int]*simPod
 	nextPID    int
+	// foreign are the PIDs of simulated processes outside Kybernate (AnnotationForeignMemory).
+	foreign []int
 	// failing are the driver calls that fail for a pid (AnnotationFail of its pod). Its own
 	// lock: the driver calls the hook that reads it while mu may be held.
 	faultMu sync.Mutex
@@ -220,7 +223,8 @@ func (m *Machine) residentProcesses(gpu cuda.UUID) []nvml.ProcessInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []nvml.ProcessInfo
-	for pid := range m.byPID {
+	pids := slices.Collect(maps.Keys(m.byPID))
+	for _, pid := range append(pids, m.foreign...) {
 		p, ok := m.cuda.Process(pid)
 		if ok && p.GPU == gpu && p.State != cuda.ProcessStateCheckpointed {
 			out = append(out, nvml.ProcessInfo{Pid: uint32(pid), UsedGpuMemory: p.VRAM})
@@ -330,22 +334,21 @@ func (m *Machine) podProcesses(pod *v1.Pod) ([]cuda.UUID, []uint64, error) {
 	if pod.Status.Phase != v1.PodRunning || pod.DeletionTimestamp != nil {
 		return nil, nil, nil
 	}
-	s := strings.TrimSpace(pod.Annotations[kv1.AnnotationGPUs])
-	if s == "" {
+	assigned, ok, err := gpupod.PodGPUs(pod)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if !ok {
 		return nil, nil, nil
 	}
-	var per int64
-	if q, ok := pod.Annotations[kv1.AnnotationGPUMemory]; ok {
-		v, err := resource.ParseQuantity(strings.TrimSpace(q))
-		if err != nil || v.Sign() <= 0 {
-			return nil, nil, fmt.Errorf("pod %s/%s: annotation %s=%q is not a positive quantity", pod.Namespace, pod.Name, kv1.AnnotationGPUMemory, q)
-		}
-		per = v.Value()
+	per, err := gpupod.GPUMemory(pod)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod %s/%s: annotation %s=%q is not a positive quantity", pod.Namespace, pod.Name, kv1.AnnotationGPUMemory, pod.Annotations[kv1.AnnotationGPUMemory])
 	}
 	var uuids []cuda.UUID
 	var bytes []uint64
-	for _, part := range strings.Split(s, ",") {
-		u, err := cuda.ParseUUID(strings.TrimSpace(part))
+	for _, part := range assigned {
+		u, err := cuda.ParseUUID(part)
 		if err != nil {
 			return nil, nil, fmt.Errorf("pod %s/%s: annotation %s: %w", pod.Namespace, pod.Name, kv1.AnnotationGPUs, err)
 		}
@@ -454,7 +457,7 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 // checkpoint images: Dump (writing the image fails), CorruptImage (the image is damaged after
 // it was written and verified), RestoreImage (restoring from an image fails). Tests use it to
 // show what a failed suspend, resume or migration does; real pods never have it.
-const AnnotationFail = "sim.kybernate.io/fail"
+const AnnotationFail = kv1.AnnotationSimulatedFail
 
 var faultCalls = map[string]string{
 	"Lock": fake.CallLock, "Checkpoint": fake.CallCheckpoint, "Restore": fake.CallRestore, "Unlock": fake.CallUnlock,

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 // AnnotationProgress is the pod annotation where the simulated agent publishes a pod's
@@ -13,7 +15,7 @@ import (
 // processes RUNNING on their GPUs), as a decimal integer. It only advances while the pod is
 // resident, stays put while it is suspended, and continues from its value after an agent
 // restart. The "sim." prefix marks it as a product of --simulate; real pods never get it.
-const AnnotationProgress = "sim.kybernate.io/progress"
+const AnnotationProgress = kv1.AnnotationSimulatedProgress
 
 // ProgressOf reads a pod's progress annotation; 0 when it has none or it is malformed.
 func ProgressOf(pod *v1.Pod) time.Duration {

@@ -195,6 +195,8 @@ func (r *Reporter) Add(name string, src Node) {
 		r.entries[name] = &entry{src: src}
 	}
 	r.mu.Unlock()
+	// The node's error series exists from the start, at zero, for dashboards and alerts.
+	metrics.InventoryErrors.WithLabelValues(name)
 	r.queue.Add(name)
 }
 
@@ -203,6 +205,9 @@ func (r *Reporter) Remove(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.entries, name)
+	// A node no longer served has no series.
+	metrics.InventoryErrors.DeleteLabelValues(name)
+	metrics.ParkedBytes.DeleteLabelValues(name)
 }
 
 // Trigger asks for a node's status to be checked and written if it changed. Unknown nodes are

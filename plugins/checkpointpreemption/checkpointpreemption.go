@@ -41,16 +41,13 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
-	"github.com/kybernate/kybernate/scheduler/resume"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
 const Name = "CheckpointPreemption"
-
-// LabelPreemptor is set on the GPUCheckpoints a preemption creates: the preemptor's UID.
-const LabelPreemptor = "kybernate.io/preemptor-uid"
 
 // CheckpointPreemption suspends lower-priority GPU pods to make room for a GPU pod.
 type CheckpointPreemption struct {
@@ -81,19 +78,16 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(gpushare.CRDConfig(fh.KubeConfig()))
+	client, err := versioned.NewForConfig(connect.CRDConfig(fh.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
-	// The controller that resumes the pods this plugin suspends runs in the same process.
-	if err := resume.Start(ctx, fh.ClientSet(), client, fh.SharedInformerFactory().Core().V1().Pods(),
-		fh.SharedInformerFactory().Core().V1().Nodes(), gpuNodes, checkpoints, fh.EventRecorder(), *args); err != nil {
-		return nil, fmt.Errorf("starting the resume controller: %w", err)
-	}
-	if err := gpushare.StartInformers(ctx, factory); err != nil {
+	gpuNodes.Informer() // register before Start
+	checkpoints.Informer()
+	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 	registerMetrics()
@@ -140,9 +134,9 @@ func isPreemptorOf(_ klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.Queue
 	var preemptor string
 	switch o := newObj.(type) {
 	case *kv1.GPUCheckpoint:
-		preemptor = o.Labels[LabelPreemptor]
+		preemptor = o.Labels[kv1.LabelPreemptor]
 	case *unstructured.Unstructured:
-		preemptor = o.GetLabels()[LabelPreemptor]
+		preemptor = o.GetLabels()[kv1.LabelPreemptor]
 	default:
 		return fwk.Queue, fmt.Errorf("unexpected object %T in a GPUCheckpoint event", newObj)
 	}
@@ -156,7 +150,7 @@ func isPreemptorOf(_ klog.Logger, pod *v1.Pod, _, newObj interface{}) (fwk.Queue
 // to the next PostFilter plugin (DefaultPreemption). For GPU pods a failure is final for this
 // cycle (UnschedulableAndUnresolvable), so that no later plugin deletes pods to make room.
 func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, m framework.NodeToStatusReader) (*framework.PostFilterResult, *fwk.Status) {
-	d, err := gpushare.PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil || d.Count == 0 {
 		preemptionAttempts.WithLabelValues(outcomeNotGPUPod).Inc()
 		return nil, fwk.NewStatus(fwk.Unschedulable, "not a GPU pod")
@@ -180,7 +174,7 @@ func (pl *CheckpointPreemption) PostFilter(ctx context.Context, state fwk.CycleS
 
 // PostBind records how long a pod that suspended others waited from its creation to its binding.
 func (pl *CheckpointPreemption) PostBind(_ context.Context, _ fwk.CycleState, pod *v1.Pod, _ string) {
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(pod.UID)}))
 	if err != nil || len(cks) == 0 {
 		return
 	}
@@ -225,7 +219,7 @@ func (pl *CheckpointPreemption) PodEligibleToPreemptOthers(_ context.Context, po
 
 // inFlight counts the GPUCheckpoints made for the preemptor that have not ended.
 func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(pod.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(pod.UID)}))
 	if err != nil {
 		return 0
 	}
@@ -242,7 +236,7 @@ func (pl *CheckpointPreemption) inFlight(pod *v1.Pod) int {
 // fail again, so they are no victims of it.
 func (pl *CheckpointPreemption) failedSuspensions(preemptor *v1.Pod) sets.Set[types.UID] {
 	failed := sets.New[types.UID]()
-	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{LabelPreemptor: string(preemptor.UID)}))
+	cks, err := pl.checkpoints.List(labels.SelectorFromSet(labels.Set{kv1.LabelPreemptor: string(preemptor.UID)}))
 	if err != nil {
 		return failed
 	}
@@ -388,7 +382,7 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      checkpointName(victim, preemptor),
 			Namespace: victim.Namespace,
-			Labels:    map[string]string{LabelPreemptor: string(preemptor.UID)},
+			Labels:    map[string]string{kv1.LabelPreemptor: string(preemptor.UID)},
 			// Gone with the pod.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: victim.Name, UID: victim.UID}},
 		},

@@ -102,7 +102,7 @@ func TestSelectVictimsOnNode(t *testing.T) {
 	const parkable = 200 * gi
 	failedFor := func(victim, preemptorUID string) *kv1.GPUCheckpoint {
 		return &kv1.GPUCheckpoint{
-			ObjectMeta: metav1.ObjectMeta{Name: victim + "-suspend", Namespace: "ns", Labels: map[string]string{LabelPreemptor: preemptorUID}},
+			ObjectMeta: metav1.ObjectMeta{Name: victim + "-suspend", Namespace: "ns", Labels: map[string]string{kv1.LabelPreemptor: preemptorUID}},
 			Spec:       kv1.GPUCheckpointSpec{PodName: victim, PodUID: victim, Action: kv1.ActionSuspend, Reason: kv1.ReasonPreemption},
 			Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseFailed},
 		}
@@ -303,7 +303,7 @@ func TestSuspendCreatesGPUCheckpoint(t *testing.T) {
 	}
 	want := []*kv1.GPUCheckpoint{{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: "victim-suspend-01234567", Namespace: "ns", Labels: map[string]string{LabelPreemptor: "0123456789abcdef"},
+			Name: "victim-suspend-01234567", Namespace: "ns", Labels: map[string]string{kv1.LabelPreemptor: "0123456789abcdef"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: "victim", UID: "victim"}},
 		},
 		Spec: kv1.GPUCheckpointSpec{
@@ -356,7 +356,7 @@ func TestPodEligibleToPreemptOthers(t *testing.T) {
 	preemptor := gpuPod("hi", 10, "30Gi", -1).UID("hi-uid").Obj()
 	inFlight := func(phase kv1.CheckpointPhase) *kv1.GPUCheckpoint {
 		return &kv1.GPUCheckpoint{
-			ObjectMeta: metav1.ObjectMeta{Name: "v-" + string(phase), Namespace: "ns", Labels: map[string]string{LabelPreemptor: "hi-uid"}},
+			ObjectMeta: metav1.ObjectMeta{Name: "v-" + string(phase), Namespace: "ns", Labels: map[string]string{kv1.LabelPreemptor: "hi-uid"}},
 			Status:     kv1.GPUCheckpointStatus{Phase: phase},
 		}
 	}
@@ -404,7 +404,7 @@ func TestPostBindRecordsPreemptorWait(t *testing.T) {
 	registerMetrics()
 	preemptor := gpuPod("hi", 10, "30Gi", -1).UID("hi-uid").Obj()
 	preemptor.CreationTimestamp = metav1.NewTime(now.Add(-3 * time.Second))
-	ck := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Namespace: "ns", Labels: map[string]string{LabelPreemptor: "hi-uid"}}}
+	ck := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Namespace: "ns", Labels: map[string]string{kv1.LabelPreemptor: "hi-uid"}}}
 	pl, _ := newTestPlugin(t, gpuNode("n1", 4, 100*gi, 80), ck)
 
 	count := func() uint64 {
@@ -428,7 +428,7 @@ func TestPostBindRecordsPreemptorWait(t *testing.T) {
 func TestIsPreemptorOf(t *testing.T) {
 	pod := gpuPod("hi", 10, "30Gi", -1).UID("hi-uid").Obj()
 	ck := func(preemptor string) *kv1.GPUCheckpoint {
-		return &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Labels: map[string]string{LabelPreemptor: preemptor}}}
+		return &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Name: "v-suspend", Labels: map[string]string{kv1.LabelPreemptor: preemptor}}}
 	}
 	asUnstructured := func(obj *kv1.GPUCheckpoint) *unstructured.Unstructured {
 		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)

@@ -32,7 +32,7 @@ var (
 		Subsystem:      subsystem,
 		Name:           "preemptor_bind_duration_seconds",
 		Help:           "Time from the creation of a pod that suspended others to its binding.",
-		Buckets:        metrics.ExponentialBuckets(0.1, 2, 14), // 100ms .. ~27min
+		Buckets:        metrics.ExponentialBuckets(0.1, 2, 14), // 100ms .. ~14min
 		StabilityLevel: metrics.ALPHA,
 	})
 )
@@ -42,5 +42,9 @@ var registerOnce sync.Once
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(preemptionAttempts, preemptorBindDuration)
+		// Every outcome's series exists from the start, for dashboards and alerts.
+		for _, o := range []string{outcomeSuspending, outcomeNotHelpful, outcomeNotEligible, outcomeError, outcomeNotGPUPod} {
+			preemptionAttempts.WithLabelValues(o)
+		}
 	})
 }

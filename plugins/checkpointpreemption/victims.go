@@ -10,8 +10,7 @@ import (
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
-	"github.com/kybernate/kybernate/scheduler/timeslice"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // victim is a pod that a preemptor may suspend, with what suspending it costs.
@@ -34,15 +33,15 @@ func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now 
 		return "priority higher than the preemptor's", false
 	case vp == pp:
 		// The preemptor waits for a turn; one that would never give its turn back gets none.
-		if !timeslice.TakesTurns(preemptor) {
+		if !gpupod.TakesTurns(preemptor) {
 			return "equal priority, and the preemptor does not take turns (" + kv1.AnnotationPreemption + "=Never)", false
 		}
 		turn = true
 	}
-	if len(gpushare.AssignedGPUs(pod)) == 0 {
+	if len(gpupod.AssignedGPUs(pod)) == 0 {
 		return "holds no GPU", false // never deleted to make room: Kybernate only suspends
 	}
-	if d, err := gpushare.PodDemand(pod); err != nil || d.Count == 0 {
+	if d, err := gpupod.PodDemand(pod); err != nil || d.Count == 0 {
 		return "no valid GPU request", false
 	}
 	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
@@ -50,19 +49,17 @@ func ineligibility(pod, preemptor *v1.Pod, defaultMinRuntime time.Duration, now 
 	default:
 		return "GPU state " + pod.Annotations[kv1.AnnotationState], false
 	}
-	if gpushare.NeverSuspended(pod) {
+	if gpupod.NeverSuspended(pod) {
 		return kv1.AnnotationPreemption + "=Never", false
 	}
 	if pod.DeletionTimestamp != nil {
 		return "terminating", false
 	}
 	minRuntime := defaultMinRuntime
-	if s, ok := pod.Annotations[kv1.AnnotationMinRuntime]; ok {
-		d, err := time.ParseDuration(strings.TrimSpace(s))
-		if err != nil || d < 0 {
-			// A malformed annotation protects the pod rather than exposing it.
-			return "malformed " + kv1.AnnotationMinRuntime, false
-		}
+	if d, set, err := gpupod.MinRuntime(pod); err != nil {
+		// A malformed annotation protects the pod rather than exposing it.
+		return "malformed " + kv1.AnnotationMinRuntime, false
+	} else if set {
 		minRuntime = d
 	}
 	if turn {
@@ -91,12 +88,12 @@ func residentSince(pod *v1.Pod) time.Time {
 
 // podBytes is the VRAM a pod holds on its GPUs, given the size of each GPU by UUID.
 func podBytes(pod *v1.Pod, gpuTotal map[string]int64) int64 {
-	d, err := gpushare.PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil {
 		return 0
 	}
 	var sum int64
-	for _, uuid := range gpushare.AssignedGPUs(pod) {
+	for _, uuid := range gpupod.AssignedGPUs(pod) {
 		sum += d.On(gpuTotal[uuid])
 	}
 	return sum
@@ -126,11 +123,12 @@ func b2i(b bool) int {
 
 // suspended returns a copy of the pod as it will be once suspended: still bound, holding its
 // slot, but with no VRAM on its GPUs.
+// Candidates are Running (ineligibility), so the projection cannot fail; were it to, the pod
+// stays as it is, resident, and no dry run counts on its memory.
 func suspended(pod *v1.Pod) *v1.Pod {
-	c := pod.DeepCopy()
-	if c.Annotations == nil {
-		c.Annotations = map[string]string{}
+	c, err := gpupod.Projected(pod, kv1.PodSuspended)
+	if err != nil {
+		return pod
 	}
-	c.Annotations[kv1.AnnotationState] = string(kv1.PodSuspended)
 	return c
 }

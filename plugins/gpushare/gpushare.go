@@ -13,14 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -31,14 +29,13 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
 const Name = "GPUShare"
-
-// informerSyncTimeout bounds the wait for the first list of GPUNodes at start.
-const informerSyncTimeout = time.Minute
 
 // GPUShare places GPU pods on individual GPUs.
 type GPUShare struct {
@@ -70,14 +67,14 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	if err := validation.ValidateGPUShareArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(CRDConfig(h.KubeConfig()))
+	client, err := versioned.NewForConfig(connect.CRDConfig(h.KubeConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("creating kybernate client: %w", err)
 	}
 	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	gpuNodes.Informer() // register before Start
-	if err := StartInformers(ctx, factory); err != nil {
+	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 
@@ -129,7 +126,7 @@ func (pl *GPUShare) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithH
 
 // PreFilter parses the pod's demand once. Pods that ask for no GPU skip the plugin.
 func (pl *GPUShare) PreFilter(ctx context.Context, state fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*framework.PreFilterResult, *fwk.Status) {
-	d, err := PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
@@ -164,10 +161,10 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	if status != nil {
 		return status
 	}
-	if !gpus.possible(s.demand) {
+	if !gpus.Possible(s.demand) {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
 	}
-	if gpus.choose(s.demand, pl.strategy) == nil {
+	if gpus.Choose(s.demand, pl.strategy) == nil {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
 	return nil
@@ -193,11 +190,11 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if status != nil {
 		return 0, status
 	}
-	chosen := gpus.choose(s.demand, pl.strategy)
+	chosen := gpus.Choose(s.demand, pl.strategy)
 	if chosen == nil {
 		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
-	return score(chosen, s.demand, pl.strategy) * framework.MaxNodeScore / 100, nil
+	return gpus.Score(chosen, s.demand, pl.strategy) * framework.MaxNodeScore / 100, nil
 }
 
 // ScoreExtensions returns nil: scores are already in [0, MaxNodeScore].
@@ -222,12 +219,12 @@ func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.P
 	if status != nil {
 		return status
 	}
-	chosen := gpus.choose(s.demand, pl.strategy)
+	chosen := gpus.Choose(s.demand, pl.strategy)
 	if chosen == nil {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
-	pl.reserved.reserve(pod.UID, nodeName, uuids(chosen))
-	klog.FromContext(ctx).V(4).Info("Reserved GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", uuids(chosen))
+	pl.reserved.reserve(pod.UID, nodeName, chosen)
+	klog.FromContext(ctx).V(4).Info("Reserved GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", chosen)
 	return nil
 }
 
@@ -249,7 +246,7 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 			Namespace:   pod.Namespace,
 			Name:        pod.Name,
 			UID:         pod.UID,
-			Annotations: map[string]string{kv1.AnnotationGPUs: strings.Join(res.gpus, ",")},
+			Annotations: map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(res.gpus)},
 		},
 		Target: v1.ObjectReference{Kind: "Node", Name: nodeName},
 	}
@@ -261,7 +258,7 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 }
 
 // nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
-func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*nodeGPUs, *fwk.Status) {
+func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
 		return nil, fwk.NewStatus(fwk.Error, "node not found")
@@ -278,18 +275,18 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*nodeGPUs, *fwk.Status) {
 	for i, p := range podInfos {
 		pods[i] = p.GetPod()
 	}
-	return newNodeGPUs(gn, pods, pl.reserved.gpus), nil
+	return gpupod.NewAccountingReserved(gn, pods, pl.reserved.gpus), nil
 }
 
-func neverFits(d Demand) string {
+func neverFits(d gpupod.Demand) string {
 	return "node has too few GPUs " + describe(d)
 }
 
-func notNow(d Demand) string {
+func notNow(d gpupod.Demand) string {
 	return "node has too few free GPUs " + describe(d)
 }
 
-func describe(d Demand) string {
+func describe(d gpupod.Demand) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "(pod needs %d", d.Count)
 	if d.Model != "" {
@@ -309,27 +306,4 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%dGi", n/gi)
 	}
 	return fmt.Sprintf("%d bytes", n)
-}
-
-// StartInformers starts the factory's informers and waits, a minute at most, for their first
-// list: a scheduler that cannot see the GPUs must not start placing pods.
-func StartInformers(ctx context.Context, factory externalversions.SharedInformerFactory) error {
-	factory.Start(ctx.Done())
-	syncCtx, cancel := context.WithTimeout(ctx, informerSyncTimeout)
-	defer cancel()
-	for typ, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			return fmt.Errorf("listing %v timed out after %v: are the CRDs of manifests/crds installed, and may the scheduler list kybernate.io objects?", typ, informerSyncTimeout)
-		}
-	}
-	return nil
-}
-
-// CRDConfig returns a copy of the scheduler's client config that talks JSON: kube-scheduler
-// asks for protobuf, which custom resources do not speak.
-func CRDConfig(c *rest.Config) *rest.Config {
-	c = rest.CopyConfig(c)
-	c.ContentType = runtime.ContentTypeJSON
-	c.AcceptContentTypes = runtime.ContentTypeJSON
-	return c
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/kybernate/kybernate/apis/config"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 const gi = int64(1) << 30
@@ -89,15 +90,15 @@ func TestPreFilter(t *testing.T) {
 		pod      *v1.Pod
 		wantCode fwk.Code
 		wantMsg  string
-		want     Demand
+		want     gpupod.Demand
 	}{
 		{name: "no GPU request skips", pod: st.MakePod().Name("p").Obj(), wantCode: fwk.Skip},
-		{name: "whole GPUs", pod: gpuPod("p", 2, "").Obj(), want: Demand{Count: 2}},
-		{name: "memory per GPU", pod: gpuPod("p", 1, "40Gi").Obj(), want: Demand{Count: 1, Bytes: 40 * gi}},
+		{name: "whole GPUs", pod: gpuPod("p", 2, "").Obj(), want: gpupod.Demand{Count: 2}},
+		{name: "memory per GPU", pod: gpuPod("p", 1, "40Gi").Obj(), want: gpupod.Demand{Count: 1, Bytes: 40 * gi}},
 		{
 			name: "model",
 			pod:  gpuPod("p", 1, "").Annotation(kv1.AnnotationGPUModel, "NVIDIA-H100-80GB-HBM3").Obj(),
-			want: Demand{Count: 1, Model: "NVIDIA-H100-80GB-HBM3"},
+			want: gpupod.Demand{Count: 1, Model: "NVIDIA-H100-80GB-HBM3"},
 		},
 		{
 			name:     "malformed memory",
@@ -125,7 +126,7 @@ func TestPreFilter(t *testing.T) {
 					Limits: v1.ResourceList{kv1.ResourceGPU: resource.MustParse("3")}}}}
 				return p
 			}(),
-			want: Demand{Count: 3},
+			want: gpupod.Demand{Count: 3},
 		},
 	}
 	for _, tt := range tests {
@@ -369,7 +370,7 @@ func TestChooseStrategies(t *testing.T) {
 	gn := gpuNode("n", 80, 80, 80)
 	gn.Spec.SlotsPerGPU = ptr.To[int32](4)
 	pods := []*v1.Pod{on(gpuPod("a", 1, "40Gi"), "n", 0), on(gpuPod("b", 1, "20Gi"), "n", 2)}
-	d := Demand{Count: 1, Bytes: 20 * gi}
+	d := gpupod.Demand{Count: 1, Bytes: 20 * gi}
 	tests := []struct {
 		strategy config.ScoringStrategyType
 		want     []string
@@ -379,7 +380,7 @@ func TestChooseStrategies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.strategy), func(t *testing.T) {
-			got := uuids(newNodeGPUs(gn, pods, nil).choose(d, tt.strategy))
+			got := gpupod.NewAccounting(gn, pods).Choose(d, tt.strategy)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("chosen GPUs (-want +got):\n%s", diff)
 			}

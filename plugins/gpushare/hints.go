@@ -11,6 +11,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // GPUNode and GPUCheckpoint events, named as the scheduler's dynamic informers name them:
@@ -24,7 +25,7 @@ const (
 // use, or when an update gives the node more room: a GPU added, memory used by foreign
 // processes gone, or more slots per GPU.
 func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
-	d, err := PodDemand(pod)
+	d, err := gpupod.PodDemand(pod)
 	if err != nil || d.Count == 0 {
 		return fwk.QueueSkip, nil
 	}
@@ -32,8 +33,8 @@ func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, ne
 	if err != nil {
 		return fwk.Queue, err
 	}
-	fresh := newNodeGPUs(newGN, nil, nil)
-	if !fresh.possible(d) {
+	fresh := gpupod.NewAccounting(newGN, nil)
+	if !fresh.Possible(d) {
 		logger.V(5).Info("GPUNode cannot hold the pod", "pod", klog.KObj(pod), "gpuNode", newGN.Name)
 		return fwk.QueueSkip, nil
 	}
@@ -44,18 +45,8 @@ func isSchedulableAfterGPUNodeChange(logger klog.Logger, pod *v1.Pod, oldObj, ne
 	if err != nil {
 		return fwk.Queue, err
 	}
-	stale := newNodeGPUs(oldGN, nil, nil)
-	if fresh.slotsPerGPU > stale.slotsPerGPU {
+	if fresh.MoreRoomThan(gpupod.NewAccounting(oldGN, nil)) {
 		return fwk.Queue, nil
-	}
-	before := make(map[string]int64, len(stale.gpus))
-	for _, g := range stale.gpus {
-		before[g.uuid] = g.free()
-	}
-	for _, g := range fresh.gpus {
-		if was, ok := before[g.uuid]; !ok || g.free() > was {
-			return fwk.Queue, nil
-		}
 	}
 	return fwk.QueueSkip, nil
 }
@@ -98,7 +89,7 @@ func isSchedulableAfterPodDeleted(logger klog.Logger, pod *v1.Pod, oldObj, _ int
 	if !ok {
 		return fwk.Queue, fmt.Errorf("unexpected object %T in a pod delete event", oldObj)
 	}
-	if deleted.Spec.NodeName == "" || len(AssignedGPUs(deleted)) == 0 {
+	if deleted.Spec.NodeName == "" || len(gpupod.AssignedGPUs(deleted)) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	logger.V(5).Info("Pod holding GPUs deleted", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted))
@@ -113,11 +104,11 @@ func isWaitableAfterPodAdded(logger klog.Logger, pod *v1.Pod, _, newObj interfac
 	if !ok {
 		return fwk.Queue, fmt.Errorf("unexpected object %T in a pod add event", newObj)
 	}
-	if added.UID == pod.UID || added.Spec.NodeName == "" || len(AssignedGPUs(added)) == 0 ||
+	if added.UID == pod.UID || added.Spec.NodeName == "" || len(gpupod.AssignedGPUs(added)) == 0 ||
 		corev1helpers.PodPriority(added) != corev1helpers.PodPriority(pod) {
 		return fwk.QueueSkip, nil
 	}
-	if d, err := PodDemand(pod); err != nil || d.Count == 0 {
+	if d, err := gpupod.PodDemand(pod); err != nil || d.Count == 0 {
 		return fwk.QueueSkip, nil
 	}
 	logger.V(5).Info("Pod of equal priority bound with GPUs", "pod", klog.KObj(pod), "addedPod", klog.KObj(added))
@@ -138,10 +129,10 @@ func isSchedulableAfterPodUpdated(logger klog.Logger, pod *v1.Pod, oldObj, newOb
 		}
 		return fwk.QueueSkip, nil
 	}
-	if len(AssignedGPUs(oldPod)) == 0 {
+	if len(gpupod.AssignedGPUs(oldPod)) == 0 {
 		return fwk.QueueSkip, nil
 	}
-	if Resident(oldPod) && !Resident(newPod) {
+	if gpupod.Resident(oldPod) && !gpupod.Resident(newPod) {
 		logger.V(5).Info("Pod left its GPUs", "pod", klog.KObj(pod), "suspendedPod", klog.KObj(newPod))
 		return fwk.Queue, nil
 	}
@@ -165,8 +156,8 @@ func gpuRequestChanged(oldPod, newPod *v1.Pod) bool {
 			return true
 		}
 	}
-	oldD, oldErr := PodDemand(oldPod)
-	newD, newErr := PodDemand(newPod)
+	oldD, oldErr := gpupod.PodDemand(oldPod)
+	newD, newErr := gpupod.PodDemand(newPod)
 	return (oldErr == nil) != (newErr == nil) || oldD != newD
 }
 

@@ -2,6 +2,8 @@ package gpushare
 
 import (
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // stateKey is where PreFilter leaves the pod's demand for the later extension points.
@@ -9,7 +11,7 @@ const stateKey fwk.StateKey = Name + "/demand"
 
 // preFilterState is the pod's GPU demand, parsed once per scheduling cycle.
 type preFilterState struct {
-	demand Demand
+	demand gpupod.Demand
 }
 
 // Clone returns a copy; the state holds no references, so a value copy is deep.

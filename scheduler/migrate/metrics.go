@@ -6,6 +6,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 var (
@@ -36,7 +38,13 @@ var (
 
 // RegisterMetrics registers the controller's metrics with the scheduler's registry.
 func RegisterMetrics() {
-	registerOnce.Do(func() { legacyregistry.MustRegister(migrations, duration, movedBytes) })
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(migrations, duration, movedBytes)
+		// Every result's series exists from the start, for dashboards and alerts.
+		for _, r := range []string{"Started", "CheckpointFailed", "RestoreFailed", kv1.MigrationAbandoned, kv1.MigrationSucceeded} {
+			migrations.WithLabelValues(r)
+		}
+	})
 }
 
 func quantity(n int64) string { return resource.NewQuantity(n, resource.BinarySI).String() }

@@ -55,10 +55,10 @@ func suspension(pod string, ago time.Duration) *kv1.GPUCheckpoint {
 	}
 }
 
-var args = config.CheckpointPreemptionArgs{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: 10 * gi}
+var args = config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: 10 * gi}
 
 // runScan runs one scan and returns the pods marked for migration, with their target.
-func runScan(t *testing.T, a config.CheckpointPreemptionArgs, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) map[string]string {
+func runScan(t *testing.T, a config.ControllerConfiguration, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) map[string]string {
 	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
@@ -106,7 +106,7 @@ func TestScan(t *testing.T) {
 	owned.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: "rs", Controller: ptr.To(true)}}
 	tests := []struct {
 		name string
-		args config.CheckpointPreemptionArgs
+		args config.ControllerConfiguration
 		gns  []*kv1.GPUNode
 		pods []*v1.Pod
 		cks  []*kv1.GPUCheckpoint
@@ -128,7 +128,7 @@ func TestScan(t *testing.T) {
 		},
 		{
 			name: "moving 80Gi at 1Gi/s takes longer than the wait so far: waits",
-			args: config.CheckpointPreemptionArgs{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: gi},
+			args: config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: gi},
 			gns:  []*kv1.GPUNode{a, b},
 			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
 			cks:  []*kv1.GPUCheckpoint{suspension("train", time.Minute)},
@@ -136,7 +136,7 @@ func TestScan(t *testing.T) {
 		},
 		{
 			name: "disabled",
-			args: config.CheckpointPreemptionArgs{DisableMigration: true, MigrationBytesPerSecond: 10 * gi},
+			args: config.ControllerConfiguration{DisableMigration: true, MigrationBytesPerSecond: 10 * gi},
 			gns:  []*kv1.GPUNode{a, b},
 			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
 			cks:  []*kv1.GPUCheckpoint{suspension("train", time.Minute)},
@@ -222,7 +222,7 @@ func TestReplacement(t *testing.T) {
 	orig.Annotations[kv1.AnnotationGPUMemory] = "10Gi"
 	orig.Annotations[kv1.AnnotationMigrateTo] = "b"
 	orig.Annotations[kv1.AnnotationGPUTime] = "3m"
-	orig.Annotations[simulatedProgress] = "42"
+	orig.Annotations[kv1.AnnotationSimulatedProgress] = "42"
 	orig.OwnerReferences = []metav1.OwnerReference{{Kind: "ConfigMap", Name: "cm", UID: "cm"}}
 	r := Replacement(orig, "train-mabcde", "b", []string{"GPU-b"}, "/images/ns/train-x")
 	want := map[string]string{

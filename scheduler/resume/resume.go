@@ -39,9 +39,10 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
+	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
@@ -71,10 +72,7 @@ type Controller struct {
 // called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
-	if err := index.AddPodIndexes(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
 	c := &Controller{
@@ -88,14 +86,11 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		strategy:    config.MostAllocated,
 		now:         time.Now,
 	}
-	c.queue = keyqueue.New("kybernate-resume", "Resuming pods failed", c.sync)
+	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, obj interface{}) { c.podChanged(old.(*v1.Pod), obj.(*v1.Pod)) },
 		DeleteFunc: func(obj interface{}) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if pod, ok := obj.(*v1.Pod); ok && pod.Spec.NodeName != "" {
+			if pod, ok := skeleton.Pod(obj); ok && pod.Spec.NodeName != "" {
 				c.queue.Add(pod.Spec.NodeName)
 			}
 		},
@@ -128,16 +123,13 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 // podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
 // holding VRAM, moved GPUs, finished, or a preemptor bound there.
 func (c *Controller) podChanged(old, pod *v1.Pod) {
-	if pod.Spec.NodeName == "" {
-		return
-	}
-	if old.Spec.NodeName != pod.Spec.NodeName ||
-		old.Annotations[kv1.AnnotationState] != pod.Annotations[kv1.AnnotationState] ||
-		old.Annotations[kv1.AnnotationGPUs] != pod.Annotations[kv1.AnnotationGPUs] ||
-		old.Status.Phase != pod.Status.Phase {
+	if pod.Spec.NodeName != "" && skeleton.GPUChange(old, pod) {
 		c.queue.Add(pod.Spec.NodeName)
 	}
 }
+
+// ShutDown stops the work queue; Run returns once the current item is done.
+func (c *Controller) ShutDown() { c.queue.ShutDown() }
 
 // Run processes nodes until ctx ends (the lease is lost); it may run again later.
 func (c *Controller) Run(ctx context.Context, workers int) {
@@ -168,7 +160,7 @@ func (c *Controller) gpuNodeNames() []string {
 // candidate is a suspended pod that may come back.
 type candidate struct {
 	pod        *v1.Pod
-	demand     gpushare.Demand
+	demand     gpupod.Demand
 	suspension *kv1.GPUCheckpoint
 	attempt    int
 	// gpuTime is the GPU time the pod has received: among equal priorities the least served
@@ -213,7 +205,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			a.gpuTime, b.gpuTime, suspendedAt(a.suspension), suspendedAt(b.suspension))
 	})
 
-	acc := gpushare.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, onNode)
 	// GPUs that nominated preemptors will take are not for resuming pods.
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
@@ -228,7 +220,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		if p.Spec.NodeName != "" {
 			continue
 		}
-		if d, err := gpushare.PodDemand(p); err == nil && d.Count > 0 {
+		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)
 			} else if prio := corev1helpers.PodPriority(p); !waiting || prio > waitingPriority {
@@ -242,7 +234,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			logger.V(4).Info("Suspended pod waits: a nominated pod of its priority or higher waits for memory on the node", "pod", klog.KObj(cand.pod), "node", node)
 			continue
 		}
-		from := gpushare.AssignedGPUs(cand.pod)
+		from := gpupod.AssignedGPUs(cand.pod)
 		target := from
 		if acc.FitsSlotHeld(cand.demand, from) {
 			acc.Use(cand.demand, from)
@@ -269,8 +261,8 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) != kv1.PodSuspended || pod.DeletionTimestamp != nil {
 		return cand, wait, false
 	}
-	d, err := gpushare.PodDemand(pod)
-	if err != nil || d.Count == 0 || len(gpushare.AssignedGPUs(pod)) != d.Count {
+	d, err := gpupod.PodDemand(pod)
+	if err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count {
 		return cand, wait, false
 	}
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
@@ -288,7 +280,7 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	}
 	attempt, last := 0, time.Time{}
 	for _, ck := range cks {
-		if ck.Spec.Action != kv1.ActionResume || ck.Labels[LabelSuspension] != string(suspension.UID) {
+		if ck.Spec.Action != kv1.ActionResume || ck.Labels[kv1.LabelSuspension] != string(suspension.UID) {
 			continue
 		}
 		if !ended(ck) {
@@ -311,20 +303,18 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
 }
 
-// LabelSuspension links a Resume GPUCheckpoint to the suspension it undoes.
-const LabelSuspension = "kybernate.io/suspension-uid"
-
 // resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.
 func (c *Controller) resume(ctx context.Context, cand candidate, from, target []string) error {
 	logger := klog.FromContext(ctx)
 	pod := cand.pod
+	mark := map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(target)}
+	if err := gpupod.SetState(mark, gpupod.StateOf(pod), kv1.PodResuming); err != nil {
+		return fmt.Errorf("pod %s: %w", klog.KObj(pod), err)
+	}
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		// The pod must still be the one we looked at: a conflict means someone else acted.
 		"resourceVersion": pod.ResourceVersion,
-		"annotations": map[string]string{
-			kv1.AnnotationGPUs:  strings.Join(target, ","),
-			kv1.AnnotationState: string(kv1.PodResuming),
-		},
+		"annotations":     mark,
 	}})
 	if err != nil {
 		return err
@@ -342,7 +332,7 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      resumeName(pod, cand.suspension, cand.attempt),
 			Namespace: pod.Namespace,
-			Labels:    map[string]string{LabelSuspension: string(cand.suspension.UID)},
+			Labels:    map[string]string{kv1.LabelSuspension: string(cand.suspension.UID)},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID,
 			}},
@@ -359,9 +349,9 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 	}
 	if _, err := c.kybernate.KybernateV1alpha1().GPUCheckpoints(pod.Namespace).Create(ctx, ck, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		// Undo the mark, so that the pod is not left Resuming with nobody resuming it.
-		undo, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-			kv1.AnnotationGPUs: strings.Join(from, ","), kv1.AnnotationState: string(kv1.PodSuspended),
-		}}})
+		back := map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(from)}
+		_ = gpupod.SetState(back, kv1.PodResuming, kv1.PodSuspended) // allowed: the rollback of a resume
+		undo, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": back}})
 		if _, uerr := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, undo, metav1.PatchOptions{}); uerr != nil {
 			logger.Error(uerr, "Could not undo the Resuming mark", "pod", klog.KObj(pod))
 		}

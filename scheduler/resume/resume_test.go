@@ -76,7 +76,7 @@ func started(ck *kv1.GPUCheckpoint) *kv1.GPUCheckpoint {
 func resumeAttempt(podName string, n int, phase kv1.CheckpointPhase, ago time.Duration) *kv1.GPUCheckpoint {
 	return &kv1.GPUCheckpoint{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-resume-%d", podName, n), Namespace: "ns",
-			Labels: map[string]string{LabelSuspension: podName + "-suspension-uid"}},
+			Labels: map[string]string{kv1.LabelSuspension: podName + "-suspension-uid"}},
 		Spec:   kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionResume, Reason: kv1.ReasonPreemption},
 		Status: kv1.GPUCheckpointStatus{Phase: phase, CompletionTime: &metav1.Time{Time: now.Add(-ago)}},
 	}

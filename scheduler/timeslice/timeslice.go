@@ -46,15 +46,11 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
+	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
 )
-
-// LabelPreemptor is the label CheckpointPreemption puts on the suspensions it requests for a
-// pod; a turn handed to a pending pod carries it too, so that the pod waits for it like for a
-// preemption.
-const LabelPreemptor = "kybernate.io/preemptor-uid"
 
 // Controller rotates the turns of equal-priority pods on oversubscribed nodes.
 type Controller struct {
@@ -65,7 +61,7 @@ type Controller struct {
 	checkpoints cache.Indexer
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
-	args        config.CheckpointPreemptionArgs
+	args        config.ControllerConfiguration
 	strategy    config.ScoringStrategyType
 	now         func() time.Time
 }
@@ -74,11 +70,8 @@ type Controller struct {
 // run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	args config.CheckpointPreemptionArgs) (*Controller, error) {
-	if err := index.AddPodIndexes(pods.Informer()); err != nil {
-		return nil, err
-	}
-	if err := index.AddCheckpointIndexes(checkpoints.Informer()); err != nil {
+	args config.ControllerConfiguration) (*Controller, error) {
+	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
 	c := &Controller{
@@ -92,26 +85,16 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		strategy:    config.MostAllocated,
 		now:         time.Now,
 	}
-	c.queue = keyqueue.New("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
+	c.queue = skeleton.Queue("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
 	queuePod := func(obj interface{}) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		if pod, ok := obj.(*v1.Pod); ok {
-			if pod.Spec.NodeName != "" {
-				c.queue.Add(pod.Spec.NodeName)
-			} else if pod.Status.NominatedNodeName != "" {
-				c.queue.Add(pod.Status.NominatedNodeName)
-			}
+		if pod, ok := skeleton.Pod(obj); ok && skeleton.Node(pod) != "" {
+			c.queue.Add(skeleton.Node(pod))
 		}
 	}
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: queuePod,
 		UpdateFunc: func(old, obj interface{}) {
-			o, p := old.(*v1.Pod), obj.(*v1.Pod)
-			if o.Spec.NodeName != p.Spec.NodeName || o.Status.NominatedNodeName != p.Status.NominatedNodeName ||
-				o.Status.Phase != p.Status.Phase || o.Annotations[kv1.AnnotationState] != p.Annotations[kv1.AnnotationState] ||
-				o.Annotations[kv1.AnnotationGPUs] != p.Annotations[kv1.AnnotationGPUs] {
+			if o, p := old.(*v1.Pod), obj.(*v1.Pod); skeleton.GPUChange(o, p) {
 				queuePod(o)
 				queuePod(p)
 			}
@@ -153,7 +136,7 @@ func (c *Controller) ShutDown() { c.queue.ShutDown() }
 // member is a pod that takes turns on the node, with what it has had.
 type member struct {
 	pod      *v1.Pod
-	demand   gpushare.Demand
+	demand   gpupod.Demand
 	priority int32
 	usage    Usage
 	// quantum is the length of its turn (running pods).
@@ -232,7 +215,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		if pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil {
 			continue
 		}
-		d, err := gpushare.PodDemand(pod)
+		d, err := gpupod.PodDemand(pod)
 		if err != nil || d.Count == 0 {
 			continue
 		}
@@ -260,7 +243,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		if m.usage.Resident() {
 			p.labels[m.pod.UID] = kv1.TimeSliceRunning
 		}
-		p.gpuTimes[m.pod.UID] = m.usage.Completed.Round(time.Second).String()
+		p.gpuTimes[m.pod.UID] = gpupod.FormatGPUTime(m.usage.Completed)
 	}
 
 	// The node as it will be after the rotations decided so far.
@@ -356,10 +339,10 @@ func (c *Controller) runningMember(pod *v1.Pod, now time.Time) *member {
 	default:
 		return nil
 	}
-	if pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning || !TakesTurns(pod) || len(gpushare.AssignedGPUs(pod)) == 0 {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning || !gpupod.TakesTurns(pod) || len(gpupod.AssignedGPUs(pod)) == 0 {
 		return nil
 	}
-	d, _ := gpushare.PodDemand(pod)
+	d, _ := gpupod.PodDemand(pod)
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
 	for _, ck := range cks {
 		if !ended(ck) {
@@ -379,8 +362,8 @@ func (c *Controller) suspendedMember(pod *v1.Pod, now time.Time) *member {
 	if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) != kv1.PodSuspended || pod.DeletionTimestamp != nil {
 		return nil
 	}
-	d, err := gpushare.PodDemand(pod)
-	if err != nil || d.Count == 0 || len(gpushare.AssignedGPUs(pod)) != d.Count {
+	d, err := gpupod.PodDemand(pod)
+	if err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count {
 		return nil
 	}
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
@@ -398,9 +381,9 @@ func (c *Controller) suspendedMember(pod *v1.Pod, now time.Time) *member {
 
 // fits returns the GPUs the waiting pod would get on the node in the given state, or nil.
 func fits(gn *kv1.GPUNode, state []*v1.Pod, w *member, strategy config.ScoringStrategyType) []string {
-	acc := gpushare.NewAccounting(gn, state)
+	acc := gpupod.NewAccounting(gn, state)
 	if !w.pending {
-		from := gpushare.AssignedGPUs(w.pod)
+		from := gpupod.AssignedGPUs(w.pod)
 		if acc.FitsSlotHeld(w.demand, from) {
 			return from
 		}
@@ -428,7 +411,7 @@ func (c *Controller) rotate(ctx context.Context, node string, t turn, now time.T
 			},
 		}
 		if next.pending {
-			ck.Labels = map[string]string{LabelPreemptor: string(next.pod.UID)}
+			ck.Labels = map[string]string{kv1.LabelPreemptor: string(next.pod.UID)}
 			ck.Spec.Preemptor = &kv1.PodReference{Namespace: next.pod.Namespace, Name: next.pod.Name, UID: string(next.pod.UID)}
 		}
 		_, err := c.kybernate.KybernateV1alpha1().GPUCheckpoints(ck.Namespace).Create(ctx, ck, metav1.CreateOptions{})
@@ -491,23 +474,24 @@ func turnName(pod *v1.Pod, turnStart time.Time) string {
 	return strings.ToLower(name + suffix)
 }
 
+// asSuspended is the pod as it will be once suspended. A pod in a state the state machine
+// does not know stays as it is: resident, so no plan counts on its memory.
 func asSuspended(pod *v1.Pod) *v1.Pod {
-	c := pod.DeepCopy()
-	if c.Annotations == nil {
-		c.Annotations = map[string]string{}
+	c, err := gpupod.Projected(pod, kv1.PodSuspended)
+	if err != nil {
+		return pod
 	}
-	c.Annotations[kv1.AnnotationState] = string(kv1.PodSuspended)
 	return c
 }
 
+// asResident is the pod as it will be once resumed onto gpus of node.
 func asResident(pod *v1.Pod, node string, gpus []string) *v1.Pod {
-	c := pod.DeepCopy()
-	if c.Annotations == nil {
-		c.Annotations = map[string]string{}
+	c, err := gpupod.Projected(pod, kv1.PodRunning)
+	if err != nil {
+		return pod
 	}
 	c.Spec.NodeName = node
-	c.Annotations[kv1.AnnotationState] = string(kv1.PodRunning)
-	c.Annotations[kv1.AnnotationGPUs] = strings.Join(gpus, ",")
+	c.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(gpus)
 	return c
 }
 

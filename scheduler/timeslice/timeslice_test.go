@@ -25,7 +25,7 @@ const gi = int64(1) << 30
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-var args = config.CheckpointPreemptionArgs{
+var args = config.ControllerConfiguration{
 	TimeSliceQuantum:          metav1.Duration{Duration: time.Minute},
 	TimeSliceMinQuantumFactor: 10,
 }
@@ -255,8 +255,8 @@ func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckp
 			preemptor := ""
 			if ck.Spec.Preemptor != nil {
 				preemptor = ck.Spec.Preemptor.Name
-				if ck.Labels[LabelPreemptor] != string(ck.Spec.Preemptor.UID) {
-					t.Errorf("GPUCheckpoint %s: label %s = %q, want the preemptor's UID", ck.Name, LabelPreemptor, ck.Labels[LabelPreemptor])
+				if ck.Labels[kv1.LabelPreemptor] != string(ck.Spec.Preemptor.UID) {
+					t.Errorf("GPUCheckpoint %s: label %s = %q, want the preemptor's UID", ck.Name, kv1.LabelPreemptor, ck.Labels[kv1.LabelPreemptor])
 				}
 			}
 			got.Suspended[ck.Spec.PodName] = preemptor

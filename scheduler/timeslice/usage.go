@@ -3,14 +3,13 @@ package timeslice
 import (
 	"cmp"
 	"slices"
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // Usage is what a pod has had of its GPUs, read from the pod and the GPUCheckpoints that moved
@@ -84,7 +83,7 @@ func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 		since, resident = at, c.resident
 	}
 	u.Received = u.Completed
-	if gpushare.Resident(pod) && pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
+	if gpupod.Resident(pod) && pod.Status.Phase != v1.PodSucceeded && pod.Status.Phase != v1.PodFailed {
 		if !resident {
 			// The pod is back on its GPUs but the Resume that brought it is not seen yet:
 			// the turn began when the agent marked it resident, else now.
@@ -118,25 +117,13 @@ func residentAt(pod *v1.Pod) time.Time {
 // Quantum is how long the pod's turn lasts: the configured quantum, but never less than the
 // floor factor times the pod's measured suspend+resume time (so that at most about 1/factor of
 // the GPU's time goes to moving memory), nor less than the pod's kybernate.io/min-runtime.
-func Quantum(args config.CheckpointPreemptionArgs, pod *v1.Pod, u Usage) time.Duration {
+func Quantum(args config.ControllerConfiguration, pod *v1.Pod, u Usage) time.Duration {
 	q := max(args.TimeSliceQuantum.Duration, time.Duration(args.TimeSliceMinQuantumFactor)*u.MoveCost)
 	minRuntime := args.DefaultMinRuntime.Duration
-	if s, ok := pod.Annotations[kv1.AnnotationMinRuntime]; ok {
-		if d, err := time.ParseDuration(strings.TrimSpace(s)); err == nil && d > 0 {
-			minRuntime = d
-		}
+	if d, set, err := gpupod.MinRuntime(pod); err == nil && set && d > 0 {
+		minRuntime = d
 	}
 	return max(q, minRuntime)
-}
-
-// TakesTurns reports whether a pod may give its GPUs up for a turn of another pod: it asks for
-// GPUs and does not opt out with kybernate.io/preemption: Never.
-func TakesTurns(pod *v1.Pod) bool {
-	if gpushare.NeverSuspended(pod) {
-		return false
-	}
-	d, err := gpushare.PodDemand(pod)
-	return err == nil && d.Count > 0
 }
 
 // NextFirst orders waiting pods: higher priority first, then the least GPU time received

@@ -60,28 +60,6 @@ func validUUID(s string) error {
 	return nil
 }
 
-// ParseGPUs reads the value of kybernate.io/gpus: GPU UUIDs, comma separated.
-func ParseGPUs(value string) ([]string, error) {
-	var out []string
-	for _, p := range strings.Split(value, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if err := validUUID(p); err != nil {
-			return nil, err
-		}
-		if slices.Contains(out, p) {
-			return nil, fmt.Errorf("gpu %s listed twice", p)
-		}
-		out = append(out, p)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no gpu uuid")
-	}
-	return out, nil
-}
-
 // DriverGPUs reads the driver's table of GPUs, procRoot/driver/nvidia/gpus/*/information
 // ("GPU UUID:" and "Device Minor:" lines): what /dev/nvidiaN each GPU is. NVML is not used in
 // the shim: it would load the driver's library into every shim, and containerd's shim code

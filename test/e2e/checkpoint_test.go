@@ -26,6 +26,7 @@ import (
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/image"
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 // checkpointEnv is an env with the agent's gRPC API serving checkpoints on its containerd
@@ -40,8 +41,8 @@ type checkpointEnv struct {
 
 func newCheckpointEnv(t *testing.T) *checkpointEnv {
 	t.Helper()
-	if criuSkip != "" {
-		t.Skip("CRIU does not work on this kernel: " + criuSkip)
+	if criuBroken != "" {
+		ci.Skip(t, "CHECKPOINT/RESTORE CANNOT RUN: "+criuBroken)
 	}
 	e := newEnv(t)
 	dir := t.TempDir()

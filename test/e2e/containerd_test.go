@@ -1,9 +1,13 @@
 // Package e2e holds the runtime tests: Kybernate's parts against a real containerd daemon,
 // runc and CRIU, started privately by hack/containerd.sh with the shim built from this tree.
 // They need root, Debian's containerd and runc, and CRIU >= 4.1 (hack/install-runtime.sh);
-// outside CI they skip with the reason when that is missing, in CI (CI=true) that fails them.
-// The one skip CI allows: where criu dump hangs on the kernel (the preflight finds out), the
-// checkpoint and restore tests skip with one loud line giving the reason.
+// outside CI they skip with the reason when that is missing, in CI (test/ci: CI=true) that fails
+// them. Where CRIU cannot dump a plain process on the kernel (the preflight finds out: criu dump
+// hangs on some kernel builds), the checkpoint and restore tests skip outside CI and fail in CI,
+// naming the kernel, unless test/ci/allowed-skips.yaml names that kernel release.
+//
+// KYBERNATE_CRIU=PATH makes the tests and containerd's runc use that criu binary instead of the
+// one of hack/install-runtime.sh.
 //
 // With KYBERNATE_E2E_PREBUILT=DIR (a machine with no Go and no package registry, see
 // test/e2e/pack-gpu.sh) nothing is installed or built: the shim, the test agent, the counter
@@ -32,13 +36,14 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/kybernate/kybernate/nodeagent/podmap"
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 var (
 	socket     string
 	skipReason string
-	// criuSkip is why checkpoint and restore tests skip: CRIU hangs on this kernel.
-	criuSkip string
+	// criuBroken is why checkpoint and restore tests cannot run: CRIU cannot dump on this kernel.
+	criuBroken string
 	// imageTar is the counter image (hack/build-image.sh).
 	imageTar string
 	// shimDir holds the shim binary built for the tests.
@@ -85,7 +90,7 @@ func run(m *testing.M) int {
 	script := filepath.Join(root, "hack", "containerd.sh")
 	env := append(os.Environ(), "KYBERNATE_CONTAINERD_DIR="+dir, "KYBERNATE_SHIM_DIR="+filepath.Join(dir, "bin"))
 	if err := setup(root, dir, env); err != nil {
-		if os.Getenv("CI") == "true" {
+		if ci.Enabled() {
 			fmt.Fprintf(os.Stderr, "e2e: %v; CI is set: failing instead of skipping\n", err)
 			return 1
 		}
@@ -138,8 +143,12 @@ func setup(root, dir string, env []string) error {
 	socket = strings.TrimSpace(string(out))
 
 	if err := preflight(criu, dir); err != nil {
-		criuSkip = err.Error()
-		fmt.Fprintf(os.Stderr, "\n!!!!! e2e: CHECKPOINT/RESTORE TESTS SKIP: %s !!!!!\n\n", criuSkip)
+		criuBroken = err.Error()
+		what := "SKIP"
+		if ci.Enabled() {
+			what = "FAIL (CI)"
+		}
+		fmt.Fprintf(os.Stderr, "\n!!!!! e2e: CHECKPOINT/RESTORE TESTS %s: %s !!!!!\n\n", what, criuBroken)
 	}
 	return nil
 }
@@ -179,6 +188,9 @@ func installAndBuild(root, dir string) (string, error) {
 		return "", fmt.Errorf("hack/install-runtime.sh: %w", err)
 	}
 	criu := filepath.Join(strings.TrimSpace(string(out)), "criu")
+	if c := os.Getenv(criuEnv); c != "" {
+		criu = c
+	}
 
 	build := exec.Command("go", "build", "-o", filepath.Join(shimDir, "containerd-shim-kybernate-v1"), "./shim/cmd/containerd-shim-kybernate-v1")
 	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
@@ -201,10 +213,13 @@ func installAndBuild(root, dir string) (string, error) {
 	return criu, nil
 }
 
+// criuEnv names a criu binary to use instead of hack/install-runtime.sh's; see the package doc.
+const criuEnv = "KYBERNATE_CRIU"
+
 // preflight dumps a host `sleep` with CRIU, bounded by 20 seconds: on some kernel builds
 // (seen on 6.18.44-fc-v769, a PVM guest; checkpoint-restore/criu issue #162) criu dump hangs
-// in its parasite cure for any process. Only a hang is an error here; CRIU failing otherwise
-// is left to the tests, which then fail with CRIU's message.
+// in its parasite cure for any process. A hang or a failed dump is an error naming the kernel:
+// CRIU cannot checkpoint anything here, whatever Kybernate does.
 func preflight(criu, dir string) error {
 	sleep := exec.Command("sleep", "1000")
 	sleep.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -222,21 +237,30 @@ func preflight(criu, dir string) error {
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, criu, "dump", "-t", strconv.Itoa(sleep.Process.Pid), "-D", images, "-o", "dump.log", "--shell-job").CombinedOutput()
 	if ctx.Err() != nil {
-		uname, _ := exec.Command("uname", "-r").Output()
-		return fmt.Errorf("criu dump of a sleep did not finish within 20s on kernel %s (criu dump hangs on some kernel builds, checkpoint-restore/criu issue #162)", strings.TrimSpace(string(uname)))
+		return fmt.Errorf("criu dump of a sleep did not finish within 20s on kernel %s (criu dump hangs on some kernel builds, checkpoint-restore/criu issue #162)", ci.KernelRelease())
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: preflight: criu dump of a sleep failed (not a hang; the tests will show CRIU's errors): %v: %s\n", err, out)
-		return nil
+		// criu writes its errors to dump.log; its output is mostly empty.
+		log, _ := os.ReadFile(filepath.Join(images, "dump.log"))
+		return fmt.Errorf("CRIU cannot dump a sleep on kernel %s: %s: %w%s%s", ci.KernelRelease(), criu, err, tailOf(out), tailOf(log))
 	}
 	fmt.Fprintf(os.Stderr, "e2e: preflight: criu dump of a sleep took %s\n", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
+// tailOf is ": " and the last line of a command's output, or "" when it printed nothing.
+func tailOf(out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if last := lines[len(lines)-1]; last != "" {
+		return ": " + last
+	}
+	return ""
+}
+
 func containers(t *testing.T) containersapi.ContainersClient {
 	t.Helper()
 	if skipReason != "" {
-		t.Skip(skipReason)
+		ci.Skip(t, skipReason)
 	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 const (
@@ -47,7 +49,7 @@ func newEnv(t *testing.T) *env {
 func newEnvOn(t *testing.T, sock string) *env {
 	t.Helper()
 	if skipReason != "" {
-		t.Skip(skipReason)
+		ci.Skip(t, skipReason)
 	}
 	client, err := containerd.New(sock, containerd.WithTimeout(10*time.Second))
 	if err != nil {

@@ -69,12 +69,7 @@ func TestShippedSchedulerConfig(t *testing.T) {
 	wantPreemption := &config.CheckpointPreemptionArgs{
 		MinCandidateNodesPercentage: 10,
 		MinCandidateNodesAbsolute:   100,
-		SuspendTimeout:              metav1.Duration{Duration: 5 * time.Minute},
 		DefaultMinRuntime:           metav1.Duration{},
-		TimeSliceQuantum:            metav1.Duration{Duration: time.Minute},
-		TimeSliceMinQuantumFactor:   10,
-		MigrationMinWait:            metav1.Duration{Duration: 30 * time.Second},
-		MigrationBytesPerSecond:     1 << 30,
 	}
 	gotPreemption := pluginArgs(cfg, "kybernate-scheduler", "CheckpointPreemption")
 	if diff := cmp.Diff(wantPreemption, gotPreemption); diff != "" {
@@ -118,16 +113,12 @@ profiles:
 		},
 		{
 			name:   "CheckpointPreemption partly set",
-			config: "  - name: CheckpointPreemption\n    args:\n      timeSliceQuantum: 2m\n",
+			config: "  - name: CheckpointPreemption\n    args:\n      defaultMinRuntime: 2m\n",
 			plugin: "CheckpointPreemption",
 			want: &config.CheckpointPreemptionArgs{
 				MinCandidateNodesPercentage: 10,
 				MinCandidateNodesAbsolute:   100,
-				SuspendTimeout:              metav1.Duration{Duration: 5 * time.Minute},
-				TimeSliceQuantum:            metav1.Duration{Duration: 2 * time.Minute},
-				TimeSliceMinQuantumFactor:   10,
-				MigrationMinWait:            metav1.Duration{Duration: 30 * time.Second},
-				MigrationBytesPerSecond:     1 << 30,
+				DefaultMinRuntime:           metav1.Duration{Duration: 2 * time.Minute},
 			},
 		},
 		{
@@ -137,7 +128,7 @@ profiles:
 		},
 		{
 			name:    "bad duration is an error",
-			config:  "  - name: CheckpointPreemption\n    args:\n      suspendTimeout: soon\n",
+			config:  "  - name: CheckpointPreemption\n    args:\n      defaultMinRuntime: soon\n",
 			wantErr: "soon",
 		},
 	}

@@ -7,17 +7,21 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// Defaults of the plugin args.
+// Defaults of the plugin args and the controllers' configuration.
 const (
 	DefaultScoringStrategy             ScoringStrategyType = "MostAllocated"
 	DefaultMinCandidateNodesPercentage int32               = 10
 	DefaultMinCandidateNodesAbsolute   int32               = 100
-	DefaultSuspendTimeout                                  = 5 * time.Minute
 	DefaultMinRuntime                                      = time.Duration(0)
 	DefaultTimeSliceQuantum                                = 60 * time.Second
 	DefaultTimeSliceMinQuantumFactor   int32               = 10
 	DefaultMigrationMinWait                                = 30 * time.Second
 	DefaultMigrationBytesPerSecond     int64               = 1 << 30
+	DefaultLeaseName                                       = "kybernate-resume-controller"
+	DefaultLeaseNamespace                                  = "kybernate-system"
+	DefaultLeaseDuration                                   = 15 * time.Second
+	DefaultRenewDeadline                                   = 10 * time.Second
+	DefaultRetryPeriod                                     = 2 * time.Second
 )
 
 // SetDefaults_GPUShareArgs sets the defaults of GPUShareArgs.
@@ -35,25 +39,44 @@ func SetDefaults_CheckpointPreemptionArgs(obj *CheckpointPreemptionArgs) {
 	if obj.MinCandidateNodesAbsolute == nil {
 		obj.MinCandidateNodesAbsolute = ptr.To(DefaultMinCandidateNodesAbsolute)
 	}
-	if obj.SuspendTimeout == nil {
-		obj.SuspendTimeout = &metav1.Duration{Duration: DefaultSuspendTimeout}
-	}
 	if obj.DefaultMinRuntime == nil {
 		obj.DefaultMinRuntime = &metav1.Duration{Duration: DefaultMinRuntime}
 	}
-	if obj.TimeSliceQuantum == nil {
-		obj.TimeSliceQuantum = &metav1.Duration{Duration: DefaultTimeSliceQuantum}
+}
+
+// SetDefaults_ControllerConfiguration sets the defaults of ControllerConfiguration.
+func SetDefaults_ControllerConfiguration(obj *ControllerConfiguration) {
+	le := &obj.LeaderElection
+	if le.LeaderElect == nil {
+		le.LeaderElect = ptr.To(true)
 	}
+	if le.ResourceName == "" {
+		le.ResourceName = DefaultLeaseName
+	}
+	if le.ResourceNamespace == "" {
+		le.ResourceNamespace = DefaultLeaseNamespace
+	}
+	durationDefault(&le.LeaseDuration, DefaultLeaseDuration)
+	durationDefault(&le.RenewDeadline, DefaultRenewDeadline)
+	durationDefault(&le.RetryPeriod, DefaultRetryPeriod)
+	for _, b := range []**bool{&obj.DisableResume, &obj.DisableTimeSlicing, &obj.DisableMigration} {
+		if *b == nil {
+			*b = ptr.To(false)
+		}
+	}
+	durationDefault(&obj.DefaultMinRuntime, DefaultMinRuntime)
+	durationDefault(&obj.TimeSliceQuantum, DefaultTimeSliceQuantum)
 	if obj.TimeSliceMinQuantumFactor == nil {
 		obj.TimeSliceMinQuantumFactor = ptr.To(DefaultTimeSliceMinQuantumFactor)
 	}
-	if obj.DisableMigration == nil {
-		obj.DisableMigration = ptr.To(false)
-	}
-	if obj.MigrationMinWait == nil {
-		obj.MigrationMinWait = &metav1.Duration{Duration: DefaultMigrationMinWait}
-	}
+	durationDefault(&obj.MigrationMinWait, DefaultMigrationMinWait)
 	if obj.MigrationBytesPerSecond == nil {
 		obj.MigrationBytesPerSecond = ptr.To(DefaultMigrationBytesPerSecond)
+	}
+}
+
+func durationDefault(d **metav1.Duration, def time.Duration) {
+	if *d == nil {
+		*d = &metav1.Duration{Duration: def}
 	}
 }

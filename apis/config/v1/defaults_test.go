@@ -37,13 +37,7 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 	defaults := CheckpointPreemptionArgs{
 		MinCandidateNodesPercentage: ptr.To[int32](10),
 		MinCandidateNodesAbsolute:   ptr.To[int32](100),
-		SuspendTimeout:              &metav1.Duration{Duration: 5 * time.Minute},
 		DefaultMinRuntime:           &metav1.Duration{},
-		TimeSliceQuantum:            &metav1.Duration{Duration: time.Minute},
-		TimeSliceMinQuantumFactor:   ptr.To[int32](10),
-		DisableMigration:            ptr.To(false),
-		MigrationMinWait:            &metav1.Duration{Duration: 30 * time.Second},
-		MigrationBytesPerSecond:     ptr.To[int64](1 << 30),
 	}
 	tests := []struct {
 		name string
@@ -55,21 +49,12 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 			name: "set values kept, zero included",
 			in: CheckpointPreemptionArgs{
 				MinCandidateNodesPercentage: ptr.To[int32](0),
-				SuspendTimeout:              &metav1.Duration{Duration: time.Minute},
-				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
-				DisableMigration:            ptr.To(true),
-				MigrationMinWait:            &metav1.Duration{},
+				DefaultMinRuntime:           &metav1.Duration{Duration: time.Minute},
 			},
 			want: CheckpointPreemptionArgs{
 				MinCandidateNodesPercentage: ptr.To[int32](0),
 				MinCandidateNodesAbsolute:   ptr.To[int32](100),
-				SuspendTimeout:              &metav1.Duration{Duration: time.Minute},
-				DefaultMinRuntime:           &metav1.Duration{},
-				TimeSliceQuantum:            &metav1.Duration{Duration: 10 * time.Minute},
-				TimeSliceMinQuantumFactor:   ptr.To[int32](10),
-				DisableMigration:            ptr.To(true),
-				MigrationMinWait:            &metav1.Duration{},
-				MigrationBytesPerSecond:     ptr.To[int64](1 << 30),
+				DefaultMinRuntime:           &metav1.Duration{Duration: time.Minute},
 			},
 		},
 	}
@@ -77,6 +62,58 @@ func TestSetDefaultsCheckpointPreemptionArgs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got := tt.in
 			SetDefaults_CheckpointPreemptionArgs(&got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSetDefaultsControllerConfiguration(t *testing.T) {
+	defaults := ControllerConfiguration{
+		LeaderElection: ControllerLeaderElection{
+			LeaderElect:       ptr.To(true),
+			ResourceName:      "kybernate-resume-controller",
+			ResourceNamespace: "kybernate-system",
+			LeaseDuration:     &metav1.Duration{Duration: 15 * time.Second},
+			RenewDeadline:     &metav1.Duration{Duration: 10 * time.Second},
+			RetryPeriod:       &metav1.Duration{Duration: 2 * time.Second},
+		},
+		DisableResume:             ptr.To(false),
+		DisableTimeSlicing:        ptr.To(false),
+		DefaultMinRuntime:         &metav1.Duration{},
+		TimeSliceQuantum:          &metav1.Duration{Duration: time.Minute},
+		TimeSliceMinQuantumFactor: ptr.To[int32](10),
+		DisableMigration:          ptr.To(false),
+		MigrationMinWait:          &metav1.Duration{Duration: 30 * time.Second},
+		MigrationBytesPerSecond:   ptr.To[int64](1 << 30),
+	}
+	set := defaults
+	set.TimeSliceQuantum = &metav1.Duration{Duration: 10 * time.Minute}
+	set.DisableMigration = ptr.To(true)
+	set.MigrationMinWait = &metav1.Duration{}
+	set.LeaderElection.ResourceNamespace = "ops"
+	tests := []struct {
+		name string
+		in   ControllerConfiguration
+		want ControllerConfiguration
+	}{
+		{name: "empty", want: defaults},
+		{
+			name: "set values kept, zero included",
+			in: ControllerConfiguration{
+				LeaderElection:   ControllerLeaderElection{ResourceNamespace: "ops"},
+				TimeSliceQuantum: &metav1.Duration{Duration: 10 * time.Minute},
+				DisableMigration: ptr.To(true),
+				MigrationMinWait: &metav1.Duration{},
+			},
+			want: set,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.in
+			SetDefaults_ControllerConfiguration(&got)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}

@@ -25,6 +25,18 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 	return nil
 }
 
+// ControllersSchemeGroupVersion is config.kybernate.io/v1, the group of ControllerConfiguration.
+var ControllersSchemeGroupVersion = schema.GroupVersion{Group: "config.kybernate.io", Version: "v1"}
+
+// controllersSchemeBuilder registers the v1 ControllerConfiguration, its defaults and conversions.
+var controllersSchemeBuilder = runtime.NewSchemeBuilder(func(scheme *runtime.Scheme) error {
+	scheme.AddKnownTypes(ControllersSchemeGroupVersion, &ControllerConfiguration{})
+	return nil
+}, RegisterDefaults, RegisterConversions)
+
+// AddControllersToScheme registers ControllerConfiguration (see controllersSchemeBuilder).
+var AddControllersToScheme = controllersSchemeBuilder.AddToScheme
+
 func init() {
 	localSchemeBuilder.Register(addKnownTypes)
 	localSchemeBuilder.Register(RegisterDefaults)

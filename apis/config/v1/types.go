@@ -20,8 +20,7 @@ type GPUShareArgs struct {
 
 // +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
 
-// CheckpointPreemptionArgs are the arguments of the CheckpointPreemption plugin and of the
-// scheduler's resume and time-slice controllers.
+// CheckpointPreemptionArgs are the arguments of the CheckpointPreemption plugin.
 type CheckpointPreemptionArgs struct {
 	metav1.TypeMeta `json:",inline"`
 
@@ -31,12 +30,34 @@ type CheckpointPreemptionArgs struct {
 	// minCandidateNodesAbsolute is the least number of nodes a preemption looks at. Default 100.
 	MinCandidateNodesAbsolute *int32 `json:"minCandidateNodesAbsolute,omitempty"`
 
-	// suspendTimeout is how long a suspension may take before the preemption is given up.
-	// Default 5m.
-	SuspendTimeout *metav1.Duration `json:"suspendTimeout,omitempty"`
-
 	// defaultMinRuntime is how long a pod runs after a resume before it may be suspended
 	// again, for pods without the kybernate.io/min-runtime annotation. Default 0s.
+	DefaultMinRuntime *metav1.Duration `json:"defaultMinRuntime,omitempty"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ControllerConfiguration configures the controllers kybernate-scheduler runs beside its
+// scheduling profiles (resume, time slicing, migration), whichever plugins the profiles
+// enable: apiVersion config.kybernate.io/v1, kind ControllerConfiguration, in the file
+// --controllers-config names.
+type ControllerConfiguration struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// leaderElection elects, among scheduler replicas, the one that runs the controllers.
+	LeaderElection ControllerLeaderElection `json:"leaderElection"`
+
+	// disableResume turns the resume controller off: suspended pods are resumed only by a
+	// time-slice turn. Default false.
+	DisableResume *bool `json:"disableResume,omitempty"`
+
+	// disableTimeSlicing turns the time-slice controller off: equal-priority pods do not take
+	// turns on an oversubscribed GPU. Default false.
+	DisableTimeSlicing *bool `json:"disableTimeSlicing,omitempty"`
+
+	// defaultMinRuntime is how long a pod's time-slice turn lasts at least, for pods without
+	// the kybernate.io/min-runtime annotation; keep it equal to CheckpointPreemption's.
+	// Default 0s.
 	DefaultMinRuntime *metav1.Duration `json:"defaultMinRuntime,omitempty"`
 
 	// timeSliceQuantum is how long a pod keeps an oversubscribed GPU before an equal-priority
@@ -59,4 +80,20 @@ type CheckpointPreemptionArgs struct {
 	// (checkpoint, image written and read, restore). A pod moves only when moving its bytes at
 	// this rate takes less than the time it has waited already. Default 1073741824 (1 GiB/s).
 	MigrationBytesPerSecond *int64 `json:"migrationBytesPerSecond,omitempty"`
+}
+
+// ControllerLeaderElection is the Lease the controllers' replicas elect a leader with.
+type ControllerLeaderElection struct {
+	// leaderElect runs the controllers only in the replica holding the Lease; off, every
+	// replica runs them (a single scheduler only). Default true.
+	LeaderElect *bool `json:"leaderElect,omitempty"`
+	// resourceName is the Lease's name. Default kybernate-resume-controller.
+	ResourceName string `json:"resourceName,omitempty"`
+	// resourceNamespace is the Lease's namespace. Default kybernate-system.
+	ResourceNamespace string `json:"resourceNamespace,omitempty"`
+	// leaseDuration, renewDeadline and retryPeriod are client-go's leader election timings.
+	// Defaults 15s, 10s, 2s.
+	LeaseDuration *metav1.Duration `json:"leaseDuration,omitempty"`
+	RenewDeadline *metav1.Duration `json:"renewDeadline,omitempty"`
+	RetryPeriod   *metav1.Duration `json:"retryPeriod,omitempty"`
 }

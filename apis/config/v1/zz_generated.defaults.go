@@ -30,12 +30,17 @@ import (
 // All generated defaulters are covering - they call all nested defaulters.
 func RegisterDefaults(scheme *runtime.Scheme) error {
 	scheme.AddTypeDefaultingFunc(&CheckpointPreemptionArgs{}, func(obj interface{}) { SetObjectDefaults_CheckpointPreemptionArgs(obj.(*CheckpointPreemptionArgs)) })
+	scheme.AddTypeDefaultingFunc(&ControllerConfiguration{}, func(obj interface{}) { SetObjectDefaults_ControllerConfiguration(obj.(*ControllerConfiguration)) })
 	scheme.AddTypeDefaultingFunc(&GPUShareArgs{}, func(obj interface{}) { SetObjectDefaults_GPUShareArgs(obj.(*GPUShareArgs)) })
 	return nil
 }
 
 func SetObjectDefaults_CheckpointPreemptionArgs(in *CheckpointPreemptionArgs) {
 	SetDefaults_CheckpointPreemptionArgs(in)
+}
+
+func SetObjectDefaults_ControllerConfiguration(in *ControllerConfiguration) {
+	SetDefaults_ControllerConfiguration(in)
 }
 
 func SetObjectDefaults_GPUShareArgs(in *GPUShareArgs) {

@@ -1,7 +1,9 @@
 package v1alpha1
 
 // Names of the extended resource, labels, annotations and conditions Kybernate reads and writes
-// on core objects. Inputs are set by users; outputs are written only by Kybernate.
+// on core objects and on its own objects: the one place every kybernate.io name is defined.
+// Inputs are set by users; outputs are written only by Kybernate. The codecs of their values
+// are in package gpupod.
 const (
 	// ResourceGPU is the extended resource a pod requests to get GPUs: physical GPUs times the
 	// node agent's slots per GPU (bounded oversubscription).
@@ -49,6 +51,40 @@ const (
 	// LabelGPUModel and LabelGPUCount are node labels for the GPUs a node has.
 	LabelGPUModel = "kybernate.io/gpu-model"
 	LabelGPUCount = "kybernate.io/gpu-count"
+
+	// LabelPreemptor (output) is on the suspension GPUCheckpoints a preemption or a time-slice
+	// turn requests: the UID of the pod the room is made for.
+	LabelPreemptor = "kybernate.io/preemptor-uid"
+	// LabelSuspension (output) links a Resume GPUCheckpoint to the suspension it undoes: the
+	// suspension's UID.
+	LabelSuspension = "kybernate.io/suspension-uid"
+	// LabelMigrationOf (output) is on the GPUCheckpoints of a migration: the UID of the pod
+	// that moves.
+	LabelMigrationOf = "kybernate.io/migration-of"
+	// AnnotationMigrationResult (output) is on a migration's Checkpoint once the migration
+	// controller is done with it: MigrationSucceeded, MigrationFailed or MigrationAbandoned.
+	AnnotationMigrationResult = "kybernate.io/migration-result"
+)
+
+// Annotations of the node agent's simulated GPUs (nodeagent/sim), on pods and Nodes of
+// simulated nodes only: they describe a simulated process, never a real one.
+const (
+	// AnnotationSimulatedProgress (output) is the progress counter of a pod's simulated
+	// process; it survives suspension and migration like GPU memory would.
+	AnnotationSimulatedProgress = "sim.kybernate.io/progress"
+	// AnnotationSimulatedFail (input) makes the simulated agent fail the pod's next operation
+	// of the named step.
+	AnnotationSimulatedFail = "sim.kybernate.io/fail"
+	// AnnotationSimulatedForeignMemory (input), on a simulated Node, gives GPUs memory held by
+	// simulated processes outside Kybernate: "<gpu index>=<quantity>", comma separated.
+	AnnotationSimulatedForeignMemory = "sim.kybernate.io/foreign-gpu-memory"
+)
+
+// Values of AnnotationMigrationResult.
+const (
+	MigrationSucceeded = "Succeeded"
+	MigrationFailed    = "Failed"
+	MigrationAbandoned = "Abandoned"
 )
 
 // PreemptionPolicy is the value of AnnotationPreemption.

@@ -53,6 +53,37 @@ const (
 	CheckpointRolledBack = "RolledBack"
 )
 
+// ReasonInsufficientGPUMemory is the reason of a Complete=False condition when the agent's
+// restore guard refused a Resume or Restore: a target GPU had less free memory than the pod's
+// footprint plus a margin. Nothing was tried; the same action may succeed once memory is free.
+const ReasonInsufficientGPUMemory = "InsufficientGPUMemory"
+
+// Deferred reports whether the action was refused by the restore guard (reason
+// ReasonInsufficientGPUMemory): a "not yet", not a failure.
+func (s *GPUCheckpointStatus) Deferred() bool {
+	if s.Phase != PhaseFailed {
+		return false
+	}
+	for _, c := range s.Conditions {
+		if c.Type == CheckpointComplete {
+			return c.Status == metav1.ConditionFalse && c.Reason == ReasonInsufficientGPUMemory
+		}
+	}
+	return false
+}
+
+// GPUFootprint is the most memory the recorded footprint puts on one GPU: what the pod needs on
+// each GPU to be restored; 0 when nothing was recorded.
+func (s *GPUCheckpointStatus) GPUFootprint() int64 {
+	per := map[string]int64{}
+	var most int64
+	for _, f := range s.Footprint {
+		per[f.GPU] += f.Bytes
+		most = max(most, per[f.GPU])
+	}
+	return most
+}
+
 // +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Namespaced,shortName=gpuckpt
@@ -186,6 +217,17 @@ type GPUCheckpointStatus struct {
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
+	// footprint is, after a Suspend, the GPU memory each of the pod's processes used on each
+	// GPU just before its checkpoint, as NVML reported it (its CUDA context included): what a
+	// restore needs free there, because the driver destroys a process's GPU state when it
+	// refuses a restore for lack of memory. The agent reads it back to take over a suspended
+	// pod after it restarts; the scheduler counts it where it is larger than the pod's
+	// declared kybernate.io/gpu-memory.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	Footprint []ProcessFootprint `json:"footprint,omitempty"`
+
 	// imageLocation is where a Checkpoint wrote its image.
 	// +optional
 	// +kubebuilder:validation:MaxLength=4096
@@ -210,6 +252,22 @@ type GPUCheckpointStatus struct {
 	// +patchMergeKey=type
 	// +kubebuilder:validation:MaxItems=8
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+}
+
+// ProcessFootprint is the GPU memory one process used on one GPU.
+type ProcessFootprint struct {
+	// pid of the process in the node's (host) PID namespace.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	PID int32 `json:"pid"`
+	// gpu is the GPU's UUID.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	GPU string `json:"gpu"`
+	// bytes of GPU memory, as NVML reports them for the process.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	Bytes int64 `json:"bytes"`
 }
 
 // CheckpointImage describes a verified checkpoint image.

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // --logging-format=json
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
 

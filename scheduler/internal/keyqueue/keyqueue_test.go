@@ -26,7 +26,6 @@ func TestRetriesFailedKeys(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	defer q.ShutDown()
 	q.Work(ctx, 1)
 	q.Add("flaky")
 	q.Add("fine")
@@ -36,15 +35,26 @@ func TestRetriesFailedKeys(t *testing.T) {
 		select {
 		case <-synced:
 		case <-deadline:
+			mu.Lock()
+			defer mu.Unlock()
 			t.Fatalf("timed out; calls %v, want %v", calls, want)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	// Wait for the worker to finish the last key (Done, and Forget or AddRateLimited), then
+	// look at the queue's books instead of waiting a while for a wrong retry: a key that comes
+	// back is either queued or counted as requeued by the rate limiter.
+	q.ShutDownWithDrain()
 	mu.Lock()
 	defer mu.Unlock()
 	for k, n := range want {
 		if calls[k] != n {
 			t.Errorf("%s synced %d times, want %d", k, calls[k], n)
 		}
+		if r := q.NumRequeues(k); r != 0 {
+			t.Errorf("%s: %d requeues pending after a successful sync, want 0 (forgotten)", k, r)
+		}
+	}
+	if n := q.Len(); n != 0 {
+		t.Errorf("%d keys queued after every sync succeeded, want none", n)
 	}
 }

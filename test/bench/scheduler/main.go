@@ -122,7 +122,7 @@ func run() int {
 		return 1
 	}
 	sched, err := start(ctx, filepath.Join(root, o.bin, "kybernate-scheduler"), filepath.Join(logs, "bench-kybernate-scheduler.log"),
-		"--config", schedConfig, "--secure-port", "0")
+		"--config", schedConfig, "--controllers-config", filepath.Join(root, "manifests", "scheduler", "controllers.yaml"), "--secure-port", "0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -210,7 +210,7 @@ type sim struct {
 	nextTurn float64
 	jobs     []*job
 	gpus     []*gpu
-	args     config.CheckpointPreemptionArgs
+	args     config.ControllerConfiguration
 	stats    stats
 }
 
@@ -236,7 +236,7 @@ type result struct {
 }
 
 func run(o options, trace []spec, p policy) result {
-	s := &sim{o: o, args: config.CheckpointPreemptionArgs{
+	s := &sim{o: o, args: config.ControllerConfiguration{
 		TimeSliceQuantum: metav1.Duration{Duration: o.quantum}, TimeSliceMinQuantumFactor: o.factor,
 	}}
 	for n := range o.nodes {

@@ -1,6 +1,7 @@
 // Package agent tests the node agent in --simulate mode on a real control plane, without the
-// scheduler: GPUNode status and node capacity, and GPUCheckpoints written by hand (reason
-// Manual), valid and invalid.
+// scheduler: GPUNode status and node capacity, GPUCheckpoints written by hand (reason Manual),
+// valid and invalid, the restore guard across an agent killed with SIGKILL, and suspended pods
+// that are deleted.
 package agent
 
 import (
@@ -31,16 +32,18 @@ func TestMain(m *testing.M) {
 	framework.MainWithGPUNodes(m, nodes, gpusPerNode)
 }
 
-var started bool
+// agent is the simulated agent the tests share; restartAgent replaces it.
+var agent *framework.Component
+
+var agentArgs = []string{"--slots-per-gpu", fmt.Sprint(slotsPerGPU),
+	"--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G", "--simulate-progress-period", "500ms"}
 
 func setup(t *testing.T) (*framework.Cluster, versioned.Interface) {
 	t.Helper()
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
-	if !started {
-		started = true
-		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU),
-			"--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G", "--simulate-progress-period", "500ms")
+	if agent == nil {
+		agent = c.StartSimulatedAgent(t, agentArgs...)
 	}
 	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	return c, kc
@@ -134,21 +137,15 @@ func checkpoint(t *testing.T, kc versioned.Interface, ns, name string, spec kv1.
 	return got
 }
 
-func progress(t *testing.T, c *framework.Cluster, ns, name string) time.Duration {
-	t.Helper()
-	p, err := c.Client.CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sim.ProgressOf(p)
-}
-
 // A suspend and a resume by hand: timings, bytes, Events, the pod's state and condition, and a
 // progress counter that stands still in between.
 func TestManualSuspendResume(t *testing.T) {
 	c, kc := setup(t)
 	ns := c.CreateNamespace(t)
+	h := c.Record(t, ns)
 	pod, gpu := boundPod(t, c, kc, ns, "worker", 0)
+	// A witness on the other node's GPU keeps counting while worker is suspended.
+	boundPod(t, c, kc, ns, "witness", 1)
 	framework.WaitForPod(t.Context(), t, c.Client, ns, "worker", 30*time.Second, "progress", func(p *v1.Pod) bool {
 		return sim.ProgressOf(p) >= time.Second
 	})
@@ -178,10 +175,12 @@ func TestManualSuspendResume(t *testing.T) {
 		t.Errorf("condition %s not False: %v", kv1.ConditionGPUResident, suspended.Status.Conditions)
 	}
 	parked := sim.ProgressOf(suspended)
-	time.Sleep(1500 * time.Millisecond) // a stretch of suspension to observe
-	if now := progress(t, c, ns, "worker"); now != parked {
-		t.Errorf("progress moved from %s to %s while suspended", parked, now)
-	}
+	// A stretch of suspension to observe, measured by the agent's own counting: the witness
+	// counts two seconds more, so the agent published progress several times meanwhile.
+	witness := sim.ProgressOf(h.Pod("witness"))
+	h.WaitPod(t, "witness", 30*time.Second, "two seconds further", func(p *v1.Pod) bool {
+		return sim.ProgressOf(p) >= witness+2*time.Second
+	})
 
 	ck = checkpoint(t, kc, ns, "go-on", kv1.GPUCheckpointSpec{PodName: "worker", Action: kv1.ActionResume, Reason: kv1.ReasonManual})
 	if ck.Status.Phase != kv1.PhaseSucceeded || strings.Join(ck.Status.GPUs, ",") != gpu {
@@ -190,6 +189,12 @@ func TestManualSuspendResume(t *testing.T) {
 	framework.WaitForPod(t.Context(), t, c.Client, ns, "worker", 30*time.Second, "progress after the resume", func(p *v1.Pod) bool {
 		return sim.ProgressOf(p) > parked && podCondition(p, kv1.ConditionGPUResident, v1.ConditionTrue)
 	})
+	// Every version of worker recorded while it was Suspended has the parked counter.
+	for _, c := range h.PodVersions("worker") {
+		if c.Pod.Annotations[kv1.AnnotationState] == string(kv1.PodSuspended) && sim.ProgressOf(c.Pod) != parked {
+			t.Errorf("%s: progress %s while suspended, want %s", c.Time.Format("15:04:05.000"), sim.ProgressOf(c.Pod), parked)
+		}
+	}
 	events, err := c.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=worker"})
 	if err != nil {
 		t.Fatal(err)

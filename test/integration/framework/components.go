@@ -1,14 +1,19 @@
 package framework
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 // Kybernate's own binaries, by name, and the packages they are built from.
@@ -52,10 +57,14 @@ func (c *Cluster) Binary(t testing.TB, name string) string {
 			return
 		}
 		b.path = filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-o", b.path, pkg)
+		args := []string{"build", "-o", b.path}
+		if raceEnabled() {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Dir = c.Root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+			b.err = fmt.Errorf("go %s: %w\n%s", strings.Join(append(args, pkg), " "), err, out)
 		}
 	})
 	if b.err != nil {
@@ -119,14 +128,35 @@ func (p *Component) Kill() {
 	_ = p.cmd.Wait()
 }
 
-// stopComponents ends every component the package started.
-func stopComponents() {
+// raceEnabled reports whether Kybernate's binaries are built with -race: KYBERNATE_RACE when
+// set, otherwise in CI (test/ci).
+func raceEnabled() bool {
+	if v, err := strconv.ParseBool(os.Getenv("KYBERNATE_RACE")); err == nil {
+		return v
+	}
+	return ci.Enabled()
+}
+
+// raceReport is how the race detector starts a report in a binary's output.
+const raceReport = "WARNING: DATA RACE"
+
+// stopComponents ends every component the package started. It returns an error naming the
+// components whose log holds a data race report: a race in a component fails the package.
+func stopComponents() error {
 	componentsMu.Lock()
 	defer componentsMu.Unlock()
+	var raced []string
 	for _, p := range components {
 		p.Stop()
+		if data, err := os.ReadFile(p.Log); err == nil && bytes.Contains(data, []byte(raceReport)) {
+			raced = append(raced, fmt.Sprintf("%s (log %s)", p.Name, p.Log))
+		}
 	}
 	components = nil
+	if len(raced) > 0 {
+		return fmt.Errorf("data race reported by %s", strings.Join(raced, ", "))
+	}
+	return nil
 }
 
 // workDir is where components keep binaries and logs: the cluster's folder, or a folder

@@ -17,8 +17,11 @@
 //	KYBERNATE_REAL_NODE         with KYBERNATE_KUBECONFIG: the cluster's real node (MainWithRealNode)
 //	KYBERNATE_KEEP_CLUSTER=true leave the started cluster running (its folder is printed)
 //	KYBERNATE_NODES, KYBERNATE_GPUS_PER_NODE, KYBERNATE_GPU_MODELS  passed to cluster-up
-//	CI=true                     a control plane that cannot be built fails the tests
-//	                            instead of skipping them
+//	CI=true                     (test/ci) a control plane that cannot be built, or a real
+//	                            node that cannot start, fails the tests instead of skipping them;
+//	                            Kybernate's binaries are built with -race
+//	KYBERNATE_RACE=true|false   build them with -race, or not, whatever CI says; a data race
+//	                            in a component's log fails the package
 package framework
 
 import (
@@ -39,6 +42,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 // Cluster is a running control plane and clients for it.
@@ -71,7 +76,7 @@ var (
 func Get(t testing.TB) *Cluster {
 	t.Helper()
 	if skipReason != "" {
-		t.Skip(skipReason)
+		ci.Skip(t, skipReason)
 	}
 	if cluster == nil {
 		t.Fatal("framework: no cluster; call framework.Main(m) from TestMain")
@@ -109,7 +114,10 @@ func run(m *testing.M) int {
 		}
 		cluster.realNode = os.Getenv("KYBERNATE_REAL_NODE")
 		code := m.Run()
-		stopComponents()
+		if err := stopComponents(); err != nil {
+			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+			code = 1
+		}
 		return code
 	}
 
@@ -117,7 +125,7 @@ func run(m *testing.M) int {
 	// first, or give go test a -timeout that covers it).
 	if err := build(root); err != nil {
 		msg := fmt.Sprintf("framework: cannot build the control plane: hack/build-controlplane.sh: %v", err)
-		if inCI() {
+		if ci.Enabled() {
 			fmt.Fprintln(os.Stderr, msg+"\nCI is set: failing instead of skipping")
 			return 1
 		}
@@ -168,7 +176,7 @@ func run(m *testing.M) int {
 		case err == nil:
 			cluster.realNode = name
 			code = m.Run()
-		case skip && !inCI():
+		case skip && !ci.Enabled():
 			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
 			skipReason = fmt.Sprintf("these tests need a real node on this machine: %v; in CI this is a failure", err)
 			code = m.Run()
@@ -178,7 +186,11 @@ func run(m *testing.M) int {
 	} else {
 		code = m.Run()
 	}
-	stopComponents() // before the cluster they talk to goes away
+	// Before the cluster they talk to goes away.
+	if err := stopComponents(); err != nil {
+		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+		code = 1
+	}
 	if nodeStarted && !keep {
 		if err := stopRealNode(root, dir, code == 0); err != nil {
 			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
@@ -275,8 +287,6 @@ func packageName() string {
 	}
 	return filepath.Base(wd)
 }
-
-func inCI() bool { return boolEnv("CI") }
 
 func boolEnv(name string) bool {
 	v, err := strconv.ParseBool(os.Getenv(name))

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,25 @@ func (c *Cluster) StartSimulatedAgent(t testing.TB, extra ...string) *Component 
 	args := append([]string{"--simulate", "--kubeconfig", c.Kubeconfig, "--simulate-node-selector", "type=kwok",
 		"--metrics-bind-address", "", "--socket", ""}, extra...)
 	return c.Start(t, "kybernate-agent", args...)
+}
+
+// WriteControllerConfig writes a ControllerConfiguration for kybernate-scheduler's
+// --controllers-config. The file outlives the test that wrote it, like WriteSchedulerConfig's.
+func (c *Cluster) WriteControllerConfig(t testing.TB, config string) string {
+	t.Helper()
+	dir := c.workDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.CreateTemp(dir, "kybernate-controllers-*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(config); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Clean(f.Name())
 }
 
 // WriteSchedulerConfig writes a KubeSchedulerConfiguration that talks to this cluster: config
@@ -103,8 +123,10 @@ type Kybernate struct {
 // StartKybernate readies the cluster for tests of GPU pods and starts the simulated node agent
 // (with agentArgs) and kybernate-scheduler: it creates the PriorityClasses (name -> value) and
 // the namespace kybernate-system (the controllers' Lease lives there), and runs the scheduler
-// with the shipped profile (manifests/scheduler/config.yaml), leader election off and each
-// replacement old -> new applied; a replacement that no longer matches fails the test.
+// with the shipped profile (manifests/scheduler/config.yaml, leader election off) and the
+// shipped controller configuration (manifests/scheduler/controllers.yaml), each replacement
+// old -> new applied to the first of the two that contains old; a replacement that matches
+// neither fails the test.
 func (c *Cluster) StartKybernate(t testing.TB, priorities map[string]int32, replace map[string]string, agentArgs ...string) Kybernate {
 	t.Helper()
 	ctx := context.Background()
@@ -118,24 +140,30 @@ func (c *Cluster) StartKybernate(t testing.TB, priorities map[string]int32, repl
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", "config.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	files := []string{"config.yaml", "controllers.yaml"}
+	configs := make([]string, len(files))
+	for i, name := range files {
+		shipped, err := os.ReadFile(filepath.Join(c.Root, "manifests", "scheduler", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		configs[i] = string(shipped)
 	}
-	config := string(shipped)
 	replace = maps.Clone(replace)
 	if replace == nil {
 		replace = map[string]string{}
 	}
-	replace["leaderElect: true"] = "leaderElect: false"
+	replace["leaderElect: true"] = "leaderElect: false" // the scheduler's (config.yaml comes first)
 	for old, repl := range replace {
-		if !strings.Contains(config, old) {
-			t.Fatalf("manifests/scheduler/config.yaml no longer contains %q", old)
+		i := slices.IndexFunc(configs, func(s string) bool { return strings.Contains(s, old) })
+		if i < 0 {
+			t.Fatalf("manifests/scheduler/{config,controllers}.yaml no longer contain %q", old)
 		}
-		config = strings.Replace(config, old, repl, 1)
+		configs[i] = strings.Replace(configs[i], old, repl, 1)
 	}
 	k := Kybernate{Agent: c.StartSimulatedAgent(t, agentArgs...)}
-	k.SchedulerArgs = []string{"--config", c.WriteSchedulerConfig(t, config), "--secure-port", "0", "--v=4"}
+	k.SchedulerArgs = []string{"--config", c.WriteSchedulerConfig(t, configs[0]),
+		"--controllers-config", c.WriteControllerConfig(t, configs[1]), "--secure-port", "0", "--v=4"}
 	k.Scheduler = c.Start(t, "kybernate-scheduler", k.SchedulerArgs...)
 	return k
 }

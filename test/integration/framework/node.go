@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kybernate/kybernate/test/ci"
 )
 
 // realNode is set by MainWithRealNode: the package's cluster gets a real node.
@@ -28,7 +30,7 @@ func MainWithRealNode(m *testing.M) {
 func (c *Cluster) RealNode(t testing.TB) string {
 	t.Helper()
 	if c.realNode == "" {
-		t.Skip("no real node: the package's TestMain must call framework.MainWithRealNode (with KYBERNATE_KUBECONFIG, set KYBERNATE_REAL_NODE)")
+		ci.Skip(t, "no real node: the package's TestMain must call framework.MainWithRealNode (with KYBERNATE_KUBECONFIG, set KYBERNATE_REAL_NODE)")
 	}
 	return c.realNode
 }

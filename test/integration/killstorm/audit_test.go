@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/plugins/gpushare"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // labelWorkload names the workload a pod belongs to; replacements of migrated pods keep it.
@@ -67,14 +67,14 @@ func podInvariants(i int, pods map[types.UID]*v1.Pod, capacity map[string]int64,
 				running[w] = append(running[w], p.Name)
 			}
 		}
-		if p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed || !gpushare.Resident(p) {
+		if p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed || !gpupod.Resident(p) {
 			continue
 		}
-		d, err := gpushare.PodDemand(p)
+		d, err := gpupod.PodDemand(p)
 		if err != nil {
 			continue
 		}
-		for _, u := range gpushare.AssignedGPUs(p) {
+		for _, u := range gpupod.AssignedGPUs(p) {
 			used[u] += d.On(capacity[u])
 		}
 	}
@@ -97,7 +97,7 @@ func podInvariants(i int, pods map[types.UID]*v1.Pod, capacity map[string]int64,
 func residents(pods map[types.UID]*v1.Pod, uuid string) string {
 	var names []string
 	for _, p := range pods {
-		if slices.Contains(gpushare.AssignedGPUs(p), uuid) && gpushare.Resident(p) {
+		if slices.Contains(gpupod.AssignedGPUs(p), uuid) && gpupod.Resident(p) {
 			names = append(names, p.Name+"("+string(state(p))+")")
 		}
 	}
@@ -157,7 +157,7 @@ func settled(pods []v1.Pod, cks []kv1.GPUCheckpoint, gns []kv1.GPUNode, workload
 		for _, g := range gn.Status.GPUs {
 			for _, u := range g.Pods {
 				p := byName[u.Namespace+"/"+u.Name]
-				if p == nil || p.Spec.NodeName != gn.Name || !isRunning(p) || !slices.Contains(gpushare.AssignedGPUs(p), g.UUID) {
+				if p == nil || p.Spec.NodeName != gn.Name || !isRunning(p) || !slices.Contains(gpupod.AssignedGPUs(p), g.UUID) {
 					out = append(out, fmt.Sprintf("GPUNode %s: GPU %s has a process of %s/%s, which is not a pod running there", gn.Name, g.UUID, u.Namespace, u.Name))
 				}
 			}

@@ -16,6 +16,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -127,8 +128,9 @@ func (e env) suspendOnA(t *testing.T, ns string, fault string) time.Duration {
 	e.create(t, gpuPod(ns, "urgent", high).NodeSelector(v1.LabelHostname, nodeA).Obj())
 	e.waitState(t, ns, "train", kv1.PodSuspended, time.Minute)
 	framework.WaitForPodRunning(t.Context(), t, e.c.Client, ns, "urgent", time.Minute)
-	// The published counter catches up with the parked one.
-	time.Sleep(time.Second)
+	// The published counter catches up with the parked one within a progress period: urgent's
+	// own counter reaching a second shows that periods have passed since train was suspended.
+	framework.WaitForPod(t.Context(), t, e.c.Client, ns, "urgent", time.Minute, "progress 1s", func(p *v1.Pod) bool { return sim.ProgressOf(p) >= time.Second })
 	return sim.ProgressOf(e.pod(t, ns, "train"))
 }
 
@@ -141,55 +143,44 @@ func (e env) pod(t *testing.T, ns, name string) *v1.Pod {
 	return p
 }
 
-// watchInvariant checks, until the returned stop is called, that the pod train or a
-// replacement of it always exists and that never two of them run (state Running).
+// watchInvariant records the namespace's pods from now on (a List, then a watch) and, when
+// the returned stop is called, replays every recorded change: after each one the pod train or a
+// replacement of it exists and never two of them run (state Running). A List or watch error
+// fails the test when it ends.
 func (e env) watchInvariant(t *testing.T, ns string) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	var mu sync.Mutex
-	var violations []string
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			pods, err := e.c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-			if err == nil {
-				alive, running := 0, 0
-				var seen []string
-				for _, p := range pods.Items {
-					if p.Name != "train" && !strings.HasPrefix(p.Annotations[kv1.AnnotationMigratedFrom], ns+"/train/") {
-						continue
-					}
-					if p.DeletionTimestamp == nil {
-						alive++
-					}
-					if state(&p) == kv1.PodRunning && p.DeletionTimestamp == nil {
+	h := e.c.Record(t, ns)
+	return func() {
+		t.Helper()
+		live := map[string]*v1.Pod{}
+		for _, c := range h.Pods() {
+			p := c.Pod
+			if p.Name != "train" && !strings.HasPrefix(p.Annotations[kv1.AnnotationMigratedFrom], ns+"/train/") {
+				continue
+			}
+			if c.Type == watch.Deleted {
+				delete(live, p.Name)
+			} else {
+				live[p.Name] = p
+			}
+			alive, running := 0, 0
+			var seen []string
+			for _, q := range live {
+				if q.DeletionTimestamp == nil {
+					alive++
+					if state(q) == kv1.PodRunning {
 						running++
 					}
-					seen = append(seen, fmt.Sprintf("%s(%s)", p.Name, state(&p)))
 				}
-				mu.Lock()
-				if alive == 0 {
-					violations = append(violations, "neither train nor a replacement exists")
-				}
-				if running > 1 {
-					violations = append(violations, "two copies run: "+strings.Join(seen, ", "))
-				}
-				mu.Unlock()
+				seen = append(seen, fmt.Sprintf("%s(%s)", q.Name, state(q)))
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
+			at := c.Time.Format("15:04:05.000")
+			if alive == 0 {
+				t.Errorf("%s: neither train nor a replacement exists: %v", at, seen)
 			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, v := range violations {
-			t.Error(v)
+			if running > 1 {
+				t.Errorf("%s: two copies run: %s", at, strings.Join(seen, ", "))
+			}
 		}
 	}
 }
@@ -220,7 +211,7 @@ func (e env) waitMigrationResult(t *testing.T, ns string, timeout time.Duration)
 			return false, err
 		}
 		for _, ck := range list.Items {
-			if ck.Spec.Action == kv1.ActionCheckpoint && ck.Spec.Reason == kv1.ReasonMigration && ck.Annotations[migrate.AnnotationResult] != "" {
+			if ck.Spec.Action == kv1.ActionCheckpoint && ck.Spec.Reason == kv1.ReasonMigration && ck.Annotations[kv1.AnnotationMigrationResult] != "" {
 				got = ck
 				return true, nil
 			}
@@ -326,8 +317,8 @@ func TestMigrationFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			ck := e.waitMigrationResult(t, ns, 2*time.Minute)
-			if got := ck.Annotations[migrate.AnnotationResult]; got != migrate.ResultFailed {
-				t.Errorf("migration result %s, want %s (checkpoint %s: %s)", got, migrate.ResultFailed, ck.Status.Phase, ck.Status.Message)
+			if got := ck.Annotations[kv1.AnnotationMigrationResult]; got != kv1.MigrationFailed {
+				t.Errorf("migration result %s, want %s (checkpoint %s: %s)", got, kv1.MigrationFailed, ck.Status.Phase, ck.Status.Message)
 			}
 			if wantPhase := map[bool]kv1.CheckpointPhase{false: kv1.PhaseFailed, true: kv1.PhaseSucceeded}[tc.replaced]; ck.Status.Phase != wantPhase {
 				t.Errorf("checkpoint %s, want %s", ck.Status.Phase, wantPhase)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	kimage "github.com/kybernate/kybernate/nodeagent/image"
+	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 )
 
@@ -30,7 +32,7 @@ import (
 // kybernate-scheduler, goes on counting at N+1.
 func testCheckpointRestore(t *testing.T, c *framework.Cluster, node string) {
 	if reason := criuPreflight(t, c); reason != "" {
-		t.Skip("CHECKPOINT/RESTORE SKIPPED: CRIU does not work on this kernel: " + reason)
+		ci.Skip(t, "CHECKPOINT/RESTORE CANNOT RUN: "+reason)
 	}
 	ctx := t.Context()
 	images := useNodeContainerd(t, c)
@@ -122,8 +124,8 @@ func useNodeContainerd(t *testing.T, c *framework.Cluster) string {
 }
 
 // criuPreflight dumps a host sleep with the CRIU the node's runc uses, bounded by 20 s: on some
-// kernel builds criu dump hangs (checkpoint-restore/criu#162). It returns why checkpoints
-// cannot work here, or "".
+// kernel builds criu dump hangs (checkpoint-restore/criu#162), on others it fails. It returns
+// why checkpoints cannot work on this kernel (naming it), or "".
 func criuPreflight(t *testing.T, c *framework.Cluster) string {
 	t.Helper()
 	criu := filepath.Join(c.Script(t, "hack/install-runtime.sh"), "criu")
@@ -136,12 +138,11 @@ func criuPreflight(t *testing.T, c *framework.Cluster) string {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, criu, "dump", "-t", strconv.Itoa(sleep.Process.Pid), "-D", t.TempDir(), "-o", "dump.log", "--shell-job").CombinedOutput()
-	if ctx.Err() != nil {
-		uname, _ := exec.Command("uname", "-r").Output()
-		return fmt.Sprintf("criu dump of a sleep did not finish within 20s on kernel %s", strings.TrimSpace(string(uname)))
-	}
-	if err != nil {
-		t.Logf("CRIU preflight: dump of a sleep failed (not a hang; the checkpoint will show CRIU's errors): %v: %s", err, out)
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Sprintf("criu dump of a sleep did not finish within 20s on kernel %s (checkpoint-restore/criu#162)", ci.KernelRelease())
+	case err != nil:
+		return fmt.Sprintf("criu dump of a sleep failed on kernel %s: %v (criu's output: %q)", ci.KernelRelease(), err, bytes.TrimSpace(out))
 	}
 	return ""
 }

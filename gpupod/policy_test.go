@@ -1,4 +1,4 @@
-package gpushare
+package gpupod
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-package gpushare
+package gpupod
 
 import (
 	"cmp"
@@ -15,7 +15,7 @@ import (
 // defaultSlotsPerGPU applies when a GPUNode does not say: one pod per GPU.
 const defaultSlotsPerGPU = 1
 
-// gpu is one GPU of a node as the plugin accounts for it.
+// gpu is one GPU of a node as Kybernate accounts for it.
 type gpu struct {
 	uuid  string
 	index int32
@@ -40,7 +40,7 @@ type nodeGPUs struct {
 type reservationLookup func(types.UID) []string
 
 // newNodeGPUs accounts a node's GPUs: the inventory from its GPUNode, the pods on the node
-// (bound and assumed) from the scheduler's snapshot, and the plugin's reservations for pods
+// (bound and assumed, from the scheduler's snapshot or an informer), and reservations for pods
 // whose kybernate.io/gpus annotation is not written yet.
 func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *nodeGPUs {
 	n := &nodeGPUs{gpus: make([]gpu, 0, len(gn.Status.GPUs)), slotsPerGPU: defaultSlotsPerGPU}
@@ -189,14 +189,35 @@ func uuids(chosen []*gpu) []string {
 	return out
 }
 
-// Accounting is the GPU accounting of one node for code that places pods on GPUs outside a
-// scheduling cycle, such as the scheduler's resume controller. It follows the same rules as the
-// plugin's Filter.
+// Accounting is the GPU accounting of one node: the VRAM and slots its pods take on each GPU.
+// GPUShare filters, scores and reserves with it; the controllers place pods with it outside a
+// scheduling cycle, by the same rules. It is not safe for concurrent use.
 type Accounting struct{ n *nodeGPUs }
 
 // NewAccounting accounts a node's GPUs from its GPUNode and the pods bound to it.
 func NewAccounting(gn *kv1.GPUNode, pods []*v1.Pod) *Accounting {
 	return &Accounting{n: newNodeGPUs(gn, pods, nil)}
+}
+
+// NewAccountingReserved is NewAccounting for pods that may not carry their kybernate.io/gpus
+// yet: reserved returns the GPUs chosen for such a pod (nil when none).
+func NewAccountingReserved(gn *kv1.GPUNode, pods []*v1.Pod, reserved func(types.UID) []string) *Accounting {
+	return &Accounting{n: newNodeGPUs(gn, pods, reserved)}
+}
+
+// Possible reports whether the node could hold the demand if it were empty.
+func (a *Accounting) Possible(d Demand) bool { return a.n.possible(d) }
+
+// Score rates the GPUs chosen for the demand from 0 to 100: the share of their memory in use
+// once the pod is on them (MostAllocated), or the share left free (LeastAllocated).
+func (a *Accounting) Score(chosen []string, d Demand, strategy config.ScoringStrategyType) int64 {
+	gpus := make([]*gpu, 0, len(chosen))
+	for _, u := range chosen {
+		if g := a.gpu(u); g != nil {
+			gpus = append(gpus, g)
+		}
+	}
+	return score(gpus, d, strategy)
 }
 
 // Fits reports whether the demand fits on exactly these GPUs now.
@@ -277,4 +298,22 @@ func (a *Accounting) gpu(uuid string) *gpu {
 		}
 	}
 	return nil
+}
+
+// MoreRoomThan reports whether the node has room the earlier accounting did not: more slots
+// per GPU, a GPU added, or more free memory on some GPU.
+func (a *Accounting) MoreRoomThan(before *Accounting) bool {
+	if a.n.slotsPerGPU > before.n.slotsPerGPU {
+		return true
+	}
+	free := make(map[string]int64, len(before.n.gpus))
+	for _, g := range before.n.gpus {
+		free[g.uuid] = g.free()
+	}
+	for _, g := range a.n.gpus {
+		if was, ok := free[g.uuid]; !ok || g.free() > was {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,133 @@
+package gpupod
+
+import (
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	resourcehelper "k8s.io/component-helpers/resource"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// Demand is what a pod asks of a node's GPUs.
+type Demand struct {
+	// Count is the number of distinct GPUs.
+	Count int
+	// Bytes is the VRAM needed on each GPU; 0 means each GPU whole.
+	Bytes int64
+	// Model, when set, is the only GPU model the pod may get.
+	Model string
+}
+
+// Whole reports whether the pod takes its GPUs whole.
+func (d Demand) Whole() bool { return d.Bytes == 0 }
+
+// On is the VRAM the demand takes on a GPU of the given size.
+func (d Demand) On(total int64) int64 {
+	if d.Whole() || d.Bytes > total {
+		return total
+	}
+	return d.Bytes
+}
+
+// WithModel restricts the demand to GPUs of model, unless it names a model already or model is
+// empty.
+func (d Demand) WithModel(model string) Demand {
+	if d.Model == "" {
+		d.Model = model
+	}
+	return d
+}
+
+// PodDemand reads a pod's GPU demand: the kybernate.io/gpu it requests, counted as the
+// scheduler and the kubelet count requests (k8s.io/component-helpers' PodRequests: containers
+// and sidecars summed, init containers at their peak), and its kybernate.io/gpu-memory and
+// kybernate.io/gpu-model annotations. A pod that asks for no GPU has count 0.
+func PodDemand(pod *v1.Pod) (Demand, error) {
+	count := GPURequest(pod)
+	if count == 0 {
+		return Demand{}, nil
+	}
+	d := Demand{Count: int(count)}
+	var err error
+	if d.Bytes, err = GPUMemory(pod); err != nil {
+		return Demand{}, err
+	}
+	if d.Model, err = GPUModel(pod); err != nil {
+		return Demand{}, err
+	}
+	return d, nil
+}
+
+// GPURequest is the number of kybernate.io/gpu the pod requests.
+func GPURequest(pod *v1.Pod) int64 {
+	reqs := resourcehelper.PodRequests(withDefaultedRequests(pod), resourcehelper.PodResourcesOptions{
+		ExcludeOverhead:       true,
+		SkipPodLevelResources: true, // pod-level resources cannot name extended resources
+	})
+	q := reqs[kv1.ResourceGPU]
+	return q.Value()
+}
+
+// withDefaultedRequests returns the pod with the GPU requests the API server defaults from the
+// limits (an extended resource's request equals its limit), copying only when one is missing,
+// so that pods that did not pass the API server (tests, simulations) count the same.
+func withDefaultedRequests(pod *v1.Pod) *v1.Pod {
+	missing := func(cs []v1.Container) bool {
+		for i := range cs {
+			_, lim := cs[i].Resources.Limits[kv1.ResourceGPU]
+			_, req := cs[i].Resources.Requests[kv1.ResourceGPU]
+			if lim && !req {
+				return true
+			}
+		}
+		return false
+	}
+	if !missing(pod.Spec.Containers) && !missing(pod.Spec.InitContainers) {
+		return pod
+	}
+	p := &v1.Pod{ObjectMeta: pod.ObjectMeta, Spec: *pod.Spec.DeepCopy()}
+	for _, cs := range [][]v1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+		for i := range cs {
+			lim, ok := cs[i].Resources.Limits[kv1.ResourceGPU]
+			if _, req := cs[i].Resources.Requests[kv1.ResourceGPU]; ok && !req {
+				if cs[i].Resources.Requests == nil {
+					cs[i].Resources.Requests = v1.ResourceList{}
+				}
+				cs[i].Resources.Requests[kv1.ResourceGPU] = lim
+			}
+		}
+	}
+	return p
+}
+
+// GPUMemory decodes kybernate.io/gpu-memory: the VRAM the pod needs on each GPU, 0 without the
+// annotation (whole GPUs).
+func GPUMemory(pod *v1.Pod) (int64, error) {
+	s, ok := pod.Annotations[kv1.AnnotationGPUMemory]
+	if !ok {
+		return 0, nil
+	}
+	q, err := resource.ParseQuantity(strings.TrimSpace(s))
+	if err != nil {
+		return 0, &FieldError{Field: kv1.AnnotationGPUMemory, Value: s, Reason: `is not a quantity such as "40Gi"`, Err: err}
+	}
+	if q.Sign() <= 0 {
+		return 0, fieldError(kv1.AnnotationGPUMemory, s, "must be positive")
+	}
+	return q.Value(), nil
+}
+
+// GPUModel decodes kybernate.io/gpu-model: the only GPU model the pod may get, "" without the
+// annotation.
+func GPUModel(pod *v1.Pod) (string, error) {
+	s, ok := pod.Annotations[kv1.AnnotationGPUModel]
+	if !ok {
+		return "", nil
+	}
+	if m := strings.TrimSpace(s); m != "" {
+		return m, nil
+	}
+	return "", fieldError(kv1.AnnotationGPUModel, s, "is empty: remove it or name a GPU model")
+}

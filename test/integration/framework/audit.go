@@ -1,0 +1,136 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// GPUMemory is the memory of every GPU of the cluster's GPUNodes, by UUID.
+func GPUMemory(ctx context.Context, kc versioned.Interface) (map[string]int64, error) {
+	list, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, n := range list.Items {
+		for _, g := range n.Status.GPUs {
+			out[g.UUID] = g.MemoryTotalBytes
+		}
+	}
+	return out, nil
+}
+
+// HoldsGPU reports whether a version of a pod holds memory on its GPUs: it is bound, has
+// kybernate.io/gpus, has not finished and is not suspended or checkpointed (Suspending,
+// Resuming, Checkpointing and Restoring hold the memory). A terminating pod no longer counts:
+// the simulated agent drops its processes when the deletion starts.
+func HoldsGPU(p *v1.Pod) bool {
+	if p.Spec.NodeName == "" || p.Annotations[kv1.AnnotationGPUs] == "" || p.DeletionTimestamp != nil ||
+		p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
+		return false
+	}
+	switch kv1.PodGPUState(p.Annotations[kv1.AnnotationState]) {
+	case kv1.PodSuspended, kv1.PodCheckpointed:
+		return false
+	}
+	return true
+}
+
+// GPUsOf is the pod's kybernate.io/gpus.
+func GPUsOf(p *v1.Pod) []string {
+	var out []string
+	for _, g := range strings.Split(p.Annotations[kv1.AnnotationGPUs], ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// Overcommits replays the pod history and describes every moment at which a GPU was held by
+// more than slots pods, or by pods asking more memory (kybernate.io/gpu-memory; none: the
+// whole GPU) than memory, the bytes of each GPU by UUID. No GPU may ever hold more than it
+// can, not even between two looks at the cluster.
+func (h *History) Overcommits(memory map[string]int64, slots int) []string {
+	live := map[string]*v1.Pod{}
+	var out []string
+	for _, c := range h.Pods() {
+		if c.Type == watch.Deleted {
+			delete(live, c.Pod.Name)
+		} else {
+			live[c.Pod.Name] = c.Pod
+		}
+		out = append(out, overcommitsAt(c.Time, live, memory, slots)...)
+	}
+	return out
+}
+
+func overcommitsAt(at time.Time, live map[string]*v1.Pod, memory map[string]int64, slots int) []string {
+	holders := map[string][]string{}
+	used := map[string]int64{}
+	for _, p := range live {
+		if !HoldsGPU(p) {
+			continue
+		}
+		for _, g := range GPUsOf(p) {
+			holders[g] = append(holders[g], p.Name)
+			want := memory[g]
+			if q, err := resource.ParseQuantity(p.Annotations[kv1.AnnotationGPUMemory]); err == nil {
+				want = q.Value()
+			}
+			used[g] += want
+		}
+	}
+	var out []string
+	for g, names := range holders {
+		if len(names) > slots || (memory[g] > 0 && used[g] > memory[g]) {
+			sort.Strings(names)
+			out = append(out, fmt.Sprintf("%s: GPU %s held by %v (%d bytes of %d, %d pods of %d slots)",
+				at.Format("15:04:05.000"), g, names, used[g], memory[g], len(names), slots))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// StatesOf is the sequence of kybernate.io/state values the pod went through (Running when a
+// bound pod with GPUs has none), consecutive repeats folded.
+func (h *History) StatesOf(name string) []kv1.PodGPUState {
+	var out []kv1.PodGPUState
+	for _, c := range h.PodVersions(name) {
+		s := kv1.PodGPUState(c.Pod.Annotations[kv1.AnnotationState])
+		if s == "" && c.Pod.Annotations[kv1.AnnotationGPUs] != "" {
+			s = kv1.PodRunning
+		}
+		if s == "" || (len(out) > 0 && out[len(out)-1] == s) {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Deletions names the pods whose deletion the history holds (a deletionTimestamp or a Deleted
+// event), in order.
+func (h *History) Deletions() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range h.Pods() {
+		if (c.Type == watch.Deleted || c.Pod.DeletionTimestamp != nil) && !seen[c.Pod.Name] {
+			seen[c.Pod.Name] = true
+			out = append(out, c.Pod.Name)
+		}
+	}
+	return out
+}
