@@ -56,7 +56,7 @@ test-unit: ## Unit tests: no GPU, no root, no cluster.
 	$(call gotest,unit,-count=1 -race $$($(GO) list ./... | grep -v -e /test/integration -e /test/e2e))
 
 .PHONY: test-integration
-test-integration: controlplane runtime ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
+test-integration: controlplane seaweedfs runtime ## Integration tests on a real etcd + kube-apiserver + kwok cluster (and a real node, as root).
 	$(call gotest,integration,-count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...)
 
 .PHONY: test-e2e
@@ -83,6 +83,14 @@ bench-scheduler: build controlplane ## Throughput and latency of kybernate-sched
 bench-timeslice: ## Simulated time slicing vs kill-preemption vs FIFO on an oversubscribed trace (4x8 and 1x8 GPUs).
 	{ echo "# Time slicing: simulated policies on an oversubscribed trace"; echo; \
 	  $(GO) run ./test/bench/timeslice; echo; $(GO) run ./test/bench/timeslice -nodes 1; } | tee test/bench/results/timeslice-$$(date -u +%Y-%m-%d).md
+
+.PHONY: bench-storage
+bench-storage: ## Image store spill/fetch throughput vs a plain copy and a plain upload to SeaweedFS (same run).
+	$(GO) run ./test/bench/storage | tee test/bench/results/storage-$$(date -u +%Y-%m-%d).md
+
+.PHONY: seaweedfs
+seaweedfs: ## Build SeaweedFS's weed (the S3-compatible store of the storage tests) into .cache/bin.
+	hack/build-seaweedfs.sh
 
 .PHONY: controlplane
 controlplane: deps ## Build etcd, kube-apiserver, controller-manager, kube-scheduler, kubectl, kubelet and kwok into .cache/bin.

@@ -215,6 +215,38 @@ func TestPodEventsOrder(t *testing.T) {
 	}
 }
 
+// The node's waiting pods in the order the controllers serve them: higher priority first, then
+// the least GPU time; a manual suspension and other nodes' pods wait for nobody here.
+func TestTurnOrder(t *testing.T) {
+	suspended := func(name string, prio int32, reason kv1.CheckpointReason, node string) (*v1.Pod, *kv1.GPUCheckpoint) {
+		p := running(name, "10Gi", kv1.PodSuspended)
+		p.Spec.NodeName, p.Spec.Priority = node, ptr(prio)
+		return p, &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: name + "-suspend"},
+			Spec:   kv1.GPUCheckpointSpec{PodName: name, PodUID: string(p.UID), Action: kv1.ActionSuspend, Reason: reason},
+			Status: kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, StartTime: &metav1.Time{Time: t0.Add(time.Minute)}}}
+	}
+	long, longCk := suspended("long", 100, kv1.ReasonTimeSlice, "n1") // 1m of GPU time
+	high, highCk := suspended("high", 200, kv1.ReasonPreemption, "n1")
+	manual, manualCk := suspended("manual", 300, kv1.ReasonManual, "n1")
+	elsewhere, elsewhereCk := suspended("elsewhere", 300, kv1.ReasonPreemption, "n2")
+	pending := util.MakePod().Namespace("ml").Name("pending").UID("pending-uid").Priority(100).GPU(1).GPUMemory("10Gi").Obj()
+	pending.Status.NominatedNodeName = "n1"
+	pending.CreationTimestamp = metav1.NewTime(t0.Add(2 * time.Minute)) // no GPU time yet
+	kube := fake.NewClientset(long, high, manual, elsewhere, pending)
+	kyb := kfake.NewSimpleClientset(longCk, highCk, manualCk, elsewhereCk)
+	got, err := turnOrder(t.Context(), kube, kyb, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range got {
+		names = append(names, e.Name+"/"+e.State)
+	}
+	if diff := cmp.Diff([]string{"high/Suspended", "pending/Pending", "long/Suspended"}, names); diff != "" {
+		t.Errorf("turn order (-want +got):\n%s", diff)
+	}
+}
+
 func TestGPUTimes(t *testing.T) {
 	a := running("a", "20Gi", kv1.PodRunning)
 	b := running("b", "30Gi", kv1.PodSuspended)

@@ -100,7 +100,7 @@ func turnOrder(ctx context.Context, kube kubernetes.Interface, kyb versioned.Int
 	}
 	var out []TurnEntry
 	for _, p := range onNode.pods {
-		if gpupod.StateOf(p) != kv1.PodSuspended || p.DeletionTimestamp != nil {
+		if p.Spec.NodeName != node || gpupod.StateOf(p) != kv1.PodSuspended || p.DeletionTimestamp != nil {
 			continue
 		}
 		last := onNode.lastSuspend(p)
@@ -111,7 +111,7 @@ func turnOrder(ctx context.Context, kube kubernetes.Interface, kyb versioned.Int
 			GPUTime: metav1.Duration{Duration: onNode.usage(p).Received}, WaitingSince: metav1.NewTime(startedAt(last))})
 	}
 	for _, p := range unbound.pods {
-		if p.Status.NominatedNodeName != node || p.DeletionTimestamp != nil {
+		if p.Spec.NodeName != "" || p.Status.NominatedNodeName != node || p.DeletionTimestamp != nil {
 			continue
 		}
 		if d, err := gpupod.PodDemand(p); err != nil || d.Count == 0 {

@@ -48,10 +48,16 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 		n.slotsPerGPU = int(*gn.Spec.SlotsPerGPU)
 	}
 	byUUID := make(map[string]int, len(gn.Status.GPUs))
+	// reported is what the agent saw each resident pod use on each GPU (NVML).
+	reported := make(map[string]map[string]int64, len(gn.Status.GPUs))
 	for _, s := range gn.Status.GPUs {
 		var attributed int64
 		for _, p := range s.Pods {
 			attributed += p.Bytes
+			if reported[s.UUID] == nil {
+				reported[s.UUID] = map[string]int64{}
+			}
+			reported[s.UUID][p.UID] += p.Bytes
 		}
 		byUUID[s.UUID] = len(n.gpus)
 		n.gpus = append(n.gpus, gpu{
@@ -93,7 +99,8 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			g := &n.gpus[i]
 			g.pods++
 			if isResident {
-				g.used += d.On(g.total)
+				// A pod that uses more than it declared takes what it uses.
+				g.used += max(d.On(g.total), reported[uuid][string(pod.UID)])
 			}
 		}
 	}

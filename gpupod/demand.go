@@ -40,6 +40,16 @@ func (d Demand) WithModel(model string) Demand {
 	return d
 }
 
+// AtLeast raises the VRAM per GPU to bytes when that is more: a suspended pod needs its
+// recorded footprint (GPUCheckpoint status.footprint) free to be restored, whatever it declared.
+// A demand for whole GPUs stays whole.
+func (d Demand) AtLeast(bytes int64) Demand {
+	if !d.Whole() && bytes > d.Bytes {
+		d.Bytes = bytes
+	}
+	return d
+}
+
 // PodDemand reads a pod's GPU demand: the kybernate.io/gpu it requests, counted as the
 // scheduler and the kubelet count requests (k8s.io/component-helpers' PodRequests: containers
 // and sidecars summed, init containers at their peak), and its kybernate.io/gpu-memory and

@@ -126,11 +126,11 @@ events_in_order() {
       function set(v) { return v != "" && v != "null" }   # jsonpath prints an unset time as null
       {
         t = ""; for (i = 1; i <= 5; i++) if (set($i)) { t = $i; break }
-        if (t ~ /:[0-9][0-9]Z$/) sub(/Z$/, ".999999Z", t)   # whole seconds: after the events of that second
+        key = t; if (key ~ /:[0-9][0-9]Z$/) sub(/Z$/, ".999999Z", key)   # whole seconds: after the events of that second
         from = set($8) ? $8 : $9
         msg = $10; for (i = 11; i <= NF; i++) msg = msg "|" $i
-        printf "%s\t%-8s %-16s %-22s %s\n", t, $6, $7, from, msg
-      }' | LC_ALL=C sort -s -t$'\t' -k1,1 | awk -F'\t' 'BEGIN { printf "%-27s %-8s %-16s %-22s %s\n", "TIME", "TYPE", "REASON", "FROM", "MESSAGE" } { printf "%-27s %s\n", $1, $2 }'
+        printf "%s\t%-27s %-8s %-16s %-22s %s\n", key, t, $6, $7, from, msg
+      }' | LC_ALL=C sort -s -t$'\t' -k1,1 | cut -f2- | { printf '%-27s %-8s %-16s %-22s %s\n' TIME TYPE REASON FROM MESSAGE; cat; }
 }
 all_placed() { ! "${KUBECTL}" get pods -n "${NAMESPACE}" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -qx ''; }
 state_of() { "${KUBECTL}" get pod -n "${NAMESPACE}" "$1" -o jsonpath='{.metadata.annotations.kybernate\.io/state}' 2>/dev/null; }
@@ -151,6 +151,13 @@ timeline all_placed 60 || true
 echo "   a high-priority pod needs 40Gi on one GPU: the cheapest batch pod is suspended, not deleted"
 "${KUBECTL}" apply -f "${KYBERNATE_ROOT}/docs/examples/preemption-interactive.yaml" >/dev/null
 timeline 'suspended_any && all_placed' 120 || log "no suspension seen; see ${LOGS}/kybernate-scheduler.log"
+# The agent reports the parked pod in the GPUNode a moment after it marks the pod Suspended.
+for _ in $(seq 50); do
+  [[ -n "$("${KUBECTL}" get gpunode "${ACT2_NODE}" -o jsonpath='{.status.suspendedPods[*].name}')" ]] && break
+  sleep 0.2
+done
+echo "   kubectl kybernate gpus ${ACT2_NODE} (the kubectl plugin): the suspended pod's memory is parked in host memory"
+"${BIN}/kubectl-kybernate" --kubeconfig "${KUBECONFIG}" gpus "${ACT2_NODE}" | sed 's/^/   /'
 echo "   the high-priority pod ends: the suspended pod resumes and carries on"
 "${KUBECTL}" delete pod -n "${NAMESPACE}" interactive --wait=false >/dev/null
 timeline none_suspended 120 || log "no resume seen; see ${LOGS}/kybernate-scheduler.log"
@@ -163,9 +170,6 @@ echo
 echo "== Events of the suspended pod, oldest first"
 victim=$("${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" -o jsonpath='{.items[0].spec.podName}')
 [[ -n "${victim}" ]] && events_in_order "${NAMESPACE}" "${victim}"
-echo
-echo "== kubectl kybernate gpus (the kubectl plugin, ${BIN}/kubectl-kybernate)"
-"${BIN}/kubectl-kybernate" --kubeconfig "${KUBECONFIG}" gpus
 echo
 echo "Everything above is simulated: the GPUNodes say Simulated=True and no real GPU was touched."
 echo "Try: kubectl --kubeconfig ${KUBECONFIG} get pods,gpunodes,gpucheckpoints -A"

@@ -22,7 +22,7 @@ PACKAGES=(
   "libprotobuf-dev              google/protobuf/*.proto that apis/agent/v1/agent.proto imports (protoc)"
   "jq                           hack/build-controlplane.sh (module metadata)"
   "curl                         hack/cluster-up.sh (health checks of etcd and the control plane)"
-  "openssl                      hack/cluster-up.sh and hack/node-up.sh (the cluster's PKI)"
+  "openssl                      hack/cluster-up.sh and hack/node-up.sh (the cluster's PKI), hack/seaweedfs-up.sh (S3 keys)"
   "iproute2                     hack/lib.sh (ss: free ports), hack/node-up.sh (ip), CRIU (ip)"
   "iptables                     hack/node-up.sh (service routing), CRIU (iptables-restore: network locks)"
   "procps                       hack/node-up.sh (sysctl)"

@@ -24,6 +24,8 @@ KUBE_VERSION="${KUBE_VERSION:-$(kube::root_version)}"
 KUBE_VERSION="${KUBE_VERSION:-v1.34.10}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+# SeaweedFS tags no Go module versions; this pseudo-version is its commit of 2026-11-09.
+SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${0##*/}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

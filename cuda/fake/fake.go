@@ -287,15 +287,17 @@ func (d *Driver) SetState(pid int, state cuda.ProcessState) error {
 	return nil
 }
 
-// FreeGPUMemory returns every GPU's free bytes, as NVML would report them.
-func (d *Driver) FreeGPUMemory(context.Context) (map[cuda.UUID]int64, error) {
+// FreeGPUMemory returns every GPU's free bytes, as NVML would report them,
+// and its capacity for processes (its total: the fake reserves nothing).
+func (d *Driver) FreeGPUMemory(context.Context) (free, capacity map[cuda.UUID]int64, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make(map[cuda.UUID]int64, len(d.devices))
+	free, capacity = make(map[cuda.UUID]int64, len(d.devices)), make(map[cuda.UUID]int64, len(d.devices))
 	for i, dev := range d.devices {
-		out[dev.UUID] = int64(dev.TotalMem - d.used[i])
+		free[dev.UUID] = int64(dev.TotalMem - d.used[i])
+		capacity[dev.UUID] = int64(dev.TotalMem)
 	}
-	return out, nil
+	return free, capacity, nil
 }
 
 // UsedMem returns the bytes in use on gpu, as NVML would report them.

@@ -198,7 +198,7 @@ func TestRestoreOutOfMemory(t *testing.T) {
 	mustOK(t, d.CheckpointProcessLock(1, 0))
 	mustOK(t, d.CheckpointProcessCheckpoint(1))
 	mustOK(t, d.AddProcess(2, gpu1, 100*gib))
-	free, _ := d.FreeGPUMemory(t.Context())
+	free, _, _ := d.FreeGPUMemory(t.Context())
 	if want := int64(gpus[1].TotalMem - 100*gib); free[gpu1] != want {
 		t.Fatalf("free memory of gpu1 = %d, want %d", free[gpu1], want)
 	}

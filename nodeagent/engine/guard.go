@@ -17,9 +17,11 @@ import (
 // used 4838 MiB succeeded with 4901 MiB free (+64 MiB) and failed with 4837 MiB free.
 const DefaultRestoreMargin int64 = 256 << 20
 
-// GPUMemory reports the free memory of the node's GPUs, as NVML sees it.
+// GPUMemory reports the free memory of the node's GPUs, as NVML sees it, and each GPU's
+// capacity for processes: what would be free with no process on it (total less what the driver
+// reserves).
 type GPUMemory interface {
-	FreeGPUMemory(ctx context.Context) (map[cuda.UUID]int64, error)
+	FreeGPUMemory(ctx context.Context) (free, capacity map[cuda.UUID]int64, err error)
 }
 
 // InventoryMemory is GPUMemory on an NVML inventory: total less used (nvmlDeviceGetMemoryInfo).
@@ -29,21 +31,27 @@ type InventoryMemory struct {
 
 var _ GPUMemory = InventoryMemory{}
 
-// FreeGPUMemory returns every GPU's free memory.
-func (m InventoryMemory) FreeGPUMemory(ctx context.Context) (map[cuda.UUID]int64, error) {
+// FreeGPUMemory returns every GPU's free memory and capacity: free plus what its compute
+// processes use.
+func (m InventoryMemory) FreeGPUMemory(ctx context.Context) (free, capacity map[cuda.UUID]int64, err error) {
 	inv, err := m.Inventory.Read(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reading gpu inventory: %w", err)
+		return nil, nil, fmt.Errorf("reading gpu inventory: %w", err)
 	}
-	out := make(map[cuda.UUID]int64, len(inv.GPUs))
+	free, capacity = make(map[cuda.UUID]int64, len(inv.GPUs)), make(map[cuda.UUID]int64, len(inv.GPUs))
 	for _, g := range inv.GPUs {
 		u, err := cuda.ParseUUID(g.UUID)
 		if err != nil {
-			return nil, fmt.Errorf("gpu %d: %w", g.Index, err)
+			return nil, nil, fmt.Errorf("gpu %d: %w", g.Index, err)
 		}
-		out[u] = max(g.MemoryTotalBytes-g.MemoryUsedBytes, 0)
+		free[u] = max(g.MemoryTotalBytes-g.MemoryUsedBytes, 0)
+		capacity[u] = free[u]
+		for _, p := range g.Processes {
+			capacity[u] += p.UsedBytes
+		}
+		capacity[u] = min(capacity[u], g.MemoryTotalBytes)
 	}
-	return out, nil
+	return free, capacity, nil
 }
 
 // ErrInsufficientGPUMemory is wrapped when a restore is refused before the driver is called:
@@ -82,9 +90,11 @@ func restoreNeeds(procs []Process, moves map[cuda.UUID]cuda.UUID) map[cuda.UUID]
 // checkGPUMemory is the restore guard: it refuses, with an error wrapping
 // ErrInsufficientGPUMemory, unless every GPU in need has at least its need plus the margin
 // free. The driver destroys a process's GPU state when it refuses a restore for lack of
-// memory, so the agent never lets it try.
+// memory, so the agent never lets it try. The margin is capped at what the GPU could ever
+// offer beyond the need (its capacity for processes): a pod that had a GPU almost to itself is
+// restored once the GPU is empty, as nothing would ever make more memory free for it.
 func (e *Engine) checkGPUMemory(ctx context.Context, need map[cuda.UUID]int64) error {
-	free, err := e.gpuMem.FreeGPUMemory(ctx)
+	free, capacity, err := e.gpuMem.FreeGPUMemory(ctx)
 	if err != nil {
 		return fmt.Errorf("reading free gpu memory: %w", err)
 	}
@@ -94,9 +104,10 @@ func (e *Engine) checkGPUMemory(ctx context.Context, need map[cuda.UUID]int64) e
 		if !ok {
 			return fmt.Errorf("gpu %s: no memory reading for it", g)
 		}
-		if f < need[g]+e.cfg.RestoreMargin {
+		margin := min(e.cfg.RestoreMargin, max(capacity[g]-need[g], 0))
+		if f < need[g]+margin {
 			short = append(short, fmt.Sprintf("gpu %s has %s free, needs %s (the processes' footprint before the checkpoint) + %s margin",
-				g, quantity(f), quantity(need[g]), quantity(e.cfg.RestoreMargin)))
+				g, quantity(f), quantity(need[g]), quantity(margin)))
 		}
 	}
 	if len(short) > 0 {

@@ -13,6 +13,7 @@ import (
 	"github.com/kybernate/kybernate/cuda/fake"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/metrics"
+	"github.com/kybernate/kybernate/nodeagent/podmap"
 )
 
 const mib = int64(1) << 20
@@ -130,12 +131,12 @@ func TestResumeOutOfMemoryLosesState(t *testing.T) {
 // staleMemory reports every GPU empty: a reading taken before someone else allocated.
 type staleMemory struct{}
 
-func (staleMemory) FreeGPUMemory(context.Context) (map[cuda.UUID]int64, error) {
+func (staleMemory) FreeGPUMemory(context.Context) (free, capacity map[cuda.UUID]int64, err error) {
 	out := map[cuda.UUID]int64{}
 	for _, d := range devs {
 		out[d.UUID] = int64(d.TotalMem)
 	}
-	return out, nil
+	return out, out, nil
 }
 
 func TestRestoreImageGuard(t *testing.T) {
@@ -156,18 +157,39 @@ func TestRestoreImageGuard(t *testing.T) {
 }
 
 func TestInventoryMemory(t *testing.T) {
+	// gpu0: 1Gi reserved by the driver, a 4Gi process; gpu1 full with a 79Gi process.
 	m := InventoryMemory{Inventory: &inventory.Static{Inventory: &inventory.Inventory{GPUs: []inventory.GPU{
-		{UUID: gpu0.String(), MemoryTotalBytes: 80 * gib, MemoryUsedBytes: 5 * gib},
-		{UUID: gpu1.String(), Index: 1, MemoryTotalBytes: 80 * gib, MemoryUsedBytes: 80 * gib},
+		{UUID: gpu0.String(), MemoryTotalBytes: 80 * gib, MemoryUsedBytes: 5 * gib, Processes: []inventory.Process{{PID: 1, UsedBytes: 4 * gib}}},
+		{UUID: gpu1.String(), Index: 1, MemoryTotalBytes: 80 * gib, MemoryUsedBytes: 80 * gib, Processes: []inventory.Process{{PID: 2, UsedBytes: 79 * gib}}},
 	}}}}
-	got, err := m.FreeGPUMemory(t.Context())
+	free, capacity, err := m.FreeGPUMemory(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[cuda.UUID]int64{gpu0: 75 * gib, gpu1: 0}, got); diff != "" {
+	if diff := cmp.Diff(map[cuda.UUID]int64{gpu0: 75 * gib, gpu1: 0}, free); diff != "" {
 		t.Errorf("free memory (-want +got):\n%s", diff)
 	}
-	if _, err := (InventoryMemory{Inventory: &inventory.Static{Err: errors.New("nvml gone")}}).FreeGPUMemory(t.Context()); err == nil {
+	if diff := cmp.Diff(map[cuda.UUID]int64{gpu0: 79 * gib, gpu1: 79 * gib}, capacity); diff != "" {
+		t.Errorf("capacity (-want +got):\n%s", diff)
+	}
+	if _, _, err := (InventoryMemory{Inventory: &inventory.Static{Err: errors.New("nvml gone")}}).FreeGPUMemory(t.Context()); err == nil {
 		t.Error("no error from a failing inventory")
+	}
+}
+
+// TestRestoreGuardWholeGPU: a process that had its GPU to itself comes back once the GPU is
+// empty: the margin is capped at what the GPU could ever offer beyond the footprint.
+func TestRestoreGuardWholeGPU(t *testing.T) {
+	h := newHarness(t, 200*gib, Config{RestoreMargin: DefaultRestoreMargin})
+	if err := h.d.AddProcess(300, gpu2, uint64(80*gib)); err != nil {
+		t.Fatal(err)
+	}
+	whole := podmap.PodRef{Namespace: "ml", Name: "whole", UID: "uid-whole"}
+	h.finder.pids[whole.UID] = []int{300}
+	if _, err := h.e.Suspend(t.Context(), whole, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.e.Resume(t.Context(), whole, []cuda.UUID{gpu2}, nil); err != nil {
+		t.Fatalf("Resume onto its empty GPU: %v", err)
 	}
 }

@@ -93,7 +93,7 @@ func (m *Machine) SetForeignMemory(bytes map[int]uint64) error {
 
 // FreeGPUMemory is the GPUs' free memory as the simulated NVML reports it, for the restore
 // guard.
-func (m *Machine) FreeGPUMemory(ctx context.Context) (map[cuda.UUID]int64, error) {
+func (m *Machine) FreeGPUMemory(ctx context.Context) (free, capacity map[cuda.UUID]int64, err error) {
 	return engine.InventoryMemory{Inventory: m.inv}.FreeGPUMemory(ctx)
 }
 

@@ -101,7 +101,7 @@ func TestForeignMemoryAndRestoreGuard(t *testing.T) {
 	if err := m.SetForeignMemory(map[int]uint64{0: 50 << 30}); err == nil {
 		t.Error("foreign memory beyond the free memory accepted")
 	}
-	free, _ := m.FreeGPUMemory(t.Context())
+	free, _, _ := m.FreeGPUMemory(t.Context())
 	if want := int64(80*gib - 40*gib); free[g[0]] != want {
 		t.Errorf("free memory %d, want %d", free[g[0]], want)
 	}

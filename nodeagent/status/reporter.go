@@ -206,8 +206,9 @@ func (r *Reporter) Remove(name string) {
 	defer r.mu.Unlock()
 	delete(r.entries, name)
 	// A node no longer served has no series.
-	metrics.InventoryErrors.DeleteLabelValues(name)
-	metrics.ParkedBytes.DeleteLabelValues(name)
+	// Delete, not DeleteLabelValues: it is a no-op while the metrics are not registered.
+	metrics.InventoryErrors.Delete(map[string]string{"node": name})
+	metrics.ParkedBytes.Delete(map[string]string{"node": name})
 }
 
 // Trigger asks for a node's status to be checked and written if it changed. Unknown nodes are

@@ -209,6 +209,7 @@ var registerOnce sync.Once
 func registerMetrics(gpuNodes listers.GPUNodeLister) {
 	registerOnce.Do(func() {
 		legacyregistry.CustomMustRegister(resume.NewCollector(gpuNodes))
+		resume.RegisterMetrics()
 	})
 	timeslice.RegisterMetrics()
 	migrate.RegisterMetrics()

@@ -29,6 +29,8 @@ type candidate struct {
 	waited     time.Duration
 	bytes      int64
 	attempt    int
+	// draining: the pod's node is cordoned; it moves now if it can.
+	draining bool
 }
 
 // scan starts the migrations that are worth it now.
@@ -64,18 +66,8 @@ func (c *Controller) scan(ctx context.Context) error {
 			return err
 		}
 		gpus := gpupod.AssignedGPUs(cand.pod)
-		if accA.FitsSlotHeld(cand.demand, gpus) {
-			continue // the resume controller brings it back where it is
-		}
-		accA.Release(gpus)
-		fitsHome := accA.Choose(cand.demand, config.MostAllocated) != nil
-		accA.Hold(gpus)
-		if fitsHome {
-			continue
-		}
 		estimate := Estimate(cand.bytes, c.args.MigrationBytesPerSecond)
-		if cand.waited < c.args.MigrationMinWait.Duration || estimate > cand.waited {
-			logger.V(5).Info("Suspended pod waits on its node", "pod", klog.KObj(cand.pod), "waited", cand.waited, "estimate", estimate)
+		if !cand.draining && c.staysHome(ctx, cand, accA, gpus, estimate) {
 			continue
 		}
 		want := Requirements{Model: modelOf(src, gpus), DriverVersion: src.Status.DriverVersion,
@@ -86,6 +78,11 @@ func (c *Controller) scan(ctx context.Context) error {
 		}
 		if target == "" {
 			logger.V(4).Info("No other node has room for the suspended pod", "pod", klog.KObj(cand.pod), "model", want.Model)
+			if cand.draining {
+				c.recorder.Eventf(cand.pod, nil, v1.EventTypeWarning, EventNotMovedFromCordonedNode, "Migrate",
+					"Node %s is cordoned, but no other Ready node with GPU model %s and driver %s has room for the pod: it stays suspended there",
+					from, want.Model, want.DriverVersion)
+			}
 			continue
 		}
 		if err := c.start(ctx, cand, target, estimate); err != nil {
@@ -94,6 +91,26 @@ func (c *Controller) scan(ctx context.Context) error {
 		accs[target].Take(cand.demand.WithModel(want.Model), uuids)
 	}
 	return nil
+}
+
+// staysHome reports whether a suspended pod on a node that is not cordoned waits where it is:
+// its node has room (the resume controller brings it back), or it has not waited long enough
+// for a move to pay.
+func (c *Controller) staysHome(ctx context.Context, cand candidate, acc *gpupod.Accounting, gpus []string, estimate time.Duration) bool {
+	if acc.FitsSlotHeld(cand.demand, gpus) {
+		return true
+	}
+	acc.Release(gpus)
+	fitsHome := acc.Choose(cand.demand, config.MostAllocated) != nil
+	acc.Hold(gpus)
+	if fitsHome {
+		return true
+	}
+	if cand.waited < c.args.MigrationMinWait.Duration || estimate > cand.waited {
+		klog.FromContext(ctx).V(5).Info("Suspended pod waits on its node", "pod", klog.KObj(cand.pod), "waited", cand.waited, "estimate", estimate)
+		return true
+	}
+	return false
 }
 
 // Estimate is how long moving bytes takes at rate bytes per second, with the Overhead.
@@ -127,7 +144,9 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 			suspension = ck
 		}
 	}
-	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
+	// A pod suspended by hand stays where it was put, unless its node is being drained.
+	draining := c.cordoned(pod.Spec.NodeName)
+	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice && !draining) {
 		return candidate{}, false
 	}
 	attempt, last := 0, time.Time{}
@@ -153,7 +172,9 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 	if bytes == 0 {
 		bytes = d.Bytes * int64(d.Count)
 	}
-	return candidate{pod: pod, demand: d, suspension: suspension, waited: c.now().Sub(endedAt(suspension)), bytes: bytes, attempt: attempt}, true
+	// The restore on the target needs the pod's footprint before the suspension free there.
+	d = d.AtLeast(suspension.Status.GPUFootprint())
+	return candidate{pod: pod, demand: d, suspension: suspension, waited: c.now().Sub(endedAt(suspension)), bytes: bytes, attempt: attempt, draining: draining}, true
 }
 
 // Requirements are what a target node must have to restore an image.

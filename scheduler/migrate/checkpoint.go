@@ -68,6 +68,12 @@ func (c *Controller) start(ctx context.Context, cand candidate, target string, e
 	migrations.WithLabelValues("Started").Inc()
 	logger.V(2).Info("Migrating pod", "pod", klog.KObj(pod), "from", pod.Spec.NodeName, "to", target, "bytes", cand.bytes,
 		"waited", cand.waited, "estimate", estimate, "attempt", cand.attempt+1)
+	if cand.draining {
+		c.recorder.Eventf(pod, created, v1.EventTypeNormal, EventMigrating, "Migrate",
+			"Node %s is cordoned; node %s has room: checkpointing %s to move the suspended pod there (estimated %s)",
+			pod.Spec.NodeName, target, quantity(cand.bytes), estimate.Round(time.Second))
+		return nil
+	}
 	c.recorder.Eventf(pod, created, v1.EventTypeNormal, EventMigrating, "Migrate",
 		"No room on node %s after %s suspended; node %s has room: checkpointing %s to move it there (estimated %s)",
 		pod.Spec.NodeName, cand.waited.Round(time.Second), target, quantity(cand.bytes), estimate.Round(time.Second))
@@ -107,12 +113,13 @@ func (c *Controller) abandon(ctx context.Context, pod *v1.Pod, ck *kv1.GPUCheckp
 // Suspended and removes the mark. A pod that is Suspended already, or in a state from which
 // the state machine does not lead back to Suspended, only loses the mark.
 func (c *Controller) backToSuspended(ctx context.Context, pod *v1.Pod, from kv1.PodGPUState) error {
-	ann := map[string]any{kv1.AnnotationMigrateTo: nil}
+	ann := map[string]any{kv1.AnnotationMigrateTo: nil} // null removes the mark
 	state := map[string]string{}
-	if err := gpupod.SetState(state, from, kv1.PodSuspended); err == nil {
-		ann[kv1.AnnotationState] = state[kv1.AnnotationState]
-	} else if from != kv1.PodSuspended {
+	if err := gpupod.SetState(state, from, kv1.PodSuspended); err != nil && from != kv1.PodSuspended {
 		klog.FromContext(ctx).Info("Leaving the pod's GPU state as it is", "pod", klog.KObj(pod), "err", err)
+	}
+	for k, v := range state {
+		ann[k] = v
 	}
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"uid":         pod.UID,

@@ -142,6 +142,9 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	}); err != nil {
 		return nil, err
 	}
+	if _, err := nodes.Informer().AddEventHandler(c.nodeHandler()); err != nil {
+		return nil, err
+	}
 	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(interface{}) { c.queue.Add(scanKey) },
 		UpdateFunc: func(_, _ interface{}) { c.queue.Add(scanKey) },

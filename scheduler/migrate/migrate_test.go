@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ func suspension(pod string, ago time.Duration) *kv1.GPUCheckpoint {
 var args = config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: 10 * gi}
 
 // runScan runs one scan and returns the pods marked for migration, with their target.
-func runScan(t *testing.T, a config.ControllerConfiguration, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) map[string]string {
+func runScan(t *testing.T, a config.ControllerConfiguration, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint, cordoned ...string) map[string]string {
 	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
@@ -70,6 +71,7 @@ func runScan(t *testing.T, a config.ControllerConfiguration, gns []*kv1.GPUNode,
 	nodes := make([]*v1.Node, len(gns))
 	for i, gn := range gns {
 		nodes[i] = node(gn.Name)
+		nodes[i].Spec.Unschedulable = slices.Contains(cordoned, gn.Name)
 	}
 	env.Fill(t, pods, nodes, gns, cks)
 	if err := c.scan(t.Context()); err != nil {
@@ -110,7 +112,9 @@ func TestScan(t *testing.T) {
 		gns  []*kv1.GPUNode
 		pods []*v1.Pod
 		cks  []*kv1.GPUCheckpoint
-		want map[string]string
+		// cordoned nodes (kubectl cordon, drain)
+		cordoned []string
+		want     map[string]string
 	}{
 		{
 			name: "waited long enough, b free: moves to b",
@@ -189,6 +193,50 @@ func TestScan(t *testing.T) {
 			want: map[string]string{},
 		},
 		{
+			name:     "node cordoned: moves at once, before migrationMinWait",
+			gns:      []*kv1.GPUNode{a, b},
+			pods:     scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks:      []*kv1.GPUCheckpoint{suspension("train", time.Second)},
+			cordoned: []string{"a"},
+			want:     map[string]string{"train": "b"},
+		},
+		{
+			name:     "node cordoned: moves even though its node has room",
+			gns:      []*kv1.GPUNode{a, b},
+			pods:     []*v1.Pod{gpuPod("train", "a", kv1.PodSuspended)},
+			cks:      []*kv1.GPUCheckpoint{suspension("train", time.Second)},
+			cordoned: []string{"a"},
+			want:     map[string]string{"train": "b"},
+		},
+		{
+			name: "node cordoned: a pod suspended by hand moves too",
+			gns:  []*kv1.GPUNode{a, b},
+			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks: []*kv1.GPUCheckpoint{func() *kv1.GPUCheckpoint {
+				ck := suspension("train", time.Second)
+				ck.Spec.Reason = kv1.ReasonManual
+				return ck
+			}()},
+			cordoned: []string{"a"},
+			want:     map[string]string{"train": "b"},
+		},
+		{
+			name:     "node cordoned, owned by a ReplicaSet: stays",
+			gns:      []*kv1.GPUNode{a, b},
+			pods:     scene(owned),
+			cks:      []*kv1.GPUCheckpoint{suspension("train", time.Second)},
+			cordoned: []string{"a"},
+			want:     map[string]string{},
+		},
+		{
+			name:     "both nodes cordoned: nowhere to go",
+			gns:      []*kv1.GPUNode{a, b},
+			pods:     scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks:      []*kv1.GPUCheckpoint{suspension("train", time.Second)},
+			cordoned: []string{"a", "b"},
+			want:     map[string]string{},
+		},
+		{
 			name: "two suspended pods, one free GPU: only one moves",
 			gns:  []*kv1.GPUNode{a, b},
 			pods: append(scene(gpuPod("train", "a", kv1.PodSuspended)), gpuPod("train2", "a", kv1.PodSuspended)),
@@ -202,7 +250,7 @@ func TestScan(t *testing.T) {
 			if a.MigrationBytesPerSecond == 0 {
 				a = args
 			}
-			got := runScan(t, a, tt.gns, tt.pods, tt.cks)
+			got := runScan(t, a, tt.gns, tt.pods, tt.cks, tt.cordoned...)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("migrations (-want +got):\n%s", diff)
 			}

@@ -1,11 +1,28 @@
 package resume
 
 import (
+	"sync"
+
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 )
+
+// resumesDeferred counts resumes the agents deferred for lack of free GPU memory.
+var resumesDeferred = metrics.NewCounter(&metrics.CounterOpts{
+	Name:           "kybernate_scheduler_resumes_deferred_total",
+	Help:           "Resumes a node agent deferred because a target GPU had less free memory than the pod's footprint plus a margin.",
+	StabilityLevel: metrics.ALPHA,
+})
+
+var registerOnce sync.Once
+
+// RegisterMetrics registers the controller's counters with the scheduler's registry.
+func RegisterMetrics() {
+	registerOnce.Do(func() { legacyregistry.MustRegister(resumesDeferred) })
+}
 
 var (
 	suspendedPodsDesc = metrics.NewDesc("kybernate_scheduler_suspended_pods",

@@ -52,6 +52,9 @@ const (
 	maxAttempts = 5
 	// firstBackoff is the wait after a failed resume; it doubles with each failure.
 	firstBackoff = 10 * time.Second
+	// maxDeferredWait bounds the wait after a resume the agent deferred (its restore guard saw
+	// too little free GPU memory): a deferral is a "not yet", retried without limit.
+	maxDeferredWait = 2 * time.Minute
 )
 
 // Controller resumes suspended pods when their node has room.
@@ -110,6 +113,9 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 				if ck.Status.Phase == kv1.PhaseFailed && ck.Spec.Action == kv1.ActionResume {
 					// Try again once the backoff has passed.
 					c.queue.AddAfter(ck.Status.NodeName, backoff(1))
+					if ck.Status.Deferred() {
+						c.deferred(ck)
+					}
 				}
 				c.queue.Add(ck.Status.NodeName)
 			}
@@ -278,7 +284,9 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
 		return cand, wait, false
 	}
-	attempt, last := 0, time.Time{}
+	// Deferred resumes (the agent's restore guard found too little free GPU memory) are retried
+	// without limit; failures count towards maxAttempts.
+	attempt, failures, last, lastDeferred := 0, 0, time.Time{}, false
 	for _, ck := range cks {
 		if ck.Spec.Action != kv1.ActionResume || ck.Labels[kv1.LabelSuspension] != string(suspension.UID) {
 			continue
@@ -287,19 +295,24 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 			return cand, wait, false // in flight
 		}
 		attempt++
+		if !ck.Status.Deferred() {
+			failures++
+		}
 		if ck.Status.CompletionTime != nil && ck.Status.CompletionTime.After(last) {
-			last = ck.Status.CompletionTime.Time
+			last, lastDeferred = ck.Status.CompletionTime.Time, ck.Status.Deferred()
 		}
 	}
-	if attempt >= maxAttempts {
+	if failures >= maxAttempts {
 		return cand, wait, false
 	}
 	if attempt > 0 {
-		if next := last.Add(backoff(attempt)); c.now().Before(next) {
+		if next := last.Add(retryAfter(attempt, lastDeferred)); c.now().Before(next) {
 			return cand, next, false
 		}
 	}
 	gpuTime := timeslice.UsageOf(pod, cks, c.now()).Received
+	// The pod needs its footprint before the suspend free, when that is more than it declared.
+	d = d.AtLeast(suspension.Status.GPUFootprint())
 	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
 }
 
@@ -392,4 +405,24 @@ func ended(ck *kv1.GPUCheckpoint) bool {
 
 func backoff(attempt int) time.Duration {
 	return firstBackoff << min(attempt-1, 6)
+}
+
+// retryAfter is the wait after the attempt-th resume ended without success.
+func retryAfter(attempt int, deferred bool) time.Duration {
+	if deferred {
+		return min(backoff(attempt), maxDeferredWait)
+	}
+	return backoff(attempt)
+}
+
+// deferred tells the pod that its resume waits for GPU memory.
+func (c *Controller) deferred(ck *kv1.GPUCheckpoint) {
+	pod, err := c.podLister.Pods(ck.Namespace).Get(ck.Spec.PodName)
+	if err != nil || (ck.Spec.PodUID != "" && string(pod.UID) != ck.Spec.PodUID) {
+		return
+	}
+	resumesDeferred.Inc()
+	c.recorder.Eventf(pod, ck, v1.EventTypeNormal, "ResumeDeferred", "Resume",
+		"Node %s has less free GPU memory than the pod needs to be restored (what it used before its suspension plus the agent's margin); the resume is tried again as memory frees, within %s",
+		ck.Status.NodeName, maxDeferredWait)
 }

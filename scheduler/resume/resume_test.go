@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/metrics/testutil"
 	st "k8s.io/kubernetes/pkg/scheduler/testing"
 	"k8s.io/utils/ptr"
 
@@ -80,6 +82,19 @@ func resumeAttempt(podName string, n int, phase kv1.CheckpointPhase, ago time.Du
 		Spec:   kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionResume, Reason: kv1.ReasonPreemption},
 		Status: kv1.GPUCheckpointStatus{Phase: phase, CompletionTime: &metav1.Time{Time: now.Add(-ago)}},
 	}
+}
+
+// deferredAttempt is a Resume the agent's restore guard refused.
+func deferredAttempt(podName string, n int, ago time.Duration) *kv1.GPUCheckpoint {
+	ck := resumeAttempt(podName, n, kv1.PhaseFailed, ago)
+	ck.Status.Conditions = []metav1.Condition{{Type: kv1.CheckpointComplete, Status: metav1.ConditionFalse, Reason: kv1.ReasonInsufficientGPUMemory}}
+	return ck
+}
+
+// withFootprint records what the suspended pod used on its GPU before the suspension.
+func withFootprint(ck *kv1.GPUCheckpoint, gib int64) *kv1.GPUCheckpoint {
+	ck.Status.Footprint = []kv1.ProcessFootprint{{PID: 10, GPU: "GPU-0", Bytes: gib * gi}}
+	return ck
 }
 
 type outcome struct {
@@ -294,6 +309,61 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
 		},
 		{
+			name: "five failed resumes: the pod stays suspended",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Hour),
+				resumeAttempt("low", 1, kv1.PhaseFailed, time.Hour), resumeAttempt("low", 2, kv1.PhaseFailed, time.Hour),
+				resumeAttempt("low", 3, kv1.PhaseFailed, time.Hour), resumeAttempt("low", 4, kv1.PhaseFailed, time.Hour),
+				resumeAttempt("low", 5, kv1.PhaseFailed, time.Hour),
+			},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "deferred resumes are a wait, not failures: tried again without limit",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Hour),
+				deferredAttempt("low", 1, time.Hour), deferredAttempt("low", 2, time.Hour), deferredAttempt("low", 3, time.Hour),
+				deferredAttempt("low", 4, time.Hour), deferredAttempt("low", 5, time.Hour), deferredAttempt("low", 6, 3*time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
+		},
+		{
+			name: "a deferred resume waits at most maxDeferredWait",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("low", kv1.ReasonPreemption, time.Hour),
+				deferredAttempt("low", 1, time.Hour), deferredAttempt("low", 2, time.Hour), deferredAttempt("low", 3, time.Hour),
+				deferredAttempt("low", 4, time.Hour), deferredAttempt("low", 5, time.Hour), deferredAttempt("low", 6, time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "the recorded footprint counts where larger than declared: no room",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{
+				pod("low", 1, "30Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "40Gi", 0, ""),
+			},
+			// 30Gi declared fit the 40Gi left; the 45Gi it used before do not.
+			cks:  []*kv1.GPUCheckpoint{withFootprint(suspension("low", kv1.ReasonPreemption, time.Minute), 45)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a footprint smaller than declared changes nothing",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{
+				pod("low", 1, "30Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "40Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{withFootprint(suspension("low", kv1.ReasonPreemption, time.Minute), 20)},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
+		},
+		{
 			name: "running pods are left alone",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("busy", 1, "40Gi", 0, kv1.PodRunning)},
@@ -363,4 +433,38 @@ func nominatedPod(name string, prio int32, mem string) *v1.Pod {
 	delete(p.Annotations, kv1.AnnotationGPUs)
 	p.Status.NominatedNodeName = "n1"
 	return p
+}
+
+// TestDeferredEvent: a deferred resume tells the pod why it waits, and counts.
+func TestDeferredEvent(t *testing.T) {
+	low := pod("low", 1, "40Gi", 0, kv1.PodSuspended)
+	env := controllertest.New([]*v1.Pod{low})
+	rec := events.NewFakeRecorder(10)
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Fill(t, []*v1.Pod{low}, nil, nil, nil)
+	ck := deferredAttempt("low", 1, 0)
+	ck.Status.NodeName = "n1"
+	RegisterMetrics()
+	before, _ := testutil.GetCounterMetricValue(resumesDeferred)
+	c.deferred(ck)
+	select {
+	case e := <-rec.Events:
+		if !strings.HasPrefix(e, "Normal ResumeDeferred Node n1 has less free GPU memory than the pod needs to be restored") {
+			t.Errorf("event %q", e)
+		}
+	default:
+		t.Fatal("no Event")
+	}
+	if after, _ := testutil.GetCounterMetricValue(resumesDeferred); after-before != 1 {
+		t.Errorf("deferred resumes went from %v to %v, want one more", before, after)
+	}
+	// Another pod of the same name gets nothing.
+	ck.Spec.PodUID = "other"
+	c.deferred(ck)
+	if len(rec.Events) != 0 {
+		t.Error("an Event for a pod the GPUCheckpoint is not for")
+	}
 }

@@ -21,7 +21,6 @@
 package timeslice
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -38,7 +37,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 
 	"github.com/kybernate/kybernate/apis/config"
@@ -46,7 +44,6 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
@@ -133,38 +130,6 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 // ShutDown stops the queue; Run must not be called after it.
 func (c *Controller) ShutDown() { c.queue.ShutDown() }
 
-// member is a pod that takes turns on the node, with what it has had.
-type member struct {
-	pod      *v1.Pod
-	demand   gpupod.Demand
-	priority int32
-	usage    Usage
-	// quantum is the length of its turn (running pods).
-	quantum time.Duration
-	// since is when it began to wait (waiting pods).
-	since time.Time
-	// pending is a waiting pod that is not bound yet.
-	pending bool
-}
-
-// turn is one rotation decided by a sync: the running pods that give their GPUs up and the
-// waiting pod that gets them.
-type turn struct {
-	yielders []*member
-	next     *member
-}
-
-// plan is what a sync decides for a node.
-type plan struct {
-	turns []turn
-	// labels and gpuTimes are what the members' kybernate.io/time-slice label and
-	// kybernate.io/gpu-time annotation should say; "" removes the label.
-	labels   map[types.UID]string
-	gpuTimes map[types.UID]string
-	// recheck is when the node must be looked at again (zero: on events only).
-	recheck time.Time
-}
-
 // sync rotates the turns on one node and brings the members' labels up to date.
 func (c *Controller) sync(ctx context.Context, node string) error {
 	gn, err := c.gpuNodes.Get(node)
@@ -198,198 +163,6 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		}
 	}
 	return nil
-}
-
-// plan decides the rotations due on a node at now. It changes nothing.
-func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time.Time) plan {
-	p := plan{labels: map[types.UID]string{}, gpuTimes: map[types.UID]string{}}
-	var running, waiting []*member
-	for _, pod := range onNode {
-		if m := c.runningMember(pod, now); m != nil {
-			running = append(running, m)
-		} else if m := c.suspendedMember(pod, now); m != nil {
-			waiting = append(waiting, m)
-		}
-	}
-	for _, pod := range nominated {
-		if pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil {
-			continue
-		}
-		d, err := gpupod.PodDemand(pod)
-		if err != nil || d.Count == 0 {
-			continue
-		}
-		waiting = append(waiting, &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod),
-			usage: UsageOf(pod, index.Checkpoints(c.checkpoints, string(pod.UID)), now), since: pod.CreationTimestamp.Time, pending: true})
-	}
-	slices.SortFunc(waiting, func(a, b *member) int {
-		return NextFirst(a.priority, b.priority, a.usage.Received, b.usage.Received, a.since, b.since)
-	})
-
-	// Who takes part: running and waiting pods of a priority that has both.
-	shared := map[int32]bool{}
-	for _, w := range waiting {
-		for _, r := range running {
-			if r.priority == w.priority {
-				shared[w.priority] = true
-			}
-		}
-	}
-	for _, m := range slices.Concat(running, waiting) {
-		if !shared[m.priority] {
-			continue
-		}
-		p.labels[m.pod.UID] = kv1.TimeSliceWaiting
-		if m.usage.Resident() {
-			p.labels[m.pod.UID] = kv1.TimeSliceRunning
-		}
-		p.gpuTimes[m.pod.UID] = gpupod.FormatGPUTime(m.usage.Completed)
-	}
-
-	// The node as it will be after the rotations decided so far.
-	state := slices.Clone(onNode)
-	replace := func(pod, with *v1.Pod) {
-		for i := range state {
-			if state[i].UID == pod.UID {
-				state[i] = with
-				return
-			}
-		}
-		state = append(state, with)
-	}
-	// given are the running pods whose GPUs are promised to a waiting pod: now (a turn) or
-	// when their turns end (held, so that a large waiting pod is not passed over again and
-	// again by smaller ones that fit into whatever frees first).
-	given, served := map[types.UID]bool{}, map[types.UID]bool{}
-	turnEnd := func(r *member) time.Time { return r.usage.TurnStart.Add(r.quantum) }
-	for _, w := range waiting {
-		var cands []*member
-		for _, r := range running {
-			if !given[r.pod.UID] && r.priority == w.priority && r.usage.Received > w.usage.Received {
-				cands = append(cands, r)
-			}
-		}
-		// The turns that end first, among equals those who have had the most.
-		slices.SortFunc(cands, func(a, b *member) int {
-			return cmp.Or(turnEnd(a).Compare(turnEnd(b)), cmp.Compare(b.usage.Received, a.usage.Received))
-		})
-		yielders := c.fewestYielders(gn, state, w, cands)
-		if yielders == nil {
-			continue
-		}
-		due := now
-		for _, r := range yielders {
-			given[r.pod.UID] = true
-			due = maxTime(due, turnEnd(r))
-		}
-		if now.Before(due) {
-			p.recheck = earliest(p.recheck, due)
-			continue
-		}
-		trial := slices.Clone(state)
-		for _, r := range yielders {
-			trial = swapped(trial, r.pod, asSuspended(r.pod))
-			replace(r.pod, asSuspended(r.pod))
-		}
-		replace(w.pod, asResident(w.pod, gn.Name, fits(gn, trial, w, c.strategy)))
-		served[w.pod.UID] = true
-		p.turns = append(p.turns, turn{yielders: yielders, next: w})
-	}
-	// A running pod whose GPU time has not yet passed a waiting pod's will have by then.
-	for _, w := range waiting {
-		for _, r := range running {
-			if !served[w.pod.UID] && !given[r.pod.UID] && r.priority == w.priority && r.usage.Received <= w.usage.Received {
-				p.recheck = earliest(p.recheck, maxTime(r.usage.TurnStart.Add(r.quantum),
-					now.Add(w.usage.Received-r.usage.Received+time.Millisecond)))
-			}
-		}
-	}
-	return p
-}
-
-// fewestYielders returns the shortest prefix of cands whose suspension lets the waiting pod fit
-// on the node, without the members it does not need; nil when even all of them are not enough.
-func (c *Controller) fewestYielders(gn *kv1.GPUNode, state []*v1.Pod, w *member, cands []*member) []*member {
-	fitsWithout := func(set []*member) bool {
-		trial := slices.Clone(state)
-		for _, r := range set {
-			trial = swapped(trial, r.pod, asSuspended(r.pod))
-		}
-		return fits(gn, trial, w, c.strategy) != nil
-	}
-	for k := 1; k <= len(cands); k++ {
-		if !fitsWithout(cands[:k]) {
-			continue
-		}
-		set := slices.Clone(cands[:k])
-		for i := len(set) - 2; i >= 0; i-- {
-			if fewer := slices.Delete(slices.Clone(set), i, i+1); fitsWithout(fewer) {
-				set = fewer
-			}
-		}
-		return set
-	}
-	return nil
-}
-
-// runningMember returns the pod as a member that may give its GPUs up, or nil.
-func (c *Controller) runningMember(pod *v1.Pod, now time.Time) *member {
-	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
-	case "", kv1.PodRunning:
-	default:
-		return nil
-	}
-	if pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning || !gpupod.TakesTurns(pod) || len(gpupod.AssignedGPUs(pod)) == 0 {
-		return nil
-	}
-	d, _ := gpupod.PodDemand(pod)
-	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
-	for _, ck := range cks {
-		if !ended(ck) {
-			return nil // a move in flight; its end brings the node back here
-		}
-	}
-	u := UsageOf(pod, cks, now)
-	if !u.Resident() {
-		return nil
-	}
-	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: u, quantum: Quantum(c.args, pod, u)}
-}
-
-// suspendedMember returns a pod suspended to make room (reason TimeSlice or Preemption) as a
-// waiting member, or nil.
-func (c *Controller) suspendedMember(pod *v1.Pod, now time.Time) *member {
-	if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) != kv1.PodSuspended || pod.DeletionTimestamp != nil {
-		return nil
-	}
-	d, err := gpupod.PodDemand(pod)
-	if err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count {
-		return nil
-	}
-	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
-	var last *kv1.GPUCheckpoint
-	for _, ck := range cks {
-		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded && (last == nil || started(ck).After(started(last))) {
-			last = ck
-		}
-	}
-	if last == nil || (last.Spec.Reason != kv1.ReasonTimeSlice && last.Spec.Reason != kv1.ReasonPreemption) {
-		return nil
-	}
-	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: UsageOf(pod, cks, now), since: started(last)}
-}
-
-// fits returns the GPUs the waiting pod would get on the node in the given state, or nil.
-func fits(gn *kv1.GPUNode, state []*v1.Pod, w *member, strategy config.ScoringStrategyType) []string {
-	acc := gpupod.NewAccounting(gn, state)
-	if !w.pending {
-		from := gpupod.AssignedGPUs(w.pod)
-		if acc.FitsSlotHeld(w.demand, from) {
-			return from
-		}
-		acc.Release(from)
-	}
-	return acc.Choose(w.demand, strategy)
 }
 
 // rotate asks the agent to suspend the pods whose turn ends, for the next pod.
@@ -474,50 +247,6 @@ func turnName(pod *v1.Pod, turnStart time.Time) string {
 	return strings.ToLower(name + suffix)
 }
 
-// asSuspended is the pod as it will be once suspended. A pod in a state the state machine
-// does not know stays as it is: resident, so no plan counts on its memory.
-func asSuspended(pod *v1.Pod) *v1.Pod {
-	c, err := gpupod.Projected(pod, kv1.PodSuspended)
-	if err != nil {
-		return pod
-	}
-	return c
-}
-
-// asResident is the pod as it will be once resumed onto gpus of node.
-func asResident(pod *v1.Pod, node string, gpus []string) *v1.Pod {
-	c, err := gpupod.Projected(pod, kv1.PodRunning)
-	if err != nil {
-		return pod
-	}
-	c.Spec.NodeName = node
-	c.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(gpus)
-	return c
-}
-
-func swapped(state []*v1.Pod, pod, with *v1.Pod) []*v1.Pod {
-	for i := range state {
-		if state[i].UID == pod.UID {
-			state[i] = with
-		}
-	}
-	return state
-}
-
 func ended(ck *kv1.GPUCheckpoint) bool {
 	return ck.Status.Phase == kv1.PhaseSucceeded || ck.Status.Phase == kv1.PhaseFailed
-}
-
-func earliest(a, b time.Time) time.Time {
-	if a.IsZero() || b.Before(a) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

@@ -31,7 +31,7 @@ var hashedConfigMap = regexp.MustCompile(`^(kybernate-scheduler-config)-[a-z0-9]
 func TestSameObjectsAsKustomize(t *testing.T) {
 	helm, root := helmBinary(t)
 	compare(t, kustomize(t, root, "manifests"),
-		parse(t, template(t, helm, root, "--set", "namespace.create=true")),
+		parse(t, template(t, helm, root, "--include-crds", "--set", "namespace.create=true")),
 		"Service/kybernate-system/kybernate-scheduler-metrics", "Service/kybernate-system/kybernate-agent-metrics")
 }
 

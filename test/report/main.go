@@ -105,6 +105,12 @@ func stream(cfg config, name string, in io.Reader, keep, out io.Writer) int {
 			if r := t.running[e.Package+"\x00"+e.Test]; r != nil {
 				fmt.Fprintln(out, strings.Join(r.Output, "\n"))
 			}
+		case e.Test == "" && e.Action == "fail":
+			// A package that ends with tests still running (a timeout's panic, a crash): what
+			// they printed says where they were.
+			for _, r := range t.runningIn(e.Package) {
+				fmt.Fprintln(out, strings.Join(r.Output, "\n"))
+			}
 		}
 	})
 	if ferr := w.Flush(); err == nil {

@@ -35,6 +35,9 @@ const e2eStream = `{"Action":"start","Package":"k/e2e"}
 broken/x.go:1:1: syntax error
 {"Action":"output","Package":"k/main","Output":"framework: cluster did not start\n"}
 {"Action":"fail","Package":"k/main"}
+{"Action":"run","Package":"k/slow","Test":"TestHangs"}
+{"Action":"output","Package":"k/slow","Test":"TestHangs","Output":"panic: test timed out after 20m0s\n"}
+{"Action":"fail","Package":"k/slow"}
 `
 
 func TestStream(t *testing.T) {
@@ -46,7 +49,7 @@ func TestStream(t *testing.T) {
 	if diff := cmp.Diff(e2eStream, keep.String()); diff != "" {
 		t.Errorf("kept stream (-want +got):\n%s", diff)
 	}
-	for _, want := range []string{"got 1, want 2", "syntax error", "framework: cluster did not start"} {
+	for _, want := range []string{"got 1, want 2", "syntax error", "framework: cluster did not start", "panic: test timed out"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, out.String())
 		}
@@ -108,7 +111,7 @@ tier          passed  failed skipped
 verify             2       0       0
 unit               1       0       0
 integration  did not run: its setup failed before go test (see its log above)
-e2e                1       3       1
+e2e                1       4       1
 
 !!!!! e2e: 1 test(s) skipped in CI (CI=` + os.Getenv(ci.Env) + `), which fails the run; fix the machine, or add an entry with its reason to test/ci/allowed-skips.yaml (kernel 6.18):
   k/e2e.TestCRIU: x_test.go:9: criu dump hangs on kernel 6.18
@@ -116,13 +119,14 @@ e2e                1       3       1
 == skipped (1)
   [e2e] k/e2e.TestCRIU: x_test.go:9: criu dump hangs on kernel 6.18
 
-== failed (3)
+== failed (4)
   k/e2e.TestB/sub
   k/e2e.TestB
+  k/slow.TestHangs
   k/main (package)
 
-4 passed, 5 failed, 1 skipped
-DONE 9 tests, 1 skipped, 5 failures
+4 passed, 6 failed, 1 skipped
+DONE 10 tests, 1 skipped, 6 failures
 `
 	if diff := cmp.Diff(want, out.String()); diff != "" {
 		t.Errorf("summary (-want +got):\n%s", diff)

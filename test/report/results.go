@@ -105,6 +105,18 @@ func (t *tier) add(e event) *testResult {
 	return nil
 }
 
+// runningIn lists the tests of pkg that have started and not ended, by name.
+func (t *tier) runningIn(pkg string) []*testResult {
+	var out []*testResult
+	for _, r := range t.running {
+		if r.Package == pkg {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b *testResult) int { return strings.Compare(a.Test, b.Test) })
+	return out
+}
+
 // finish counts a package that failed without a failed test (a build failure, a failing
 // TestMain, a panic or timeout) as one failure, and a test that never ended as failed.
 func (t *tier) finish() {

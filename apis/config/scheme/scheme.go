@@ -1,6 +1,7 @@
-// Package scheme adds Kybernate's plugin args to kube-scheduler's configuration scheme. Import it
+// Package scheme adds Kybernate's plugin args to kube-scheduler's configuration scheme (import it
 // for its side effect in the scheduler binary and in tests that decode a
-// KubeSchedulerConfiguration.
+// KubeSchedulerConfiguration), and loads the controllers' ControllerConfiguration from its own
+// scheme (LoadControllerConfiguration).
 package scheme
 
 import (

@@ -23,7 +23,7 @@ func FuzzPluginArgs(f *testing.F) {
 	f.Add(shipped)
 	const header = "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n- schedulerName: kybernate-scheduler\n  pluginConfig:\n"
 	f.Add([]byte(header + "  - name: GPUShare\n    args:\n      scoringStrategy: LeastAllocated\n"))
-	f.Add([]byte(header + "  - name: CheckpointPreemption\n    args:\n      suspendTimeout: -1s\n      timeSliceQuantum: 1ns\n      migrationBytesPerSecond: -5\n"))
+	f.Add([]byte(header + "  - name: CheckpointPreemption\n    args:\n      defaultMinRuntime: -1s\n      minCandidateNodesPercentage: 101\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		obj, _, err := codecs.UniversalDecoder().Decode(data, nil, nil)
 		if err != nil {
@@ -46,8 +46,8 @@ func FuzzPluginArgs(f *testing.F) {
 					if validation.ValidateCheckpointPreemptionArgs(path, args) != nil {
 						continue
 					}
-					if args.MinCandidateNodesPercentage < 0 || args.MinCandidateNodesPercentage > 100 ||
-						args.MinCandidateNodesAbsolute < 0 || args.DefaultMinRuntime.Duration < 0 {
+					if p, a := args.MinCandidateNodesPercentage, args.MinCandidateNodesAbsolute; p < 0 || p > 100 || a < 0 ||
+						(p == 0 && a == 0) || args.DefaultMinRuntime.Duration < 0 {
 						t.Errorf("args %+v validated", args)
 					}
 				}

@@ -220,3 +220,13 @@ func TestDeletedSuspendedPod(t *testing.T) {
 		return !still && gn.Status.HostMemory.ParkedBytes == before-8<<30, nil
 	})
 }
+
+// progress reads the simulated progress counter of pod name now.
+func progress(t *testing.T, c *framework.Cluster, ns, name string) time.Duration {
+	t.Helper()
+	p, err := c.Client.CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sim.ProgressOf(p)
+}

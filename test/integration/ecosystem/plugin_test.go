@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -229,4 +232,51 @@ func checkCheckpoint(t *testing.T, e *env, ns, pod string, action kv1.Checkpoint
 		return
 	}
 	t.Errorf("no %s GPUCheckpoint for pod %s", action, pod)
+}
+
+// kubectl finds the built plugin on PATH and runs it as `kubectl kybernate`.
+func TestKubectlRunsPlugin(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "kubectl-kybernate"), "./cli/cmd/kubectl-kybernate")
+	build.Dir = e.c.Root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cli/cmd/kubectl-kybernate: %v\n%s", err, out)
+	}
+	// kubectl takes no flags before a plugin's name: the kubeconfig comes from $KUBECONFIG.
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("KUBECONFIG", e.c.Kubeconfig)
+	kubectl := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(t.Context(), kubectlPath(e), args...).Output()
+		if err != nil {
+			t.Fatalf("kubectl %v: %v", args, err)
+		}
+		return string(out)
+	}
+	got := decode[[]cli.NodeGPUs](t, kubectl("kybernate", "gpus", "-o", "json"))
+	if len(got) != nodes {
+		t.Fatalf("kubectl kybernate gpus lists %d nodes, want %d", len(got), nodes)
+	}
+	for _, n := range got {
+		if !n.Simulated || len(n.GPUs) != gpusPerNode {
+			t.Errorf("node %s: simulated %v, %d GPUs; want simulated with %d", n.Node, n.Simulated, len(n.GPUs), gpusPerNode)
+		}
+	}
+	if help := kubectl("kybernate", "--help"); !strings.Contains(help, "kubectl kybernate [command]") {
+		t.Errorf("kubectl kybernate --help does not name the plugin as kubectl does:\n%s", help)
+	}
+}
+
+// kubectlPath is the cluster's kubectl, built by hack/build-controlplane.sh.
+func kubectlPath(e *env) string {
+	bin := os.Getenv("KYBERNATE_BIN_DIR")
+	if bin == "" {
+		cache := os.Getenv("KYBERNATE_CACHE_DIR")
+		if cache == "" {
+			cache = filepath.Join(e.c.Root, ".cache")
+		}
+		bin = filepath.Join(cache, "bin")
+	}
+	return filepath.Join(bin, "kubectl")
 }

@@ -4,16 +4,15 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // GPUMemory is the memory of every GPU of the cluster's GPUNodes, by UUID.
@@ -32,35 +31,20 @@ func GPUMemory(ctx context.Context, kc versioned.Interface) (map[string]int64, e
 }
 
 // HoldsGPU reports whether a version of a pod holds memory on its GPUs: it is bound, has
-// kybernate.io/gpus, has not finished and is not suspended or checkpointed (Suspending,
-// Resuming, Checkpointing and Restoring hold the memory). A terminating pod no longer counts:
-// the simulated agent drops its processes when the deletion starts.
+// kybernate.io/gpus, has not finished and is resident (gpupod.Resident: Suspending, Resuming,
+// Checkpointing and Restoring hold the memory). A terminating pod no longer counts: the
+// simulated agent drops its processes when the deletion starts.
 func HoldsGPU(p *v1.Pod) bool {
-	if p.Spec.NodeName == "" || p.Annotations[kv1.AnnotationGPUs] == "" || p.DeletionTimestamp != nil ||
+	if p.Spec.NodeName == "" || len(gpupod.AssignedGPUs(p)) == 0 || p.DeletionTimestamp != nil ||
 		p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
 		return false
 	}
-	switch kv1.PodGPUState(p.Annotations[kv1.AnnotationState]) {
-	case kv1.PodSuspended, kv1.PodCheckpointed:
-		return false
-	}
-	return true
-}
-
-// GPUsOf is the pod's kybernate.io/gpus.
-func GPUsOf(p *v1.Pod) []string {
-	var out []string
-	for _, g := range strings.Split(p.Annotations[kv1.AnnotationGPUs], ",") {
-		if g = strings.TrimSpace(g); g != "" {
-			out = append(out, g)
-		}
-	}
-	return out
+	return gpupod.Resident(p)
 }
 
 // Overcommits replays the pod history and describes every moment at which a GPU was held by
-// more than slots pods, or by pods asking more memory (kybernate.io/gpu-memory; none: the
-// whole GPU) than memory, the bytes of each GPU by UUID. No GPU may ever hold more than it
+// more than slots pods, or by pods asking more memory (gpupod.GPUMemory; none: the whole
+// GPU) than memory, the bytes of each GPU by UUID. No GPU may ever hold more than it
 // can, not even between two looks at the cluster.
 func (h *History) Overcommits(memory map[string]int64, slots int) []string {
 	live := map[string]*v1.Pod{}
@@ -83,13 +67,14 @@ func overcommitsAt(at time.Time, live map[string]*v1.Pod, memory map[string]int6
 		if !HoldsGPU(p) {
 			continue
 		}
-		for _, g := range GPUsOf(p) {
+		bytes, err := gpupod.GPUMemory(p)
+		for _, g := range gpupod.AssignedGPUs(p) {
 			holders[g] = append(holders[g], p.Name)
-			want := memory[g]
-			if q, err := resource.ParseQuantity(p.Annotations[kv1.AnnotationGPUMemory]); err == nil {
-				want = q.Value()
+			if bytes == 0 || err != nil {
+				used[g] += memory[g] // the whole GPU
+			} else {
+				used[g] += bytes
 			}
-			used[g] += want
 		}
 	}
 	var out []string
@@ -104,19 +89,17 @@ func overcommitsAt(at time.Time, live map[string]*v1.Pod, memory map[string]int6
 	return out
 }
 
-// StatesOf is the sequence of kybernate.io/state values the pod went through (Running when a
-// bound pod with GPUs has none), consecutive repeats folded.
+// StatesOf is the sequence of GPU states (gpupod.StateOf) the pod went through once placed,
+// consecutive repeats folded.
 func (h *History) StatesOf(name string) []kv1.PodGPUState {
 	var out []kv1.PodGPUState
 	for _, c := range h.PodVersions(name) {
-		s := kv1.PodGPUState(c.Pod.Annotations[kv1.AnnotationState])
-		if s == "" && c.Pod.Annotations[kv1.AnnotationGPUs] != "" {
-			s = kv1.PodRunning
+		if c.Pod.Annotations[kv1.AnnotationState] == "" && len(gpupod.AssignedGPUs(c.Pod)) == 0 {
+			continue // not placed yet: no GPU state
 		}
-		if s == "" || (len(out) > 0 && out[len(out)-1] == s) {
-			continue
+		if s := gpupod.StateOf(c.Pod); len(out) == 0 || out[len(out)-1] != s {
+			out = append(out, s)
 		}
-		out = append(out, s)
 	}
 	return out
 }

@@ -1,0 +1,53 @@
+package gpupod
+
+import (
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/test/util"
+)
+
+// TestAccountingCountsWhatPodsUse: a resident pod that uses more than it declared takes what
+// the agent reports it using; one that uses less takes what it declared.
+func TestAccountingCountsWhatPodsUse(t *testing.T) {
+	const gib = int64(1) << 30
+	const uuid = "GPU-00000000-0000-0000-0000-000000000001"
+	gn := func(used, reported int64) *kv1.GPUNode {
+		slots := int32(2)
+		return &kv1.GPUNode{Spec: kv1.GPUNodeSpec{SlotsPerGPU: &slots}, Status: kv1.GPUNodeStatus{GPUs: []kv1.GPUStatus{{
+			UUID: uuid, Model: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: 80 * gib, MemoryUsedBytes: used,
+			Pods: []kv1.PodGPUUsage{{Namespace: "ml", Name: "big", UID: "uid-big", Bytes: reported, Residency: kv1.Resident}},
+		}}}}
+	}
+	pod := util.MakePod().Namespace("ml").Name("big").UID("uid-big").GPU(1).GPUMemory("20Gi").Annotation(kv1.AnnotationGPUs, uuid).Obj()
+	pod.Status.Phase = v1.PodRunning
+	d := Demand{Count: 1, Bytes: 40 * gib}
+	tests := []struct {
+		name           string
+		used, reported int64
+		want           bool
+	}{
+		{name: "uses 50Gi of its declared 20Gi: 30Gi free", used: 50 * gib, reported: 50 * gib, want: false},
+		{name: "uses 10Gi of its declared 20Gi: 60Gi free", used: 10 * gib, reported: 10 * gib, want: true},
+	}
+	for _, tt := range tests {
+		if got := NewAccounting(gn(tt.used, tt.reported), []*v1.Pod{pod}).Fits(d, []string{uuid}); got != tt.want {
+			t.Errorf("%s: 40Gi fits = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestDemandAtLeast(t *testing.T) {
+	const gib = int64(1) << 30
+	if got := (Demand{Count: 1, Bytes: 8 * gib}).AtLeast(9 * gib); got.Bytes != 9*gib {
+		t.Errorf("8Gi at least 9Gi = %d", got.Bytes)
+	}
+	if got := (Demand{Count: 1, Bytes: 8 * gib}).AtLeast(7 * gib); got.Bytes != 8*gib {
+		t.Errorf("8Gi at least 7Gi = %d", got.Bytes)
+	}
+	if got := (Demand{Count: 1}).AtLeast(9 * gib); !got.Whole() {
+		t.Error("a whole-GPU demand stopped being whole")
+	}
+}

@@ -1,0 +1,56 @@
+package gpupod
+
+import (
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+func TestGPURequest(t *testing.T) {
+	always := v1.ContainerRestartPolicyAlways
+	ctr := func(limit, request string) v1.Container {
+		c := v1.Container{Name: "c"}
+		if limit != "" {
+			c.Resources.Limits = v1.ResourceList{kv1.ResourceGPU: resource.MustParse(limit)}
+		}
+		if request != "" {
+			c.Resources.Requests = v1.ResourceList{kv1.ResourceGPU: resource.MustParse(request)}
+		}
+		return c
+	}
+	sidecar := func(limit string) v1.Container {
+		c := ctr(limit, "")
+		c.RestartPolicy = &always
+		return c
+	}
+	tests := []struct {
+		name       string
+		init, main []v1.Container
+		want       int64
+	}{
+		{name: "none", main: []v1.Container{ctr("", "")}, want: 0},
+		{name: "limits only (not defaulted by an API server)", main: []v1.Container{ctr("1", ""), ctr("2", "")}, want: 3},
+		{name: "requests", main: []v1.Container{ctr("", "2")}, want: 2},
+		{name: "init container at its peak", init: []v1.Container{ctr("4", "")}, main: []v1.Container{ctr("1", "")}, want: 4},
+		{name: "sidecar beside the app", init: []v1.Container{sidecar("1")}, main: []v1.Container{ctr("1", "")}, want: 2},
+		// A sidecar started before an init container runs beside it: 1 + 2, more than the app
+		// phase (1 + 1). Summing sidecars with the app only said 2.
+		{name: "sidecar beside a later init container", init: []v1.Container{sidecar("1"), ctr("2", "")}, main: []v1.Container{ctr("1", "")}, want: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1.PodSpec{InitContainers: tt.init, Containers: tt.main}}
+			orig := pod.DeepCopy()
+			if got := GPURequest(pod); got != tt.want {
+				t.Errorf("GPURequest = %d, want %d", got, tt.want)
+			}
+			if pod.Spec.Containers != nil && orig.Spec.Containers[0].Resources.Requests == nil && pod.Spec.Containers[0].Resources.Requests != nil {
+				t.Error("GPURequest changed the pod")
+			}
+		})
+	}
+}

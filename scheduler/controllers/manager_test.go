@@ -1,0 +1,61 @@
+package controllers
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/events"
+
+	configscheme "github.com/kybernate/kybernate/apis/config/scheme"
+	kfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
+)
+
+func deps() Deps {
+	client := fake.NewClientset()
+	return Deps{
+		Client:    client,
+		Kybernate: kfake.NewSimpleClientset(),
+		Informers: informers.NewSharedInformerFactory(client, 0),
+		Recorder:  events.NewFakeRecorder(10),
+		Identity:  "test",
+	}
+}
+
+// Each controller is on or off by the configuration alone.
+func TestNewEnabled(t *testing.T) {
+	tests := []struct {
+		name                       string
+		resume, timeSlice, migrate bool
+		want                       []string
+	}{
+		{name: "defaults", want: []string{"resume", "timeslice", "migrate"}},
+		{name: "no migration", migrate: true, want: []string{"resume", "timeslice"}},
+		{name: "time slicing only", resume: true, migrate: true, want: []string{"timeslice"}},
+		{name: "none", resume: true, timeSlice: true, migrate: true, want: []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := configscheme.DefaultControllerConfiguration()
+			cfg.DisableResume, cfg.DisableTimeSlicing, cfg.DisableMigration = tt.resume, tt.timeSlice, tt.migrate
+			m, err := New(deps(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, m.Controllers()); diff != "" {
+				t.Errorf("controllers (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestNewInvalid(t *testing.T) {
+	cfg := configscheme.DefaultControllerConfiguration()
+	cfg.LeaderElection.ResourceNamespace = ""
+	_, err := New(deps(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "leaderElection.resourceNamespace: Required value") {
+		t.Errorf("New with no lease namespace: %v", err)
+	}
+}
