@@ -269,6 +269,8 @@ func passthrough(t *testing.T, e *env, runtime string) observed {
 	// Exit code and both streams.
 	c := e.mustRun(id+"-exit", ctrOpts{runtime: runtime, args: []string{"sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"}})
 	o.ExitCode = c.waitExit(t)
+	// The streams are copied apart from the exit: wait for the copies to reach EOF.
+	c.task.IO().Wait()
 	o.Stdout, o.Stderr = c.stdout.String(), c.stderr.String()
 
 	// A signal the process handles, then one it cannot.
@@ -283,6 +285,7 @@ func passthrough(t *testing.T, e *env, runtime string) observed {
 		t.Fatal(err)
 	}
 	o.TermExit = c.waitExit(t)
+	c.task.IO().Wait()
 	o.Stdout += c.stdout.String()
 
 	c = e.mustRun(id+"-kill", ctrOpts{runtime: runtime, args: []string{"sleep", "1000"}})
@@ -311,6 +314,7 @@ func passthrough(t *testing.T, e *env, runtime string) observed {
 	case <-time.After(30 * time.Second):
 		t.Fatal("exec did not exit")
 	}
+	p.IO().Wait() // before Delete, which cancels copies still under way
 	if _, err := p.Delete(e.ctx); err != nil {
 		t.Fatal(err)
 	}
