@@ -3,8 +3,6 @@ package shim
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +14,6 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
-	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/shim/spec"
 )
@@ -100,16 +97,10 @@ func TestStartRestoresGPUMemory(t *testing.T) {
 // A GPU image restores only into a container with one GPU per GPU of the image: the device
 // nodes and driver libraries come from kybernate.io/gpus.
 func TestCreateRefusesGPUImageWithoutGPUs(t *testing.T) {
-	img := t.TempDir()
-	if err := os.WriteFile(filepath.Join(img, "inventory.img"), []byte("criu"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := image.Write(img, image.Metadata{GPUs: []string{"GPU-7e32cfb4-47ed-64e7-6a8e-af95ec6de6a7"}, VRAMBytes: 1 << 30}); err != nil {
-		t.Fatal(err)
-	}
-	dir, _ := bundle(t, map[string]string{kv1.AnnotationRestoreFrom: img})
+	root, img := testImage(t, image.Metadata{GPUs: []string{"GPU-7e32cfb4-47ed-64e7-6a8e-af95ec6de6a7"}, VRAMBytes: 1 << 30})
+	dir, _ := bundle(t, restoreOf(img))
 	in := &inner{}
-	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil, nil)
+	s := New(in, configWith(root), nil, nil)
 	_, err := s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir})
 	if err == nil || !strings.Contains(err.Error(), "the container has 0 gpus") {
 		t.Fatalf("Create error %v, want a refusal naming the gpus", err)

@@ -315,8 +315,17 @@ func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, d
 	if r.Checkpoint != "" {
 		return fail(fmt.Errorf("annotation %s=%s and a containerd checkpoint (%s) at once: %w", kv1.AnnotationRestoreFrom, dir, r.Checkpoint, errdefs.ErrInvalidArgument))
 	}
-	if !filepath.IsAbs(dir) {
-		return fail(fmt.Errorf("annotation %s=%q: want an absolute path: %w", kv1.AnnotationRestoreFrom, dir, errdefs.ErrInvalidArgument))
+	if _, err := image.ResolveRestore(cfg.CheckpointDir, sp.Annotations[criSandboxNamespace], dir); err != nil {
+		var re *image.RefusedError
+		switch {
+		case errors.Is(err, image.ErrMissing):
+			return fail(fmt.Errorf("restore: %w: %w", err, errdefs.ErrNotFound))
+		case errors.As(err, &re) && re.Reason == image.RefusedInvalidPath:
+			return fail(fmt.Errorf("annotation %s: %w: %w", kv1.AnnotationRestoreFrom, err, errdefs.ErrInvalidArgument))
+		default:
+			return fail(fmt.Errorf("annotation %s (pod namespace %q, checkpointDir %s): %w: %w", kv1.AnnotationRestoreFrom,
+				sp.Annotations[criSandboxNamespace], cfg.CheckpointDir, err, errdefs.ErrFailedPrecondition))
+		}
 	}
 	m, err := image.Verify(dir)
 	if err != nil {

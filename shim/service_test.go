@@ -72,17 +72,43 @@ func TestCreatePassthrough(t *testing.T) {
 	}
 }
 
-func TestCreateRestore(t *testing.T) {
-	img := t.TempDir()
+// testImage writes an image of namespace ml into a checkpoint folder and returns the folder
+// and the image.
+func testImage(t *testing.T, m image.Metadata) (root, img string) {
+	t.Helper()
+	root = filepath.Join(t.TempDir(), "images")
+	img = filepath.Join(root, "ml", "train-1")
+	if err := os.MkdirAll(img, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(img, "inventory.img"), []byte("criu"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := image.Write(img, image.Metadata{Container: image.Container{ID: "c0"}}); err != nil {
+	if _, err := image.Write(img, m); err != nil {
 		t.Fatal(err)
 	}
-	dir, _ := bundle(t, map[string]string{kv1.AnnotationRestoreFrom: img})
+	return root, img
+}
+
+// configWith returns the default settings with checkpointDir root.
+func configWith(root string) func() (spec.Config, error) {
+	return func() (spec.Config, error) {
+		c := spec.Default()
+		c.CheckpointDir = root
+		return c, nil
+	}
+}
+
+// restoreOf are the annotations of a container of a pod in namespace ml restored from img.
+func restoreOf(img string) map[string]string {
+	return map[string]string{kv1.AnnotationRestoreFrom: img, criSandboxNamespace: "ml"}
+}
+
+func TestCreateRestore(t *testing.T) {
+	root, img := testImage(t, image.Metadata{Container: image.Container{ID: "c0"}})
+	dir, _ := bundle(t, restoreOf(img))
 	in := &inner{}
-	s := New(in, func() (spec.Config, error) { return spec.Default(), nil }, nil, nil)
+	s := New(in, configWith(root), nil, nil)
 	binary := protobuf.FromAny(mustAny(t, &options.Options{BinaryName: "runc"}))
 	if _, err := s.Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir, Options: binary}); err != nil {
 		t.Fatal(err)
@@ -122,7 +148,7 @@ func TestCreateRefusesBadAnnotations(t *testing.T) {
 	}{
 		"bad gpu list":     {annotations: map[string]string{kv1.AnnotationGPUs: "0,1"}, wantMsg: `"0" is not a GPU UUID`},
 		"broken settings":  {annotations: map[string]string{kv1.AnnotationGPUs: "0"}, config: noConfig, wantMsg: "settings must not be read"},
-		"relative restore": {annotations: map[string]string{kv1.AnnotationRestoreFrom: "img"}, wantMsg: "want an absolute path"},
+		"relative restore": {annotations: restoreOf("img"), wantMsg: "want an absolute path"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir, data := bundle(t, tt.annotations)
@@ -189,4 +215,51 @@ func mustAny(t *testing.T, v any) typeurl.Any {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// kybernate.io/restore-from names only images of the pod's namespace under checkpointDir;
+// anything else fails the container's creation with an error naming the reason (the kubelet
+// reports it as an Event on the pod) before the image is read.
+func TestCreateRefusesForeignImages(t *testing.T) {
+	root, img := testImage(t, image.Metadata{Container: image.Container{ID: "c0"}})
+	outside := filepath.Join(t.TempDir(), "img")
+	other := filepath.Join(root, "other", "train-1")
+	for _, d := range []string{outside, other} {
+		if err := os.MkdirAll(filepath.Dir(d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.CopyFS(d, os.DirFS(img)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(root, "ml", "link")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name        string
+		annotations map[string]string
+		wantMsg     string
+	}{
+		{name: "absolute path elsewhere", annotations: restoreOf(outside), wantMsg: image.RefusedOutside},
+		{name: "dot dot", annotations: restoreOf(root + "/ml/../other/train-1"), wantMsg: image.RefusedInvalidPath},
+		{name: "dot dot out of the folder", annotations: restoreOf(root + "/ml/../../" + filepath.Base(outside)), wantMsg: image.RefusedInvalidPath},
+		{name: "symbolic link", annotations: restoreOf(link), wantMsg: image.RefusedSymlink},
+		{name: "other namespace", annotations: restoreOf(other), wantMsg: image.RefusedOtherNamespace},
+		{name: "no pod namespace", annotations: map[string]string{kv1.AnnotationRestoreFrom: img}, wantMsg: "namespace is not known"},
+		{name: "missing image", annotations: restoreOf(filepath.Join(root, "ml", "gone")), wantMsg: "no such folder"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, _ := bundle(t, tt.annotations)
+			in := &inner{}
+			_, err := New(in, configWith(root), nil, nil).Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir})
+			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("error %v, want one containing %q", err, tt.wantMsg)
+			}
+			if in.created != nil {
+				t.Error("runc was asked to create the container")
+			}
+		})
+	}
 }

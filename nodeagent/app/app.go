@@ -50,6 +50,7 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/imagegc"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	"github.com/kybernate/kybernate/nodeagent/podmap"
 	"github.com/kybernate/kybernate/nodeagent/server"
@@ -163,6 +164,7 @@ type agent struct {
 	controller     *controller.Controller
 	server         *server.Server
 	broadcaster    record.EventBroadcaster
+	recorder       record.EventRecorder
 	fleet          *sim.Fleet // with --simulate
 	nvml           *lazyNVML  // on a GPU node
 	// recover takes over the node's suspended pods at start (on a GPU node with a driver).
@@ -203,8 +205,8 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	if o.Simulate {
 		host = "simulated"
 	}
-	recorder := a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
-	op := controller.NewOperator(kube, a.engines, recorder, clock.RealClock{}, a.reporter.Trigger)
+	a.recorder = a.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kybernate-agent", Host: host})
+	op := controller.NewOperator(kube, a.engines, a.recorder, clock.RealClock{}, a.reporter.Trigger)
 	if o.CheckpointDir != "" {
 		op.SetImages(a.images, o.CheckpointDir)
 	}
@@ -246,6 +248,7 @@ func (a *agent) watchCommon(ctx context.Context) error {
 		watch(a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Informer(), a.reporter.EventHandler()),
 		watch(a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Informer(), a.controller.EventHandler()),
 		watch(a.podFactory.Core().V1().Pods().Informer(), deleted),
+		watch(a.podFactory.Core().V1().Pods().Informer(), controller.NewRestoreFromGuard(a.controller.Operator()).EventHandler()),
 	)
 }
 
@@ -418,10 +421,20 @@ func (a *agent) run(ctx context.Context) error {
 	defer stopAll()
 	wg.Go(func() { a.reporter.Run(runCtx, 2) })
 	if a.fleet != nil {
+		// Every node's machine first: the controller serves only nodes with an engine.
+		if err := a.fleet.SyncAll(runCtx); err != nil {
+			logger.Error(err, "Simulating some nodes failed; retrying", "simulated", true)
+		}
 		wg.Go(func() { a.fleet.Run(runCtx, 2) })
 	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
+	if a.o.CheckpointDir != "" {
+		gc := imagegc.New(imagegc.Config{Root: a.o.CheckpointDir, TTL: a.o.ImageTTL, Interval: a.o.ImageGCInterval}, a.kube,
+			a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.serves, a.o.NodeName, a.recorder, clock.RealClock{})
+		wg.Go(func() { gc.Run(runCtx) })
+	}
 	if a.o.Socket != "" {
+		a.server.SetImageRoot(a.o.CheckpointDir)
 		wg.Go(func() {
 			if err := server.Serve(runCtx, a.o.Socket, a.server); err != nil {
 				logger.Error(err, "Agent API failed", "socket", a.o.Socket)
@@ -508,6 +521,12 @@ func (s *imageSet) set(node string, i controller.Images) {
 }
 
 // engineSet holds the engine of each served node.
+// serves reports whether the agent serves node: its own node, or a simulated one.
+func (a *agent) serves(node string) bool {
+	_, ok := a.engines.Engine(node)
+	return ok || node == a.o.NodeName
+}
+
 type engineSet struct {
 	mu sync.RWMutex
 	m  map[string]*engine.Engine

@@ -34,6 +34,8 @@ type Options struct {
 	MetricsBindAddress string
 	ContainerdSocket   string
 	CheckpointDir      string
+	ImageTTL           time.Duration
+	ImageGCInterval    time.Duration
 
 	LockTimeout    time.Duration
 	StepTimeout    time.Duration
@@ -69,6 +71,8 @@ func NewOptions() *Options {
 		LockTimeout:            10 * time.Second,
 		StepTimeout:            5 * time.Minute,
 		DumpTimeout:            10 * time.Minute,
+		ImageTTL:               24 * time.Hour,
+		ImageGCInterval:        time.Minute,
 		RestoreRetries:         3,
 		RestoreMargin:          *resource.NewQuantity(engine.DefaultRestoreMargin, resource.BinarySI),
 		Workers:                16,
@@ -101,6 +105,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ContainerdSocket, "containerd-socket", o.ContainerdSocket, "containerd's socket, to find the pod of a container (namespace k8s.io) when its cgroup path does not name it; empty disables it. Not used with --simulate.")
 	fs.StringVar(&o.CheckpointDir, "checkpoint-dir", o.CheckpointDir, "Folder the agent writes checkpoint images into (GPUCheckpoint action Checkpoint), one folder per image; "+
 		"for migrations it must be one all nodes read (a shared mount). Empty: no checkpoint images.")
+	fs.DurationVar(&o.ImageTTL, "image-ttl", o.ImageTTL, "How long a checkpoint image in --checkpoint-dir that no pod or GPUCheckpoint uses is kept (an image is deleted at once when the pod restored from it runs). "+
+		"Must exceed --dump-timeout, so that an image being written is never taken for a leftover.")
+	fs.DurationVar(&o.ImageGCInterval, "image-gc-interval", o.ImageGCInterval, "How often --checkpoint-dir is scanned for images to delete and its disk use measured.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the HTTP server for /metrics and /healthz; empty disables it.")
 
 	fs.DurationVar(&o.LockTimeout, "lock-timeout", o.LockTimeout, "How long a suspend waits for a process's in-flight GPU work before it gives up.")
@@ -140,6 +147,12 @@ func (o *Options) Validate() error {
 	}
 	if o.CheckpointDir != "" && !filepath.IsAbs(o.CheckpointDir) {
 		errs = append(errs, fmt.Errorf("--checkpoint-dir=%s: want an absolute path", o.CheckpointDir))
+	}
+	if o.ImageGCInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--image-gc-interval=%s: want a positive duration", o.ImageGCInterval))
+	}
+	if o.ImageTTL <= o.DumpTimeout {
+		errs = append(errs, fmt.Errorf("--image-ttl=%s: want more than --dump-timeout=%s (an image being written must never look like a leftover)", o.ImageTTL, o.DumpTimeout))
 	}
 	if o.RestoreRetries < 1 {
 		errs = append(errs, fmt.Errorf("--restore-retries=%d: want at least 1", o.RestoreRetries))

@@ -3,6 +3,7 @@ package app
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -20,6 +21,9 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "slots", args: []string{"--node-name=n", "--slots-per-gpu=0"}, wantErr: "--slots-per-gpu=0: want 1..64"},
 		{name: "selector", args: []string{"--simulate", "--simulate-node-selector=a b"}, wantErr: "--simulate-node-selector"},
 		{name: "rate", args: []string{"--simulate", "--simulate-restore-rate=0"}, wantErr: "--simulate-restore-rate must be positive"},
+		{name: "image ttl within the dump timeout", args: []string{"--node-name=n", "--image-ttl=5m"}, wantErr: "--image-ttl=5m0s: want more than --dump-timeout=10m0s"},
+		{name: "image ttl past the dump timeout", args: []string{"--node-name=n", "--image-ttl=20s", "--dump-timeout=10s"}},
+		{name: "image gc interval", args: []string{"--node-name=n", "--image-gc-interval=0s"}, wantErr: "--image-gc-interval=0s: want a positive duration"},
 		{name: "restore margin negative", args: []string{"--node-name=n", "--restore-margin=-1Mi"}, wantErr: "--restore-margin=-1Mi: want 0..16Gi"},
 		{name: "restore margin huge", args: []string{"--node-name=n", "--restore-margin=17Gi"}, wantErr: "--restore-margin=17Gi: want 0..16Gi"},
 		{name: "restore margin", args: []string{"--node-name=n", "--restore-margin=64Mi"}},
@@ -52,6 +56,7 @@ func TestOptionsDefaults(t *testing.T) {
 	o := NewOptions()
 	if o.SlotsPerGPU != 2 || o.Socket != "/run/kybernate/agent.sock" || o.HostMemoryReserve.String() != "8Gi" ||
 		o.SimulateCheckpointRate.Value() != 2_200_000_000 || o.SimulateRestoreRate.Value() != 6_000_000_000 ||
+		o.ImageTTL != 24*time.Hour || o.ImageGCInterval != time.Minute ||
 		o.RestoreMargin.String() != "256Mi" || o.engineConfig().RestoreMargin != 256<<20 {
 		t.Errorf("defaults %+v", o)
 	}

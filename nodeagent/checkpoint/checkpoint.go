@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -146,8 +147,10 @@ const (
 	CauseImageDir    Cause = "ImageDirUnwritable"
 	CauseGPU         Cause = "GPUCheckpointFailed"
 	CauseDump        Cause = "DumpFailed"
-	CauseTimeout     Cause = "Timeout"
-	CauseInternal    Cause = "Internal"
+	// CauseDiskFull: the image's file system filled up while it was written.
+	CauseDiskFull Cause = "DiskFull"
+	CauseTimeout  Cause = "Timeout"
+	CauseInternal Cause = "Internal"
 )
 
 // Error is a failed checkpoint or restore.
@@ -289,7 +292,11 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, err
 
 	start = c.clock.Now()
 	if err := c.runtime.Dump(dctx, ctr.ID, req.ImageDir, work); err != nil {
-		return rollback(causeOf(dctx, CauseDump), fmt.Errorf("criu dump of container %s: %w%s", ctr.ID, err, logTail(filepath.Join(work, "dump.log"))))
+		err = fmt.Errorf("criu dump of container %s: %w%s", ctr.ID, err, logTail(filepath.Join(work, "dump.log")))
+		if full := diskFull(req.ImageDir); full != "" {
+			return rollback(CauseDiskFull, fmt.Errorf("%s: %w", full, err))
+		}
+		return rollback(causeOf(dctx, CauseDump), err)
 	}
 	step(StepDump, start, 0)
 
@@ -307,6 +314,9 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, err
 		m.DriverVersion, m.CUDADriverVersion = c.versions(ctx)
 	}
 	if m, err = image.Write(req.ImageDir, m); err != nil {
+		if full := diskFull(req.ImageDir); full != "" {
+			return rollback(CauseDiskFull, fmt.Errorf("%s: %w", full, err))
+		}
 		return rollback(CauseImageDir, err)
 	}
 	res.Metadata = m
@@ -337,6 +347,23 @@ func causeOf(ctx context.Context, c Cause) Cause {
 		return CauseTimeout
 	}
 	return c
+}
+
+// fullBelow is the space left under which a failed write is put down to a full disk. CRIU
+// writes the pages of a process in large pieces: a disk that filled up has less left than one.
+const fullBelow = 1 << 20
+
+// diskFull says that the file system of the image dir is full ("" when it is not, or cannot
+// be read): CRIU's own message does not say so when its log is on the same disk.
+func diskFull(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(dir), &st); err != nil {
+		return ""
+	}
+	if free := st.Bavail * uint64(st.Bsize); free < fullBelow {
+		return fmt.Sprintf("the file system of %s is full (%d bytes left of %d)", filepath.Dir(dir), free, st.Blocks*uint64(st.Bsize))
+	}
+	return ""
 }
 
 // parkedBytes reports whether the pod's GPU memory is parked in host memory already (the pod is

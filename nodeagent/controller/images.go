@@ -28,6 +28,9 @@ const (
 	EventRestoring        = "Restoring"
 	EventRestored         = "Restored"
 	EventRestoreFailed    = "RestoreFailed"
+	// EventRestoreRefused: kybernate.io/restore-from names no image the pod may restore from
+	// (outside the checkpoint folder, another namespace's, through a symbolic link).
+	EventRestoreRefused = "RestoreRefused"
 )
 
 // ImageResult is what a checkpoint wrote.
@@ -158,8 +161,12 @@ func (o *Operator) Checkpoint(ctx context.Context, pod *v1.Pod, dir string) (Ima
 		return ImageResult{}, invalid("node %s has no place for checkpoint images (the agent runs without --checkpoint-dir, or without containerd)", pod.Spec.NodeName)
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName, "image", dir)
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return ImageResult{}, &ImageError{Cause: string(ckpt.CauseImageDir), RolledBack: true, Err: fmt.Errorf("creating the folder of the image: %w", err)}
+	nsDir, err := image.NamespaceDir(o.imageRoot, pod.Namespace)
+	if err != nil {
+		return ImageResult{}, &ImageError{Cause: string(ckpt.CauseImageDir), RolledBack: true, Err: err}
+	}
+	if filepath.Dir(dir) != nsDir {
+		return ImageResult{}, invalid("image folder %s is not in the folder of namespace %s, %s", dir, pod.Namespace, nsDir)
 	}
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodCheckpointing, ""); err != nil {
 		return ImageResult{}, err
@@ -192,6 +199,9 @@ func (o *Operator) Checkpoint(ctx context.Context, pod *v1.Pod, dir string) (Ima
 func (o *Operator) Restore(ctx context.Context, pod *v1.Pod, dir string, gpus []string) (engine.Result, error) {
 	if got := pod.Annotations[kv1.AnnotationRestoreFrom]; got != dir {
 		return engine.Result{}, invalid("pod %s/%s has %s=%q, not the image %q this restore names", pod.Namespace, pod.Name, kv1.AnnotationRestoreFrom, got, dir)
+	}
+	if err := o.checkRestoreFrom(pod, dir); err != nil {
+		return engine.Result{}, err
 	}
 	if _, _, err := o.prepare(pod, kv1.PodRestoring); err != nil {
 		return engine.Result{}, err

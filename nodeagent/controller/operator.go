@@ -188,6 +188,22 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 		return engine.Result{}, err
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName)
+	// Two suspends of one pod (a time-slice turn and a preemption) must not write over each
+	// other: while one runs the other waits, and once the pod is suspended the other only
+	// records it. Marking it Suspending again would tell the scheduler that memory which is
+	// free is held.
+	if e.PodBusy(pod.UID) {
+		return engine.Result{}, &engine.Error{Op: "suspend", Pod: ref(pod).String(), Cause: engine.CauseBusy, Err: errors.New("another operation on the pod is in progress")}
+	}
+	if e.IsSuspended(pod.UID) {
+		if gpupod.StateOf(pod) == kv1.PodSuspending {
+			if err := o.setState(ctx, pod, kv1.PodSuspending, kv1.PodSuspended, ""); err != nil {
+				return engine.Result{}, err
+			}
+		}
+		logger.V(2).Info("Pod is suspended already; nothing to move")
+		return engine.Result{}, nil
+	}
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodSuspending, ""); err != nil {
 		return engine.Result{}, err
 	}

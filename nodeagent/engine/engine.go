@@ -205,6 +205,14 @@ func (e *Engine) Busy() bool {
 	return false
 }
 
+// PodBusy reports whether an operation on the pod is in progress.
+func (e *Engine) PodBusy(uid types.UID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, ok := e.pods[uid]
+	return ok && p.busy
+}
+
 // Forget drops what the engine knows about a pod that is gone.
 func (e *Engine) Forget(uid types.UID) {
 	e.mu.Lock()

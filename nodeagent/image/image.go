@@ -78,8 +78,12 @@ type File struct {
 }
 
 // Write completes m with the image's files and their checksums and writes metadata.json into
-// dir, atomically: a reader sees the whole file or none.
+// dir, atomically: a reader sees the whole file or none. The image is made private first:
+// folders DirMode, files FileMode.
 func Write(dir string, m Metadata) (Metadata, error) {
+	if err := private(dir); err != nil {
+		return Metadata{}, err
+	}
 	files, err := checksums(dir)
 	if err != nil {
 		return Metadata{}, err

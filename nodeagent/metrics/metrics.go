@@ -98,6 +98,46 @@ var (
 	}, []string{"node"})
 )
 
+// Checkpoint images (--checkpoint-dir), set by each scan of package imagegc.
+var (
+	// CheckpointImageBytes is the size of the images the agent looks after.
+	CheckpointImageBytes = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "checkpoint_image_bytes",
+		Help:           "Bytes of the checkpoint images in --checkpoint-dir that this agent looks after (its nodes' images and unfinished ones).",
+		StabilityLevel: metrics.ALPHA,
+	})
+	// CheckpointImages is how many images the agent looks after.
+	CheckpointImages = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "checkpoint_images",
+		Help:           "Checkpoint images in --checkpoint-dir that this agent looks after.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	// CheckpointDirFilesystemBytes is the size and the space left of the filesystem of
+	// --checkpoint-dir.
+	CheckpointDirFilesystemBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "checkpoint_dir_filesystem_bytes",
+		Help:           "Size (kind=size) and space available to the agent (kind=available) of the filesystem of --checkpoint-dir, in bytes.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"kind"})
+	// CheckpointImagesDeleted counts deleted images by reason (Restored, Expired).
+	CheckpointImagesDeleted = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "checkpoint_images_deleted_total",
+		Help:           "Checkpoint images deleted, by reason: Restored (the pod restored from it runs) or Expired (unused for --image-ttl).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"reason"})
+	// CheckpointImageBytesDeleted counts the bytes of deleted images by reason.
+	CheckpointImageBytesDeleted = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "checkpoint_image_deleted_bytes_total",
+		Help:           "Bytes of the checkpoint images deleted, by reason.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"reason"})
+)
+
 var registerOnce sync.Once
 
 // Register registers the metrics in the legacy registry; later calls do nothing. The series
@@ -106,7 +146,8 @@ var registerOnce sync.Once
 func Register() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
-			ParkedBytes, StatusWrites, InventoryErrors)
+			ParkedBytes, StatusWrites, InventoryErrors,
+			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted)
 		for _, op := range []string{OperationSuspend, OperationResume} {
 			for _, result := range []string{ResultSuccess, ResultFailure} {
 				OperationDuration.WithLabelValues(op, result)

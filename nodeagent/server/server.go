@@ -90,7 +90,13 @@ type Server struct {
 	pods      PodGetter
 	reserve   int64
 	simulated bool
+	// imageRoot is the checkpoint folder (--checkpoint-dir) images are restored from.
+	imageRoot string
 }
+
+// SetImageRoot sets the checkpoint folder: Restore accepts only images of the pod's namespace
+// under it (image.ResolveRestore). Without one every Restore is refused.
+func (s *Server) SetImageRoot(root string) { s.imageRoot = root }
 
 var _ agentv1.NodeAgentServiceServer = (*Server)(nil)
 
@@ -287,6 +293,9 @@ func (s *Server) Restore(ctx context.Context, req *agentv1.RestoreRequest) (*age
 	ref := req.GetPod()
 	klog.FromContext(ctx).V(2).Info("gRPC request", "method", "Restore", "imageDir", req.GetImageDir(), "containerID", req.GetContainerId(),
 		"pod", klog.KRef(ref.GetNamespace(), ref.GetName()), "targetGPUs", req.GetTargetGpus())
+	if _, err := image.ResolveRestore(s.imageRoot, ref.GetNamespace(), req.GetImageDir()); err != nil {
+		return nil, refusedStatus(err)
+	}
 	m, err := image.Verify(req.GetImageDir())
 	switch {
 	case errors.Is(err, image.ErrMissing):
@@ -310,6 +319,23 @@ func (s *Server) Restore(ctx context.Context, req *agentv1.RestoreRequest) (*age
 		return nil, restoreStatus(err)
 	}
 	return &agentv1.RestoreResponse{Result: result(res.Result)}, nil
+}
+
+// refusedStatus converts the errors of image.ResolveRestore to gRPC codes.
+func refusedStatus(err error) error {
+	var re *image.RefusedError
+	switch {
+	case errors.Is(err, image.ErrMissing):
+		return status.Error(codes.NotFound, err.Error())
+	case !errors.As(err, &re):
+		return status.Error(codes.Internal, err.Error())
+	case re.Reason == image.RefusedInvalidPath:
+		return status.Error(codes.InvalidArgument, err.Error())
+	case re.Reason == image.RefusedNoCheckpointDir:
+		return status.Error(codes.FailedPrecondition, err.Error())
+	default:
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
 }
 
 // restoreStatus converts restore errors to gRPC codes.
@@ -382,6 +408,8 @@ func checkpointStatus(err error) error {
 		}
 	case checkpoint.CauseDump:
 		code = codes.Aborted
+	case checkpoint.CauseDiskFull:
+		code = codes.ResourceExhausted
 	}
 	return status.Error(code, err.Error())
 }

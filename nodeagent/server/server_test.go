@@ -62,11 +62,14 @@ type memory int64
 func (m memory) MemAvailable() (int64, error) { return int64(m), nil }
 
 // serve runs a Server for node-a (pod ml/train: pid 100, 30 GiB on the first GPU) on a socket
-// in a temporary folder and returns a client.
-func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient, *fake.Driver) {
+// in a temporary folder and returns a client, the driver, and the checkpoint folder images are
+// restored from.
+func serve(t *testing.T, creds PeerCredentials) (agentv1.NodeAgentServiceClient, *fake.Driver, string) {
 	t.Helper()
 	s, d := newServer(t)
-	return serveOn(t, s, filepath.Join(t.TempDir(), "agent.sock"), creds), d
+	root := filepath.Join(t.TempDir(), "images")
+	s.SetImageRoot(root)
+	return serveOn(t, s, filepath.Join(t.TempDir(), "agent.sock"), creds), d, root
 }
 
 // newServer is a Server for node-a (pod ml/train: pid 100, 30 GiB on the first GPU) on the
@@ -123,7 +126,7 @@ func callCtx(t *testing.T) context.Context {
 }
 
 func TestSuspendResumeOverTheSocket(t *testing.T) {
-	c, d := serve(t, PeerCredentials{})
+	c, d, _ := serve(t, PeerCredentials{})
 	ctx := callCtx(t)
 	ref := &agentv1.PodRef{Namespace: "ml", Name: "train"}
 
@@ -163,7 +166,7 @@ func TestSuspendResumeOverTheSocket(t *testing.T) {
 }
 
 func TestErrorCodes(t *testing.T) {
-	c, d := serve(t, PeerCredentials{})
+	c, d, root := serve(t, PeerCredentials{})
 	ctx := callCtx(t)
 	train := &agentv1.PodRef{Namespace: "ml", Name: "train"}
 	tests := []struct {
@@ -201,13 +204,40 @@ func TestErrorCodes(t *testing.T) {
 		{name: "restore without image dir", call: func() error { _, err := c.Restore(ctx, &agentv1.RestoreRequest{}); return err },
 			wantCode: codes.InvalidArgument, wantMsg: "image_dir is required"},
 		{name: "restore from a missing image", call: func() error {
-			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: filepath.Join(t.TempDir(), "gone")})
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: train, ImageDir: filepath.Join(root, "ml", "gone")})
 			return err
 		}, wantCode: codes.NotFound, wantMsg: "no such folder"},
 		{name: "restore of gpu memory", call: func() error {
-			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: writeImage(t, []string{devs[0].UUID.String()})})
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: train, ImageDir: writeImage(t, root, []string{devs[0].UUID.String()})})
 			return err
 		}, wantCode: codes.Unimplemented, wantMsg: "node node-a cannot write checkpoint images"},
+		{name: "restore from outside the checkpoint folder", call: func() error {
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: train, ImageDir: t.TempDir()})
+			return err
+		}, wantCode: codes.PermissionDenied, wantMsg: image.RefusedOutside},
+		{name: "restore from another namespace's image", call: func() error {
+			dir := writeImage(t, root, nil)
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: &agentv1.PodRef{Namespace: "other", Name: "x"}, ImageDir: dir})
+			return err
+		}, wantCode: codes.PermissionDenied, wantMsg: image.RefusedOtherNamespace},
+		{name: "restore through dot dot", call: func() error {
+			dir := writeImage(t, root, nil)
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: train, ImageDir: root + "/ml/../ml/" + filepath.Base(dir)})
+			return err
+		}, wantCode: codes.InvalidArgument, wantMsg: image.RefusedInvalidPath},
+		{name: "restore through a symbolic link", call: func() error {
+			dir := writeImage(t, root, nil)
+			link := filepath.Join(root, "ml", "link")
+			if err := os.Symlink(dir, link); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{Pod: train, ImageDir: link})
+			return err
+		}, wantCode: codes.PermissionDenied, wantMsg: image.RefusedSymlink},
+		{name: "restore without a pod namespace", call: func() error {
+			_, err := c.Restore(ctx, &agentv1.RestoreRequest{ImageDir: writeImage(t, root, nil)})
+			return err
+		}, wantCode: codes.InvalidArgument, wantMsg: image.RefusedInvalidPath},
 		{name: "two nodes named in metadata, one unknown", call: func() error {
 			_, err := c.GetInventory(metadata.AppendToOutgoingContext(ctx, NodeMetadataKey, "node-z"), &agentv1.GetInventoryRequest{})
 			return err
@@ -225,8 +255,8 @@ func TestErrorCodes(t *testing.T) {
 
 // A container without GPUs restored by the shim has nothing for the agent to put back.
 func TestRestoreWithoutGPUs(t *testing.T) {
-	c, _ := serve(t, PeerCredentials{})
-	resp, err := c.Restore(callCtx(t), &agentv1.RestoreRequest{ImageDir: writeImage(t, nil), ContainerId: "c1"}, grpc.WaitForReady(true))
+	c, _, root := serve(t, PeerCredentials{})
+	resp, err := c.Restore(callCtx(t), &agentv1.RestoreRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train"}, ImageDir: writeImage(t, root, nil), ContainerId: "c1"}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,10 +265,17 @@ func TestRestoreWithoutGPUs(t *testing.T) {
 	}
 }
 
-// writeImage writes a checkpoint image with one CRIU file.
-func writeImage(t *testing.T, gpus []string) string {
+// writeImage writes a checkpoint image of namespace ml under root with one CRIU file.
+func writeImage(t *testing.T, root string, gpus []string) string {
 	t.Helper()
-	dir := t.TempDir()
+	ns, err := image.NamespaceDir(root, "ml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(ns, "train-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "inventory.img"), []byte("criu"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +287,7 @@ func writeImage(t *testing.T, gpus []string) string {
 
 func TestPeerNotAllowed(t *testing.T) {
 	// Nobody's UID is 4242: the handshake refuses this test process.
-	c, _ := serve(t, PeerCredentials{Allowed: []uint32{4242}})
+	c, _, _ := serve(t, PeerCredentials{Allowed: []uint32{4242}})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	_, err := c.GetInventory(ctx, &agentv1.GetInventoryRequest{})

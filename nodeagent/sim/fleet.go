@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -188,6 +189,26 @@ func (f *Fleet) next(ctx context.Context) bool {
 	}
 	f.queue.Forget(name)
 	return true
+}
+
+// SyncAll syncs every node the node lister has, one after the other. Call it once the
+// informers have synced and before Run and anything that acts on the nodes' pods: the
+// machines (and through OnMachine the nodes' engines) and the simulated processes of the
+// pods bound there, suspended ones included, exist when it returns. Without it a restarted
+// agent's controller could take the GPUCheckpoints of a node whose machine its fleet had not
+// made yet for another agent's, and leave them untouched.
+func (f *Fleet) SyncAll(ctx context.Context) error {
+	nodes, err := f.nodes.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("listing nodes from cache: %w", err)
+	}
+	var errs []error
+	for _, n := range nodes {
+		if err := f.SyncNode(klog.NewContext(ctx, klog.FromContext(ctx).WithValues("node", n.Name, "simulated", true)), n.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // SyncNode brings a node's machine in line with the node and its pods.

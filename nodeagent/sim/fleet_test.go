@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -179,5 +180,31 @@ func TestFleetPublishesProgress(t *testing.T) {
 	h.fleet.PublishProgress(t.Context())
 	if a := h.kube.Actions(); len(a) != 0 {
 		t.Errorf("actions %v, want none", a)
+	}
+}
+
+// SyncAll makes every simulated node's machine, and tells OnMachine, before the fleet's
+// workers run: a restarted agent's controller serves a node only once its engine exists.
+// Found by the kill storm: GPUCheckpoints created while the agent was down stayed Pending.
+func TestSyncAllBeforeRun(t *testing.T) {
+	other := kwokNode("real-0", "NVIDIA-H100-80GB-HBM3", "1")
+	other.Labels["type"] = "real"
+	h := newFleetHarness(t, kwokNode("kwok-0", "NVIDIA-H100-80GB-HBM3", "2"), kwokNode("kwok-1", "NVIDIA-H100-80GB-HBM3", "1"), other)
+	var made []string
+	h.fleet.OnMachine(func(node string, m *Machine) {
+		if m != nil {
+			made = append(made, node)
+		}
+	})
+	if err := h.fleet.SyncAll(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"kwok-0", "kwok-1"}, made, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("machines made (-want +got):\n%s", diff)
+	}
+	for _, n := range []string{"kwok-0", "kwok-1"} {
+		if _, ok := h.fleet.Machine(n); !ok {
+			t.Errorf("no machine for %s", n)
+		}
 	}
 }

@@ -217,6 +217,11 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	// A nominated pod that does not fit yet waits for the memory its victims are freeing (or
+	// for its time-slice turn): that memory is its own, so no pod of its priority or lower
+	// resumes on the node meanwhile.
+	waiting := false
+	var waitingPriority int32
 	for _, p := range nominated {
 		if p.Spec.NodeName != "" {
 			continue
@@ -224,11 +229,17 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)
+			} else if prio := corev1helpers.PodPriority(p); !waiting || prio > waitingPriority {
+				waiting, waitingPriority = true, prio
 			}
 		}
 	}
 
 	for _, cand := range candidates {
+		if waiting && corev1helpers.PodPriority(cand.pod) <= waitingPriority {
+			logger.V(4).Info("Suspended pod waits: a nominated pod of its priority or higher waits for memory on the node", "pod", klog.KObj(cand.pod), "node", node)
+			continue
+		}
 		from := gpupod.AssignedGPUs(cand.pod)
 		target := from
 		if acc.FitsSlotHeld(cand.demand, from) {
@@ -322,9 +333,12 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 		return err
 	}
 	if _, err := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return nil // the informer brings the news and the node is synced again
+		if apierrors.IsNotFound(err) {
+			return nil // the pod's deletion queues the node again
 		}
+		// A conflict too is retried: the change that caused it (another controller's
+		// annotation, say) may be one that does not queue the node by itself, and the pod
+		// would stay suspended on a free GPU.
 		return fmt.Errorf("marking pod %s Resuming: %w", klog.KObj(pod), err)
 	}
 	ck := &kv1.GPUCheckpoint{

@@ -2,6 +2,7 @@ package resume
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -9,7 +10,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
@@ -250,6 +254,31 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
 		},
 		{
+			// Found by the kill storm: the preemptor's victim still held its memory, so the
+			// preemptor did not fit yet and the memory freed so far went to a suspended pod.
+			name: "memory a nominated preemptor waits for goes to no pod of its priority or lower",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("victim", 1, "50Gi", 0, kv1.PodSuspending),
+				pod("small", 1, "20Gi", 0, kv1.PodSuspended),
+				pod("peer", 10, "20Gi", 0, kv1.PodSuspended),
+				nominatedPod("hi", 10, "80Gi"),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("small", kv1.ReasonTimeSlice, time.Minute), suspension("peer", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "a pod of higher priority than a waiting preemptor resumes",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("victim", 1, "50Gi", 0, kv1.PodSuspending),
+				pod("top", 20, "20Gi", 0, kv1.PodSuspended),
+				nominatedPod("hi", 10, "80Gi"),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("top", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{"top": resuming("GPU-0")}, Resumed: map[string]string{"top": ""}},
+		},
+		{
 			name: "a resume in flight is not repeated",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
@@ -357,6 +386,53 @@ func TestResumeName(t *testing.T) {
 	if got := resumeName(st.MakePod().Name("p").Obj(), ck, 2); got != "p-resume-01234567-3" {
 		t.Errorf("resumeName = %q", got)
 	}
+}
+
+// A pod that changed between the controller's look and its Resuming mark (a conflict) is not
+// dropped: the sync fails, so that the node is synced again from the fresh pod. Found by the
+// kill storm: another controller's annotation patch, which does not queue the node by itself,
+// left a pod suspended on a free GPU.
+func TestSyncRetriesAfterConflict(t *testing.T) {
+	pods := []*v1.Pod{pod("a", 100, "10Gi", 0, kv1.PodSuspended)}
+	env := controllertest.New(pods)
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.now = func() time.Time { return now }
+	env.Fill(t, pods, nil, []*kv1.GPUNode{gpuNode(2, 80)}, []*kv1.GPUCheckpoint{suspension("a", kv1.ReasonPreemption, time.Minute)})
+	conflicts := 1
+	env.Client.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicts == 0 {
+			return false, nil, nil
+		}
+		conflicts--
+		return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "pods"}, "a", errors.New("the object has been modified"))
+	})
+	if err := c.sync(t.Context(), "n1"); !apierrors.IsConflict(err) {
+		t.Fatalf("sync after a conflict: %v, want the conflict (the node is retried)", err)
+	}
+	if err := c.sync(t.Context(), "n1"); err != nil {
+		t.Fatalf("second sync: %v", err)
+	}
+	var resumed []string
+	for _, a := range env.Kybernate.Actions() {
+		if cr, ok := a.(k8stesting.CreateAction); ok {
+			resumed = append(resumed, cr.GetObject().(*kv1.GPUCheckpoint).Spec.PodName)
+		}
+	}
+	if diff := cmp.Diff([]string{"a"}, resumed); diff != "" {
+		t.Errorf("resumed (-want +got):\n%s", diff)
+	}
+}
+
+// nominatedPod is an unbound pod nominated to n1 (a preemptor waiting for its victims).
+func nominatedPod(name string, prio int32, mem string) *v1.Pod {
+	p := pod(name, prio, mem, 0, "")
+	p.Spec.NodeName = ""
+	delete(p.Annotations, kv1.AnnotationGPUs)
+	p.Status.NominatedNodeName = "n1"
+	return p
 }
 
 // TestDeferredEvent: a deferred resume tells the pod why it waits, and counts.

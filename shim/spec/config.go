@@ -87,6 +87,10 @@ type Config struct {
 	AgentSocket string `json:"agentSocket,omitempty"`
 	// AgentTimeout bounds that call (5m); when it fails or runs out, the container is stopped.
 	AgentTimeout Duration `json:"agentTimeout,omitempty"`
+	// CheckpointDir is the node agent's --checkpoint-dir (/var/lib/kybernate/images): a
+	// container restores only from an image of its pod's namespace under it
+	// (<checkpointDir>/<namespace>/...), reached without symbolic links.
+	CheckpointDir string `json:"checkpointDir,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "10m").
@@ -165,7 +169,14 @@ func (c *Config) setDefaults() {
 	if c.AgentTimeout.Duration == 0 {
 		c.AgentTimeout.Duration = 5 * time.Minute
 	}
+	if c.CheckpointDir == "" {
+		c.CheckpointDir = DefaultCheckpointDir
+	}
 }
+
+// DefaultCheckpointDir is the folder of checkpoint images the agent's manifests give it
+// (--checkpoint-dir).
+const DefaultCheckpointDir = "/var/lib/kybernate/images"
 
 // DefaultAgentSocket is the node agent's default --socket.
 const DefaultAgentSocket = "/run/kybernate/agent.sock"
@@ -184,7 +195,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("manageCgroupsMode %q: want soft, full, strict or ignore", c.ManageCgroupsMode))
 	}
 	for name, p := range map[string]string{"driverRoot": c.DriverRoot, "devRoot": c.DevRoot, "procRoot": c.ProcRoot,
-		"containerLibraryDir": c.ContainerLibraryDir, "containerBinaryDir": c.ContainerBinaryDir, "agentSocket": c.AgentSocket} {
+		"containerLibraryDir": c.ContainerLibraryDir, "containerBinaryDir": c.ContainerBinaryDir, "agentSocket": c.AgentSocket,
+		"checkpointDir": c.CheckpointDir} {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", name, p))
 		}

@@ -47,7 +47,7 @@ func newCheckpointEnv(t *testing.T) *checkpointEnv {
 	e := newEnv(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
-	agent := exec.Command(agentBin, "--containerd-socket", socket, "--namespace", e.ns, "--socket", sock)
+	agent := exec.Command(agentBin, "--containerd-socket", socket, "--namespace", e.ns, "--socket", sock, "--checkpoint-dir", imagesRoot)
 	agent.Stdout, agent.Stderr = os.Stderr, os.Stderr
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
@@ -63,11 +63,29 @@ func newCheckpointEnv(t *testing.T) *checkpointEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	images := filepath.Join(dir, "images")
-	if err := os.Mkdir(images, 0o700); err != nil {
+	return &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn), images: testImages(t)}
+}
+
+// testImages is a folder of this test's images in namespace ml's folder under imagesRoot,
+// removed when the test ends.
+func testImages(t *testing.T) string {
+	t.Helper()
+	ns, err := image.NamespaceDir(imagesRoot, "ml")
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn), images: images}
+	dir, err := os.MkdirTemp(ns, "test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// restoreFrom are the annotations of a container of a pod in namespace ml (the CRI gives
+// containers their sandbox's namespace) restored from dir.
+func restoreFrom(dir string) map[string]string {
+	return map[string]string{kv1.AnnotationRestoreFrom: dir, "io.kubernetes.cri.sandbox-namespace": "ml"}
 }
 
 // podLabels are the kubelet's labels of container name of pod ml/<pod>.
@@ -135,10 +153,11 @@ func TestCheckpointAndRestore(t *testing.T) {
 	if !slices.ContainsFunc(m.Files, func(f image.File) bool { return f.Name == "inventory.img" }) {
 		t.Errorf("metadata files %v: no inventory.img", m.Files)
 	}
+	private(t, moveDir)
 	before := tree(t, moveDir)
 
 	restored := e.mustRun("counter-restored", ctrOpts{labels: podLabels("train-2", "counter"),
-		annotations: map[string]string{kv1.AnnotationRestoreFrom: moveDir}})
+		annotations: restoreFrom(moveDir)})
 	restored.counting(t, last+3)
 	first, err := strconv.Atoi(restored.stdout.lines()[0])
 	if err != nil {
@@ -153,7 +172,7 @@ func TestCheckpointAndRestore(t *testing.T) {
 
 	// The copy restores too, next to the restored move: it goes on from where the copy was taken.
 	fromCopy := e.mustRun("counter-from-copy", ctrOpts{labels: podLabels("train-3", "counter"),
-		annotations: map[string]string{kv1.AnnotationRestoreFrom: copyDir}})
+		annotations: restoreFrom(copyDir)})
 	fromCopy.counting(t, 2)
 	if first, _ := strconv.Atoi(fromCopy.stdout.lines()[0]); first <= 5 || first > n+1 {
 		t.Errorf("counter restored from the copy started at %d, want 6..%d", first, n+1)
@@ -286,6 +305,22 @@ func TestRestoreFromBadImages(t *testing.T) {
 	if _, err := image.Write(gpu, gm); err != nil {
 		t.Fatal(err)
 	}
+	// Isolation: images of other namespaces, outside the checkpoint folder, or reached
+	// through a link or "..", are refused whatever they hold.
+	outside := filepath.Join(t.TempDir(), "good")
+	copyTree(t, good, outside)
+	otherNS, err := image.NamespaceDir(imagesRoot, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(otherNS, filepath.Base(e.images)+"-good")
+	copyTree(t, good, other)
+	t.Cleanup(func() { os.RemoveAll(other) })
+	link := e.images + "-link" // next to e.images: tree does not follow links
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(link) })
 	before := tree(t, e.images)
 
 	tests := []struct {
@@ -297,11 +332,15 @@ func TestRestoreFromBadImages(t *testing.T) {
 		{name: "relative", dir: "images/good", wantMsg: "want an absolute path"},
 		// A GPU image restores only into a container with its GPUs (kybernate.io/gpus).
 		{name: "gpu memory", dir: gpu, wantMsg: "but the container has 0 gpus in kybernate.io/gpus"},
+		{name: "outside the checkpoint folder", dir: outside, wantMsg: image.RefusedOutside},
+		{name: "other namespace", dir: other, wantMsg: image.RefusedOtherNamespace},
+		{name: "symbolic link", dir: link, wantMsg: image.RefusedSymlink},
+		{name: "dot dot", dir: e.images + "/../" + filepath.Base(e.images) + "/good", wantMsg: image.RefusedInvalidPath},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := e.run("restore-"+strconv.Itoa(i), ctrOpts{labels: podLabels("train-2", "counter"),
-				annotations: map[string]string{kv1.AnnotationRestoreFrom: tt.dir}})
+				annotations: restoreFrom(tt.dir)})
 			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Fatalf("error %v, want one containing %q", err, tt.wantMsg)
 			}
@@ -319,12 +358,41 @@ func TestRestoreFromBadImages(t *testing.T) {
 
 	// The agent's Restore has nothing to put back for a container without GPUs; GPU images need
 	// the CUDA driver (this agent has none: the GPU part runs in test/gpu).
-	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: good, ContainerId: "counter"}); err != nil {
+	ml := &agentv1.PodRef{Namespace: "ml", Name: "train-2"}
+	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: good, ContainerId: "counter"}); err != nil {
 		t.Errorf("Restore of an image without gpus: %v", err)
 	}
-	_, err = e.agent.Restore(e.ctx, &agentv1.RestoreRequest{ImageDir: gpu, ContainerId: "counter"})
+	if _, err := e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: other, ContainerId: "counter"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Restore of another namespace's image: %v, want PermissionDenied", err)
+	}
+	_, err = e.agent.Restore(e.ctx, &agentv1.RestoreRequest{Pod: ml, ImageDir: gpu, ContainerId: "counter"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "CUDA driver is not usable") || !strings.Contains(err.Error(), "the image is kept") {
 		t.Errorf("Restore of a gpu image: %v, want FailedPrecondition: no CUDA driver, image kept", err)
+	}
+}
+
+// private checks that an image's folders are 0700 and its files 0600.
+func private(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := image.FileMode
+		if d.IsDir() {
+			want = image.DirMode
+		}
+		if info.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", p, info.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -368,6 +436,70 @@ func names(t *testing.T, dir string) []string {
 func copyTree(t *testing.T, from, to string) {
 	t.Helper()
 	if err := os.CopyFS(to, os.DirFS(from)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A checkpoint that fills the disk rolls back cleanly: on an 8 MiB tmpfs filled up to a few
+// KiB, the dump fails with the disk's error, the image folder and CRIU's work folder are gone,
+// the container runs on (it was frozen for the dump), and once there is room again the same
+// checkpoint succeeds.
+func TestCheckpointOnFullDisk(t *testing.T) {
+	e := newCheckpointEnv(t)
+	disk := filepath.Join(e.images, "small-disk")
+	if err := os.Mkdir(disk, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", disk, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
+		t.Fatalf("mounting an 8 MiB tmpfs (the e2e tests run as root): %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(disk, unix.MNT_DETACH) })
+	filler := filepath.Join(disk, "filler")
+	fill(t, filler, 16<<10)
+
+	counter := e.mustRun("counter", ctrOpts{labels: podLabels("train", "counter"), env: []string{"COUNTER_INTERVAL=0.05"}})
+	counter.counting(t, 3)
+	dir := filepath.Join(disk, "img")
+	_, err := e.checkpoint("train", dir, false)
+	if err == nil {
+		t.Fatal("checkpoint onto a full disk succeeded")
+	}
+	t.Logf("error: %v", err)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "is full") || !strings.Contains(err.Error(), "no image written") {
+		t.Errorf("error %v: want ResourceExhausted saying the disk is full and no image was written (rolled back)", err)
+	}
+	if got := names(t, disk); !slices.Equal(got, []string{"filler"}) {
+		t.Errorf("the disk holds %v after the failed checkpoint, want only the filler (no image, no criu work folder)", got)
+	}
+	n := counter.count(t)
+	counter.counting(t, n+3) // thawed, still running
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.checkpoint("train", dir, true); err != nil {
+		t.Fatalf("checkpoint with room again: %v", err)
+	}
+	if _, err := image.Verify(dir); err != nil {
+		t.Error(err)
+	}
+	private(t, dir)
+	n = counter.count(t)
+	counter.counting(t, n+2)
+}
+
+// fill writes a file that leaves about free bytes on its file system.
+func fill(t *testing.T, path string, free uint64) {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(path), &st); err != nil {
+		t.Fatal(err)
+	}
+	avail := st.Bavail * uint64(st.Bsize)
+	if avail <= free {
+		t.Fatalf("%s has %d bytes free, want more than %d", filepath.Dir(path), avail, free)
+	}
+	if err := os.WriteFile(path, make([]byte, avail-free), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

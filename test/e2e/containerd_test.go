@@ -50,6 +50,10 @@ var (
 	shimDir string
 	// agentBin serves the agent API (test/e2e/agent).
 	agentBin string
+	// imagesRoot is the checkpoint folder of the shims (their checkpointDir) and the test
+	// agent (--checkpoint-dir): containers restore only from images of their pod's namespace
+	// under it.
+	imagesRoot string
 )
 
 func TestMain(m *testing.M) {
@@ -75,6 +79,14 @@ func run(m *testing.M) int {
 		// The daemons' shims find runc's criu on PATH.
 		os.Setenv("PATH", filepath.Join(p, "criu", "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
+	imagesRoot = filepath.Join(dir, "images")
+	shimConfig := filepath.Join(dir, "shim.yaml")
+	if err := os.WriteFile(shimConfig, []byte("checkpointDir: "+imagesRoot+"\n"), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// Every daemon's shims, migration's second daemon's too, read it.
+	os.Setenv("KYBERNATE_SHIM_CONFIG", shimConfig)
 	script := filepath.Join(root, "hack", "containerd.sh")
 	env := append(os.Environ(), "KYBERNATE_CONTAINERD_DIR="+dir, "KYBERNATE_SHIM_DIR="+filepath.Join(dir, "bin"))
 	if err := setup(root, dir, env); err != nil {

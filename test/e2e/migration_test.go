@@ -10,7 +10,6 @@ import (
 
 	"github.com/containerd/containerd/namespaces"
 
-	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/image"
 )
 
@@ -54,10 +53,7 @@ func TestMigrateBetweenDaemons(t *testing.T) {
 		t.Fatalf("daemon B listens on daemon A's socket %s", sockB)
 	}
 	b := newEnvOn(t, sockB)
-	shared := filepath.Join(t.TempDir(), "shared-images")
-	if err := os.Mkdir(shared, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	shared := testImages(t)
 
 	orig := a.mustRun("counter", ctrOpts{labels: podLabels("train", "counter"), env: []string{"COUNTER_INTERVAL=0.05"}})
 	orig.counting(t, 5)
@@ -74,7 +70,7 @@ func TestMigrateBetweenDaemons(t *testing.T) {
 	t.Logf("checkpointed under daemon A at %d: %d files", last, len(m.Files))
 
 	restored := b.mustRun("counter-migrated", ctrOpts{labels: podLabels("train-m1", "counter"),
-		annotations: map[string]string{kv1.AnnotationRestoreFrom: dir}})
+		annotations: restoreFrom(dir)})
 	restored.counting(t, last+3)
 	first, err := strconv.Atoi(restored.stdout.lines()[0])
 	if err != nil {

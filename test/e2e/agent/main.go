@@ -29,6 +29,7 @@ func run() int {
 	namespace := flag.String("namespace", "", "containerd namespace of the containers")
 	socket := flag.String("socket", "", "where to serve the agent API")
 	timeout := flag.Duration("dump-timeout", 2*time.Minute, "limit of a CRIU dump")
+	images := flag.String("checkpoint-dir", "", "checkpoint folder images are restored from")
 	flag.Parse()
 	runtime, err := checkpoint.NewContainerd(*containerd, *namespace)
 	if err != nil {
@@ -38,6 +39,7 @@ func run() int {
 	defer runtime.Close()
 	cp := checkpoint.New(checkpoint.Config{Node: "e2e", Timeout: *timeout}, runtime, nil, nil, clock.RealClock{})
 	srv := server.New(server.NodeMap{"e2e": {Checkpoints: cp}}, nil, nil, 0, false)
+	srv.SetImageRoot(*images)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := server.Serve(ctx, *socket, srv); err != nil {

@@ -21,6 +21,7 @@ import (
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	kimage "github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 )
@@ -51,7 +52,12 @@ func testCheckpointRestore(t *testing.T, c *framework.Cluster, node string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	image := filepath.Join(images, ns+"-train")
+	// Images live in their namespace's folder: the shim restores a pod only from its own.
+	nsDir, err := kimage.NamespaceDir(images, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := filepath.Join(nsDir, "train")
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
@@ -103,6 +109,7 @@ func useNodeContainerd(t *testing.T, c *framework.Cluster) string {
 	const ctr = "/spec/template/spec/containers/0"
 	patch, err := json.Marshal([]op{
 		{"add", ctr + "/command/-", "--containerd-socket=" + sock},
+		{"add", ctr + "/command/-", "--checkpoint-dir=" + images}, // the shim's checkpointDir (hack/node-up.sh)
 		{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "node-containerd", "hostPath": map[string]any{"path": sock, "type": "Socket"}}},
 		{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "checkpoints", "hostPath": map[string]any{"path": images, "type": "Directory"}}},
 		{"add", ctr + "/volumeMounts/-", map[string]any{"name": "node-containerd", "mountPath": sock}},
