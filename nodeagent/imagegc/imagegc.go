@@ -50,8 +50,8 @@ import (
 const (
 	EventImageDeleted = "CheckpointImageDeleted"
 
-	ReasonRestored = "Restored"
-	ReasonExpired  = "Expired"
+	ReasonRestored = metrics.ImageDeletedRestored
+	ReasonExpired  = metrics.ImageDeletedExpired
 )
 
 // Config configures a Collector.

@@ -98,6 +98,12 @@ var (
 	}, []string{"node"})
 )
 
+// Reasons of checkpoint image deletions (the label reason; package imagegc uses them).
+const (
+	ImageDeletedRestored = "Restored"
+	ImageDeletedExpired  = "Expired"
+)
+
 // Checkpoint images (--checkpoint-dir), set by each scan of package imagegc.
 var (
 	// CheckpointImageBytes is the size of the images the agent looks after.
@@ -155,6 +161,10 @@ func Register() {
 			OperationBytes.WithLabelValues(op)
 			OperationThroughput.WithLabelValues(op)
 			BytesMoved.WithLabelValues(op)
+		}
+		for _, reason := range []string{ImageDeletedRestored, ImageDeletedExpired} {
+			CheckpointImagesDeleted.WithLabelValues(reason)
+			CheckpointImageBytesDeleted.WithLabelValues(reason)
 		}
 		for _, object := range []string{WriteGPUNode, WriteNode} {
 			for _, result := range []string{ResultSuccess, ResultFailure} {

@@ -7,6 +7,7 @@ package ecosystem
 import (
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,8 @@ func setup(t *testing.T) *env {
 		agentPort, schedPort := freePort(t), freePort(t)
 		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, nil,
 			"--slots-per-gpu", fmt.Sprint(slotsPerGPU), "--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G",
+			// A checkpoint folder, so that the image collector runs and serves its metrics.
+			"--checkpoint-dir", checkpointDir(t), "--image-gc-interval", "1s",
 			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", agentPort))
 		// Again with its secure port open: flags given later win.
 		k.Scheduler.Stop()
@@ -85,4 +88,15 @@ func freePort(t *testing.T) int {
 func gpuPod(ns, name, node, class, mem string) *v1.Pod {
 	return util.MakePod().Namespace(ns).Name(name).SchedulerName("kybernate-scheduler").
 		PriorityClassName(class).NodeSelector(v1.LabelHostname, node).GPU(1).GPUMemory(mem).Obj()
+}
+
+// checkpointDir is a folder for the agent's checkpoint images that outlives the test that
+// happens to start the shared agent.
+func checkpointDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ecosystem-images-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
