@@ -126,7 +126,14 @@ func GPUMemory(pod *v1.Pod) (int64, error) {
 	if q.Sign() <= 0 {
 		return 0, fieldError(kv1.AnnotationGPUMemory, s, "must be positive")
 	}
-	return q.Value(), nil
+	// Value() of a quantity past int64 (e.g. "10E") is not the quantity: refuse it.
+	b, exact := q.AsInt64()
+	if !exact {
+		if b = q.Value(); b <= 0 || q.Cmp(*resource.NewQuantity(b, resource.BinarySI)) > 0 {
+			return 0, fieldError(kv1.AnnotationGPUMemory, s, "is too large")
+		}
+	}
+	return b, nil
 }
 
 // GPUModel decodes kybernate.io/gpu-model: the only GPU model the pod may get, "" without the
