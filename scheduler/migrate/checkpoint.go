@@ -147,14 +147,5 @@ func (c *Controller) markResult(ctx context.Context, ck *kv1.GPUCheckpoint, resu
 }
 
 func checkpointName(pod *v1.Pod, suspension *kv1.GPUCheckpoint, attempt int) string {
-	uid := string(suspension.UID)
-	if len(uid) > 8 {
-		uid = uid[:8]
-	}
-	suffix := fmt.Sprintf("-migrate-%s-%d", uid, attempt+1)
-	name := pod.Name
-	if limit := 253 - len(suffix); len(name) > limit {
-		name = name[:limit]
-	}
-	return name + suffix
+	return gpupod.MoveName(pod, "migrate", suspension, attempt)
 }

@@ -380,16 +380,7 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 }
 
 func resumeName(pod *v1.Pod, suspension *kv1.GPUCheckpoint, attempt int) string {
-	uid := string(suspension.UID)
-	if len(uid) > 8 {
-		uid = uid[:8]
-	}
-	suffix := fmt.Sprintf("-resume-%s-%d", uid, attempt+1)
-	name := pod.Name
-	if limit := 253 - len(suffix); len(name) > limit {
-		name = name[:limit]
-	}
-	return name + suffix
+	return gpupod.MoveName(pod, "resume", suspension, attempt)
 }
 
 func suspendedAt(ck *kv1.GPUCheckpoint) time.Time {

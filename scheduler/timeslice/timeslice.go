@@ -44,6 +44,7 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
@@ -239,12 +240,7 @@ func (c *Controller) label(ctx context.Context, pod *v1.Pod, labels, gpuTimes ma
 // turnName is the same for every request to end one turn, so that a retry creates no second
 // suspension.
 func turnName(pod *v1.Pod, turnStart time.Time) string {
-	suffix := fmt.Sprintf("-turn-%d", turnStart.Unix())
-	name := pod.Name
-	if limit := 253 - len(suffix); len(name) > limit {
-		name = name[:limit]
-	}
-	return strings.ToLower(name + suffix)
+	return strings.ToLower(gpupod.CheckpointName(pod, fmt.Sprintf("-turn-%d", turnStart.Unix())))
 }
 
 func ended(ck *kv1.GPUCheckpoint) bool {
