@@ -1,6 +1,7 @@
 package gpupod
 
 import (
+	"fmt"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -55,12 +56,11 @@ func (d Demand) AtLeast(bytes int64) Demand {
 // and sidecars summed, init containers at their peak), and its kybernate.io/gpu-memory and
 // kybernate.io/gpu-model annotations. A pod that asks for no GPU has count 0.
 func PodDemand(pod *v1.Pod) (Demand, error) {
-	count := GPURequest(pod)
-	if count == 0 {
-		return Demand{}, nil
+	count, err := GPURequest(pod)
+	if count == 0 || err != nil {
+		return Demand{}, err
 	}
 	d := Demand{Count: int(count)}
-	var err error
 	if d.Bytes, err = GPUMemory(pod); err != nil {
 		return Demand{}, err
 	}
@@ -70,14 +70,23 @@ func PodDemand(pod *v1.Pod) (Demand, error) {
 	return d, nil
 }
 
-// GPURequest is the number of kybernate.io/gpu the pod requests.
-func GPURequest(pod *v1.Pod) int64 {
+// MaxGPUsPerPod bounds the kybernate.io/gpu a pod may request: more GPUs than any node has
+// is refused as an error instead of wrapping past int64.
+const MaxGPUsPerPod = 1024
+
+// GPURequest is the number of kybernate.io/gpu the pod requests (a fraction rounds up), or an
+// error for a request past MaxGPUsPerPod.
+func GPURequest(pod *v1.Pod) (int64, error) {
 	reqs := resourcehelper.PodRequests(withDefaultedRequests(pod), resourcehelper.PodResourcesOptions{
 		ExcludeOverhead:       true,
 		SkipPodLevelResources: true, // pod-level resources cannot name extended resources
 	})
 	q := reqs[kv1.ResourceGPU]
-	return q.Value()
+	if q.Cmp(*resource.NewQuantity(MaxGPUsPerPod, resource.DecimalSI)) > 0 {
+		return 0, &FieldError{Field: string(kv1.ResourceGPU), Value: q.String(), Resource: true,
+			Reason: fmt.Sprintf("is more than %d GPUs", MaxGPUsPerPod)}
+	}
+	return q.Value(), nil
 }
 
 // withDefaultedRequests returns the pod with the GPU requests the API server defaults from the
@@ -119,7 +128,7 @@ func GPUMemory(pod *v1.Pod) (int64, error) {
 	if !ok {
 		return 0, nil
 	}
-	q, err := resource.ParseQuantity(strings.TrimSpace(s))
+	q, err := ParseQuantity(s)
 	if err != nil {
 		return 0, &FieldError{Field: kv1.AnnotationGPUMemory, Value: s, Reason: `is not a quantity such as "40Gi"`, Err: err}
 	}

@@ -1,6 +1,7 @@
 package gpupod
 
 import (
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -45,12 +46,38 @@ func TestGPURequest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1.PodSpec{InitContainers: tt.init, Containers: tt.main}}
 			orig := pod.DeepCopy()
-			if got := GPURequest(pod); got != tt.want {
-				t.Errorf("GPURequest = %d, want %d", got, tt.want)
+			if got, err := GPURequest(pod); got != tt.want || err != nil {
+				t.Errorf("GPURequest = %d, %v, want %d", got, err, tt.want)
 			}
 			if pod.Spec.Containers != nil && orig.Spec.Containers[0].Resources.Requests == nil && pod.Spec.Containers[0].Resources.Requests != nil {
 				t.Error("GPURequest changed the pod")
 			}
 		})
+	}
+}
+
+func TestGPURequestTooLarge(t *testing.T) {
+	// 2^64+1 GPUs wrapped to 1 GPU in int64 before the bound.
+	for _, n := range []string{"1025", "10000000000000000000", "18446744073709551617"} {
+		pod := &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
+			Limits: v1.ResourceList{kv1.ResourceGPU: resource.MustParse(n)}}}}}}
+		if got, err := GPURequest(pod); err == nil || !strings.Contains(err.Error(), "resource request kybernate.io/gpu") {
+			t.Errorf("GPURequest(%s GPUs) = %d, %v, want an error naming the resource", n, got, err)
+		}
+		if d, err := PodDemand(pod); err == nil {
+			t.Errorf("PodDemand(%s GPUs) = %+v without an error", n, d)
+		}
+	}
+}
+
+func TestParseQuantityExponent(t *testing.T) {
+	for s, ok := range map[string]bool{
+		"40Gi": true, " 5E ": true, "5Ei": true, "1e9": true, "1.5e-3": true, "1e+64": true,
+		"1e65": false, "1e-999999999": false, "1e99999999999999999999": false,
+	} {
+		_, err := ParseQuantity(s)
+		if (err == nil) != ok {
+			t.Errorf("ParseQuantity(%q) error = %v, want ok=%v", s, err, ok)
+		}
 	}
 }

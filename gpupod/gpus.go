@@ -67,11 +67,13 @@ func PodGPUs(pod *v1.Pod) (gpus []string, ok bool, err error) {
 	return gpus, err == nil, err
 }
 
-// FieldError is a kybernate.io annotation whose value does not decode: it names the
-// annotation and the value.
+// FieldError is a kybernate.io annotation (or the kybernate.io/gpu resource) whose value does
+// not decode: it names the annotation and the value.
 type FieldError struct {
 	// Field is the annotation's name, Value the value found.
 	Field, Value string
+	// Resource is set when Field names a resource request, not an annotation.
+	Resource bool
 	// Reason says what is wrong, as a sentence's predicate ("must be positive").
 	Reason string
 	// Err is the underlying parse error, if any.
@@ -79,9 +81,13 @@ type FieldError struct {
 }
 
 func (e *FieldError) Error() string {
-	msg := fmt.Sprintf("annotation %s=%q %s", e.Field, e.Value, e.Reason)
+	kind := "annotation"
+	if e.Resource {
+		kind = "resource request"
+	}
+	msg := fmt.Sprintf("%s %s=%q %s", kind, e.Field, e.Value, e.Reason)
 	if strings.TrimSpace(e.Value) == "" {
-		msg = fmt.Sprintf("annotation %s %s", e.Field, e.Reason)
+		msg = fmt.Sprintf("%s %s %s", kind, e.Field, e.Reason)
 	}
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()

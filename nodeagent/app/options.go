@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/status"
 )
@@ -194,7 +195,7 @@ type quantityValue struct{ q *resource.Quantity }
 func (v *quantityValue) String() string { return v.q.String() }
 func (v *quantityValue) Type() string   { return "quantity" }
 func (v *quantityValue) Set(s string) error {
-	q, err := resource.ParseQuantity(s)
+	q, err := gpupod.ParseQuantity(s)
 	if err != nil {
 		return err
 	}

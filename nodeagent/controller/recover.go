@@ -6,12 +6,12 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 )
 
@@ -93,11 +93,11 @@ func lastSuspend(ckpts []*kv1.GPUCheckpoint, pod *v1.Pod, node string) *kv1.GPUC
 // declaredMemory is the pod's kybernate.io/gpu-memory in bytes, 0 when it declares none (the
 // whole GPU) or the annotation does not parse.
 func declaredMemory(pod *v1.Pod) int64 {
-	q, err := resource.ParseQuantity(strings.TrimSpace(pod.Annotations[kv1.AnnotationGPUMemory]))
-	if err != nil || q.Sign() <= 0 {
+	b, err := gpupod.GPUMemory(pod)
+	if err != nil {
 		return 0
 	}
-	return q.Value()
+	return b
 }
 
 // EndDeleted ends the parked processes of a suspended pod that is being deleted: a parked

@@ -7,10 +7,9 @@ import (
 	"strconv"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/api/resource"
-
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 )
 
@@ -45,7 +44,7 @@ func ParseForeignMemory(s string, gpus int) (map[int]uint64, error) {
 		if _, dup := out[i]; dup {
 			return nil, fmt.Errorf("%q: gpu %d named twice", part, i)
 		}
-		q, err := resource.ParseQuantity(strings.TrimSpace(qty))
+		q, err := gpupod.ParseQuantity(qty)
 		if err != nil || q.Sign() < 0 {
 			return nil, fmt.Errorf("%q: %q is not a quantity of bytes >= 0", part, qty)
 		}
