@@ -17,6 +17,7 @@ package extender
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -140,7 +141,13 @@ func (e *Extender) accounting(node string, pod *v1.Pod) (*gpupod.Accounting, str
 		seen[p.UID] = true
 		pods = append(pods, p)
 	}
-	pods = append(pods, e.reserved.podsOn(node, seen)...)
+	for _, r := range e.reserved.podsOn(node, seen) {
+		// A reservation kept after an unclear bind counts until the pod shows up bound.
+		if cur, err := e.podLister.Pods(r.Namespace).Get(r.Name); err == nil && cur.UID == r.UID && cur.Spec.NodeName != "" && cur.Spec.NodeName != node {
+			continue
+		}
+		pods = append(pods, r)
+	}
 	for _, w := range e.waitingPreemptors(node) {
 		if w.UID != pod.UID && !seen[w.UID] && corev1helpers.PodPriority(w) >= corev1helpers.PodPriority(pod) {
 			pods = append(pods, w)
@@ -220,27 +227,45 @@ func (e *Extender) bind(ctx context.Context, namespace, name string, uid types.U
 	if d.Count == 0 {
 		return e.api.Bind(ctx, binding)
 	}
-	e.bindMu.Lock()
-	defer e.bindMu.Unlock()
-	acc, why, err := e.accounting(node, pod)
+	chosen, err := e.reserve(ctx, pod, d, node)
 	if err != nil {
 		return err
 	}
-	if acc == nil {
-		return fmt.Errorf("node %s: %s", node, why)
-	}
-	chosen := acc.Choose(d, e.opts.Strategy)
-	if chosen == nil {
-		return fmt.Errorf("node %s has too few free GPUs %s now: another pod took them since filtering", node, describe(d))
-	}
 	binding.Annotations = map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(chosen)}
-	e.reserved.reserve(pod, node, chosen)
 	if err := e.api.Bind(ctx, binding); err != nil {
-		e.reserved.release(pod.UID)
+		// Only an answer of the API server says the binding was not made; after a timeout it
+		// may have been, so the GPUs stay reserved until the pod is bound again or deleted.
+		var status apierrors.APIStatus
+		if errors.As(err, &status) {
+			e.reserved.release(pod.UID)
+		}
 		return fmt.Errorf("binding pod %s to node %s with GPUs %v: %w", klog.KObj(pod), node, chosen, err)
 	}
 	logger.V(2).Info("Bound pod to GPUs", "pod", klog.KObj(pod), "node", node, "gpus", chosen)
 	return nil
+}
+
+// reserve chooses the pod's GPUs on the node and reserves them, under the lock that makes each
+// choice see every earlier one; the API call that binds runs outside it.
+func (e *Extender) reserve(ctx context.Context, pod *v1.Pod, d gpupod.Demand, node string) ([]string, error) {
+	e.bindMu.Lock()
+	defer e.bindMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("the scheduler gave up on binding pod %s: %w", klog.KObj(pod), err)
+	}
+	acc, why, err := e.accounting(node, pod)
+	if err != nil {
+		return nil, err
+	}
+	if acc == nil {
+		return nil, fmt.Errorf("node %s: %s", node, why)
+	}
+	chosen := acc.Choose(d, e.opts.Strategy)
+	if chosen == nil {
+		return nil, fmt.Errorf("node %s has too few free GPUs %s now: another pod took them since filtering", node, describe(d))
+	}
+	e.reserved.reserve(pod, node, chosen)
+	return chosen, nil
 }
 
 func describe(d gpupod.Demand) string {

@@ -71,6 +71,8 @@ type fixture struct {
 	checkpoints cache.Indexer
 	mu          sync.Mutex
 	bindings    []*v1.Binding
+	// bindErr, when set, is what the API server's Binding call returns (after making it).
+	bindErr error
 	created     []*kv1.GPUCheckpoint
 }
 
@@ -103,7 +105,7 @@ func newFixture(t testing.TB, strategy config.ScoringStrategyType, gns []*kv1.GP
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.bindings = append(f.bindings, b)
-			return nil
+			return f.bindErr
 		},
 		GetPod: func(ctx context.Context, ns, name string) (*v1.Pod, error) {
 			return client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
@@ -357,5 +359,31 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	if len(f.bindings) != 0 || len(f.created) != 0 || f.ext.reserved.len() != 0 {
 		t.Errorf("malformed requests changed something: %d bindings, %d GPUCheckpoints, %d reservations", len(f.bindings), len(f.created), f.ext.reserved.len())
+	}
+}
+
+// A bind whose API call times out may have bound the pod: its GPUs stay reserved, so the next
+// pod gets others. A refusal by the API server releases them.
+func TestUnclearBindKeepsTheReservation(t *testing.T) {
+	p1, p2, p3 := gpuPod("p1", 1, "50Gi").Obj(), gpuPod("p2", 1, "50Gi").Obj(), gpuPod("p3", 1, "50Gi").Obj()
+	f := newFixture(t, config.MostAllocated, []*kv1.GPUNode{gpuNode("a", 80, 80)}, p1, p2, p3)
+	f.bindErr = context.DeadlineExceeded
+	if res := f.bind(t, p1, "a"); res.Error == "" {
+		t.Fatal("bind with a timed-out API call reported no error")
+	}
+	f.bindErr = apierrors.NewConflict(v1.Resource("pods/binding"), "p2", fmt.Errorf("already assigned"))
+	if res := f.bind(t, p2, "a"); res.Error == "" {
+		t.Fatal("bind refused by the API server reported no error")
+	}
+	f.bindErr = nil
+	if res := f.bind(t, p3, "a"); res.Error != "" {
+		t.Fatalf("bind p3: %s", res.Error)
+	}
+	g1, g3 := f.bindings[0].Annotations[kv1.AnnotationGPUs], f.bindings[2].Annotations[kv1.AnnotationGPUs]
+	if g1 == g3 {
+		t.Errorf("p3 got %s, the GPU of the unclear bind of p1", g3)
+	}
+	if f.ext.reserved.gpus("p2") != nil {
+		t.Errorf("a refused bind kept its reservation")
 	}
 }
