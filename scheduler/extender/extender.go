@@ -19,7 +19,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -65,8 +64,10 @@ type Extender struct {
 	podLister   corelisters.PodLister
 	gpuNodes    listers.GPUNodeLister
 	checkpoints listers.GPUCheckpointLister
-	recorder    events.EventRecorder
-	now         func() time.Time
+	// checkpointIndexer is the store behind checkpoints.
+	checkpointIndexer cache.Indexer
+	recorder          events.EventRecorder
+	now               func() time.Time
 
 	// bindMu makes the GPU choice of one bind see every earlier bind.
 	bindMu   sync.Mutex
@@ -75,7 +76,7 @@ type Extender struct {
 
 // New builds an extender on informers the caller starts; pods must carry the
 // scheduler/internal/index pod indexes (AddIndexes adds them).
-func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers.GPUNodeLister, checkpoints listers.GPUCheckpointLister, recorder events.EventRecorder) (*Extender, error) {
+func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers.GPUNodeLister, checkpoints cache.Indexer, recorder events.EventRecorder) (*Extender, error) {
 	if opts.Strategy == "" {
 		opts.Strategy = config.MostAllocated
 	}
@@ -84,7 +85,7 @@ func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers
 	}
 	e := &Extender{
 		opts: opts, api: api, pods: pods.GetIndexer(), podLister: corelisters.NewPodLister(pods.GetIndexer()),
-		gpuNodes: gpuNodes, checkpoints: checkpoints, recorder: recorder, now: time.Now, reserved: newReservations(),
+		gpuNodes: gpuNodes, checkpoints: listers.NewGPUCheckpointLister(checkpoints), checkpointIndexer: checkpoints, recorder: recorder, now: time.Now, reserved: newReservations(),
 	}
 	_, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(obj interface{}) {
@@ -158,29 +159,7 @@ func (e *Extender) accounting(node string, pod *v1.Pod) (*gpupod.Accounting, str
 
 // waitingPreemptors are the unbound pods that suspensions on the node were requested for.
 func (e *Extender) waitingPreemptors(node string) []*v1.Pod {
-	cks, err := e.checkpoints.List(labelsHasPreemptor)
-	if err != nil {
-		return nil
-	}
-	var out []*v1.Pod
-	for _, ck := range cks {
-		ref := ck.Spec.Preemptor
-		if ref == nil || ck.Spec.Action != kv1.ActionSuspend || ck.Status.Phase == kv1.PhaseFailed {
-			continue
-		}
-		victim, err := e.podLister.Pods(ck.Namespace).Get(ck.Spec.PodName)
-		if err != nil || victim.Spec.NodeName != node {
-			continue
-		}
-		p, err := e.podLister.Pods(ref.Namespace).Get(ref.Name)
-		if err != nil || string(p.UID) != ref.UID || p.Spec.NodeName != "" || p.DeletionTimestamp != nil {
-			continue
-		}
-		if !slices.ContainsFunc(out, func(q *v1.Pod) bool { return q.UID == p.UID }) {
-			out = append(out, p)
-		}
-	}
-	return out
+	return index.WaitingPreemptors(e.checkpointIndexer, e.pods, node)
 }
 
 // suspensionsOf returns the Suspend GPUCheckpoints requested for the preemptor, in flight and

@@ -73,7 +73,7 @@ type fixture struct {
 	bindings    []*v1.Binding
 	// bindErr, when set, is what the API server's Binding call returns (after making it).
 	bindErr error
-	created     []*kv1.GPUCheckpoint
+	created []*kv1.GPUCheckpoint
 }
 
 func newFixture(t testing.TB, strategy config.ScoringStrategyType, gns []*kv1.GPUNode, pods ...*v1.Pod) *fixture {
@@ -121,7 +121,7 @@ func newFixture(t testing.TB, strategy config.ScoringStrategyType, gns []*kv1.GP
 		},
 	}
 	ext, err := New(Options{Strategy: strategy, DefaultMinRuntime: time.Minute}, api, podInformer,
-		listers.NewGPUNodeLister(gnIndexer), listers.NewGPUCheckpointLister(f.checkpoints), nil)
+		listers.NewGPUNodeLister(gnIndexer), f.checkpoints, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -211,10 +211,13 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range nominated {
-		if p.Spec.NodeName != "" {
+	// So are those a preemptor waits for without a nomination (extender mode).
+	claimed := map[types.UID]bool{}
+	for _, p := range append(nominated, index.WaitingPreemptors(c.checkpoints, c.pods, node)...) {
+		if p.Spec.NodeName != "" || claimed[p.UID] {
 			continue
 		}
+		claimed[p.UID] = true
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)

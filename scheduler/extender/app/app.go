@@ -161,7 +161,7 @@ func Build(ctx context.Context, o *Options, ctrlCfg *config.ControllerConfigurat
 		},
 	}
 	ext, err := extender.New(extender.Options{Strategy: config.ScoringStrategyType(o.ScoringStrategy), DefaultMinRuntime: o.DefaultMinRuntime},
-		api, podInformer, gpuNodes.Lister(), checkpoints.Lister(), recorder)
+		api, podInformer, gpuNodes.Lister(), checkpoints.Informer().GetIndexer(), recorder)
 	if err != nil {
 		return nil, nil, err
 	}
