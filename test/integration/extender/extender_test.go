@@ -269,7 +269,9 @@ func TestPreemptionBySuspension(t *testing.T) {
 	e := setup(t)
 	node := "kwok-gpu-2"
 	for i := range gpusPerNode {
-		e.create(t, gpuPod(e.ns, fmt.Sprintf("low-%d", i), binpack, low, "").NodeSelector(v1.LabelHostname, node).Obj())
+		// 70Gi: one per GPU. (A simulated whole-GPU pod's footprint is the whole GPU, which the
+		// agent's restore margin never lets back onto it.)
+		e.create(t, gpuPod(e.ns, fmt.Sprintf("low-%d", i), binpack, low, "70Gi").NodeSelector(v1.LabelHostname, node).Obj())
 	}
 	for i := range gpusPerNode {
 		e.waitBound(t, fmt.Sprintf("low-%d", i), time.Minute)
@@ -277,7 +279,7 @@ func TestPreemptionBySuspension(t *testing.T) {
 	for i := range gpusPerNode {
 		e.h.WaitPod(t, fmt.Sprintf("low-%d", i), time.Minute, "progress", func(p *v1.Pod) bool { return sim.ProgressOf(p) >= time.Second })
 	}
-	e.create(t, gpuPod(e.ns, "high", binpack, high, "").NodeSelector(v1.LabelHostname, node).Obj())
+	e.create(t, gpuPod(e.ns, "high", binpack, high, "70Gi").NodeSelector(v1.LabelHostname, node).Obj())
 	hp := e.waitBound(t, "high", 2*time.Minute)
 
 	var victim string
