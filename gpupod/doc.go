@@ -8,6 +8,9 @@
 //   - a pod's GPU demand (PodDemand, counted by k8s.io/component-helpers' PodRequests);
 //   - the GPU assignment codec (ParseGPUs/FormatGPUs of kybernate.io/gpus) and the accounting
 //     of a node's GPUs (Accounting) that places pods on them;
+//   - who may be suspended for a preemptor and at what cost (Ineligibility, ByCost,
+//     SuspendCheckpoint), shared by CheckpointPreemption and the extender, and SelectVictims,
+//     the extender's dry run by the accounting alone;
 //   - the pod GPU state machine: the table of allowed kybernate.io/state transitions and
 //     SetState, the one function that writes the state.
 //

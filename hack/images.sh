@@ -120,6 +120,9 @@ build_image() {
     kybernate-scheduler)
       gobuild ./scheduler/cmd/kybernate-scheduler "${rootfs}/kybernate-scheduler"
       add_libs "${rootfs}" "${rootfs}/kybernate-scheduler"
+      # The same image serves extender mode (docs/extender.md).
+      gobuild ./scheduler/cmd/kybernate-extender "${rootfs}/kybernate-extender"
+      add_libs "${rootfs}" "${rootfs}/kybernate-extender"
       mkdir -p "${rootfs}/tmp"
       chmod 1777 "${rootfs}/tmp"
       pack "${name}" "${rootfs}" '["/kybernate-scheduler"]'

@@ -260,14 +260,14 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 	if err != nil {
 		return nil, 0, fwk.AsStatus(err)
 	}
-	gpuTotal := gpuSizes(gn)
+	gpuTotal := gpupod.GPUSizes(gn)
 
 	now := pl.now()
 	failed := pl.failedSuspensions(pod)
-	var candidates []victim
+	var candidates []gpupod.Victim
 	for _, pi := range nodeInfo.GetPods() {
 		p := pi.GetPod()
-		why, turn := ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now)
+		why, turn := gpupod.Ineligibility(p, pod, pl.args.DefaultMinRuntime.Duration, now)
 		if why == "" && failed.Has(p.UID) {
 			why = "its suspension for this preemptor failed"
 		}
@@ -275,7 +275,7 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 			logger.V(5).Info("Pod may not be suspended", "pod", klog.KObj(p), "reason", why)
 			continue
 		}
-		candidates = append(candidates, victim{pod: p, bytes: podBytes(p, gpuTotal), resumedAt: residentSince(p), turn: turn})
+		candidates = append(candidates, gpupod.Victim{Pod: p, Bytes: gpupod.ResidentBytes(p, gpuTotal), ResumedAt: gpupod.ResidentSince(p), Turn: turn})
 	}
 	if len(candidates) == 0 {
 		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "no pod on the node may be suspended")
@@ -307,8 +307,8 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 	// Suspend every candidate; if the preemptor does not fit even then, this node cannot help.
 	asSuspended := make(map[*v1.Pod]*v1.Pod, len(candidates))
 	for _, c := range candidates {
-		asSuspended[c.pod] = suspended(c.pod)
-		if err := swap(c.pod, asSuspended[c.pod]); err != nil {
+		asSuspended[c.Pod] = gpupod.AsSuspended(c.Pod)
+		if err := swap(c.Pod, asSuspended[c.Pod]); err != nil {
 			return nil, 0, fwk.AsStatus(err)
 		}
 	}
@@ -317,32 +317,32 @@ func (pl *CheckpointPreemption) SelectVictimsOnNode(ctx context.Context, state f
 	}
 
 	// Reprieve the dearest candidates first; whoever must stay suspended is a victim.
-	sortByCost(candidates)
-	var victims []victim
+	gpupod.SortByCost(candidates)
+	var victims []gpupod.Victim
 	for i := len(candidates) - 1; i >= 0; i-- {
 		c := candidates[i]
-		if err := swap(asSuspended[c.pod], c.pod); err != nil {
+		if err := swap(asSuspended[c.Pod], c.Pod); err != nil {
 			return nil, 0, fwk.AsStatus(err)
 		}
 		if pl.fh.RunFilterPluginsWithNominatedPods(ctx, state, pod, nodeInfo).IsSuccess() {
 			continue
 		}
-		if err := swap(c.pod, asSuspended[c.pod]); err != nil {
+		if err := swap(c.Pod, asSuspended[c.Pod]); err != nil {
 			return nil, 0, fwk.AsStatus(err)
 		}
 		victims = append(victims, c)
 	}
-	sortByCost(victims)
+	gpupod.SortByCost(victims)
 
 	var parked int64
 	pods := make([]*v1.Pod, len(victims))
 	for i, v := range victims {
-		parked += v.bytes
-		pods[i] = v.pod
+		parked += v.Bytes
+		pods[i] = v.Pod
 	}
 	if parkable := gn.Status.HostMemory.ParkableBytes; parked > parkable {
 		return nil, 0, fwk.NewStatus(fwk.UnschedulableAndUnresolvable,
-			fmt.Sprintf("suspending would park %s of GPU memory but the node can park only %s", gib(parked), gib(parkable)))
+			fmt.Sprintf("suspending would park %s of GPU memory but the node can park only %s", gpupod.GiB(parked), gpupod.GiB(parkable)))
 	}
 	return pods, 0, nil
 }
@@ -354,10 +354,10 @@ func (pl *CheckpointPreemption) OrderedScoreFuncs(_ context.Context, nodesToVict
 		if err != nil {
 			return 0
 		}
-		total := gpuSizes(gn)
+		total := gpupod.GPUSizes(gn)
 		var bytes int64
 		for _, p := range nodesToVictims[node].Pods {
-			bytes += podBytes(p, total)
+			bytes += gpupod.ResidentBytes(p, total)
 		}
 		return -bytes
 	}}
@@ -378,22 +378,7 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 		logger.V(4).Info("Pod waits for a time-slice turn", "pod", klog.KObj(preemptor), "node", c.Name(), "runningPod", klog.KObj(victim))
 		return nil
 	}
-	ck := &kv1.GPUCheckpoint{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      checkpointName(victim, preemptor),
-			Namespace: victim.Namespace,
-			Labels:    map[string]string{kv1.LabelPreemptor: string(preemptor.UID)},
-			// Gone with the pod.
-			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: victim.Name, UID: victim.UID}},
-		},
-		Spec: kv1.GPUCheckpointSpec{
-			PodName:   victim.Name,
-			PodUID:    string(victim.UID),
-			Action:    kv1.ActionSuspend,
-			Reason:    kv1.ReasonPreemption,
-			Preemptor: &kv1.PodReference{Namespace: preemptor.Namespace, Name: preemptor.Name, UID: string(preemptor.UID)},
-		},
-	}
+	ck := gpupod.SuspendCheckpoint(victim, preemptor)
 	if err := pl.createCheckpoint(ctx, ck); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("requesting the suspension of pod %s: %w", klog.KObj(victim), err)
 	}
@@ -402,27 +387,3 @@ func (pl *CheckpointPreemption) suspend(ctx context.Context, c preemption.Candid
 		"Preempted by pod %s on node %s: suspending its GPU memory to host memory (GPUCheckpoint %s)", klog.KObj(preemptor), c.Name(), ck.Name)
 	return nil
 }
-
-// checkpointName is deterministic, so a retried preemption does not request a second
-// suspension of the same victim for the same preemptor.
-func checkpointName(victim, preemptor *v1.Pod) string {
-	uid := string(preemptor.UID)
-	if len(uid) > 8 {
-		uid = uid[:8]
-	}
-	name := victim.Name
-	if limit := 253 - len("-suspend-") - len(uid); len(name) > limit {
-		name = name[:limit]
-	}
-	return name + "-suspend-" + uid
-}
-
-func gpuSizes(gn *kv1.GPUNode) map[string]int64 {
-	m := make(map[string]int64, len(gn.Status.GPUs))
-	for _, g := range gn.Status.GPUs {
-		m[g.UUID] = g.MemoryTotalBytes
-	}
-	return m
-}
-
-func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }

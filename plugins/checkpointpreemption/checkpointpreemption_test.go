@@ -26,6 +26,7 @@ import (
 	"github.com/kybernate/kybernate/apis/config"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 )
 
@@ -393,7 +394,7 @@ func TestPodEligibleToPreemptOthers(t *testing.T) {
 
 func TestCheckpointName(t *testing.T) {
 	long := strings.Repeat("x", 300)
-	name := checkpointName(st.MakePod().Name(long).Obj(), st.MakePod().UID("abcdefghijkl").Obj())
+	name := gpupod.SuspendCheckpointName(st.MakePod().Name(long).Obj(), st.MakePod().UID("abcdefghijkl").Obj())
 	if len(name) > 253 || !strings.HasSuffix(name, "-suspend-abcdefgh") {
 		t.Errorf("checkpointName = %q (%d chars)", name, len(name))
 	}

@@ -219,13 +219,16 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	}
 	// A nominated pod that does not fit yet waits for the memory its victims are freeing (or
 	// for its time-slice turn): that memory is its own, so no pod of its priority or lower
-	// resumes on the node meanwhile.
+	// resumes on the node meanwhile. So do preemptors that wait for their victims without a
+	// nomination (extender mode).
 	waiting := false
 	var waitingPriority int32
-	for _, p := range nominated {
-		if p.Spec.NodeName != "" {
+	claimed := map[types.UID]bool{}
+	for _, p := range append(nominated, index.WaitingPreemptors(c.checkpoints, c.pods, node)...) {
+		if p.Spec.NodeName != "" || claimed[p.UID] {
 			continue
 		}
+		claimed[p.UID] = true
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)

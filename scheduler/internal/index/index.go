@@ -82,3 +82,38 @@ func Checkpoints(indexer cache.Indexer, podUID string) []*kv1.GPUCheckpoint {
 	}
 	return cks
 }
+
+// WaitingPreemptors are the unbound, live pods that Suspend GPUCheckpoints not Failed were
+// requested for (spec.preemptor) on victims bound to the node: the extender makes room this
+// way without a nominatedNodeName, so the room is theirs as a nominated pod's would be.
+func WaitingPreemptors(checkpoints, pods cache.Indexer, node string) []*v1.Pod {
+	var out []*v1.Pod
+	seen := map[string]bool{}
+	for _, obj := range checkpoints.List() {
+		ck, ok := obj.(*kv1.GPUCheckpoint)
+		if !ok || ck.Spec.Preemptor == nil || ck.Spec.Action != kv1.ActionSuspend || ck.Status.Phase == kv1.PhaseFailed {
+			continue
+		}
+		victim, ok := podByKey(pods, ck.Namespace+"/"+ck.Spec.PodName)
+		if !ok || victim.Spec.NodeName != node {
+			continue
+		}
+		ref := ck.Spec.Preemptor
+		p, ok := podByKey(pods, ref.Namespace+"/"+ref.Name)
+		if !ok || string(p.UID) != ref.UID || p.Spec.NodeName != "" || p.DeletionTimestamp != nil || seen[ref.UID] {
+			continue
+		}
+		seen[ref.UID] = true
+		out = append(out, p)
+	}
+	return out
+}
+
+func podByKey(pods cache.Indexer, key string) (*v1.Pod, bool) {
+	obj, ok, err := pods.GetByKey(key)
+	if err != nil || !ok {
+		return nil, false
+	}
+	p, ok := obj.(*v1.Pod)
+	return p, ok
+}

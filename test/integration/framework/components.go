@@ -20,6 +20,7 @@ import (
 var binaries = map[string]string{
 	"kybernate-scheduler": "./scheduler/cmd/kybernate-scheduler",
 	"kybernate-agent":     "./nodeagent/cmd/kybernate-agent",
+	"kybernate-extender":  "./scheduler/cmd/kybernate-extender",
 }
 
 // Component is one of Kybernate's binaries running against the test cluster.
@@ -89,7 +90,18 @@ func (c *Cluster) Binary(t testing.TB, name string) string {
 // goes to a log file in the cluster's folder, which is kept when a test fails.
 func (c *Cluster) Start(t testing.TB, name string, args ...string) *Component {
 	t.Helper()
-	path := c.Binary(t, name)
+	return c.startPath(t, name, c.Binary(t, name), args...)
+}
+
+// StartControlPlane runs one of the control plane's stock binaries that hack/build-controlplane.sh
+// built (kube-scheduler, say) with args until the test package ends, logging as Start does.
+func (c *Cluster) StartControlPlane(t testing.TB, name string, args ...string) *Component {
+	t.Helper()
+	return c.startPath(t, name, filepath.Join(c.binDir(), name), args...)
+}
+
+func (c *Cluster) startPath(t testing.TB, name, path string, args ...string) *Component {
+	t.Helper()
 	logDir := filepath.Join(c.workDir(), "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)

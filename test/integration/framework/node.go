@@ -97,19 +97,23 @@ func stopRealNode(root, dir string, purge bool) error {
 	return nil
 }
 
+// binDir is where hack/build-controlplane.sh put the control plane's binaries.
+func (c *Cluster) binDir() string {
+	if bin := os.Getenv("KYBERNATE_BIN_DIR"); bin != "" {
+		return bin
+	}
+	cache := os.Getenv("KYBERNATE_CACHE_DIR")
+	if cache == "" {
+		cache = filepath.Join(c.Root, ".cache")
+	}
+	return filepath.Join(cache, "bin")
+}
+
 // Kubectl runs the cluster's kubectl (built by hack/build-controlplane.sh) as the admin and
 // returns its output.
 func (c *Cluster) Kubectl(t testing.TB, args ...string) string {
 	t.Helper()
-	bin := os.Getenv("KYBERNATE_BIN_DIR")
-	if bin == "" {
-		cache := os.Getenv("KYBERNATE_CACHE_DIR")
-		if cache == "" {
-			cache = filepath.Join(c.Root, ".cache")
-		}
-		bin = filepath.Join(cache, "bin")
-	}
-	cmd := exec.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd := exec.Command(filepath.Join(c.binDir(), "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
 	cmd.Dir = c.Root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
