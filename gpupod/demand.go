@@ -77,11 +77,27 @@ const MaxGPUsPerPod = 1024
 // GPURequest is the number of kybernate.io/gpu the pod requests (a fraction rounds up), or an
 // error for a request past MaxGPUsPerPod.
 func GPURequest(pod *v1.Pod) (int64, error) {
-	reqs := resourcehelper.PodRequests(withDefaultedRequests(pod), resourcehelper.PodResourcesOptions{
-		ExcludeOverhead:       true,
-		SkipPodLevelResources: true, // pod-level resources cannot name extended resources
-	})
-	q := reqs[kv1.ResourceGPU]
+	var q resource.Quantity
+	if len(pod.Spec.InitContainers) == 0 {
+		// Without init containers PodRequests is the sum over the containers (request, else
+		// limit, as the API server defaults an extended resource's request): summed here
+		// without its allocations, since the scheduler asks this of every pod on every node
+		// it filters.
+		for i := range pod.Spec.Containers {
+			r := &pod.Spec.Containers[i].Resources
+			c, ok := r.Requests[kv1.ResourceGPU]
+			if !ok {
+				c = r.Limits[kv1.ResourceGPU]
+			}
+			q.Add(c)
+		}
+	} else {
+		reqs := resourcehelper.PodRequests(withDefaultedRequests(pod), resourcehelper.PodResourcesOptions{
+			ExcludeOverhead:       true,
+			SkipPodLevelResources: true, // pod-level resources cannot name extended resources
+		})
+		q = reqs[kv1.ResourceGPU]
+	}
 	if q.Cmp(*resource.NewQuantity(MaxGPUsPerPod, resource.DecimalSI)) > 0 {
 		return 0, &FieldError{Field: string(kv1.ResourceGPU), Value: q.String(), Resource: true,
 			Reason: fmt.Sprintf("is more than %d GPUs", MaxGPUsPerPod)}

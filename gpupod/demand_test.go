@@ -7,6 +7,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	resourcehelper "k8s.io/component-helpers/resource"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
@@ -41,6 +42,9 @@ func TestGPURequest(t *testing.T) {
 		// A sidecar started before an init container runs beside it: 1 + 2, more than the app
 		// phase (1 + 1). Summing sidecars with the app only said 2.
 		{name: "sidecar beside a later init container", init: []v1.Container{sidecar("1"), ctr("2", "")}, main: []v1.Container{ctr("1", "")}, want: 3},
+		{name: "containers summed, request before limit", main: []v1.Container{ctr("2", "1"), ctr("1", ""), ctr("", "")}, want: 2},
+		// Fractions are summed before rounding up, as PodRequests does: 1, not 2.
+		{name: "fractions summed", main: []v1.Container{ctr("500m", ""), ctr("", "500m")}, want: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,6 +52,12 @@ func TestGPURequest(t *testing.T) {
 			orig := pod.DeepCopy()
 			if got, err := GPURequest(pod); got != tt.want || err != nil {
 				t.Errorf("GPURequest = %d, %v, want %d", got, err, tt.want)
+			}
+			// The sum without init containers is a fast path: it must count what the
+			// definition the scheduler and the kubelet use counts.
+			reqs := resourcehelper.PodRequests(withDefaultedRequests(pod), resourcehelper.PodResourcesOptions{ExcludeOverhead: true, SkipPodLevelResources: true})
+			if q := reqs[kv1.ResourceGPU]; q.Value() != tt.want {
+				t.Errorf("PodRequests counts %d, the test wants %d", q.Value(), tt.want)
 			}
 			if pod.Spec.Containers != nil && orig.Spec.Containers[0].Resources.Requests == nil && pod.Spec.Containers[0].Resources.Requests != nil {
 				t.Error("GPURequest changed the pod")
@@ -78,6 +88,23 @@ func TestParseQuantityExponent(t *testing.T) {
 		_, err := ParseQuantity(s)
 		if (err == nil) != ok {
 			t.Errorf("ParseQuantity(%q) error = %v, want ok=%v", s, err, ok)
+		}
+	}
+}
+
+func BenchmarkPodDemand(b *testing.B) {
+	pod := &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Name: "a", Resources: v1.ResourceRequirements{
+		Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse("100m"), kv1.ResourceGPU: resource.MustParse("1")},
+		Limits:   v1.ResourceList{kv1.ResourceGPU: resource.MustParse("1")},
+	}}}}}
+	pod.Annotations = map[string]string{kv1.AnnotationGPUMemory: "20Gi", kv1.AnnotationGPUs: "GPU-0c0fc6f8-4b6e-1c2d-9e3f-5a6b7c8d9e0f"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d, err := PodDemand(pod); err != nil || d.Count != 1 {
+			b.Fatal(d, err)
+		}
+		if len(AssignedGPUs(pod)) != 1 {
+			b.Fatal("no GPUs")
 		}
 	}
 }
