@@ -198,7 +198,9 @@ func uuids(chosen []*gpu) []string {
 
 // Accounting is the GPU accounting of one node: the VRAM and slots its pods take on each GPU.
 // GPUShare filters, scores and reserves with it; the controllers place pods with it outside a
-// scheduling cycle, by the same rules. It is not safe for concurrent use.
+// scheduling cycle, by the same rules. Its reading methods (Possible, Choose, Score, Fits,
+// FitsSlotHeld, MoreRoomThan) may run concurrently; Take, Use, Release and Hold may not run
+// beside anything else.
 type Accounting struct{ n *nodeGPUs }
 
 // NewAccounting accounts a node's GPUs from its GPUNode and the pods bound to it.

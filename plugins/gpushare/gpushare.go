@@ -43,6 +43,7 @@ type GPUShare struct {
 	strategy config.ScoringStrategyType
 	gpuNodes listers.GPUNodeLister
 	reserved *reservations
+	cache    *accountings
 	// bind creates a Binding; a field so tests can see it.
 	bind func(ctx context.Context, binding *v1.Binding) error
 }
@@ -106,7 +107,7 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 // NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
 // its own informer, tests with a fixed one. args must be valid.
 func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
-	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, reserved: newReservations()}
+	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, reserved: newReservations(), cache: newAccountings()}
 }
 
 // Name returns the plugin's name.
@@ -257,7 +258,8 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 	return nil
 }
 
-// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
+// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod. The
+// accounting is shared with other cycles and goroutines: callers only read it.
 func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
@@ -265,17 +267,24 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.St
 	}
 	gn, err := pl.gpuNodes.Get(node.Name)
 	if apierrors.IsNotFound(err) {
+		pl.cache.forget(node.Name)
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
 	}
 	if err != nil {
 		return nil, fwk.AsStatus(err)
+	}
+	generation, reservations := nodeInfo.GetGeneration(), pl.reserved.version(node.Name)
+	if a := pl.cache.get(node.Name, generation, gn, reservations); a != nil {
+		return a, nil
 	}
 	podInfos := nodeInfo.GetPods()
 	pods := make([]*v1.Pod, len(podInfos))
 	for i, p := range podInfos {
 		pods[i] = p.GetPod()
 	}
-	return gpupod.NewAccountingReserved(gn, pods, pl.reserved.gpus), nil
+	a := gpupod.NewAccountingReserved(gn, pods, pl.reserved.gpus)
+	pl.cache.put(node.Name, cachedAccounting{generation: generation, gpuNode: gn, reservations: reservations, accounting: a})
+	return a, nil
 }
 
 func neverFits(d gpupod.Demand) string {

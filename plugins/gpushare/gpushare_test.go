@@ -60,7 +60,7 @@ func on(p *st.PodWrapper, node string, gpus ...int) *v1.Pod {
 	return p.Node(node).Annotation(kv1.AnnotationGPUs, ids).Obj()
 }
 
-func newTestPlugin(t *testing.T, strategy config.ScoringStrategyType, gns ...*kv1.GPUNode) *GPUShare {
+func newTestPlugin(t testing.TB, strategy config.ScoringStrategyType, gns ...*kv1.GPUNode) *GPUShare {
 	t.Helper()
 	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	for _, gn := range gns {
