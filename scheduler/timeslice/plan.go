@@ -108,7 +108,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 	// when their turns end (held, so that a large waiting pod is not passed over again and
 	// again by smaller ones that fit into whatever frees first).
 	given, served := map[types.UID]bool{}, map[types.UID]bool{}
-	turnEnd := func(r *member) time.Time { return r.usage.TurnStart.Add(r.quantum) }
+	turnEnd := func(r *member) time.Time { return r.usage.TurnFrom().Add(r.quantum) }
 	for _, w := range waiting {
 		var cands []*member
 		for _, r := range running {
@@ -146,7 +146,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 	for _, w := range waiting {
 		for _, r := range running {
 			if !served[w.pod.UID] && !given[r.pod.UID] && r.priority == w.priority && r.usage.Received <= w.usage.Received {
-				p.recheck = earliest(p.recheck, maxTime(r.usage.TurnStart.Add(r.quantum),
+				p.recheck = earliest(p.recheck, maxTime(r.usage.TurnFrom().Add(r.quantum),
 					now.Add(w.usage.Received-r.usage.Received+time.Millisecond)))
 			}
 		}

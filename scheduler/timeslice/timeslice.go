@@ -173,7 +173,7 @@ func (c *Controller) rotate(ctx context.Context, node string, t turn, now time.T
 	for _, r := range t.yielders {
 		ck := &kv1.GPUCheckpoint{
 			ObjectMeta: metav1.ObjectMeta{
-				Name:            turnName(r.pod, r.usage.TurnStart),
+				Name:            turnName(r.pod, r.usage.TurnFrom()),
 				Namespace:       r.pod.Namespace,
 				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: r.pod.Name, UID: r.pod.UID}},
 			},
@@ -196,7 +196,7 @@ func (c *Controller) rotate(ctx context.Context, node string, t turn, now time.T
 			return fmt.Errorf("requesting the end of the turn of pod %s: %w", klog.KObj(r.pod), err)
 		}
 		rotations.Inc()
-		turnLength := now.Sub(r.usage.TurnStart).Round(time.Second)
+		turnLength := now.Sub(r.usage.TurnFrom()).Round(time.Second)
 		logger.V(2).Info("Time-slice turn ends", "pod", klog.KObj(r.pod), "node", node, "turn", turnLength,
 			"gpuTime", r.usage.Received.Round(time.Second), "next", klog.KObj(next.pod), "nextGPUTime", next.usage.Received.Round(time.Second))
 		c.recorder.Eventf(r.pod, ck, v1.EventTypeNormal, "TimeSliceTurnEnded", "Suspend",

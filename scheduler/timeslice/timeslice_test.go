@@ -80,6 +80,11 @@ func moved(pod string, action kv1.CheckpointAction, reason kv1.CheckpointReason,
 	}
 }
 
+func failed(ck *kv1.GPUCheckpoint) *kv1.GPUCheckpoint {
+	ck.Status.Phase = kv1.PhaseFailed
+	return ck
+}
+
 func TestUsageOf(t *testing.T) {
 	tests := []struct {
 		name string
@@ -152,14 +157,13 @@ func TestUsageOf(t *testing.T) {
 			},
 		},
 		{
-			name: "failed moves change nothing",
+			name: "failed moves change no GPU time; a failed turn suspension renews the turn",
 			pod:  running("a", 1, "10Gi", 0, 10*time.Minute),
-			cks: []*kv1.GPUCheckpoint{func() *kv1.GPUCheckpoint {
-				ck := moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 4*time.Minute, 3*time.Minute)
-				ck.Status.Phase = kv1.PhaseFailed
-				return ck
-			}()},
-			want: Usage{Received: 10 * time.Minute, TurnStart: now.Add(-10 * time.Minute)},
+			cks: []*kv1.GPUCheckpoint{
+				failed(moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 4*time.Minute, 3*time.Minute)),
+				failed(moved("a", kv1.ActionSuspend, kv1.ReasonPreemption, 2*time.Minute, time.Minute)),
+			},
+			want: Usage{Received: 10 * time.Minute, TurnStart: now.Add(-10 * time.Minute), TurnRenewed: now.Add(-3 * time.Minute)},
 		},
 		{
 			name: "another pod's GPUCheckpoint is ignored",
@@ -285,6 +289,35 @@ func TestSync(t *testing.T) {
 				Suspended: map[string]string{"a": "b"},
 				Labels:    map[string]string{"a": "Running", "b": "Waiting", "c": "Waiting"},
 				GPUTimes:  map[string]string{"a": "0s", "b": "0s", "c": "0s"},
+			},
+		},
+		{
+			name: "the suspension ending the turn failed: the pod's turn counts from the failure",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				running("a", 1, "60Gi", 0, 10*time.Minute),
+				pending("b", 1, "60Gi", 5*time.Minute),
+			},
+			cks: []*kv1.GPUCheckpoint{failed(moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 30*time.Second, 20*time.Second))},
+			want: outcome{
+				Suspended: map[string]string{},
+				Labels:    map[string]string{"a": "Running", "b": "Waiting"},
+				GPUTimes:  map[string]string{"a": "0s", "b": "0s"},
+				Recheck:   40 * time.Second,
+			},
+		},
+		{
+			name: "a quantum after a failed suspension the turn ends again",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				running("a", 1, "60Gi", 0, 10*time.Minute),
+				pending("b", 1, "60Gi", 5*time.Minute),
+			},
+			cks: []*kv1.GPUCheckpoint{failed(moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 80*time.Second, 70*time.Second))},
+			want: outcome{
+				Suspended: map[string]string{"a": "b"},
+				Labels:    map[string]string{"a": "Running", "b": "Waiting"},
+				GPUTimes:  map[string]string{"a": "0s", "b": "0s"},
 			},
 		},
 		{

@@ -22,6 +22,10 @@ type Usage struct {
 	Completed time.Duration
 	// TurnStart is when the current turn began; zero while the pod is not on its GPUs.
 	TurnStart time.Time
+	// TurnRenewed is when the last time-slice suspension of the current turn failed, if one
+	// did: the pod stayed on its GPUs and its turn counts again from then (TurnFrom), so the
+	// next attempt comes a quantum later, under a new name.
+	TurnRenewed time.Time
 	// MoveCost is the last measured suspend plus the last measured resume; zero until the pod
 	// has been moved both ways once.
 	MoveCost time.Duration
@@ -36,6 +40,10 @@ type change struct {
 
 // Resident reports whether the pod is on its GPUs now.
 func (u Usage) Resident() bool { return !u.TurnStart.IsZero() }
+
+// TurnFrom is when the current turn counts from: its start, or the failure of the suspension
+// that was to end it.
+func (u Usage) TurnFrom() time.Time { return maxTime(u.TurnStart, u.TurnRenewed) }
 
 // UsageOf reads a pod's usage at now from its GPUCheckpoints (any order).
 //
@@ -96,6 +104,14 @@ func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 		u.TurnStart = since
 		if now.After(since) {
 			u.Received += now.Sub(since)
+		}
+	}
+	if u.Resident() {
+		for _, ck := range cks {
+			if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonTimeSlice && ck.Status.Phase == kv1.PhaseFailed &&
+				(ck.Spec.PodUID == "" || ck.Spec.PodUID == string(pod.UID)) && completed(ck).After(u.TurnStart) {
+				u.TurnRenewed = maxTime(u.TurnRenewed, completed(ck))
+			}
 		}
 	}
 	if lastSuspend != nil && lastResume != nil {
