@@ -39,9 +39,15 @@ func (c *Controller) scan(ctx context.Context) error {
 		return nil
 	}
 	logger := klog.FromContext(ctx)
+	// Only suspended pods can move: the scan runs on every GPU change of a pod, so it reads
+	// them from their index rather than going through every pod of the cluster.
+	suspended, err := index.Pods(c.pods, index.PodsByGPUState, string(kv1.PodSuspended))
+	if err != nil {
+		return err
+	}
 	var cands []candidate
-	for _, obj := range c.pods.List() {
-		if cand, ok := c.candidate(obj.(*v1.Pod)); ok {
+	for _, pod := range suspended {
+		if cand, ok := c.candidate(pod); ok {
 			cands = append(cands, cand)
 		}
 	}

@@ -16,6 +16,8 @@ const (
 	PodsByNode = "kybernate.io/by-node"
 	// PodsByNominatedNode indexes pods by status.nominatedNodeName.
 	PodsByNominatedNode = "kybernate.io/by-nominated-node"
+	// PodsByGPUState indexes pods by their kybernate.io/state ("" for none).
+	PodsByGPUState = "kybernate.io/by-gpu-state"
 	// CheckpointsByPod indexes GPUCheckpoints by spec.podUID.
 	CheckpointsByPod = "kybernate.io/by-pod-uid"
 )
@@ -26,6 +28,9 @@ func AddPodIndexes(informer cache.SharedIndexInformer) error {
 	return add(informer, cache.Indexers{
 		PodsByNode:          func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Spec.NodeName}, nil },
 		PodsByNominatedNode: func(obj interface{}) ([]string, error) { return []string{obj.(*v1.Pod).Status.NominatedNodeName}, nil },
+		PodsByGPUState: func(obj interface{}) ([]string, error) {
+			return []string{obj.(*v1.Pod).Annotations[kv1.AnnotationState]}, nil
+		},
 	})
 }
 
