@@ -49,12 +49,14 @@ type Options struct {
 	ScoringStrategy   string
 	DefaultMinRuntime time.Duration
 	ControllersConfig string
+	KubeAPIQPS        float32
+	KubeAPIBurst      int
 	Logs              *logsapi.LoggingConfiguration
 }
 
 // NewCommand returns the kybernate-extender command.
 func NewCommand() *cobra.Command {
-	o := &Options{Logs: logsapi.NewLoggingConfiguration()}
+	o := &Options{Logs: logsapi.NewLoggingConfiguration(), KubeAPIQPS: 100, KubeAPIBurst: 200}
 	cmd := &cobra.Command{
 		Use: Name,
 		Long: `kybernate-extender is Kybernate's HTTP scheduler extender: a stock kube-scheduler configured with it
@@ -76,6 +78,8 @@ It also runs Kybernate's resume, time-slice and migration controllers. See docs/
 	fs.StringVar(&o.ScoringStrategy, "scoring-strategy", string(config.MostAllocated), "MostAllocated (bin-pack GPUs) or LeastAllocated (spread), as GPUShare's scoringStrategy.")
 	fs.DurationVar(&o.DefaultMinRuntime, "default-min-runtime", 5*time.Minute, "How long a GPU pod runs after a resume before a preemptor may suspend it, unless it sets kybernate.io/min-runtime.")
 	fs.StringVar(&o.ControllersConfig, "controllers-config", "", "The ControllerConfiguration (config.kybernate.io/v1) of the resume, time-slice and migration controllers; defaults without.")
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Queries per second to the API server (binds, reads, the controllers' writes).")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of queries to the API server.")
 	logsapi.AddFlags(o.Logs, fs)
 	logs.AddFlags(fs, logs.SkipLoggingConfigurationFlags())
 	return cmd
@@ -91,6 +95,9 @@ func (o *Options) Validate() error {
 	case config.MostAllocated, config.LeastAllocated:
 	default:
 		errs = append(errs, fmt.Errorf("--scoring-strategy %q: want %s or %s", o.ScoringStrategy, config.MostAllocated, config.LeastAllocated))
+	}
+	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d must be positive", o.KubeAPIQPS, o.KubeAPIBurst))
 	}
 	if o.DefaultMinRuntime < 0 {
 		errs = append(errs, fmt.Errorf("--default-min-runtime %v is negative", o.DefaultMinRuntime))
@@ -114,7 +121,7 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	restCfg = rest.CopyConfig(restCfg)
 	restCfg.UserAgent = Name
-	restCfg.QPS, restCfg.Burst = 100, 200
+	restCfg.QPS, restCfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return err
