@@ -77,9 +77,9 @@ runtime: deps ## Install the Debian packages (containerd, runc, ...) and CRIU 4.
 	hack/install-runtime.sh >/dev/null
 
 .PHONY: bench-scheduler
-bench-scheduler: build controlplane ## Throughput and latency of kybernate-scheduler vs the default scheduler on 1000 kwok nodes (client QPS 500, 3 repetitions).
+bench-scheduler: build controlplane ## Default scheduler vs kybernate-scheduler vs kube-scheduler + kybernate-extender on 1000 kwok nodes (client QPS 500, 3 repetitions; BASELINE=<commit> adds kybernate-scheduler built there); writes test/bench/results/scheduler-<date>.md.
 	$(GO) run ./test/bench/scheduler -nodes $${NODES:-1000} -pods $${PODS:-2000} -create-qps $${QPS:-500} -reps $${REPS:-3} \
-	  -kube-scheduler "$${KYBERNATE_CACHE_DIR:-$(CURDIR)/.cache}/bin/kube-scheduler" | tee test/bench/results/scheduler-$$(date -u +%Y-%m-%d).md
+	  $${BASELINE:+-baseline-ref $$BASELINE} -kube-scheduler "$${KYBERNATE_CACHE_DIR:-$(CURDIR)/.cache}/bin/kube-scheduler"
 
 .PHONY: bench-timeslice
 bench-timeslice: ## Simulated time slicing vs kill-preemption vs FIFO on an oversubscribed trace (4x8 and 1x8 GPUs).

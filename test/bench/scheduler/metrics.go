@@ -16,9 +16,21 @@ import (
 	"time"
 )
 
-// algorithmMetric is kube-scheduler's histogram of the scheduling algorithm (PreFilter to
-// Score, without binding), served by both schedulers on /metrics.
-const algorithmMetric = "scheduler_scheduling_algorithm_duration_seconds"
+// series names a histogram of kube-scheduler's /metrics: its name and the labels it must have.
+type series struct {
+	name   string
+	labels []string // `key="value"` pairs
+}
+
+// algorithm is kube-scheduler's histogram of the scheduling algorithm (PreFilter to Score,
+// extenders' filter and prioritize included, without binding); attempt is the whole scheduling
+// attempt of the pods that were scheduled (algorithm and binding cycle), per profile.
+func algorithm() series { return series{name: "scheduler_scheduling_algorithm_duration_seconds"} }
+
+func attempt(profile string) series {
+	return series{name: "scheduler_scheduling_attempt_duration_seconds",
+		labels: []string{`profile="` + profile + `"`, `result="scheduled"`}}
+}
 
 // histogram is one scrape of a Prometheus histogram: cumulative counts by upper bound.
 type histogram struct {
@@ -33,10 +45,10 @@ type endpoint struct {
 	client *http.Client
 }
 
-func newEndpoint(port int) endpoint {
+func newEndpoint(url string) endpoint {
 	return endpoint{
-		url: fmt.Sprintf("https://127.0.0.1:%d", port),
-		// The scheduler serves a self-signed certificate on 127.0.0.1.
+		url: url,
+		// A scheduler serves a self-signed certificate on 127.0.0.1.
 		client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, //nolint:gosec
 	}
 }
@@ -57,17 +69,18 @@ func (e endpoint) get(ctx context.Context, path string) (io.ReadCloser, error) {
 	return resp.Body, nil
 }
 
-// waitReady waits for the scheduler's /healthz.
+// waitReady waits for /readyz: a scheduler's informers synced and its handlers registered, the
+// extender's informers synced.
 func (e endpoint) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		body, err := e.get(ctx, "/healthz")
+		body, err := e.get(ctx, "/readyz")
 		if err == nil {
 			body.Close()
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("scheduler at %s not healthy after %s: %w", e.url, timeout, err)
+			return fmt.Errorf("%s not ready after %s: %w", e.url, timeout, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -77,40 +90,66 @@ func (e endpoint) waitReady(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// scrape reads one histogram (without labels) from /metrics.
-func (e endpoint) scrape(ctx context.Context, name string) (histogram, error) {
+// scrape reads histograms from /metrics.
+func (e endpoint) scrape(ctx context.Context, want ...series) ([]histogram, error) {
 	body, err := e.get(ctx, "/metrics")
 	if err != nil {
-		return histogram{}, err
+		return nil, err
 	}
 	defer body.Close()
-	var h histogram
-	prefix := name + `_bucket{le="`
+	hs := make([]histogram, len(want))
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, prefix) {
-			continue
+		for i, w := range want {
+			bound, count, ok, err := bucket(line, w)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				hs[i].bounds, hs[i].counts = append(hs[i].bounds, bound), append(hs[i].counts, count)
+			}
 		}
-		le, rest, ok := strings.Cut(line[len(prefix):], `"} `)
-		if !ok {
-			return histogram{}, fmt.Errorf("unexpected metrics line %q", line)
-		}
-		bound, err1 := strconv.ParseFloat(le, 64)
-		count, err2 := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-		if err1 != nil || err2 != nil {
-			return histogram{}, fmt.Errorf("unexpected metrics line %q", line)
-		}
-		h.bounds, h.counts = append(h.bounds, bound), append(h.counts, count)
 	}
 	if err := sc.Err(); err != nil {
-		return histogram{}, err
+		return nil, err
 	}
-	if len(h.bounds) == 0 {
-		return histogram{}, fmt.Errorf("%s has no %s", e.url, name)
+	for i, w := range want {
+		if len(hs[i].bounds) == 0 && len(w.labels) == 0 {
+			return nil, fmt.Errorf("%s has no %s", e.url, w.name)
+		}
 	}
-	return h, nil
+	return hs, nil
+}
+
+// bucket parses a line of /metrics that is a bucket of the series.
+func bucket(line string, w series) (bound, count float64, ok bool, err error) {
+	rest, found := strings.CutPrefix(line, w.name+"_bucket{")
+	if !found {
+		return 0, 0, false, nil
+	}
+	labels, value, found := strings.Cut(rest, "} ")
+	if !found {
+		return 0, 0, false, fmt.Errorf("unexpected metrics line %q", line)
+	}
+	pairs := strings.Split(labels, ",")
+	for _, l := range w.labels {
+		if !slices.Contains(pairs, l) {
+			return 0, 0, false, nil
+		}
+	}
+	for _, p := range pairs {
+		if le, found := strings.CutPrefix(p, `le="`); found {
+			bound, err1 := strconv.ParseFloat(strings.TrimSuffix(le, `"`), 64)
+			count, err2 := strconv.ParseFloat(strings.Fields(value)[0], 64)
+			if err1 != nil || err2 != nil {
+				return 0, 0, false, fmt.Errorf("unexpected metrics line %q", line)
+			}
+			return bound, count, true, nil
+		}
+	}
+	return 0, 0, false, fmt.Errorf("metrics line without le: %q", line)
 }
 
 // since is the histogram of the observations made after earlier.
