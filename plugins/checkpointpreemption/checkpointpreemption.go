@@ -35,11 +35,10 @@ import (
 	"k8s.io/kubernetes/pkg/features"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework/preemption"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
-	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
-	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -69,8 +68,21 @@ var (
 	_ preemption.Interface        = &CheckpointPreemption{}
 )
 
-// New builds the plugin from its args, with informers on GPUNodes and GPUCheckpoints.
+// New builds the plugin from its args, with GPUNode and GPUCheckpoint informers of its own.
 func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framework.Plugin, error) {
+	return newOn(ctx, obj, fh, &connect.Shared{})
+}
+
+// NewShared returns the plugin's factory for a program that shares one kybernate.io informer
+// factory between its plugins and controllers (kybernate-scheduler): the plugin's GPUNode and
+// GPUCheckpoint informers are shared's.
+func NewShared(shared *connect.Shared) frameworkruntime.PluginFactory {
+	return func(ctx context.Context, obj runtime.Object, fh framework.Handle) (framework.Plugin, error) {
+		return newOn(ctx, obj, fh, shared)
+	}
+}
+
+func newOn(ctx context.Context, obj runtime.Object, fh framework.Handle, shared *connect.Shared) (framework.Plugin, error) {
 	args, ok := obj.(*config.CheckpointPreemptionArgs)
 	if !ok {
 		return nil, fmt.Errorf("want args of type CheckpointPreemptionArgs, got %T", obj)
@@ -78,11 +90,10 @@ func New(ctx context.Context, obj runtime.Object, fh framework.Handle) (framewor
 	if err := validation.ValidateCheckpointPreemptionArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(connect.CRDConfig(fh.KubeConfig()))
+	client, factory, err := shared.Get(fh.KubeConfig())
 	if err != nil {
-		return nil, fmt.Errorf("creating kybernate client: %w", err)
+		return nil, err
 	}
-	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
 	gpuNodes.Informer() // register before Start

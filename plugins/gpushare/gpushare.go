@@ -23,11 +23,10 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
-	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
-	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -59,8 +58,21 @@ var (
 	_ framework.PreFilterExtensions = &GPUShare{}
 )
 
-// New builds the plugin from its args, with an informer on GPUNodes.
+// New builds the plugin from its args, with a GPUNode informer of its own.
 func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
+	return newOn(ctx, obj, h, &connect.Shared{})
+}
+
+// NewShared returns the plugin's factory for a program that shares one kybernate.io informer
+// factory between its plugins and controllers (kybernate-scheduler): the plugin's GPUNode
+// informer is shared's.
+func NewShared(shared *connect.Shared) frameworkruntime.PluginFactory {
+	return func(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
+		return newOn(ctx, obj, h, shared)
+	}
+}
+
+func newOn(ctx context.Context, obj runtime.Object, h framework.Handle, shared *connect.Shared) (framework.Plugin, error) {
 	args, ok := obj.(*config.GPUShareArgs)
 	if !ok {
 		return nil, fmt.Errorf("want args of type GPUShareArgs, got %T", obj)
@@ -68,11 +80,10 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	if err := validation.ValidateGPUShareArgs(field.NewPath("args"), args); err != nil {
 		return nil, err
 	}
-	client, err := versioned.NewForConfig(connect.CRDConfig(h.KubeConfig()))
+	_, factory, err := shared.Get(h.KubeConfig())
 	if err != nil {
-		return nil, fmt.Errorf("creating kybernate client: %w", err)
+		return nil, err
 	}
-	factory := externalversions.NewSharedInformerFactory(client, 0)
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	gpuNodes.Informer() // register before Start
 	if err := connect.StartInformers(ctx, factory); err != nil {

@@ -28,7 +28,6 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	configscheme "github.com/kybernate/kybernate/apis/config/scheme" // also our plugin args in the scheduler's scheme
-	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	"github.com/kybernate/kybernate/plugins/checkpointpreemption"
 	"github.com/kybernate/kybernate/plugins/gpushare"
@@ -38,11 +37,13 @@ import (
 // Name is the program's name, and the reporting controller of the controllers' Events.
 const Name = "kybernate-scheduler"
 
-// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile.
-func Plugins() frameworkruntime.Registry {
+// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile. Kybernate's
+// plugins take their kybernate.io informers from shared, which the controllers use too: one
+// GPUNode and one GPUCheckpoint informer per process, whatever the number of profiles.
+func Plugins(shared *connect.Shared) frameworkruntime.Registry {
 	return frameworkruntime.Registry{
-		gpushare.Name:             gpushare.New,
-		checkpointpreemption.Name: checkpointpreemption.New,
+		gpushare.Name:             gpushare.NewShared(shared),
+		checkpointpreemption.Name: checkpointpreemption.NewShared(shared),
 		// Gangs of GPU pods that must start together (needs scheduler-plugins' PodGroup CRD).
 		coscheduling.Name: coscheduling.New,
 	}
@@ -100,15 +101,16 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 	}
 	ctx := server.SetupSignalContext()
 
+	shared := &connect.Shared{}
 	var registry []schedapp.Option
-	for name, factory := range Plugins() {
+	for name, factory := range Plugins(shared) {
 		registry = append(registry, schedapp.WithPlugin(name, factory))
 	}
 	cc, sched, err := schedapp.Setup(ctx, opts, registry...)
 	if err != nil {
 		return err
 	}
-	if err := StartControllers(ctx, cc, ctrlCfg); err != nil {
+	if err := StartControllers(ctx, cc, ctrlCfg, shared); err != nil {
 		return err
 	}
 	fg.(featuregate.MutableFeatureGate).AddMetrics()
@@ -117,17 +119,19 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 }
 
 // StartControllers starts Kybernate's controllers on the scheduler's clients, informers and
-// event broadcaster; the scheduler's Run starts those.
-func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration) error {
-	kybernate, err := versioned.NewForConfig(connect.CRDConfig(cc.KubeConfig))
+// event broadcaster (the scheduler's Run starts those), and on the kybernate.io client and
+// informers the plugins share.
+func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration, shared *connect.Shared) error {
+	kybernate, kinformers, err := shared.Get(cc.KubeConfig)
 	if err != nil {
-		return fmt.Errorf("creating kybernate client: %w", err)
+		return err
 	}
 	deps := controllers.Deps{
-		Client:    cc.Client,
-		Kybernate: kybernate,
-		Informers: cc.InformerFactory,
-		Recorder:  cc.EventBroadcaster.NewRecorder(Name),
+		Client:             cc.Client,
+		Kybernate:          kybernate,
+		Informers:          cc.InformerFactory,
+		KybernateInformers: kinformers,
+		Recorder:           cc.EventBroadcaster.NewRecorder(Name),
 	}
 	if _, err := controllers.Start(ctx, deps, cfg); err != nil {
 		return fmt.Errorf("starting the controllers: %w", err)

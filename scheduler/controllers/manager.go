@@ -40,6 +40,10 @@ type Deps struct {
 	// Informers is the program's core informer factory (kube-scheduler's): the controllers
 	// register their pod and node informers on it, and the program starts it.
 	Informers informers.SharedInformerFactory
+	// KybernateInformers is the program's kybernate.io informer factory, when it shares one
+	// with its plugins or its own code (connect.Shared): the controllers register their
+	// GPUNode and GPUCheckpoint informers on it. Without it the Manager builds its own.
+	KybernateInformers externalversions.SharedInformerFactory
 	// Recorder records the controllers' Events; the program starts its broadcaster.
 	Recorder events.EventRecorder
 	// Identity names this replica in the Lease; hostname_uuid when empty.
@@ -68,13 +72,16 @@ type Manager struct {
 }
 
 // New validates cfg and builds the enabled controllers, registering their informers on
-// deps.Informers and on a GPUNode/GPUCheckpoint informer factory of its own. Call it before
-// deps.Informers starts.
+// deps.Informers and on deps.KybernateInformers (or a GPUNode/GPUCheckpoint informer factory
+// of its own). Call it before deps.Informers starts.
 func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 	if err := validation.ValidateControllerConfiguration(cfg); err != nil {
 		return nil, fmt.Errorf("invalid controller configuration: %w", err)
 	}
-	factory := externalversions.NewSharedInformerFactory(deps.Kybernate, 0)
+	factory := deps.KybernateInformers
+	if factory == nil {
+		factory = externalversions.NewSharedInformerFactory(deps.Kybernate, 0)
+	}
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	checkpoints := factory.Kybernate().V1alpha1().GPUCheckpoints()
 	gpuNodes.Informer() // registered before the factory starts, whatever is enabled
@@ -115,7 +122,7 @@ func (m *Manager) Controllers() []string {
 	return out
 }
 
-// Start syncs the manager's GPUNode and GPUCheckpoint informers (a minute at most) and runs
+// Start starts and syncs the GPUNode and GPUCheckpoint informers (a minute at most) and runs
 // the controllers in the background until ctx ends: under leader election, or at once when
 // it is off. The program's core informers must be started too.
 func (m *Manager) Start(ctx context.Context) error {

@@ -11,6 +11,7 @@ import (
 
 	configscheme "github.com/kybernate/kybernate/apis/config/scheme"
 	kfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 )
 
 func deps() Deps {
@@ -57,5 +58,33 @@ func TestNewInvalid(t *testing.T) {
 	_, err := New(deps(), cfg)
 	if err == nil || !strings.Contains(err.Error(), "leaderElection.resourceNamespace: Required value") {
 		t.Errorf("New with no lease namespace: %v", err)
+	}
+}
+
+// Given the program's kybernate.io informer factory (kybernate-scheduler shares one with its
+// plugins), the controllers register their GPUNode and GPUCheckpoint informers on it and build
+// no factory of their own.
+func TestNewSharesKybernateInformers(t *testing.T) {
+	d := deps()
+	shared := externalversions.NewSharedInformerFactory(d.Kybernate, 0)
+	d.KybernateInformers = shared
+	m, err := New(d, configscheme.DefaultControllerConfiguration())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.factory != shared {
+		t.Error("the manager built an informer factory of its own")
+	}
+	shared.Start(t.Context().Done())
+	var started []string
+	for typ, synced := range shared.WaitForCacheSync(t.Context().Done()) {
+		if synced {
+			started = append(started, typ.Elem().Name())
+		}
+	}
+	for _, want := range []string{"GPUNode", "GPUCheckpoint"} {
+		if !strings.Contains(strings.Join(started, ","), want) {
+			t.Errorf("informers started on the shared factory: %v, want %s among them", started, want)
+		}
 	}
 }

@@ -173,7 +173,7 @@ func Build(ctx context.Context, o *Options, ctrlCfg *config.ControllerConfigurat
 		return nil, nil, err
 	}
 	extender.RegisterMetrics()
-	mgr, err := controllers.New(controllers.Deps{Client: client, Kybernate: kyb, Informers: factory, Recorder: recorder}, ctrlCfg)
+	mgr, err := controllers.New(controllers.Deps{Client: client, Kybernate: kyb, Informers: factory, KybernateInformers: kfactory, Recorder: recorder}, ctrlCfg)
 	if err != nil {
 		return nil, nil, err
 	}
