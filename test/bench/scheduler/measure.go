@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -188,14 +189,19 @@ func benchPod(ns, name, scheduler string, gpu bool) *v1.Pod {
 // deletePods deletes a repetition's pods at once and waits until they are gone and no GPUNode
 // reports a pod any more, so that the next contender starts on an empty cluster.
 func deletePods(ctx context.Context, client kubernetes.Interface, kc versioned.Interface, ns string, timeout time.Duration) error {
-	if err := client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
-		return fmt.Errorf("deleting the pods of %s: %w", ns, err)
-	}
 	deadline := time.Now().Add(timeout)
 	for {
 		pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{Limit: 1})
 		if err != nil {
 			return err
+		}
+		if len(pods.Items) > 0 {
+			// On a loaded machine the API server may answer a large deletion with a timeout
+			// while it goes on deleting: asked again until no pod is left.
+			err := client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
+			if err != nil && !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) {
+				return fmt.Errorf("deleting the pods of %s: %w", ns, err)
+			}
 		}
 		gns, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
