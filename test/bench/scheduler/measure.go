@@ -9,7 +9,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -196,11 +195,12 @@ func deletePods(ctx context.Context, client kubernetes.Interface, kc versioned.I
 			return err
 		}
 		if len(pods.Items) > 0 {
-			// On a loaded machine the API server may answer a large deletion with a timeout
-			// while it goes on deleting: asked again until no pod is left.
+			// On a loaded machine the API server may answer a large deletion with a timeout or
+			// a broken stream while it goes on deleting: asked again until no pod is left or
+			// the time is up.
 			err := client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
-			if err != nil && !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) {
-				return fmt.Errorf("deleting the pods of %s: %w", ns, err)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "deleting the pods of %s (asked again): %v\n", ns, err)
 			}
 		}
 		gns, err := kc.KybernateV1alpha1().GPUNodes().List(ctx, metav1.ListOptions{})
