@@ -43,7 +43,7 @@ def passed(checks, errors=()):
 def verdict_line(checks, errors=()):
     n_ok = sum(c["ok"] for c in checks)
     word = "ALL CHECKS PASSED" if passed(checks, errors) else "FAILED"
-    more = f", {len(errors)} errors" if errors else ""
+    more = f"; errors: {len(errors)}" if errors else ""
     return f"**{word}**: {n_ok} of {len(checks)} checks passed{more}."
 
 
