@@ -101,7 +101,8 @@ def seconds(d):
 
 def agent_steps(R):
     pinned = min([x for x in (R.get("pinned_memcpy") or {}).values() if isinstance(x, (int, float))], default=None)
-    out = ["| experiment | call | answer | step | bytes | s | GB/s | % of pinned memcpy |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| experiment | call | answer | step | bytes | s | GB/s | % of pinned memcpy |",
+           "|---|---|---|---|---|---|---|---|"]
     for name, e in (R.get("experiments") or {}).items():
         for call in STEP_CALLS:
             r = e.get(call)
@@ -143,26 +144,38 @@ def suspend_rows(R):
     return out
 
 
+def _rounded(x, unit):
+    return v(x if x is None else round(x, 2), unit)
+
+
+def _apps(state):
+    return ", ".join(f"{a.get('uuid')} {a.get('mib')} MiB" for a in (state or {}).get("apps") or []) or DASH
+
+
+RESTORE_ROWS = (
+    ("manageCgroupsMode / deviceNodes", lambda e: f"{v(e.get('manageCgroupsMode'))} / {v(e.get('deviceNodes'))}"),
+    ("stopped at step", lambda e: v(e.get("stopped_at_step"))),
+    ("VRAM checkpointed (metadata.json)", lambda e: v(get(e, "metadata", "vramBytes"), " B")),
+    ("checkpoint RPC, client wall", lambda e: _rounded(get(e, "checkpoint", "client_wall_s"), " s")),
+    ("image size / files", lambda e: f"{v(e.get('image_bytes'), ' B')} / {v(get(e, 'metadata', 'files'))}"),
+    ("GPU MiB after the checkpoint",
+     lambda e: " / ".join(str(g.get("used_mib")) for g in get(e, "after_checkpoint", "gpus") or []) or DASH),
+    ("restore (ctr-run: create + start), wall", lambda e: _rounded(e.get("restore_wall_s"), " s")),
+    ("restore answer", lambda e: get(e, "restore", "error") or "ok"),
+    ("restored process on", lambda e: _apps(e.get("after_restore"))),
+    ("cgroup before", lambda e: v(e.get("cgroup_before"))),
+    ("cgroup of the restored process", lambda e: v(get(e, "after_restore", "cgroup"))),
+    ("original file lines at checkpoint / after",
+     lambda e: f"{v(e.get('original_lines_at_checkpoint'))} / {v(e.get('original_lines_after'))}"),
+    ("losses", lambda e: compare_text(e["compare"]) if e.get("compare") else DASH),
+)
+
+
 def restore_rows(R, names):
+    """One column per checkpoint-and-restore experiment."""
     es = [R["experiments"][k] for k in names]
-
-    def row(title, fn):
-        return f"| {title} | " + " | ".join(cell(fn(e), 200) for e in es) + " |"
-
-    return [f"| | {' | '.join(names)} |", "|---|" + "---|" * len(names),
-            row("manageCgroupsMode / deviceNodes", lambda e: f"{v(e.get('manageCgroupsMode'))} / {v(e.get('deviceNodes'))}"),
-            row("stopped at step", lambda e: v(e.get("stopped_at_step"))),
-            row("VRAM checkpointed (metadata.json)", lambda e: v(get(e, "metadata", "vramBytes"), " B")),
-            row("checkpoint RPC, client wall", lambda e: v(get(e, "checkpoint", "client_wall_s") and round(e["checkpoint"]["client_wall_s"], 2), " s")),
-            row("image size / files", lambda e: f"{v(e.get('image_bytes'), ' B')} / {v(get(e, 'metadata', 'files'))}"),
-            row("GPU MiB after the checkpoint", lambda e: " / ".join(str(g.get("used_mib")) for g in get(e, "after_checkpoint", "gpus") or []) or DASH),
-            row("restore (ctr-run: create + start), wall", lambda e: v(e.get("restore_wall_s") and round(e["restore_wall_s"], 2), " s")),
-            row("restore answer", lambda e: get(e, "restore", "error") or "ok"),
-            row("restored process on", lambda e: ", ".join(f"{a.get('uuid')} {a.get('mib')} MiB" for a in get(e, "after_restore", "apps") or []) or DASH),
-            row("cgroup before", lambda e: v(e.get("cgroup_before"))),
-            row("cgroup of the restored process", lambda e: v(get(e, "after_restore", "cgroup"))),
-            row("original file lines at checkpoint / after", lambda e: f"{v(e.get('original_lines_at_checkpoint'))} / {v(e.get('original_lines_after'))}"),
-            row("losses", lambda e: compare_text(e["compare"]) if e.get("compare") else DASH)]
+    out = [f"| | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+    return out + [f"| {title} | " + " | ".join(cell(fn(e), 200) for e in es) + " |" for title, fn in RESTORE_ROWS]
 
 
 def main(path):
@@ -172,7 +185,8 @@ def main(path):
     for _, _, R in runs_of(doc):
         for c in checks(R):
             if not c["ok"]:
-                print(f"FAILED {c['scenario']}: {c['check']}: expected {c['expected']}, measured {c['measured']}", file=sys.stderr)
+                print(f"FAILED {c['scenario']}: {c['check']}: expected {c['expected']}, measured {c['measured']}",
+                      file=sys.stderr)
     return 0 if passed(doc) else 1
 
 
