@@ -131,7 +131,7 @@ def used_s(e, i):
 def suspend_rows(R):
     out = ["| experiment | deviceNodes | GPU0 MiB before / suspended / after | GPU1 MiB before / suspended / after | "
            "process on (after) | /dev/nvidia* fds before / suspended | steps during the hold | pod state suspended / after | "
-           "losses |", "|---|---|---|---|---|---|---|---|---|"]
+           "pod kybernate.io/gpus after | losses |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in (R.get("experiments") or {}).items():
         if not (name.startswith("1-") or name.startswith("2-")):
             continue
@@ -140,7 +140,7 @@ def suspend_rows(R):
         apps = ", ".join(f"{a.get('uuid', '?')[:12]}… {a.get('mib')} MiB" for a in get(e, "after", "apps") or []) or "none"
         loss = compare_text(e["compare"]) if e.get("compare") else DASH
         out.append(f"| {name} | {v(e.get('deviceNodes'))} | {used_s(e, 0)} | {used_s(e, 1)} | {apps} | {fds} | "
-                   f"{v(get(e, 'during', 'steps_during_hold'))} | {states} | {loss} |")
+                   f"{v(get(e, 'during', 'steps_during_hold'))} | {states} | {v(get(e, 'after', 'pod', 'kybernate.io/gpus'))} | {loss} |")
     return out
 
 
