@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import queue
-import re
 import signal
 import subprocess
 import sys
