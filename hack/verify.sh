@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fails when the tree is not formatted, vet complains, go.mod/go.sum are not tidy, a generated
 # file differs from what `make generate` writes, or a GPU results report is not its suite's
-# output. With VERIFY_JSON=FILE it also writes each check's result there as `go test -json` events, for the summary of `make test`.
+# output. With VERIFY_JSON=FILE it also writes each check's result there as `go test -json`
+# events, for the summary of `make test`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
