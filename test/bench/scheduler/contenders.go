@@ -70,7 +70,7 @@ func newContenders(o options, kubeconfig string, baseline *baselineBuild) ([]*co
 			start: func(ctx context.Context, log string) (*instance, error) {
 				return startScheduler(ctx, o, "default", o.kubeScheduler, schedulerConfig(o, kubeconfig, defaultName, ""), log)
 			}},
-		kyb("kybernate", "kybernate-scheduler (this tree)", filepath.Join(o.root, o.bin, "kybernate-scheduler"), true),
+		kyb("kybernate", "kybernate-scheduler (this tree, "+treeName(o.root)+")", filepath.Join(o.root, o.bin, "kybernate-scheduler"), true),
 	}
 	if baseline != nil {
 		cs = append(cs, kyb("baseline", "kybernate-scheduler (baseline "+baseline.name+")", baseline.binary, false))
@@ -197,4 +197,18 @@ func baselineScheduler(ctx context.Context, o options) (*baselineBuild, error) {
 		return nil, fmt.Errorf("building kybernate-scheduler at %s: %w", name, err)
 	}
 	return &baselineBuild{name: name, binary: binary}, nil
+}
+
+// treeName is the commit of the tree the bench runs in, with "+changes" when files differ from
+// it (bin/ is built from the tree by make bench-scheduler).
+func treeName(root string) string {
+	rev, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown commit"
+	}
+	name := strings.TrimSpace(string(rev))
+	if out, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
+		name += "+changes"
+	}
+	return name
 }

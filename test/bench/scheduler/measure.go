@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -128,7 +129,7 @@ func measure(ctx context.Context, client kubernetes.Interface, o options, ns, sc
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			if err := create(ctx, client, pod); err != nil {
 				errs <- err
 				return
 			}
@@ -165,6 +166,22 @@ func measure(ctx context.Context, client kubernetes.Interface, o options, ns, sc
 	res.placed = len(res.latencies)
 	res.window = last.Sub(first)
 	return res, nil
+}
+
+// create creates a pod; a loaded API server that times out is asked again (twice at most), and
+// a pod that turns out to exist then counts as created.
+func create(ctx context.Context, client kubernetes.Interface, pod *v1.Pod) error {
+	var err error
+	for range 3 {
+		_, err = client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		if !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) {
+			return err
+		}
+	}
+	return err
 }
 
 // benchPod is the same pod for every contender; only the GPU contenders' pods ask for a GPU.
