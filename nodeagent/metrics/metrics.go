@@ -144,6 +144,58 @@ var (
 	}, []string{"reason"})
 )
 
+// Values of the tier labels of the storage tier metrics: where parked memory is kept, and GPU
+// for the moves that bring it back.
+const (
+	TierHostMemory  = "HostMemory"
+	TierDisk        = "Disk"
+	TierObjectStore = "ObjectStore"
+	TierGPU         = "GPU"
+)
+
+// TierMoves are the (from, to) pairs of the moves the tier policy makes.
+var TierMoves = [][2]string{{TierHostMemory, TierDisk}, {TierDisk, TierObjectStore}, {TierDisk, TierGPU}, {TierObjectStore, TierGPU}}
+
+// Storage tiers (package tier).
+var (
+	// TierImages is how many suspended pods' memory each tier below host memory holds, per node.
+	TierImages = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_images",
+		Help:           "Checkpoint images of suspended pods kept in a storage tier below host memory (tier=Disk|ObjectStore), per node.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"node", "tier"})
+	// TierBytes is the parked GPU memory (plaintext) each tier holds, per node.
+	TierBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_bytes",
+		Help:           "Parked GPU memory of suspended pods kept in a storage tier below host memory, in bytes of plaintext, per node and tier.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"node", "tier"})
+	// TierMoveDuration is how long each move of a pod's memory between tiers took.
+	TierMoveDuration = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_duration_seconds",
+		Help:           "Duration of moves of a suspended pod's memory between tiers (from, to: HostMemory, Disk, ObjectStore, GPU), by result.",
+		Buckets:        metrics.ExponentialBuckets(0.01, 2, 18), // 10ms .. ~22min
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to", "result"})
+	// TierMoveBytes counts the bytes (plaintext) of successful moves.
+	TierMoveBytes = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_bytes_total",
+		Help:           "Parked GPU memory moved between tiers by successful moves, in bytes of plaintext.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to"})
+	// TierMoveFailures counts failed moves by cause.
+	TierMoveFailures = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_failures_total",
+		Help:           "Failed moves of a suspended pod's memory between tiers, by from, to and cause; the memory stays where it was.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to", "cause"})
+)
+
 var registerOnce sync.Once
 
 // Register registers the metrics in the legacy registry; later calls do nothing. The series
@@ -153,7 +205,14 @@ func Register() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
 			ParkedBytes, StatusWrites, InventoryErrors,
-			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted)
+			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted,
+			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures)
+		for _, mv := range TierMoves {
+			for _, result := range []string{ResultSuccess, ResultFailure} {
+				TierMoveDuration.WithLabelValues(mv[0], mv[1], result)
+			}
+			TierMoveBytes.WithLabelValues(mv[0], mv[1])
+		}
 		for _, op := range []string{OperationSuspend, OperationResume} {
 			for _, result := range []string{ResultSuccess, ResultFailure} {
 				OperationDuration.WithLabelValues(op, result)
