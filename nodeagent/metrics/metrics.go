@@ -165,11 +165,11 @@ var (
 		Help:           "Checkpoint images of suspended pods kept in a storage tier below host memory (tier=Disk|ObjectStore), per node.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"node", "tier"})
-	// TierBytes is the parked GPU memory (plaintext) each tier holds, per node.
+	// TierBytes is the parked GPU memory each tier holds, per node.
 	TierBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Subsystem:      subsystem,
 		Name:           "tier_bytes",
-		Help:           "Parked GPU memory of suspended pods kept in a storage tier below host memory, in bytes of plaintext, per node and tier.",
+		Help:           "Parked GPU memory of suspended pods kept in a storage tier below host memory, in bytes, per node and tier.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"node", "tier"})
 	// TierMoveDuration is how long each move of a pod's memory between tiers took.
@@ -180,11 +180,11 @@ var (
 		Buckets:        metrics.ExponentialBuckets(0.01, 2, 18), // 10ms .. ~22min
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"from", "to", "result"})
-	// TierMoveBytes counts the bytes (plaintext) of successful moves.
+	// TierMoveBytes counts the parked GPU memory of successful moves.
 	TierMoveBytes = metrics.NewCounterVec(&metrics.CounterOpts{
 		Subsystem:      subsystem,
 		Name:           "tier_move_bytes_total",
-		Help:           "Parked GPU memory moved between tiers by successful moves, in bytes of plaintext.",
+		Help:           "Parked GPU memory moved between tiers by successful moves, in bytes.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"from", "to"})
 	// TierMoveFailures counts failed moves by cause.

@@ -101,8 +101,10 @@ type entry struct {
 	node string
 	tier kv1.StorageTier
 	id   storage.ImageID
-	// size and stored are the image's plaintext and encrypted bytes; keyID its key's id.
-	size, stored int64
+	// vram is the parked GPU memory the image holds; size and stored are the image's
+	// plaintext and encrypted bytes (a simulated image holds a record, not the memory); keyID
+	// its key's id.
+	vram, size, stored int64
 	keyID        string
 	// since is when the memory arrived in tier.
 	since time.Time

@@ -54,7 +54,7 @@ func (m *Manager) observe(from, to kv1.StorageTier, start time.Time, e *entry, e
 	}
 	metrics.TierMoveDuration.WithLabelValues(string(from), string(to), result).Observe(m.clock.Since(start).Seconds())
 	if result == metrics.ResultSuccess {
-		metrics.TierMoveBytes.WithLabelValues(string(from), string(to)).Add(float64(e.size))
+		metrics.TierMoveBytes.WithLabelValues(string(from), string(to)).Add(float64(e.vram))
 	}
 }
 
@@ -125,7 +125,7 @@ func (m *Manager) publish(node string) {
 	for _, e := range m.held {
 		if e.node == node {
 			count[e.tier]++
-			bytes[e.tier] += float64(e.size)
+			bytes[e.tier] += float64(e.vram)
 		}
 	}
 	for t := range count {

@@ -98,9 +98,9 @@ func (m *Manager) Restore(ctx context.Context, node string, pod *v1.Pod, to []cu
 	m.deleteImage(ctx, e)
 	m.observe(from, "GPU", start, e, nil)
 	m.recorder.Eventf(pod, v1.EventTypeNormal, EventRestoredFromTier, "Restored from %s (%s): %s of GPU memory onto GPUs %s in %v; the image is deleted",
-		from, m.location(from, e.id), quantity(e.size), uuidList(to), m.clock.Since(start).Round(1e6))
+		from, m.location(from, e.id), quantity(e.vram), uuidList(to), m.clock.Since(start).Round(1e6))
 	m.clear(ctx, e)
-	klog.FromContext(ctx).V(2).Info("Restored pod from tier", "pod", klog.KObj(pod), "tier", from, "bytes", e.size)
+	klog.FromContext(ctx).V(2).Info("Restored pod from tier", "pod", klog.KObj(pod), "tier", from, "bytes", e.vram)
 	return res, nil
 }
 

@@ -89,10 +89,10 @@ func (m *Manager) Spill(ctx context.Context, node string, pod *v1.Pod) (err erro
 	m.mu.Lock()
 	m.held[pod.UID] = e
 	m.mu.Unlock()
-	msg := fmt.Sprintf("Spilled to disk: %s of parked GPU memory written encrypted into %s (%s stored, key %s) in %v; host memory freed",
-		quantity(e.size), m.location(kv1.TierDisk, id), quantity(e.stored), e.keyID, m.clock.Since(start).Round(1e6))
+	msg := fmt.Sprintf("Spilled to disk: %s of parked GPU memory written into %s (image of %s, %s stored encrypted with key %s) in %v; host memory freed",
+		quantity(e.vram), m.location(kv1.TierDisk, id), quantity(e.size), quantity(e.stored), e.keyID, m.clock.Since(start).Round(1e6))
 	m.recorder.Event(pod, v1.EventTypeNormal, EventSpilledToDisk, msg)
-	logger.V(2).Info("Spilled pod to disk", "image", id.String(), "bytes", e.size)
+	logger.V(2).Info("Spilled pod to disk", "image", id.String(), "bytes", e.vram, "imageBytes", e.size)
 	m.record(ctx, e)
 	return nil
 }
@@ -116,12 +116,14 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 		return nil, errors.Join(fmt.Errorf("storing the image: %w", err), storage.Delete(context.WithoutCancel(ctx), m.disk, id))
 	}
 	var gpus []cuda.UUID
+	var vram int64
 	for _, p := range parked {
+		vram += p.Bytes
 		if !containsUUID(gpus, p.GPU) {
 			gpus = append(gpus, p.GPU)
 		}
 	}
-	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
+	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
 		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
 }
 

@@ -301,7 +301,8 @@ type CheckpointStorage struct {
 	// +kubebuilder:validation:MaxLength=4096
 	Location string `json:"location,omitempty"`
 
-	// sizeBytes is the plaintext size of the image (the parked memory in host memory).
+	// sizeBytes is the plaintext size of the image: the parked memory and the processes' host
+	// state (an image of a simulated node holds a record of the simulation, not the memory).
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
