@@ -158,20 +158,20 @@ var TierMoves = [][2]string{{TierHostMemory, TierDisk}, {TierDisk, TierObjectSto
 
 // Storage tiers (package tier).
 var (
-	// TierImages is how many suspended pods' memory each tier below host memory holds, per node.
+	// TierImages is how many suspended pods' memory each tier below host memory holds.
 	TierImages = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Subsystem:      subsystem,
 		Name:           "tier_images",
-		Help:           "Checkpoint images of suspended pods kept in a storage tier below host memory (tier=Disk|ObjectStore), per node.",
+		Help:           "Checkpoint images of suspended pods of the agent's nodes kept in a storage tier below host memory (tier=Disk|ObjectStore).",
 		StabilityLevel: metrics.ALPHA,
-	}, []string{"node", "tier"})
-	// TierBytes is the parked GPU memory each tier holds, per node.
+	}, []string{"tier"})
+	// TierBytes is the parked GPU memory each tier below host memory holds.
 	TierBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Subsystem:      subsystem,
 		Name:           "tier_bytes",
-		Help:           "Parked GPU memory of suspended pods kept in a storage tier below host memory, in bytes, per node and tier.",
+		Help:           "Parked GPU memory of suspended pods of the agent's nodes kept in a storage tier below host memory, in bytes, per tier.",
 		StabilityLevel: metrics.ALPHA,
-	}, []string{"node", "tier"})
+	}, []string{"tier"})
 	// TierMoveDuration is how long each move of a pod's memory between tiers took.
 	TierMoveDuration = metrics.NewHistogramVec(&metrics.HistogramOpts{
 		Subsystem:      subsystem,
@@ -207,6 +207,14 @@ func Register() {
 			ParkedBytes, StatusWrites, InventoryErrors,
 			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted,
 			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures)
+		for _, t := range []string{TierDisk, TierObjectStore} {
+			TierImages.WithLabelValues(t)
+			TierBytes.WithLabelValues(t)
+		}
+		for _, f := range [][3]string{{TierHostMemory, TierDisk, "SpillFailed"}, {TierDisk, TierObjectStore, "UploadFailed"},
+			{TierDisk, TierGPU, "FetchFailed"}, {TierDisk, TierGPU, "ImageCorrupt"}, {TierObjectStore, TierGPU, "FetchFailed"}, {TierObjectStore, TierGPU, "ImageCorrupt"}} {
+			TierMoveFailures.WithLabelValues(f[0], f[1], f[2])
+		}
 		for _, mv := range TierMoves {
 			for _, result := range []string{ResultSuccess, ResultFailure} {
 				TierMoveDuration.WithLabelValues(mv[0], mv[1], result)

@@ -116,21 +116,19 @@ func (m *Manager) writeStorage(ctx context.Context, e *entry, st *kv1.Checkpoint
 	}
 }
 
-// publish sets the tier gauges of node.
-func (m *Manager) publish(node string) {
+// publish sets the tier gauges (over all nodes of the agent; the node's own agent serves one).
+func (m *Manager) publish(string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	count := map[kv1.StorageTier]float64{kv1.TierDisk: 0, kv1.TierObjectStore: 0}
 	bytes := map[kv1.StorageTier]float64{kv1.TierDisk: 0, kv1.TierObjectStore: 0}
 	for _, e := range m.held {
-		if e.node == node {
-			count[e.tier]++
-			bytes[e.tier] += float64(e.vram)
-		}
+		count[e.tier]++
+		bytes[e.tier] += float64(e.vram)
 	}
 	for t := range count {
-		metrics.TierImages.WithLabelValues(node, string(t)).Set(count[t])
-		metrics.TierBytes.WithLabelValues(node, string(t)).Set(bytes[t])
+		metrics.TierImages.WithLabelValues(string(t)).Set(count[t])
+		metrics.TierBytes.WithLabelValues(string(t)).Set(bytes[t])
 	}
 }
 
