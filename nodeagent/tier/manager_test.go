@@ -415,4 +415,3 @@ func TestSpillWithoutKeyStaysInHostMemory(t *testing.T) {
 		t.Errorf("a failed spill left %v", keys)
 	}
 }
-
