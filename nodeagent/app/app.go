@@ -440,6 +440,10 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		wg.Go(func() { a.fleet.Run(runCtx, 2) })
 	}
+	if a.tiers != nil {
+		// Before the controller acts: a resume of a pod an earlier agent spilled comes from its tier.
+		a.tiers.Recover(runCtx)
+	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
 	if a.tiers != nil {
 		logger.Info("Storage tiers on", "highWater", a.o.Tiers.HighWater.String(), "diskTierDir", a.o.Tiers.DiskDir,

@@ -47,6 +47,9 @@ type fixture struct {
 	objects *flakyTier
 	mgr     *Manager
 	dir     string
+	ckIdx   cache.Indexer
+	podIdx  cache.Indexer
+	kube    *kubefake.Clientset
 }
 
 type singleNode struct{ n Node }
@@ -117,7 +120,8 @@ func newFixture(t *testing.T, highWater string) *fixture {
 	done := metav1.NewTime(epoch)
 	suspend := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train-suspend"},
 		Spec:   kv1.GPUCheckpointSpec{PodName: "train", PodUID: "uid-train", Action: kv1.ActionSuspend},
-		Status: kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, NodeName: node, CompletionTime: &done}}
+		Status: kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, NodeName: node, CompletionTime: &done,
+			Footprint: []kv1.ProcessFootprint{{PID: 1000, GPU: m.GPUs()[0].String(), Bytes: 10 * gib}}}}
 	kyb := kybfake.NewSimpleClientset(suspend)
 	podIdx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	ckIdx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
@@ -145,7 +149,8 @@ func newFixture(t *testing.T, highWater string) *fixture {
 	n := Node{Engine: e, Images: imgs, End: m.End, Memory: m.HostMemory}
 	mgr := New(cfg, singleNode{n}, disk, objects, SecretKeys{Client: kube, Name: cfg.KeySecret}, kube, kyb,
 		corelisters.NewPodLister(podIdx), listers.NewGPUCheckpointLister(ckIdx), events, clk)
-	return &fixture{t: t, clk: clk, machine: m, engine: e, pod: pod, kyb: kyb, events: events, objects: objects, mgr: mgr, dir: dir}
+	return &fixture{t: t, clk: clk, machine: m, engine: e, pod: pod, kyb: kyb, events: events, objects: objects, mgr: mgr, dir: dir,
+		ckIdx: ckIdx, podIdx: podIdx, kube: kube}
 }
 
 // event returns the first recorded Event with reason, failing when there is none.
@@ -413,5 +418,82 @@ func TestSpillWithoutKeyStaysInHostMemory(t *testing.T) {
 	}
 	if keys, _ := f.mgr.disk.List(t.Context(), ""); len(keys) != 0 {
 		t.Errorf("a failed spill left %v", keys)
+	}
+}
+
+// restart is a new agent: a new simulated machine that recreated the suspended pod's processes
+// parked from its state (as the simulation does), a new engine and a new Manager over the same
+// tiers, which recovers.
+func (f *fixture) restart() {
+	f.t.Helper()
+	m, err := sim.NewMachine(node, "NVIDIA-H100-80GB-HBM3", 1, f.clk)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	m.SetHostMemory(100 * gib)
+	if _, errs := m.SyncPods([]*v1.Pod{f.pod}); len(errs) > 0 || len(m.ProcessesOf(f.pod.UID)) != 1 {
+		f.t.Fatalf("the restarted simulation did not recreate the parked pod: %v", errs)
+	}
+	e := engine.New(m.Driver(), m, m, m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1}, f.clk)
+	ck, err := f.kyb.KybernateV1alpha1().GPUCheckpoints("ml").Get(f.t.Context(), "train-suspend", metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := f.ckIdx.Update(ck); err != nil {
+		f.t.Fatal(err)
+	}
+	n := Node{Engine: e, Images: &sim.Images{Machine: m, Engine: e, Clock: f.clk}, End: m.End, Memory: m.HostMemory}
+	f.mgr = New(f.mgr.cfg, singleNode{n}, f.mgr.disk, f.objects, f.mgr.keys, f.kube, f.kyb,
+		corelisters.NewPodLister(f.podIdx), listers.NewGPUCheckpointLister(f.ckIdx), f.events, f.clk)
+	f.machine, f.engine = m, e
+	f.mgr.Recover(f.t.Context())
+}
+
+func TestRecoverAfterRestart(t *testing.T) {
+	f := newFixture(t, "5Gi")
+	f.mgr.Reconcile(t.Context())
+	if got := f.tierOf(); got != kv1.TierDisk {
+		t.Fatalf("pod in %s, want Disk", got)
+	}
+	f.restart()
+	if got := f.tierOf(); got != kv1.TierDisk {
+		t.Fatalf("after the restart the pod is in %s, want Disk", got)
+	}
+	if procs := f.machine.ProcessesOf(f.pod.UID); len(procs) != 0 {
+		t.Errorf("the recreated processes of the spilled pod were not ended: %v", procs)
+	}
+	// The upload an earlier agent would have made is made by this one.
+	f.clk.Step(10 * time.Minute)
+	f.mgr.Reconcile(t.Context())
+	if got := f.tierOf(); got != kv1.TierObjectStore {
+		t.Fatalf("pod in %s, want ObjectStore", got)
+	}
+	if _, err := f.mgr.Restore(t.Context(), node, f.pod, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The progress came from the image: the restarted simulation had none for the pod.
+	if got := f.machine.Progress()[podmap.PodRef{Namespace: "ml", Name: "train", UID: "uid-train"}]; got != 7*time.Second {
+		t.Errorf("progress after the restore %v, want the image's 7s", got)
+	}
+}
+
+func TestRecoverWithoutImageStaysInHostMemory(t *testing.T) {
+	f := newFixture(t, "5Gi")
+	f.mgr.Reconcile(t.Context())
+	if err := storage.Delete(t.Context(), f.mgr.disk, storage.ImageID{Namespace: "ml", Name: "train-uid-train"}); err != nil {
+		t.Fatal(err)
+	}
+	f.restart()
+	if got := f.tierOf(); got != kv1.TierHostMemory {
+		t.Fatalf("pod in %s without its image, want HostMemory", got)
+	}
+	if procs := f.machine.ProcessesOf(f.pod.UID); len(procs) != 1 {
+		t.Errorf("processes %v, want the parked one kept", procs)
+	}
+	if st := f.storageStatus(); st != nil {
+		t.Errorf("status.storage %+v, want cleared", st)
+	}
+	if ev := f.event(EventTierMoveFailed); !strings.Contains(ev, "stays in host memory") {
+		t.Errorf("Event %q", ev)
 	}
 }
