@@ -42,6 +42,9 @@ const (
 var (
 	agentOnce sync.Once
 	agentErr  error
+	// agent and agentArgs: the running agent and what starts it again.
+	agent     *framework.Component
+	agentArgs []string
 )
 
 // setup starts, once for the package, the simulated agent with the storage tiers on and the
@@ -80,9 +83,10 @@ func startAgent(t *testing.T, c *framework.Cluster) error {
 	if err != nil {
 		return err
 	}
-	c.StartSimulatedAgent(t, "--parked-memory-high-water="+highWater, "--disk-tier-dir="+dir, "--disk-tier-idle=2s",
-		"--object-store-secret="+systemNamespace+"/"+storeSecret, "--tier-interval=500ms", "--tier-retry-backoff=1s", "--tier-max-backoff=4s",
-		"--tier-move-timeout=1m", "--simulate-checkpoint-rate=20G", "--simulate-restore-rate=40G", "--simulate-progress-period=500ms")
+	agentArgs = []string{"--parked-memory-high-water=" + highWater, "--disk-tier-dir=" + dir, "--disk-tier-idle=2s",
+		"--object-store-secret=" + systemNamespace + "/" + storeSecret, "--tier-interval=500ms", "--tier-retry-backoff=1s", "--tier-max-backoff=4s",
+		"--tier-move-timeout=1m", "--simulate-checkpoint-rate=20G", "--simulate-restore-rate=40G", "--simulate-progress-period=500ms"}
+	agent = c.StartSimulatedAgent(t, agentArgs...)
 	return nil
 }
 
@@ -386,6 +390,22 @@ func TestTamperedObjectRefused(t *testing.T) {
 	if _, err := s3.Stat(t.Context(), object); err != nil {
 		t.Errorf("the tampered object was deleted: %v", err)
 	}
+}
+
+// An agent killed with SIGKILL while a pod is in the object store: the next agent takes the pod
+// over from its status.storage and resumes it from there.
+func TestAgentRestart(t *testing.T) {
+	c, kc := setup(t)
+	ns, _ := newNamespace(t, c)
+	h := c.Record(t, ns)
+	first := boundPod(t, c, kc, ns, "first", 1, 0)
+	second := boundPod(t, c, kc, ns, "second", 1, 1)
+	parked := spillFirst(t, c, kc, first, second)
+	waitStorage(t, kc, first, "in the object store", inTier(kv1.TierObjectStore))
+	agent.Kill()
+	agent = c.StartSimulatedAgent(t, agentArgs...)
+	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
+	resume(t, c, kc, h, first, parked, kv1.TierObjectStore)
 }
 
 // With the object store down the spilled image stays on disk (the upload fails, says so and is
