@@ -79,11 +79,11 @@ func (m *Manager) Spill(ctx context.Context, node string, pod *v1.Pod) (err erro
 	})
 	if err != nil {
 		e = nil
-		cause := "SpillFailed"
 		if engine.CauseOf(err) == engine.CauseBusy {
-			cause = string(engine.CauseBusy)
+			// Another operation (a resume, a concurrent spill) has the pod: nothing failed.
+			return err
 		}
-		return fail(cause, err)
+		return fail("SpillFailed", err)
 	}
 	e.node = node
 	m.mu.Lock()
