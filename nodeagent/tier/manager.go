@@ -105,7 +105,9 @@ type entry struct {
 	// plaintext and encrypted bytes (a simulated image holds a record, not the memory); keyID
 	// its key's id.
 	vram, size, stored int64
-	keyID              string
+	// simulated: the image was written by a simulated node.
+	simulated bool
+	keyID     string
 	// since is when the memory arrived in tier.
 	since time.Time
 	// parked are the processes as they were parked (footprints: what a restore needs free);

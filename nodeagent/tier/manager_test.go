@@ -119,7 +119,7 @@ func newFixture(t *testing.T, highWater string) *fixture {
 	kube := kubefake.NewSimpleClientset(pod, secret)
 	done := metav1.NewTime(epoch)
 	suspend := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train-suspend"},
-		Spec:   kv1.GPUCheckpointSpec{PodName: "train", PodUID: "uid-train", Action: kv1.ActionSuspend},
+		Spec: kv1.GPUCheckpointSpec{PodName: "train", PodUID: "uid-train", Action: kv1.ActionSuspend},
 		Status: kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, NodeName: node, CompletionTime: &done,
 			Footprint: []kv1.ProcessFootprint{{PID: 1000, GPU: m.GPUs()[0].String(), Bytes: 10 * gib}}}}
 	kyb := kybfake.NewSimpleClientset(suspend)
@@ -219,7 +219,7 @@ func TestSpillUploadRestore(t *testing.T) {
 	if f.engine.IsSuspended(f.pod.UID) {
 		t.Error("the engine still holds the spilled pod parked")
 	}
-	if ev := f.event(EventSpilledToDisk); !strings.Contains(ev, "10Gi") {
+	if ev := f.event(EventSpilledToDisk); !strings.Contains(ev, "10Gi") || !strings.Contains(ev, "SIMULATED") {
 		t.Errorf("Event %q does not name the bytes", ev)
 	}
 	st := f.storageStatus()

@@ -91,6 +91,9 @@ func (m *Manager) Spill(ctx context.Context, node string, pod *v1.Pod) (err erro
 	m.mu.Unlock()
 	msg := fmt.Sprintf("Spilled to disk: %s of parked GPU memory written into %s (image of %s, %s stored encrypted with key %s) in %v; host memory freed",
 		quantity(e.vram), m.location(kv1.TierDisk, id), quantity(e.size), quantity(e.stored), e.keyID, m.clock.Since(start).Round(1e6))
+	if e.simulated {
+		msg += " (SIMULATED: the image holds a record of the simulated process, not its memory)"
+	}
 	m.recorder.Event(pod, v1.EventTypeNormal, EventSpilledToDisk, msg)
 	logger.V(2).Info("Spilled pod to disk", "image", id.String(), "bytes", e.vram, "imageBytes", e.size)
 	m.record(ctx, e)
@@ -108,7 +111,8 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	if _, err := n.Images.Checkpoint(ctx, pod, staging); err != nil {
+	img, err := n.Images.Checkpoint(ctx, pod, staging)
+	if err != nil {
 		return nil, fmt.Errorf("writing the checkpoint image: %w", err)
 	}
 	man, err := storage.Put(ctx, m.disk, id, key, staging)
@@ -123,7 +127,7 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 			gpus = append(gpus, p.GPU)
 		}
 	}
-	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
+	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
 		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
 }
 
