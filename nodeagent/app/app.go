@@ -46,6 +46,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
@@ -370,6 +371,9 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 		imgs := &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}}
 		a.images.set(node, imgs)
 		a.tierNodes.set(node, tier.Node{Engine: e, Images: imgs, End: m.End, Memory: m.HostMemory})
+		if a.tiers != nil {
+			m.SetTiered(func() []kv1.PodGPUUsage { return a.tiers.SuspendedPods(node) })
+		}
 	})
 	if o.Tiers.Enabled() {
 		if a.tiers, err = a.newTiers(ctx); err != nil {

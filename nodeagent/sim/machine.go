@@ -115,6 +115,8 @@ type Machine struct {
 	hostMemory int64
 	pods       map[types.UID]*simPod
 	byPID      map[int]*simPod
+	// tiered lists the suspended pods whose memory the storage tiers keep below host memory.
+	tiered func() []kv1.PodGPUUsage
 	// ended are the suspended pods whose processes were ended after their memory went into a
 	// checkpoint image (storage tiers): they get no processes until restored from it.
 	ended   map[types.UID]bool
@@ -299,7 +301,18 @@ func (m *Machine) SuspendedPods() []kv1.PodGPUUsage {
 			out = append(out, u)
 		}
 	}
+	if m.tiered != nil {
+		out = append(out, m.tiered()...)
+	}
 	return out
+}
+
+// SetTiered sets where SuspendedPods finds the suspended pods whose memory the storage tiers
+// moved out of host memory (they have no processes here). Call it before the machine is used.
+func (m *Machine) SetTiered(fn func() []kv1.PodGPUUsage) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tiered = fn
 }
 
 // SetHostMemory sets the simulated host's memory (MemAvailable with nothing parked).

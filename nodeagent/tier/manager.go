@@ -269,3 +269,26 @@ func (m *Manager) uploadDue(ctx context.Context, node string) {
 		}
 	}
 }
+
+// SuspendedPods lists node's suspended pods whose memory is in a tier below host memory, for
+// the GPUNode status: residency Disk or ObjectStore, the parked bytes and the GPUs they were on.
+func (m *Manager) SuspendedPods(node string) []kv1.PodGPUUsage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []kv1.PodGPUUsage
+	for _, e := range m.held {
+		if e.node != node {
+			continue
+		}
+		r := kv1.OnDisk
+		if e.tier == kv1.TierObjectStore {
+			r = kv1.InObjectStore
+		}
+		u := kv1.PodGPUUsage{Namespace: e.pod.Namespace, Name: e.pod.Name, UID: string(e.pod.UID), Residency: r, Bytes: e.vram}
+		for _, g := range e.gpus {
+			u.GPUs = append(u.GPUs, g.String())
+		}
+		out = append(out, u)
+	}
+	return out
+}

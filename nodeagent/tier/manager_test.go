@@ -219,6 +219,9 @@ func TestSpillUploadRestore(t *testing.T) {
 	if f.engine.IsSuspended(f.pod.UID) {
 		t.Error("the engine still holds the spilled pod parked")
 	}
+	if got := f.mgr.SuspendedPods(node); len(got) != 1 || got[0].Residency != kv1.OnDisk || got[0].Bytes != 10*gib || got[0].UID != "uid-train" {
+		t.Errorf("SuspendedPods %+v, want the pod on disk with 10Gi", got)
+	}
 	if ev := f.event(EventSpilledToDisk); !strings.Contains(ev, "10Gi") || !strings.Contains(ev, "SIMULATED") {
 		t.Errorf("Event %q does not name the bytes", ev)
 	}

@@ -318,10 +318,20 @@ func TestSpillUploadResume(t *testing.T) {
 	if m.Encryption.KeyID != key.ID() || m.Size() != st.SizeBytes {
 		t.Errorf("manifest key %s size %d, status says key %s size %d", m.Encryption.KeyID, m.Size(), st.KeyID, st.SizeBytes)
 	}
-	// Only the second pod is parked in host memory now.
-	framework.WaitFor(t.Context(), t, 30*time.Second, "GPUNode kwok-gpu-0 parking only the second pod", func(ctx context.Context) (bool, error) {
+	// Only the second pod is parked in host memory now; the GPUNode lists the first in the
+	// object store.
+	framework.WaitFor(t.Context(), t, 30*time.Second, "GPUNode kwok-gpu-0: second parked in host memory, first in the object store", func(ctx context.Context) (bool, error) {
 		gn, err := kc.KybernateV1alpha1().GPUNodes().Get(ctx, "kwok-gpu-0", metav1.GetOptions{})
-		return err == nil && gn.Status.HostMemory.ParkedBytes == 8*gi && len(gn.Status.SuspendedPods) == 1 && gn.Status.SuspendedPods[0].Name == "second", err
+		if err != nil || gn.Status.HostMemory.ParkedBytes != 8*gi {
+			return false, err
+		}
+		where := map[string]kv1.Residency{}
+		for _, p := range gn.Status.SuspendedPods {
+			if p.Namespace == ns {
+				where[p.Name] = p.Residency
+			}
+		}
+		return len(where) == 2 && where["second"] == kv1.Suspended && where["first"] == kv1.InObjectStore, nil
 	})
 	ck, err := kc.KybernateV1alpha1().GPUCheckpoints(ns).Get(t.Context(), "suspend-second", metav1.GetOptions{})
 	if err != nil || ck.Status.Storage != nil {
