@@ -64,16 +64,6 @@ func (e *Engine) CheckRestore(ctx context.Context, pod podmap.PodRef, procs []Pr
 	return nil
 }
 
-// ParkedProcesses returns the processes the engine holds parked for a suspended pod.
-func (e *Engine) ParkedProcesses(pod podmap.PodRef) []Process {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if p, ok := e.pods[pod.UID]; ok {
-		return slices.Clone(p.parked)
-	}
-	return nil
-}
-
 // ResidentBytes is the GPU memory of the pod's processes that are not checkpointed: what a
 // suspend of it would park in host memory.
 func (e *Engine) ResidentBytes(ctx context.Context, pod podmap.PodRef) (int64, error) {
