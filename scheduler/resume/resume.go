@@ -3,7 +3,8 @@
 // Whenever something on a node may have freed GPU memory (a pod ended, a pod was suspended or
 // moved, the node's GPUNode changed, a GPUCheckpoint ended), the controller looks at the pods of
 // the node that were suspended to make room for others (reason Preemption) or for another pod's
-// time-slice turn (reason TimeSlice) and resumes, highest priority first, among equals the one
+// time-slice turn (reason TimeSlice), or put to sleep for idleness (reason Idle) and since asked
+// by the activator to wake (kybernate.io/wake-requested), and resumes, highest priority first, among equals the one
 // that has received the least GPU time, then the first suspended, each that fits: on its own GPUs when
 // they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
@@ -126,10 +127,12 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	return c, nil
 }
 
-// podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
-// holding VRAM, moved GPUs, finished, or a preemptor bound there.
+// podChanged queues the node of a pod whose change may free GPU memory or slots (it stopped
+// holding VRAM, moved GPUs, finished, or a preemptor bound there) or of a sleeping pod a
+// request asks to wake.
 func (c *Controller) podChanged(old, pod *v1.Pod) {
-	if pod.Spec.NodeName != "" && skeleton.GPUChange(old, pod) {
+	if pod.Spec.NodeName != "" && (skeleton.GPUChange(old, pod) ||
+		old.Annotations[kv1.AnnotationWakeRequested] != pod.Annotations[kv1.AnnotationWakeRequested]) {
 		c.queue.Add(pod.Spec.NodeName)
 	}
 }
@@ -282,9 +285,10 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 			suspension = ck
 		}
 	}
-	// Only pods suspended to make room or to take turns come back by themselves; a manual
+	// Only pods suspended to make room or to take turns come back by themselves, and pods put
+	// to sleep for idleness once a request asked the activator to wake them; a manual
 	// suspension stays.
-	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
+	if suspension == nil || !comesBack(pod, suspension) {
 		return cand, wait, false
 	}
 	// Deferred resumes (the agent's restore guard found too little free GPU memory) are retried
@@ -317,6 +321,17 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	// The pod needs its footprint before the suspend free, when that is more than it declared.
 	d = d.AtLeast(suspension.Status.GPUFootprint())
 	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
+}
+
+// comesBack reports whether the controller brings a pod back from this suspension.
+func comesBack(pod *v1.Pod, suspension *kv1.GPUCheckpoint) bool {
+	switch suspension.Spec.Reason {
+	case kv1.ReasonPreemption, kv1.ReasonTimeSlice:
+		return true
+	case kv1.ReasonIdle:
+		return gpupod.WakePending(pod, suspension.CreationTimestamp.Time)
+	}
+	return false
 }
 
 // resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.

@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
@@ -62,6 +63,18 @@ func suspension(podName string, reason kv1.CheckpointReason, ago time.Duration) 
 		ck.Spec.Preemptor = &kv1.PodReference{Namespace: "ns", Name: "hi"}
 	}
 	return ck
+}
+
+// asleep gives an idle suspension the creation time of its completion.
+func asleep(ck *kv1.GPUCheckpoint) *kv1.GPUCheckpoint {
+	ck.CreationTimestamp = *ck.Status.CompletionTime
+	return ck
+}
+
+// wake marks a pod as asked to wake ago before now.
+func wake(p *v1.Pod, ago time.Duration) *v1.Pod {
+	p.Annotations[kv1.AnnotationWakeRequested] = gpupod.FormatWakeRequested(now.Add(-ago))
+	return p
 }
 
 func startedAgo(p *v1.Pod, ago time.Duration) *v1.Pod {
@@ -195,6 +208,27 @@ func TestSync(t *testing.T) {
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
 			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonManual, time.Minute)},
 			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep without a wake stays",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("llm", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep with a wake asked for before it stays",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{wake(pod("llm", 1, "40Gi", 0, kv1.PodSuspended), 2*time.Minute)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep with a wake asked for since: resume",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{wake(pod("llm", 1, "40Gi", 0, kv1.PodSuspended), time.Second)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{"llm": resuming("GPU-0")}, Resumed: map[string]string{"llm": ""}},
 		},
 		{
 			name: "room for one: the higher priority first",
