@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -57,13 +58,16 @@ func NewProxy(router Router, transport http.RoundTripper, retryAfter time.Durati
 	return p
 }
 
-// dispatching marks a held request's lease dispatched when it goes out, so the next held
-// request may follow.
+// dispatching marks a held request's lease dispatched once the request has been written to
+// the pod, so the next held request follows it and the pod receives them in arrival order.
+// A request that fails before it is written is dispatched when its handler returns.
 type dispatching struct{ next http.RoundTripper }
 
 func (d dispatching) RoundTrip(r *http.Request) (*http.Response, error) {
-	if l, ok := r.Context().Value(leaseKey{}).(*Lease); ok {
-		l.Dispatched()
+	if l, ok := r.Context().Value(leaseKey{}).(*Lease); ok && l.h != nil {
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			WroteRequest: func(httptrace.WroteRequestInfo) { l.Dispatched() },
+		}))
 	}
 	return d.next.RoundTrip(r)
 }
