@@ -161,7 +161,9 @@ func TestHeldRequestsAnsweredInOrderOnce(t *testing.T) {
 			t.Errorf("the pod saw request %d %d times", i, e.seen[i])
 		}
 	}
-	if got := e.backend.State(); got.Held != 0 || got.Busy || !got.Ready {
+	// The handlers release their leases just after the answers went out.
+	waitFor(t, "no request in flight", func() bool { return !e.backend.State().Busy })
+	if got := e.backend.State(); got.Held != 0 || !got.Ready {
 		t.Errorf("after the wake: %+v", got)
 	}
 	if after := wakeCount(t); after != before+1 {
