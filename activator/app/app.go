@@ -201,4 +201,3 @@ func opsHandler(ready *atomic.Bool) http.Handler {
 	})
 	return mux
 }
-
