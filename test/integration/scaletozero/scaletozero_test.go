@@ -1,0 +1,104 @@
+package scaletozero
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
+)
+
+// waitAsleep waits until the pod is Suspended through a GPUCheckpoint of reason Idle.
+func (e env) waitAsleep(t *testing.T) {
+	t.Helper()
+	e.h.WaitPod(t, "llm", time.Minute, "suspended for idleness", func(p *v1.Pod) bool { return gpupod.StateOf(p) == kv1.PodSuspended })
+	var idle []string
+	for _, ck := range e.h.LatestCheckpoints() {
+		if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle && ck.Status.Phase == kv1.PhaseSucceeded {
+			idle = append(idle, ck.Name)
+		}
+	}
+	if len(idle) != 1 {
+		t.Fatalf("suspended with %d succeeded Idle suspensions %v, want 1", len(idle), idle)
+	}
+}
+
+// An idle pod is suspended after its idle-after; requests that arrive while it sleeps are
+// held, the pod is woken through the scheduler's resume controller, and every held request is
+// answered exactly once, by the pod on its GPU, in order.
+func TestIdleSleepThenWakeOnRequest(t *testing.T) {
+	e := setup(t)
+	e.deploy(t, "2s", nil)
+	if a := e.send(t.Context(), 0); a.err != nil || a.status != 200 || a.body != "answer 0" {
+		t.Fatalf("request to the awake pod: %+v", a)
+	}
+	e.waitAsleep(t)
+	e.waitEvent(t, "llm", "Sleeping")
+
+	const n = 5
+	answers := make(chan answer, n)
+	for i := 1; i <= n; i++ {
+		go func() { answers <- e.send(t.Context(), i) }()
+	}
+	for range n {
+		a := <-answers
+		if a.err != nil || a.status != 200 || a.body != fmt.Sprintf("answer %d", a.seq) {
+			t.Errorf("held request %d: %d %q %v", a.seq, a.status, a.body, a.err)
+		}
+	}
+	seen := e.a.model.seen(e.ns)
+	count := map[string]int{}
+	for _, a := range seen {
+		count[a.seq]++
+		if a.state != kv1.PodRunning {
+			t.Errorf("request %s reached the pod while it was %s", a.seq, a.state)
+		}
+	}
+	for i := 0; i <= n; i++ {
+		if count[fmt.Sprint(i)] != 1 {
+			t.Errorf("the pod got request %d %d times", i, count[fmt.Sprint(i)])
+		}
+	}
+	pod := e.h.Pod("llm")
+	if _, set, err := gpupod.WakeRequested(pod); !set || err != nil {
+		t.Errorf("the woken pod has no valid %s: %v", kv1.AnnotationWakeRequested, err)
+	}
+	states := e.h.StatesOf("llm")
+	for _, want := range []kv1.PodGPUState{kv1.PodSuspending, kv1.PodSuspended, kv1.PodResuming} {
+		if !slices.Contains(states, want) {
+			t.Errorf("the pod's states %v never were %s", states, want)
+		}
+	}
+	if got := gpupod.StateOf(pod); got != kv1.PodRunning {
+		t.Errorf("after the wake the pod is %s", got)
+	}
+	e.waitEvent(t, "llm", "WakeRequested")
+	e.waitEvent(t, "llm", "Woken")
+	e.checkMetrics(t, map[string]float64{`kybernate_activator_wakes_total{outcome="success"}`: 1})
+}
+
+// A wake whose resume fails answers the held requests 503 with the reason and Retry-After,
+// and the pod gets a WakeFailed Event; the pod stays suspended (the agent rolled back).
+func TestWakeFailureAnswers503(t *testing.T) {
+	e := setup(t)
+	// Simulated fault: the driver's restore fails for this pod's processes.
+	e.deploy(t, "1s", map[string]string{kv1.AnnotationSimulatedFail: "Restore"})
+	e.waitAsleep(t)
+	a := e.send(t.Context(), 1)
+	if a.err != nil || a.status != 503 || a.retryAfter != "3" || !strings.Contains(a.body, "could not be woken: the resume failed") {
+		t.Errorf("held request after a failed wake: %d, Retry-After %q, %q, %v", a.status, a.retryAfter, a.body, a.err)
+	}
+	e.waitEvent(t, "llm", "WakeFailed")
+	if got := e.a.model.seen(e.ns); len(got) != 0 {
+		t.Errorf("requests reached the pod that could not wake: %v", got)
+	}
+	if s := gpupod.StateOf(e.h.Pod("llm")); s != kv1.PodSuspended && s != kv1.PodResuming {
+		t.Errorf("after the failed wake the pod is %s", s)
+	}
+	e.checkMetrics(t, map[string]float64{`kybernate_activator_wakes_total{outcome="failed"}`: 1})
+}
