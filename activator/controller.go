@@ -248,6 +248,7 @@ func (c *Controller) ensureRoute(key string, b gpupod.Backend) *route {
 		r = &route{backend: NewBackend(key, c.cfg.Limits, func() { c.queue.Add(key) }, c.now), reported: map[string]bool{}}
 		c.routes[key] = r
 		c.rebuildHosts()
+		heldRequests.WithLabelValues(key).Set(0) // the series exists before the first hold
 	}
 	r.selector, r.port, r.invalid = b.Selector, b.Port, ""
 	return r

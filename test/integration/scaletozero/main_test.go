@@ -111,20 +111,27 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// deploy creates the Service llm (ExternalName to the activator, backend app=llm:8000) and
-// its pod llm, which sleeps after idleAfter, and waits until the pod runs on a GPU.
-func (e env) deploy(t *testing.T, idleAfter string, podAnnotations map[string]string) {
+// service creates the Service llm: type ExternalName pointing at the activator, its pods
+// app=llm serving on port 8000.
+func (e env) service(t *testing.T) {
 	t.Helper()
-	ctx := t.Context()
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "llm", Namespace: e.ns, Annotations: map[string]string{
 			kv1.AnnotationBackendSelector: "app=llm", kv1.AnnotationBackendPort: "8000",
 		}},
 		Spec: v1.ServiceSpec{Type: v1.ServiceTypeExternalName, ExternalName: "kybernate-activator.kybernate-system.svc.cluster.local"},
 	}
-	if _, err := e.c.Client.CoreV1().Services(e.ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := e.c.Client.CoreV1().Services(e.ns).Create(t.Context(), svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// deploy creates the Service llm (ExternalName to the activator, backend app=llm:8000) and
+// its pod llm, which sleeps after idleAfter, and waits until the pod runs on a GPU.
+func (e env) deploy(t *testing.T, idleAfter string, podAnnotations map[string]string) {
+	t.Helper()
+	ctx := t.Context()
+	e.service(t)
 	p := util.MakePod().Namespace(e.ns).Name("llm").SchedulerName(util.SchedulerName).PriorityClassName(class).GPU(1).GPUMemory("20Gi").Obj()
 	p.Labels = map[string]string{"app": "llm"}
 	p.Annotations[kv1.AnnotationIdleAfter] = idleAfter

@@ -1,15 +1,19 @@
 package scaletozero
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/kybernate/kybernate/test/integration/framework"
 )
 
 // scrape reads the activator's /metrics.
@@ -86,7 +90,14 @@ func TestServedMetricsDocumented(t *testing.T) {
 	if len(documented) < 3 {
 		t.Fatalf("docs/metrics.md lists %d activator metrics; the test reads it wrong", len(documented))
 	}
-	served := e.scrape(t)
+	// The held requests gauge has a series per Service behind the activator.
+	e.service(t)
+	var served map[string]*dto.MetricFamily
+	framework.WaitFor(t.Context(), t, 30*time.Second, "the Service's series of kybernate_activator_held_requests", func(context.Context) (bool, error) {
+		served = e.scrape(t)
+		_, ok := samples(served)[`kybernate_activator_held_requests{service="`+e.ns+`/llm"}`]
+		return ok, nil
+	})
 	for name := range served {
 		if strings.HasPrefix(name, "kybernate_activator_") && !documented[name] {
 			t.Errorf("%s is served but not in docs/metrics.md", name)

@@ -13,18 +13,25 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 )
 
-// waitAsleep waits until the pod is Suspended through a GPUCheckpoint of reason Idle.
+// waitAsleep waits until the pod is Suspended through exactly one GPUCheckpoint of reason
+// Idle, which succeeded.
 func (e env) waitAsleep(t *testing.T) {
 	t.Helper()
 	e.h.WaitPod(t, "llm", time.Minute, "suspended for idleness", func(p *v1.Pod) bool { return gpupod.StateOf(p) == kv1.PodSuspended })
-	var idle []string
-	for _, ck := range e.h.LatestCheckpoints() {
-		if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle && ck.Status.Phase == kv1.PhaseSucceeded {
-			idle = append(idle, ck.Name)
+	idle := func() (names []string, succeeded int) {
+		for _, ck := range e.h.LatestCheckpoints() {
+			if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle {
+				names = append(names, ck.Name)
+				if ck.Status.Phase == kv1.PhaseSucceeded {
+					succeeded++
+				}
+			}
 		}
+		return names, succeeded
 	}
-	if len(idle) != 1 {
-		t.Fatalf("suspended with %d succeeded Idle suspensions %v, want 1", len(idle), idle)
+	e.h.Wait(t, 30*time.Second, "the Idle suspension succeeded", func() bool { _, ok := idle(); return ok > 0 })
+	if names, ok := idle(); len(names) != 1 || ok != 1 {
+		t.Fatalf("Idle suspensions %v (%d succeeded), want exactly one", names, ok)
 	}
 }
 
