@@ -21,6 +21,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/test/integration/framework"
 	"github.com/kybernate/kybernate/test/util"
 )
@@ -131,6 +132,12 @@ func (e env) service(t *testing.T) {
 func (e env) deploy(t *testing.T, idleAfter string, podAnnotations map[string]string) {
 	t.Helper()
 	ctx := t.Context()
+	e.a.model.latest.Store(e.ns, func() kv1.PodGPUState {
+		if p := e.h.Pod("llm"); p != nil {
+			return gpupod.StateOf(p)
+		}
+		return ""
+	})
 	e.service(t)
 	p := util.MakePod().Namespace(e.ns).Name("llm").SchedulerName(util.SchedulerName).PriorityClassName(class).GPU(1).GPUMemory("20Gi").Obj()
 	p.Labels = map[string]string{"app": "llm"}
@@ -155,13 +162,18 @@ type answer struct {
 
 // send sends request seq to the Service llm through the activator.
 func (e env) send(ctx context.Context, seq int) answer {
+	return e.sendWith(ctx, http.DefaultClient, seq)
+}
+
+// sendWith sends request seq with client.
+func (e env) sendWith(ctx context.Context, client *http.Client, seq int) answer {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.a.proxy+"/v1/completions", strings.NewReader(fmt.Sprintf(`{"prompt":"%d"}`, seq)))
 	if err != nil {
 		return answer{seq: seq, err: err}
 	}
 	req.Host = "llm." + e.ns + ".svc.cluster.local"
 	req.Header.Set("X-Seq", fmt.Sprint(seq))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return answer{seq: seq, err: err}
 	}
