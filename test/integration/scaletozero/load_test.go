@@ -62,7 +62,9 @@ func TestLoadHeldRequests(t *testing.T) {
 		}
 	}
 	slices.Sort(latencies)
-	q := func(p float64) time.Duration { return latencies[int(p*float64(len(latencies)-1))].Round(time.Millisecond) }
+	q := func(p float64) time.Duration {
+		return latencies[int(p*float64(len(latencies)-1))].Round(time.Millisecond)
+	}
 	t.Logf("%d requests held while the pod slept, %d failed, all answered in %s; latency min %s p50 %s p90 %s p99 %s max %s",
 		loadRequests, failed, total.Round(time.Millisecond), q(0), q(0.5), q(0.9), q(0.99), q(1))
 }
