@@ -11,6 +11,9 @@
 // through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
 // pod's kybernate.io/gpus to the target GPUs and marks it Resuming, so the scheduler counts the
 // memory there from that moment and never hands those GPUs to another pod.
+//
+// A pod woken from an idle sleep that does not fit on its node suspends lower-priority pods to
+// come back (wake.go), by the rules of CheckpointPreemption, as a new pod of its priority would.
 package resume
 
 import (
@@ -69,13 +72,16 @@ type Controller struct {
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
 	strategy    config.ScoringStrategyType
-	now         func() time.Time
+	// defaultMinRuntime protects pods from a wake's preemption as from any other.
+	defaultMinRuntime time.Duration
+	now               func() time.Time
 }
 
 // New wires the controller to informers that the caller starts. It adds indexers, so it must be
 // called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
-	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
+	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
+	cfg config.ControllerConfiguration) (*Controller, error) {
 	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
@@ -89,6 +95,8 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		recorder:    recorder,
 		strategy:    config.MostAllocated,
 		now:         time.Now,
+
+		defaultMinRuntime: cfg.DefaultMinRuntime.Duration,
 	}
 	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -175,6 +183,9 @@ type candidate struct {
 	// gpuTime is the GPU time the pod has received: among equal priorities the least served
 	// comes back first.
 	gpuTime time.Duration
+	// woken is true for a pod put to sleep for idleness that a request asked to wake: it may
+	// suspend lower-priority pods to come back, as a new pod of its priority could.
+	woken bool
 }
 
 // sync resumes what fits on one node.
@@ -256,6 +267,14 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			if target = acc.Choose(cand.demand, c.strategy); target == nil {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
+				if cand.woken {
+					if err := c.preemptForWake(ctx, gn, onNode, cand); err != nil {
+						return err
+					}
+					// The room it makes is the woken pod's: nothing of its priority or lower
+					// resumes meanwhile.
+					waiting, waitingPriority = true, max(waitingPriority, corev1helpers.PodPriority(cand.pod))
+				}
 				continue
 			}
 			acc.Take(cand.demand, target)
@@ -320,7 +339,8 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	gpuTime := timeslice.UsageOf(pod, cks, c.now()).Received
 	// The pod needs its footprint before the suspend free, when that is more than it declared.
 	d = d.AtLeast(suspension.Status.GPUFootprint())
-	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
+	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime,
+		woken: suspension.Spec.Reason == kv1.ReasonIdle}, wait, true
 }
 
 // comesBack reports whether the controller brings a pod back from this suspension.

@@ -30,6 +30,7 @@ const (
 	nodes       = 1
 	gpusPerNode = 2
 	class       = "kyb-test-inference"
+	batchClass  = "kyb-test-batch"
 )
 
 func TestMain(m *testing.M) {
@@ -63,7 +64,7 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		c.StartKybernate(t, map[string]int32{class: 1000}, nil,
+		c.StartKybernate(t, map[string]int32{class: 1000, batchClass: 10}, nil,
 			"--simulate-checkpoint-rate", "20e9", "--simulate-restore-rate", "40e9")
 		shared = startActivator(t, c)
 		setupOK = true

@@ -8,9 +8,12 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
+	"github.com/kybernate/kybernate/test/integration/framework"
+	"github.com/kybernate/kybernate/test/util"
 )
 
 // waitAsleep waits until the pod is Suspended through exactly one GPUCheckpoint of reason
@@ -108,4 +111,46 @@ func TestWakeFailureAnswers503(t *testing.T) {
 		t.Errorf("after the failed wake the pod is %s", s)
 	}
 	e.checkMetrics(t, map[string]float64{`kybernate_activator_wakes_total{outcome="failed"}`: 1})
+}
+
+// A pod woken while lower-priority pods filled its GPUs comes back by suspending one of them
+// (reason Preemption, the woken pod as preemptor), as a new pod of its priority would; the
+// held request is answered by the pod on its GPU.
+func TestWakePreemptsLowerPriority(t *testing.T) {
+	e := setup(t)
+	e.deploy(t, "1s", nil)
+	e.waitAsleep(t)
+	// Both GPUs (80 GB, simulated) taken by batch pods while it sleeps: 20Gi no longer fit.
+	for i := range gpusPerNode {
+		p := util.MakePod().Namespace(e.ns).Name(fmt.Sprintf("batch-%d", i)).SchedulerName(util.SchedulerName).
+			PriorityClassName(batchClass).GPU(1).GPUMemory("70Gi").Obj()
+		if _, err := e.c.Client.CoreV1().Pods(e.ns).Create(t.Context(), p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		framework.WaitForPodRunning(t.Context(), t, e.c.Client, e.ns, p.Name, time.Minute)
+	}
+	if a := e.send(t.Context(), 1); a.err != nil || a.status != 200 || a.body != "answer 1" {
+		t.Fatalf("request to the sleeping pod: %+v", a)
+	}
+	llm := e.h.Pod("llm")
+	var victims []string
+	for _, ck := range e.h.LatestCheckpoints() {
+		if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonPreemption {
+			if ck.Spec.Preemptor == nil || ck.Spec.Preemptor.UID != string(llm.UID) {
+				t.Errorf("suspension %s names preemptor %+v, want pod llm", ck.Name, ck.Spec.Preemptor)
+			}
+			victims = append(victims, ck.Spec.PodName)
+		}
+	}
+	if len(victims) != 1 {
+		t.Errorf("suspended for the wake: %v, want one batch pod", victims)
+	}
+	for _, a := range e.a.model.seen(e.ns) {
+		if a.state != kv1.PodRunning {
+			t.Errorf("request %s reached the pod while it was %s", a.seq, a.state)
+		}
+	}
+	for _, d := range e.h.Deletions() {
+		t.Errorf("pod %s was deleted", d)
+	}
 }
