@@ -179,10 +179,14 @@ type Wake struct {
 }
 
 // SetReady points the backend at a ready pod and forwards the held requests to it, in order.
-// When this ends a wake, ok is true and w describes it.
+// A pod that becomes ready starts its idle clock. When this ends a wake, ok is true and w
+// describes it.
 func (b *Backend) SetReady(target string) (w Wake, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.target != target {
+		b.lastActivity = b.now()
+	}
 	b.target = target
 	if !b.wakeStart.IsZero() {
 		w, ok = Wake{Latency: b.now().Sub(b.wakeStart), Held: len(b.held)}, true

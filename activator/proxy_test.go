@@ -281,7 +281,11 @@ func TestIdleness(t *testing.T) {
 	now := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	b := NewBackend("ml/llm", Limits{MaxHeld: 1, HoldTimeout: time.Minute}, func() {}, clock)
+	now = now.Add(time.Hour)
 	b.SetReady("pod:80")
+	if st := b.State(); st.IdleFor != 0 {
+		t.Errorf("a pod that just became ready has been idle for %s", st.IdleFor)
+	}
 	now = now.Add(time.Minute)
 	if st := b.State(); st.IdleFor != time.Minute || st.Busy {
 		t.Errorf("after a minute without requests: %+v", st)
