@@ -22,7 +22,7 @@ const (
 
 // CheckpointReason is why a GPUCheckpoint was made.
 // +enum
-// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual
+// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual;Idle
 type CheckpointReason string
 
 const (
@@ -30,6 +30,10 @@ const (
 	ReasonTimeSlice  CheckpointReason = "TimeSlice"
 	ReasonMigration  CheckpointReason = "Migration"
 	ReasonManual     CheckpointReason = "Manual"
+	// ReasonIdle is a scale-to-zero sleep: the activator suspends a pod that has had no
+	// request for its kybernate.io/idle-after, and the pod comes back only when a request
+	// asks for it (kybernate.io/wake-requested).
+	ReasonIdle CheckpointReason = "Idle"
 )
 
 // CheckpointPhase is where a GPUCheckpoint stands.
