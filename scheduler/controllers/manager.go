@@ -89,7 +89,7 @@ func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 	pods, nodes := deps.Informers.Core().V1().Pods(), deps.Informers.Core().V1().Nodes()
 	m := &Manager{cfg: *cfg, deps: deps, factory: factory}
 	if !cfg.DisableResume {
-		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder)
+		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder, *cfg)
 		if err != nil {
 			return nil, fmt.Errorf("resume controller: %w", err)
 		}

@@ -3,13 +3,17 @@
 // Whenever something on a node may have freed GPU memory (a pod ended, a pod was suspended or
 // moved, the node's GPUNode changed, a GPUCheckpoint ended), the controller looks at the pods of
 // the node that were suspended to make room for others (reason Preemption) or for another pod's
-// time-slice turn (reason TimeSlice) and resumes, highest priority first, among equals the one
+// time-slice turn (reason TimeSlice), or put to sleep for idleness (reason Idle) and since asked
+// by the activator to wake (kybernate.io/wake-requested), and resumes, highest priority first, among equals the one
 // that has received the least GPU time, then the first suspended, each that fits: on its own GPUs when
 // they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
 // through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
 // pod's kybernate.io/gpus to the target GPUs and marks it Resuming, so the scheduler counts the
 // memory there from that moment and never hands those GPUs to another pod.
+//
+// A pod woken from an idle sleep that does not fit on its node suspends lower-priority pods to
+// come back (wake.go), by the rules of CheckpointPreemption, as a new pod of its priority would.
 package resume
 
 import (
@@ -68,13 +72,16 @@ type Controller struct {
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
 	strategy    config.ScoringStrategyType
-	now         func() time.Time
+	// defaultMinRuntime protects pods from a wake's preemption as from any other.
+	defaultMinRuntime time.Duration
+	now               func() time.Time
 }
 
 // New wires the controller to informers that the caller starts. It adds indexers, so it must be
 // called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
-	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder) (*Controller, error) {
+	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
+	cfg config.ControllerConfiguration) (*Controller, error) {
 	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
@@ -88,6 +95,8 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		recorder:    recorder,
 		strategy:    config.MostAllocated,
 		now:         time.Now,
+
+		defaultMinRuntime: cfg.DefaultMinRuntime.Duration,
 	}
 	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -126,10 +135,12 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	return c, nil
 }
 
-// podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
-// holding VRAM, moved GPUs, finished, or a preemptor bound there.
+// podChanged queues the node of a pod whose change may free GPU memory or slots (it stopped
+// holding VRAM, moved GPUs, finished, or a preemptor bound there) or of a sleeping pod a
+// request asks to wake.
 func (c *Controller) podChanged(old, pod *v1.Pod) {
-	if pod.Spec.NodeName != "" && skeleton.GPUChange(old, pod) {
+	if pod.Spec.NodeName != "" && (skeleton.GPUChange(old, pod) ||
+		old.Annotations[kv1.AnnotationWakeRequested] != pod.Annotations[kv1.AnnotationWakeRequested]) {
 		c.queue.Add(pod.Spec.NodeName)
 	}
 }
@@ -172,6 +183,9 @@ type candidate struct {
 	// gpuTime is the GPU time the pod has received: among equal priorities the least served
 	// comes back first.
 	gpuTime time.Duration
+	// woken is true for a pod put to sleep for idleness that a request asked to wake: it may
+	// suspend lower-priority pods to come back, as a new pod of its priority could.
+	woken bool
 }
 
 // sync resumes what fits on one node.
@@ -253,6 +267,14 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			if target = acc.Choose(cand.demand, c.strategy); target == nil {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
+				if cand.woken {
+					if err := c.preemptForWake(ctx, gn, onNode, cand); err != nil {
+						return err
+					}
+					// The room it makes is the woken pod's: nothing of its priority or lower
+					// resumes meanwhile.
+					waiting, waitingPriority = true, max(waitingPriority, corev1helpers.PodPriority(cand.pod))
+				}
 				continue
 			}
 			acc.Take(cand.demand, target)
@@ -282,9 +304,10 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 			suspension = ck
 		}
 	}
-	// Only pods suspended to make room or to take turns come back by themselves; a manual
+	// Only pods suspended to make room or to take turns come back by themselves, and pods put
+	// to sleep for idleness once a request asked the activator to wake them; a manual
 	// suspension stays.
-	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
+	if suspension == nil || !comesBack(pod, suspension) {
 		return cand, wait, false
 	}
 	// Deferred resumes (the agent's restore guard found too little free GPU memory) are retried
@@ -316,7 +339,19 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	gpuTime := timeslice.UsageOf(pod, cks, c.now()).Received
 	// The pod needs its footprint before the suspend free, when that is more than it declared.
 	d = d.AtLeast(suspension.Status.GPUFootprint())
-	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
+	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime,
+		woken: suspension.Spec.Reason == kv1.ReasonIdle}, wait, true
+}
+
+// comesBack reports whether the controller brings a pod back from this suspension.
+func comesBack(pod *v1.Pod, suspension *kv1.GPUCheckpoint) bool {
+	switch suspension.Spec.Reason {
+	case kv1.ReasonPreemption, kv1.ReasonTimeSlice:
+		return true
+	case kv1.ReasonIdle:
+		return gpupod.WakePending(pod, suspension.CreationTimestamp.Time)
+	}
+	return false
 }
 
 // resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.
