@@ -277,6 +277,12 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
 	var suspension *kv1.GPUCheckpoint
 	for _, ck := range cks {
+		if (ck.Spec.Action == kv1.ActionSuspend || ck.Spec.Action == kv1.ActionCheckpoint) && ck.Status.Phase == kv1.PhaseInProgress {
+			// The agent marks the pod Suspended before it ends the GPUCheckpoint: until that
+			// end is seen, the latest Succeeded suspension is the one before, already resumed,
+			// and the pod's last turn is not counted in its GPU time. Its end queues the node.
+			return cand, wait, false
+		}
 		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded &&
 			(suspension == nil || suspendedAt(ck).After(suspendedAt(suspension))) {
 			suspension = ck
@@ -296,6 +302,10 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 		}
 		if !ended(ck) {
 			return cand, wait, false // in flight
+		}
+		if ck.Status.Phase == kv1.PhaseSucceeded {
+			// This suspension is over: the pod's current one is not seen yet.
+			return cand, wait, false
 		}
 		attempt++
 		if !ck.Status.Deferred() {

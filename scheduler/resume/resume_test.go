@@ -279,6 +279,38 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{"top": resuming("GPU-0")}, Resumed: map[string]string{"top": ""}},
 		},
 		{
+			// Found by TestRotation: the agent marks a pod Suspended before it ends the
+			// GPUCheckpoint. Read against its previous suspension (resumed already), the pod
+			// that just gave up its turn looked like the longest waiting and came back at once.
+			name: "a pod whose suspension has not ended yet is no candidate",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("yielded", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("next", 1, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("yielded", kv1.ReasonTimeSlice, time.Hour),
+				resumeAttempt("yielded", 1, kv1.PhaseSucceeded, time.Minute),
+				inFlightSuspension("yielded"),
+				suspension("next", kv1.ReasonTimeSlice, 30*time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"next": resuming("GPU-0")}, Resumed: map[string]string{"next": ""}},
+		},
+		{
+			name: "a suspension already resumed is over: the pod's next one is not seen yet",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("yielded", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("next", 1, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("yielded", kv1.ReasonTimeSlice, time.Hour),
+				resumeAttempt("yielded", 1, kv1.PhaseSucceeded, time.Minute),
+				suspension("next", kv1.ReasonTimeSlice, 30*time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"next": resuming("GPU-0")}, Resumed: map[string]string{"next": ""}},
+		},
+		{
 			name: "a resume in flight is not repeated",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
@@ -427,6 +459,15 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 }
 
 // nominatedPod is an unbound pod nominated to n1 (a preemptor waiting for its victims).
+// inFlightSuspension is a Suspend GPUCheckpoint of a pod that the agent has not ended yet.
+func inFlightSuspension(podName string) *kv1.GPUCheckpoint {
+	return &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{Name: podName + "-suspend-2", Namespace: "ns", UID: types.UID(podName + "-suspension-2-uid")},
+		Spec:       kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionSuspend, Reason: kv1.ReasonTimeSlice},
+		Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseInProgress, StartTime: &metav1.Time{Time: now.Add(-time.Second)}},
+	}
+}
+
 func nominatedPod(name string, prio int32, mem string) *v1.Pod {
 	p := pod(name, prio, mem, 0, "")
 	p.Spec.NodeName = ""
