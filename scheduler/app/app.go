@@ -30,6 +30,7 @@ import (
 	configscheme "github.com/kybernate/kybernate/apis/config/scheme" // also our plugin args in the scheduler's scheme
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/plugins/checkpointpreemption"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/controllers"
@@ -38,10 +39,11 @@ import (
 // Name is the program's name, and the reporting controller of the controllers' Events.
 const Name = "kybernate-scheduler"
 
-// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile.
-func Plugins() frameworkruntime.Registry {
+// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile; GPUShare
+// places on the program's ledger, which the controllers share.
+func Plugins(ledger *gpupod.Ledger) frameworkruntime.Registry {
 	return frameworkruntime.Registry{
-		gpushare.Name:             gpushare.New,
+		gpushare.Name:             gpushare.NewFactory(ledger),
 		checkpointpreemption.Name: checkpointpreemption.New,
 		// Gangs of GPU pods that must start together (needs scheduler-plugins' PodGroup CRD).
 		coscheduling.Name: coscheduling.New,
@@ -100,15 +102,21 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 	}
 	ctx := server.SetupSignalContext()
 
+	// One ledger of GPU placements for GPUShare and the controllers: each sees what the
+	// other placed before the informers show it.
+	ledger := gpupod.NewLedger()
 	var registry []schedapp.Option
-	for name, factory := range Plugins() {
+	for name, factory := range Plugins(ledger) {
 		registry = append(registry, schedapp.WithPlugin(name, factory))
 	}
 	cc, sched, err := schedapp.Setup(ctx, opts, registry...)
 	if err != nil {
 		return err
 	}
-	if err := StartControllers(ctx, cc, ctrlCfg); err != nil {
+	if err := ledger.Watch(cc.InformerFactory.Core().V1().Pods().Informer()); err != nil {
+		return err
+	}
+	if err := StartControllers(ctx, cc, ctrlCfg, ledger); err != nil {
 		return err
 	}
 	fg.(featuregate.MutableFeatureGate).AddMetrics()
@@ -116,9 +124,9 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 	return schedapp.Run(ctx, cc, sched)
 }
 
-// StartControllers starts Kybernate's controllers on the scheduler's clients, informers and
-// event broadcaster; the scheduler's Run starts those.
-func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration) error {
+// StartControllers starts Kybernate's controllers on the scheduler's clients, informers, event
+// broadcaster and ledger of GPU placements; the scheduler's Run starts those.
+func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration, ledger *gpupod.Ledger) error {
 	kybernate, err := versioned.NewForConfig(connect.CRDConfig(cc.KubeConfig))
 	if err != nil {
 		return fmt.Errorf("creating kybernate client: %w", err)
@@ -128,6 +136,7 @@ func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg 
 		Kybernate: kybernate,
 		Informers: cc.InformerFactory,
 		Recorder:  cc.EventBroadcaster.NewRecorder(Name),
+		Ledger:    ledger,
 	}
 	if _, err := controllers.Start(ctx, deps, cfg); err != nil {
 		return fmt.Errorf("starting the controllers: %w", err)

@@ -20,6 +20,8 @@ import (
 	frameworkplugins "k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/kubernetes/pkg/scheduler/metrics"
+
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // stand-in implements every extension point our plugins implement, so the framework places it
@@ -68,7 +70,7 @@ func TestShippedProfile(t *testing.T) {
 	}
 
 	registry := frameworkplugins.NewInTreeRegistry()
-	for name := range Plugins() {
+	for name := range Plugins(gpupod.NewLedger()) {
 		name := name
 		if name == "CheckpointPreemption" {
 			registry[name] = func(context.Context, runtime.Object, framework.Handle) (framework.Plugin, error) {

@@ -252,7 +252,7 @@ func (c *Controller) accounting(node string, accs map[string]*gpupod.Accounting)
 	if err != nil {
 		return nil, err
 	}
-	acc := gpupod.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
 		return nil, err
@@ -297,7 +297,7 @@ func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string
 	if err != nil {
 		return nil, err
 	}
-	acc := gpupod.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	for _, obj := range c.pods.List() {
 		p := obj.(*v1.Pod)
 		if p.UID == pod.UID || p.Annotations[kv1.AnnotationMigrateTo] != node || p.DeletionTimestamp != nil {

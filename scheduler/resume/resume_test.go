@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
@@ -106,9 +107,15 @@ type outcome struct {
 
 func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
 	t.Helper()
+	return runSyncOn(t, gpupod.NewLedger(), gn, pods, cks)
+}
+
+// runSyncOn is runSync with the program's ledger.
+func runSyncOn(t *testing.T, ledger *gpupod.Ledger, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
+	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
-	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100))
+	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), ledger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +434,7 @@ func TestResumeName(t *testing.T) {
 func TestSyncRetriesAfterConflict(t *testing.T) {
 	pods := []*v1.Pod{pod("a", 100, "10Gi", 0, kv1.PodSuspended)}
 	env := controllertest.New(pods)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100))
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,6 +451,7 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 	if err := c.sync(t.Context(), "n1"); !apierrors.IsConflict(err) {
 		t.Fatalf("sync after a conflict: %v, want the conflict (the node is retried)", err)
 	}
+	// The failed mark released the ledger's hold on the memory: the retry resumes the pod.
 	if err := c.sync(t.Context(), "n1"); err != nil {
 		t.Fatalf("second sync: %v", err)
 	}
@@ -458,7 +466,6 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 	}
 }
 
-// nominatedPod is an unbound pod nominated to n1 (a preemptor waiting for its victims).
 // inFlightSuspension is a Suspend GPUCheckpoint of a pod that the agent has not ended yet.
 func inFlightSuspension(podName string) *kv1.GPUCheckpoint {
 	return &kv1.GPUCheckpoint{
@@ -468,6 +475,7 @@ func inFlightSuspension(podName string) *kv1.GPUCheckpoint {
 	}
 }
 
+// nominatedPod is an unbound pod nominated to n1 (a preemptor waiting for its victims).
 func nominatedPod(name string, prio int32, mem string) *v1.Pod {
 	p := pod(name, prio, mem, 0, "")
 	p.Spec.NodeName = ""
@@ -481,7 +489,7 @@ func TestDeferredEvent(t *testing.T) {
 	low := pod("low", 1, "40Gi", 0, kv1.PodSuspended)
 	env := controllertest.New([]*v1.Pod{low})
 	rec := events.NewFakeRecorder(10)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec)
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec, gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,5 +515,37 @@ func TestDeferredEvent(t *testing.T) {
 	c.deferred(ck)
 	if len(rec.Events) != 0 {
 		t.Error("an Event for a pod the GPUCheckpoint is not for")
+	}
+}
+
+// The resume controller and the scheduler share one ledger: memory the scheduler reserved for a
+// pod it is binding (no informer shows it yet) goes to no suspended pod, and a resume holds its
+// memory there until the pod informer shows the pod Resuming.
+func TestSyncSharesTheLedger(t *testing.T) {
+	gn := gpuNode(4, 80)
+	low := pod("low", 1, "60Gi", 0, kv1.PodSuspended)
+	cks := []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)}
+
+	ledger := gpupod.NewLedger()
+	binding := pod("new", 1, "60Gi", 0, "")
+	ledger.Reserve(gpupod.OwnerScheduler, binding, 0)
+	got := runSyncOn(t, ledger, gn, []*v1.Pod{low}, cks)
+	if len(got.Resumed) != 0 {
+		t.Errorf("resumed %v onto memory the scheduler reserved for a pod it is binding", got.Resumed)
+	}
+
+	ledger.Release(binding.UID)
+	got = runSyncOn(t, ledger, gn, []*v1.Pod{low}, cks)
+	if diff := cmp.Diff(map[string]string{"low": ""}, got.Resumed); diff != "" {
+		t.Errorf("resumed (-want +got):\n%s", diff)
+	}
+	node, gpus, ok := ledger.Placed(low.UID)
+	if !ok || node != "n1" || !cmp.Equal(gpus, []string{"GPU-0"}) {
+		t.Errorf("ledger holds %v %v %v for the resumed pod, want n1 [GPU-0] true", node, gpus, ok)
+	}
+	// The scheduler's view, which still shows the pod Suspended, counts its memory.
+	acc := gpupod.NewAccounting(gn, ledger.Pods("n1", []*v1.Pod{low}))
+	if acc.Fits(gpupod.Demand{Count: 1, Bytes: 60 * gi}, []string{"GPU-0"}) {
+		t.Error("the scheduler's accounting has room for 60Gi beside the pod being resumed")
 	}
 }
