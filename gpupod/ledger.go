@@ -205,11 +205,15 @@ func (l *Ledger) purge(now time.Time) {
 }
 
 // shows reports whether a version of a pod carries the reserved placement: on the node, on
-// the GPUs, in the reserved state or already past it (Running).
+// the GPUs, in the reserved state or already past it (Running). A resumed pod that runs is
+// past it wherever the agent put it.
 func shows(pod, placed *v1.Pod) bool {
-	if pod.Spec.NodeName != placed.Spec.NodeName || !slices.Equal(AssignedGPUs(pod), AssignedGPUs(placed)) {
+	if pod.Spec.NodeName != placed.Spec.NodeName {
 		return false
 	}
 	s := StateOf(pod)
-	return s == StateOf(placed) || s == kv1.PodRunning
+	if StateOf(placed) == kv1.PodResuming && s == kv1.PodRunning {
+		return true
+	}
+	return slices.Equal(AssignedGPUs(pod), AssignedGPUs(placed)) && (s == StateOf(placed) || s == kv1.PodRunning)
 }

@@ -93,6 +93,12 @@ func TestLedgerPods(t *testing.T) {
 			want:    map[string]bool{"GPU-0": false, "GPU-1": true},
 		},
 		{
+			name:    "a resumed pod that runs counts where it runs",
+			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)},
+			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-1", kv1.PodRunning)},
+			want:    map[string]bool{"GPU-0": true, "GPU-1": false},
+		},
+		{
 			name:    "a pod that shows its placement counts as it is",
 			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)},
 			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodRunning)},
