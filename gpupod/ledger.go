@@ -127,8 +127,10 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 
 // Pods returns the pods of the node as the ledger corrects them: a listed pod whose version
 // does not show its reservation yet is replaced by its reserved placement, and reserved pods
-// the list lacks are added. pods are the node's pods as the caller sees them (the scheduler's
-// snapshot, an informer); the result shares them.
+// the list lacks are added while the pod informer has not shown them (once it has, a pod
+// missing from the list was left out on purpose: a victim in a preemption dry run). pods are
+// the node's pods as the caller sees them (the scheduler's snapshot, an informer); the result
+// shares them.
 func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -146,7 +148,7 @@ func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
 		out = append(out, p)
 	}
 	for uid, r := range l.byPod {
-		if !listed[uid] && r.pod.Spec.NodeName == node && l.live(r, now) {
+		if !listed[uid] && r.seen.IsZero() && r.pod.Spec.NodeName == node && l.live(r, now) {
 			out = append(out, r.pod)
 		}
 	}

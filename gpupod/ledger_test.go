@@ -184,6 +184,26 @@ func TestLedgerEnds(t *testing.T) {
 	}
 }
 
+// A pod the informer has shown is not added back to a list that leaves it out: CheckpointPreemption
+// removes its victims from the node to see whether the preemptor fits without them.
+func TestLedgerSeenPodLeftOut(t *testing.T) {
+	l := NewLedger()
+	placed := ledgerPod("a", "n1", "GPU-0", "")
+	l.Reserve(OwnerScheduler, placed, 0)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": false, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("before the informer shows the pod (-want +got):\n%s", diff)
+	}
+	l.Observe(placed)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("the pod left out as a victim (-want +got):\n%s", diff)
+	}
+	// Within the grace an older version that does not show the placement still counts as
+	// placed (a snapshot taken before the informer's update).
+	if diff := cmp.Diff(map[string]bool{"GPU-0": false, "GPU-1": true}, free(l, []*v1.Pod{ledgerPod("a", "n1", "", "")})); diff != "" {
+		t.Errorf("an older version of the pod (-want +got):\n%s", diff)
+	}
+}
+
 // TestLedgerSerializesPlacements: placers that each build their accounting from their own
 // stale view of the node (nothing on it) and choose under the ledger's lock never hand out the
 // same memory: of eight 50Gi pods, one fits on each 80 GiB GPU.
