@@ -362,13 +362,9 @@ func demandText(d gpupod.Demand) string {
 // it and the action.
 func checkpointFor(pod *v1.Pod, action string, spec kv1.GPUCheckpointSpec) *kv1.GPUCheckpoint {
 	spec.PodName, spec.PodUID = pod.Name, string(pod.UID)
-	prefix := pod.Name
-	if limit := 253 - len("-manual-"+action+"-") - 5; len(prefix) > limit {
-		prefix = prefix[:limit]
-	}
 	return &kv1.GPUCheckpoint{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName:    prefix + "-manual-" + action + "-",
+			GenerateName:    gpupod.CheckpointPrefix(pod, "-manual-"+action+"-"),
 			Namespace:       pod.Namespace,
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID}},
 		},

@@ -13,11 +13,23 @@ const maxNameLength = 253
 
 // CheckpointName names a GPUCheckpoint for pod: the pod's name, cut so that suffix fits.
 func CheckpointName(pod *v1.Pod, suffix string) string {
-	name := pod.Name
-	if limit := maxNameLength - len(suffix); len(name) > limit {
-		name = name[:limit]
+	return cut(pod.Name, maxNameLength-len(suffix)) + suffix
+}
+
+// generatedSuffix is the length of the random suffix the API server appends to a GenerateName.
+const generatedSuffix = 5
+
+// CheckpointPrefix is a GenerateName for a GPUCheckpoint of pod: the pod's name, cut so that
+// suffix and the API server's random characters fit.
+func CheckpointPrefix(pod *v1.Pod, suffix string) string {
+	return cut(pod.Name, maxNameLength-len(suffix)-generatedSuffix) + suffix
+}
+
+func cut(name string, limit int) string {
+	if len(name) > limit {
+		return name[:limit]
 	}
-	return name + suffix
+	return name
 }
 
 // MoveName names the GPUCheckpoint of a controller's attempt to move a suspended pod

@@ -152,11 +152,7 @@ func SuspendCheckpointName(victim, preemptor *v1.Pod) string {
 	if len(uid) > 8 {
 		uid = uid[:8]
 	}
-	name := victim.Name
-	if limit := 253 - len("-suspend-") - len(uid); len(name) > limit {
-		name = name[:limit]
-	}
-	return name + "-suspend-" + uid
+	return CheckpointName(victim, "-suspend-"+uid)
 }
 
 // SuspendCheckpoint is the GPUCheckpoint that asks the node agent to suspend victim for

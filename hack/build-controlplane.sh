@@ -12,52 +12,14 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-FORCE=false
-case "${1:-}" in
-  "") ;;
-  --force) FORCE=true ;;
-  *) die "usage: $0 [--force]" ;;
-esac
+parse_force "$@"
 
-STAMP_DIR="${KYBERNATE_BIN_DIR}/.stamps"
-mkdir -p "${KYBERNATE_BIN_DIR}" "${STAMP_DIR}" "${KYBERNATE_BUILD_DIR}"
-
-# Two test packages may call this script at once: one builds, the other waits.
-exec 9>"${KYBERNATE_BUILD_DIR}/.lock"
-flock 9
+build_lock .lock
 
 # Every Go command here works on a build module under .cache/build (or on a
 # module@version): never on the repository's own module or a go.work around it.
 export GOWORK=off
 export CGO_ENABLED=0
-
-stamp_of() { cat "${STAMP_DIR}/$1" 2>/dev/null || true; }
-
-# missing STAMP BINARY...: prints the binaries that are absent or were built from
-# something other than STAMP.
-missing() {
-  local stamp="$1" bin
-  shift
-  for bin in "$@"; do
-    if ${FORCE} || [[ ! -x "${KYBERNATE_BIN_DIR}/${bin}" || "$(stamp_of "${bin}")" != "${stamp}" ]]; then
-      echo "${bin}"
-    fi
-  done
-}
-
-# install_from OUTDIR STAMP BINARY...: moves freshly built binaries into place and
-# stamps them; the rename keeps a concurrent reader from seeing half a file.
-install_from() {
-  local out="$1" stamp="$2" bin
-  shift 2
-  for bin in "$@"; do
-    [[ -x "${out}/${bin}" ]] || die "${bin} was not built"
-    mv -f "${out}/${bin}" "${KYBERNATE_BIN_DIR}/${bin}"
-    echo "${stamp}" >"${STAMP_DIR}/${bin}.tmp"
-    mv -f "${STAMP_DIR}/${bin}.tmp" "${STAMP_DIR}/${bin}"
-  done
-  rm -rf "${out}"
-}
 
 # render TEMPLATE DEST KEY=VALUE...: replaces @KEY@ in TEMPLATE. DEST is only
 # rewritten when it changes, so the go.sum next to it stays valid.

@@ -17,24 +17,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 HELM_KUBE_MINOR="${HELM_KUBE_MINOR:-34}"
 
-FORCE=false
-case "${1:-}" in
-  "") ;;
-  --force) FORCE=true ;;
-  *) die "usage: $0 [--force]" ;;
-esac
+parse_force "$@"
 
-STAMP_DIR="${KYBERNATE_BIN_DIR}/.stamps"
-mkdir -p "${KYBERNATE_BIN_DIR}" "${STAMP_DIR}" "${KYBERNATE_BUILD_DIR}"
 bin="${KYBERNATE_BIN_DIR}/helm"
 stamp="helm.sh/helm/v3@${HELM_VERSION} kube=1.${HELM_KUBE_MINOR} cgo=0"
 
-# Two test packages may call this at once: one builds, the other waits. Its own lock, so it
-# does not wait for a control-plane build.
-exec 9>"${KYBERNATE_BUILD_DIR}/.lock-helm"
-flock 9
+# Its own lock, so that it does not wait for a control-plane build.
+build_lock .lock-helm
 
-if ! ${FORCE} && [[ -x "${bin}" && "$(cat "${STAMP_DIR}/helm" 2>/dev/null)" == "${stamp}" ]]; then
+if [[ -z "$(missing "${stamp}" helm)" ]]; then
   log "helm ${HELM_VERSION}: up to date"
   echo "${bin}"
   exit 0
@@ -49,10 +40,6 @@ GOWORK=off GOFLAGS='' CGO_ENABLED=0 GOBIN="${out}" go install -trimpath \
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_KUBE_MINOR} \
     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_KUBE_MINOR}" \
   "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
-[[ -x "${out}/helm" ]] || die "helm was not built"
-# The rename keeps a concurrent reader from seeing half a file.
-mv -f "${out}/helm" "${bin}"
-echo "${stamp}" >"${STAMP_DIR}/helm.tmp"
-mv -f "${STAMP_DIR}/helm.tmp" "${STAMP_DIR}/helm"
+install_from "${out}" "${stamp}" helm
 log "helm ${HELM_VERSION}: ${bin}"
 echo "${bin}"

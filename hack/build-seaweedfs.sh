@@ -10,25 +10,15 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-FORCE=false
-case "${1:-}" in
-  "") ;;
-  --force) FORCE=true ;;
-  *) die "usage: $0 [--force]" ;;
-esac
+parse_force "$@"
 
-STAMP_DIR="${KYBERNATE_BIN_DIR}/.stamps"
-mkdir -p "${KYBERNATE_BIN_DIR}" "${STAMP_DIR}" "${KYBERNATE_BUILD_DIR}"
-
-# Several test packages may call this script at once: one builds, the others wait.
-exec 9>"${KYBERNATE_BUILD_DIR}/.lock-seaweedfs"
-flock 9
+build_lock .lock-seaweedfs
 
 export GOWORK=off
 export CGO_ENABLED=0
 
 stamp="github.com/seaweedfs/seaweedfs@${SEAWEEDFS_VERSION} cgo=0"
-if ! ${FORCE} && [[ -x "${KYBERNATE_BIN_DIR}/weed" && "$(cat "${STAMP_DIR}/weed" 2>/dev/null)" == "${stamp}" ]]; then
+if [[ -z "$(missing "${stamp}" weed)" ]]; then
   log "seaweedfs ${SEAWEEDFS_VERSION}: up to date"
   exit 0
 fi
@@ -48,10 +38,5 @@ out="$(mktemp -d "${KYBERNATE_BUILD_DIR}/out.XXXXXX")"
 # Moderate parallelism: the build machine is shared.
 (cd "${mod}" && GOFLAGS="-mod=mod -buildvcs=false" go build -p "${SEAWEEDFS_BUILD_JOBS:-2}" -trimpath \
   -ldflags "-s -w" -o "${out}/weed" github.com/seaweedfs/seaweedfs/weed)
-[[ -x "${out}/weed" ]] || die "weed was not built"
-# The rename keeps a concurrent reader from seeing half a file.
-mv -f "${out}/weed" "${KYBERNATE_BIN_DIR}/weed"
-echo "${stamp}" >"${STAMP_DIR}/weed.tmp"
-mv -f "${STAMP_DIR}/weed.tmp" "${STAMP_DIR}/weed"
-rm -rf "${out}"
+install_from "${out}" "${stamp}" weed
 log "weed in ${KYBERNATE_BIN_DIR} ($((SECONDS - start))s)"

@@ -21,6 +21,7 @@ PACKAGES=(
   "protobuf-compiler            protoc: hack/update-codegen.sh, make generate, make verify"
   "libprotobuf-dev              google/protobuf/*.proto that apis/agent/v1/agent.proto imports (protoc)"
   "jq                           hack/build-controlplane.sh (module metadata)"
+  "python3                      hack/verify.sh (test/gpu/report_test.py: the GPU results reports)"
   "curl                         hack/cluster-up.sh (health checks of etcd and the control plane)"
   "openssl                      hack/cluster-up.sh and hack/node-up.sh (the cluster's PKI), hack/seaweedfs-up.sh (S3 keys)"
   "iproute2                     hack/lib.sh (ss: free ports), hack/node-up.sh (ip), CRIU (ip)"

@@ -16,12 +16,7 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-FORCE=false
-case "${1:-}" in
-  "") ;;
-  --force) FORCE=true ;;
-  *) die "usage: $0 [--force]" ;;
-esac
+parse_force "$@"
 
 CRIU_SUITE="${CRIU_SUITE:-trixie}"
 CRIU_MIRROR="${CRIU_MIRROR:-http://deb.debian.org/debian}"

@@ -30,6 +30,55 @@ SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${0##*/}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The build scripts (build-controlplane.sh, build-helm.sh, build-seaweedfs.sh) share these: a
+# cached binary carries a stamp file saying what it was built from, and is built again only when
+# the stamp differs or FORCE=true.
+STAMP_DIR="${KYBERNATE_BIN_DIR}/.stamps"
+
+# parse_force ARG: sets FORCE from the build scripts' one optional argument, --force.
+parse_force() {
+  FORCE=false
+  case "${1:-}" in
+    "") ;;
+    --force) FORCE=true ;;
+    *) die "usage: $0 [--force]" ;;
+  esac
+}
+
+# build_lock NAME: creates the cache folders and takes the build lock NAME (fd 9) for the rest
+# of the script: two test packages may build at once; one builds, the other waits.
+build_lock() {
+  mkdir -p "${KYBERNATE_BIN_DIR}" "${STAMP_DIR}" "${KYBERNATE_BUILD_DIR}"
+  exec 9>"${KYBERNATE_BUILD_DIR}/$1"
+  flock 9
+}
+
+# missing STAMP BINARY...: prints the binaries that are absent or were built from something
+# other than STAMP (all of them with FORCE=true).
+missing() {
+  local stamp="$1" bin
+  shift
+  for bin in "$@"; do
+    if ${FORCE:-false} || [[ ! -x "${KYBERNATE_BIN_DIR}/${bin}" || "$(cat "${STAMP_DIR}/${bin}" 2>/dev/null)" != "${stamp}" ]]; then
+      echo "${bin}"
+    fi
+  done
+}
+
+# install_from OUTDIR STAMP BINARY...: moves freshly built binaries into place, stamps them and
+# removes OUTDIR; the renames keep a concurrent reader from seeing half a file.
+install_from() {
+  local out="$1" stamp="$2" bin
+  shift 2
+  for bin in "$@"; do
+    [[ -x "${out}/${bin}" ]] || die "${bin} was not built"
+    mv -f "${out}/${bin}" "${KYBERNATE_BIN_DIR}/${bin}"
+    echo "${stamp}" >"${STAMP_DIR}/${bin}.tmp"
+    mv -f "${STAMP_DIR}/${bin}.tmp" "${STAMP_DIR}/${bin}"
+  done
+  rm -rf "${out}"
+}
+
 # pid_matches PID BINARY [ARG]: true when PID is alive (not a zombie), runs BINARY
 # (the path of its executable or its argv[0]) and, when ARG is given, has ARG in
 # its command line. Guards every kill against pids that were reused by others.

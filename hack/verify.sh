@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fails when the tree is not formatted, vet complains, go.mod/go.sum are not tidy, or a generated
-# file differs from what `make generate` writes. With VERIFY_JSON=FILE it also writes each
-# check's result there as `go test -json` events, for the summary of `make test`.
+# Fails when the tree is not formatted, vet complains, go.mod/go.sum are not tidy, a generated
+# file differs from what `make generate` writes, or a GPU results report is not its suite's
+# output. With VERIFY_JSON=FILE it also writes each check's result there as `go test -json`
+# events, for the summary of `make test`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +47,11 @@ if ! (cd "$work" && hack/update-codegen.sh >/dev/null); then
 elif ! diff -r -q --exclude=.git "$ROOT/apis" "$work/apis" || ! diff -r -q "$ROOT/manifests/crds" "$work/manifests/crds"; then
 	echo "generated files are out of date (run make generate)"; fail
 fi
+done_check
+
+check "GPU results reports"
+# Every committed test/gpu/results report is its suite's output from the measured JSON beside it.
+python3 -m unittest discover -s test/gpu -p '*_test.py' || fail
 done_check
 
 exit "$failed"

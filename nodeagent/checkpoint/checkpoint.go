@@ -189,156 +189,224 @@ func fail(c Cause, format string, args ...any) error {
 	return &Error{Cause: c, RolledBack: true, Err: fmt.Errorf(format, args...)}
 }
 
-// Checkpoint writes an image of the container req names.
+// Checkpoint writes an image of the container req names. Each step that changes the container
+// registers its undo; a failure runs them in reverse and deletes the partial image.
 func (c *Checkpointer) Checkpoint(ctx context.Context, req Request) (Result, error) {
-	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(req.Pod.Namespace, req.Pod.Name), "container", req.Container, "image", req.ImageDir)
+	ctr, gpus, err := c.container(ctx, req)
+	if err != nil {
+		return Result{}, err
+	}
+	work, err := makeImageDir(req.ImageDir)
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(work)
+	r := &run{c: c, req: req, ctr: ctr, gpus: gpus, work: work,
+		pod:    podmap.PodRef{Namespace: ctr.Pod.Namespace, Name: ctr.Pod.Name, UID: types.UID(ctr.Pod.UID)},
+		logger: klog.FromContext(ctx).WithValues("pod", klog.KRef(req.Pod.Namespace, req.Pod.Name), "container", req.Container, "image", req.ImageDir),
+	}
+	return r.checkpoint(ctx)
+}
+
+// container finds the container req names and the GPUs it holds, refusing what cannot be
+// checkpointed before anything is touched.
+func (c *Checkpointer) container(ctx context.Context, req Request) (Container, []string, error) {
 	if !filepath.IsAbs(req.ImageDir) || filepath.Clean(req.ImageDir) != req.ImageDir {
-		return Result{}, fail(CauseInvalid, "image folder %q: want a clean absolute path", req.ImageDir)
+		return Container{}, nil, fail(CauseInvalid, "image folder %q: want a clean absolute path", req.ImageDir)
 	}
 	ctr, err := c.runtime.FindContainer(ctx, req.Pod, req.Container)
 	if err != nil {
-		return Result{}, fail(CauseNotFound, "%w", err)
+		return Container{}, nil, fail(CauseNotFound, "%w", err)
 	}
 	if ctr.Runtime != "io.containerd.kybernate.v1" && !strings.HasPrefix(ctr.Runtime, "io.containerd.runc.") {
-		return Result{}, fail(CauseUnsupported, "container %s runs under runtime %s: checkpoints need the kybernate runtime (runtimeClassName: kybernate)", ctr.ID, ctr.Runtime)
+		return Container{}, nil, fail(CauseUnsupported, "container %s runs under runtime %s: checkpoints need the kybernate runtime (runtimeClassName: kybernate)", ctr.ID, ctr.Runtime)
 	}
 	var gpus []string
 	if v := ctr.Annotations[kv1.AnnotationGPUs]; strings.TrimSpace(v) != "" {
 		if gpus, err = gpupod.ParseGPUs(v); err != nil {
-			return Result{}, fail(CauseInvalid, "container %s: %w", ctr.ID, err)
+			return Container{}, nil, fail(CauseInvalid, "container %s: %w", ctr.ID, err)
 		}
 	}
 	if len(gpus) > 0 && c.gpus == nil {
-		return Result{}, fail(CauseUnsupported, "container %s holds gpus %v, but the CUDA driver is not usable on this node", ctr.ID, gpus)
+		return Container{}, nil, fail(CauseUnsupported, "container %s holds gpus %v, but the CUDA driver is not usable on this node", ctr.ID, gpus)
 	}
+	return ctr, gpus, nil
+}
 
-	// The image folder: created now, so that an unwritable place fails before anything is
-	// touched, and deleted again on any failure.
-	if err := os.Mkdir(req.ImageDir, 0o700); err != nil {
+// makeImageDir creates the image folder now, so that an unwritable place fails before anything
+// is touched, and CRIU's work folder next to it; it returns the work folder.
+func makeImageDir(dir string) (string, error) {
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return Result{}, fail(CauseExists, "image folder %s exists already", req.ImageDir)
+			return "", fail(CauseExists, "image folder %s exists already", dir)
 		}
-		return Result{}, fail(CauseImageDir, "creating image folder: %w", err)
+		return "", fail(CauseImageDir, "creating image folder: %w", err)
 	}
-	work, err := os.MkdirTemp(filepath.Dir(req.ImageDir), "."+filepath.Base(req.ImageDir)+".criu-work-")
+	work, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".criu-work-")
 	if err != nil {
-		os.Remove(req.ImageDir)
-		return Result{}, fail(CauseImageDir, "creating criu's work folder next to the image: %w", err)
+		os.Remove(dir)
+		return "", fail(CauseImageDir, "creating criu's work folder next to the image: %w", err)
 	}
-	defer os.RemoveAll(work)
+	return work, nil
+}
 
-	var (
-		res      Result
-		undo     []func(context.Context) error
-		pod      = podmap.PodRef{Namespace: ctr.Pod.Namespace, Name: ctr.Pod.Name, UID: types.UID(ctr.Pod.UID)}
-		rollback = func(cause Cause, err error) (Result, error) {
-			// The rollback runs even when the caller's context is gone.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
-			defer cancel()
-			var errs []error
-			for i := len(undo) - 1; i >= 0; i-- {
-				if uerr := undo[i](rctx); uerr != nil {
-					errs = append(errs, uerr)
-				}
-			}
-			if rerr := os.RemoveAll(req.ImageDir); rerr != nil {
-				errs = append(errs, fmt.Errorf("deleting the partial image: %w", rerr))
-			}
-			if len(errs) > 0 {
-				logger.Error(errors.Join(errs...), "Rollback of a failed checkpoint failed")
-				return Result{}, &Error{Cause: cause, RolledBack: false, Err: fmt.Errorf("%w; rollback: %w", err, errors.Join(errs...))}
-			}
-			logger.V(2).Info("Checkpoint failed and was rolled back", "err", err)
-			return Result{}, &Error{Cause: cause, RolledBack: true, Err: err}
-		}
-		step = func(name string, start time.Time, bytes int64) {
-			res.Steps = append(res.Steps, engine.Step{Name: name, Duration: c.clock.Since(start), Bytes: bytes})
-		}
-	)
+// run is one checkpoint in progress: what it did so far and how to undo it.
+type run struct {
+	c      *Checkpointer
+	req    Request
+	ctr    Container
+	gpus   []string
+	pod    podmap.PodRef
+	work   string
+	logger klog.Logger
+	res    Result
+	undo   []func(context.Context) error
+}
 
-	var vram int64
-	if parked, suspended := c.parkedBytes(pod, gpus); suspended {
-		// Suspended before (a migration): the memory is in the processes' host memory already
-		// and stays there whatever happens here.
-		vram = parked
-	} else if len(gpus) > 0 {
-		r, err := c.gpus.Suspend(ctx, pod, req.LockTimeout)
-		if err != nil {
-			return rollback(CauseGPU, fmt.Errorf("moving gpu memory to host memory: %w", err))
-		}
-		vram = r.Bytes
-		res.Steps = append(res.Steps, r.Steps...)
-		undo = append(undo, func(ctx context.Context) error {
-			if _, err := c.gpus.Resume(ctx, pod, nil, nil); err != nil {
-				return fmt.Errorf("restoring gpu memory: %w", err)
-			}
-			return nil
-		})
+func (r *run) checkpoint(ctx context.Context) (Result, error) {
+	vram, err := r.suspendGPUs(ctx)
+	if err != nil {
+		return r.rollback(ctx, CauseGPU, err)
 	}
-
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	dctx, cancel := context.WithTimeout(ctx, r.c.cfg.Timeout)
 	defer cancel()
-	start := c.clock.Now()
-	if err := c.runtime.Pause(dctx, ctr.ID); err != nil {
-		return rollback(causeOf(dctx, CauseUnsupported), fmt.Errorf("freezing container %s: %w", ctr.ID, err))
+	if cause, err := r.freezeAndDump(dctx); err != nil {
+		return r.rollback(ctx, cause, err)
 	}
-	step(StepPause, start, 0)
-	undo = append(undo, func(ctx context.Context) error {
-		if err := c.runtime.Resume(ctx, ctr.ID); err != nil {
-			return fmt.Errorf("thawing container %s: %w", ctr.ID, err)
+	start := r.c.clock.Now()
+	m, err := r.writeMetadata(ctx, vram)
+	if err != nil {
+		cause := diskFullOr(r.req.ImageDir, CauseImageDir, &err)
+		return r.rollback(ctx, cause, err)
+	}
+	r.res.Metadata = m
+	r.step(StepMetadata, start, 0)
+	if err := r.finish(dctx); err != nil {
+		return Result{}, err
+	}
+	r.logger.V(2).Info("Checkpointed container", "id", r.ctr.ID, "gpus", r.gpus, "vramBytes", vram, "files", len(m.Files), "leaveRunning", r.req.LeaveRunning)
+	return r.res, nil
+}
+
+func (r *run) step(name string, start time.Time, bytes int64) {
+	r.res.Steps = append(r.res.Steps, engine.Step{Name: name, Duration: r.c.clock.Since(start), Bytes: bytes})
+}
+
+// suspendGPUs moves the container's GPU memory into its processes' host memory and returns
+// its size. A pod suspended before (a migration) has it there already, and it stays there
+// whatever happens here.
+func (r *run) suspendGPUs(ctx context.Context) (int64, error) {
+	if parked, suspended := r.c.parkedBytes(r.pod, r.gpus); suspended {
+		return parked, nil
+	}
+	if len(r.gpus) == 0 {
+		return 0, nil
+	}
+	res, err := r.c.gpus.Suspend(ctx, r.pod, r.req.LockTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("moving gpu memory to host memory: %w", err)
+	}
+	r.res.Steps = append(r.res.Steps, res.Steps...)
+	r.undo = append(r.undo, func(ctx context.Context) error {
+		if _, err := r.c.gpus.Resume(ctx, r.pod, nil, nil); err != nil {
+			return fmt.Errorf("restoring gpu memory: %w", err)
 		}
 		return nil
 	})
+	return res.Bytes, nil
+}
 
-	start = c.clock.Now()
-	if err := c.runtime.Dump(dctx, ctr.ID, req.ImageDir, work); err != nil {
-		err = fmt.Errorf("criu dump of container %s: %w%s", ctr.ID, err, logTail(filepath.Join(work, "dump.log")))
-		if full := diskFull(req.ImageDir); full != "" {
-			return rollback(CauseDiskFull, fmt.Errorf("%s: %w", full, err))
-		}
-		return rollback(causeOf(dctx, CauseDump), err)
+// freezeAndDump pauses the container and has CRIU dump it into the image folder.
+func (r *run) freezeAndDump(ctx context.Context) (Cause, error) {
+	id := r.ctr.ID
+	start := r.c.clock.Now()
+	if err := r.c.runtime.Pause(ctx, id); err != nil {
+		return causeOf(ctx, CauseUnsupported), fmt.Errorf("freezing container %s: %w", id, err)
 	}
-	step(StepDump, start, 0)
+	r.step(StepPause, start, 0)
+	r.undo = append(r.undo, func(ctx context.Context) error {
+		if err := r.c.runtime.Resume(ctx, id); err != nil {
+			return fmt.Errorf("thawing container %s: %w", id, err)
+		}
+		return nil
+	})
+	start = r.c.clock.Now()
+	if err := r.c.runtime.Dump(ctx, id, r.req.ImageDir, r.work); err != nil {
+		err = fmt.Errorf("criu dump of container %s: %w%s", id, err, logTail(filepath.Join(r.work, "dump.log")))
+		cause := diskFullOr(r.req.ImageDir, causeOf(ctx, CauseDump), &err)
+		return cause, err
+	}
+	r.step(StepDump, start, 0)
+	return "", nil
+}
 
-	start = c.clock.Now()
+func (r *run) writeMetadata(ctx context.Context, vram int64) (image.Metadata, error) {
 	m := image.Metadata{
-		Pod:         ctr.Pod,
-		Container:   image.Container{Name: ctr.Name, ID: ctr.ID, Image: ctr.Image},
-		GPUs:        gpus,
+		Pod:         r.ctr.Pod,
+		Container:   image.Container{Name: r.ctr.Name, ID: r.ctr.ID, Image: r.ctr.Image},
+		GPUs:        r.gpus,
 		VRAMBytes:   vram,
-		CRIUVersion: criuVersion(filepath.Join(work, "dump.log")),
-		Node:        c.cfg.Node,
-		Created:     c.clock.Now().UTC(),
+		CRIUVersion: criuVersion(filepath.Join(r.work, "dump.log")),
+		Node:        r.c.cfg.Node,
+		Created:     r.c.clock.Now().UTC(),
 	}
-	if c.versions != nil {
-		m.DriverVersion, m.CUDADriverVersion = c.versions(ctx)
+	if r.c.versions != nil {
+		m.DriverVersion, m.CUDADriverVersion = r.c.versions(ctx)
 	}
-	if m, err = image.Write(req.ImageDir, m); err != nil {
-		if full := diskFull(req.ImageDir); full != "" {
-			return rollback(CauseDiskFull, fmt.Errorf("%s: %w", full, err))
-		}
-		return rollback(CauseImageDir, err)
-	}
-	res.Metadata = m
-	step(StepMetadata, start, 0)
+	return image.Write(r.req.ImageDir, m)
+}
 
-	start = c.clock.Now()
-	if req.LeaveRunning {
-		// Undo is exactly what a copy does after the dump: thaw, GPU memory back.
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](dctx); err != nil {
-				return Result{}, &Error{Cause: causeOf(dctx, CauseInternal), RolledBack: false, Err: fmt.Errorf("image written, but resuming the container failed: %w", err)}
-			}
+// finish stops the container after the dump, or for a copy (LeaveRunning) undoes exactly what
+// the checkpoint did: thaw, GPU memory back.
+func (r *run) finish(ctx context.Context) error {
+	start := r.c.clock.Now()
+	if !r.req.LeaveRunning {
+		if err := r.c.runtime.Stop(ctx, r.ctr.ID); err != nil {
+			_, err = r.rollback(ctx, causeOf(ctx, CauseInternal), fmt.Errorf("stopping container %s after the dump: %w", r.ctr.ID, err))
+			return err
 		}
-		step(StepResume, start, 0)
-	} else {
-		if err := c.runtime.Stop(dctx, ctr.ID); err != nil {
-			return rollback(causeOf(dctx, CauseInternal), fmt.Errorf("stopping container %s after the dump: %w", ctr.ID, err))
-		}
-		step(StepStop, start, 0)
+		r.step(StepStop, start, 0)
+		return nil
 	}
-	logger.V(2).Info("Checkpointed container", "id", ctr.ID, "gpus", gpus, "vramBytes", vram, "files", len(m.Files), "leaveRunning", req.LeaveRunning)
-	return res, nil
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		if err := r.undo[i](ctx); err != nil {
+			return &Error{Cause: causeOf(ctx, CauseInternal), RolledBack: false, Err: fmt.Errorf("image written, but resuming the container failed: %w", err)}
+		}
+	}
+	r.step(StepResume, start, 0)
+	return nil
+}
+
+// rollback undoes what the checkpoint did, in reverse, and deletes the partial image; it runs
+// even when the caller's context is gone.
+func (r *run) rollback(ctx context.Context, cause Cause, err error) (Result, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.c.cfg.Timeout)
+	defer cancel()
+	var errs []error
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		if uerr := r.undo[i](rctx); uerr != nil {
+			errs = append(errs, uerr)
+		}
+	}
+	if rerr := os.RemoveAll(r.req.ImageDir); rerr != nil {
+		errs = append(errs, fmt.Errorf("deleting the partial image: %w", rerr))
+	}
+	if len(errs) > 0 {
+		r.logger.Error(errors.Join(errs...), "Rollback of a failed checkpoint failed")
+		return Result{}, &Error{Cause: cause, RolledBack: false, Err: fmt.Errorf("%w; rollback: %w", err, errors.Join(errs...))}
+	}
+	r.logger.V(2).Info("Checkpoint failed and was rolled back", "err", err)
+	return Result{}, &Error{Cause: cause, RolledBack: true, Err: err}
+}
+
+// diskFullOr is CauseDiskFull, with *err prefixed by what filled up, when the image's file
+// system is full; cause otherwise.
+func diskFullOr(dir string, cause Cause, err *error) Cause {
+	if full := diskFull(dir); full != "" {
+		*err = fmt.Errorf("%s: %w", full, *err)
+		return CauseDiskFull
+	}
+	return cause
 }
 
 // causeOf is CauseTimeout when ctx ran out, c otherwise.

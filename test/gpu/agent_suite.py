@@ -12,9 +12,12 @@
    steps after resume.
 6. /metrics (kybernate_ lines).
 
-Writes agent-results.md, results.json and suite.log (with the worker's lines) under --out,
-rewritten after every part so that a run cut short still leaves its figures. --dry-run runs
+Writes results.json, agent-results.md (rendered from it by agent_report.py; every yes/NO
+verdict there is a check) and suite.log (with the worker's lines) under --out, rewritten after
+every part so that a run cut short still leaves its figures. Exits 1 when a check failed, a part
+broke off or the report could not be rendered; 0 only when every check passed. --dry-run runs
 everything that needs no GPU (a stand-in worker without torch) to check the plumbing.
+`--report-from results.json` writes the report of an earlier run to stdout (exit status likewise).
 """
 import argparse
 import datetime
@@ -22,7 +25,6 @@ import json
 import os
 import platform
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +32,9 @@ import threading
 import time
 import traceback
 import urllib.request
+
+import agent_report
+import report_common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GIB = 1 << 30
@@ -517,174 +522,12 @@ def scrape_metrics():
         f.write("\n".join(R["metrics"]) + "\n")
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def gib(b):
-    return "–" if b is None else f"{b / GIB:.2f}"
-
-
-def dur_ms(d):
-    """'1.234s' / '123ms' / '1m2s' (protojson and metav1.Duration) -> ms."""
-    if d is None:
-        return None
-    total, num = 0.0, ""
-    units = {"h": 3600e3, "m": 60e3, "s": 1e3, "ms": 1, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
-    for m in re.finditer(r"([0-9.]+)(h|ms|us|µs|ns|m|s)", str(d)):
-        total += float(m.group(1)) * units[m.group(2)]
-    return total
-
-
-def pod_usage(p, unit, name):
-    return "{}/{} {} {:.2f} {}".format(p.get("namespace"), p.get("name"), p.get("residency"), p.get("bytes", 0) / unit, name)
-
-
-def rate(op, name):
-    """GB/s (10^9) of the named step: the operation's bytes over the step's duration."""
-    for s in (op or {}).get("steps") or []:
-        ms = dur_ms(s["duration"])
-        if s["name"] == name and ms:
-            return f"{op['bytes'] / ms / 1e6:.2f}"
-    return "–"
-
-
-def steps_s(op):
-    if not op or not op.get("steps"):
-        return "–"
-    return ", ".join(f"{s['name']} {dur_ms(s['duration']):.1f} ms" for s in op["steps"])
-
-
-def mib(x):
-    return "–" if x is None else str(x)
-
-
-def report():
-    m, inv = R["meta"], R["inventory"]
-    L = [f"# kybernate-agent on {m.get('gpu', '?')} ({m.get('date', '?')})", "",
-         "Made by `test/gpu/run-agent.sh` (agent_suite.py, torch_worker.py, kybernate-agent, agentctl). "
-         "GiB = 2^30 bytes, MiB = 2^20 bytes; VRAM from nvidia-smi memory.used of GPU 0.", ""]
-    if ARGS.dry_run:
-        L += ["**DRY RUN: no GPU; the worker is a stand-in without torch. Figures mean nothing.**", ""]
-    L += ["| | |", "|---|---|"]
-    for k in ("date", "host", "gpu", "driver", "kernel", "torch", "python", "control_plane", "auth", "cgroup",
-              "agent_cmd", "worker", "gpu0_used_before_worker_mib", "duration_s"):
-        if k in m:
-            L.append(f"| {k} | {str(m[k]).replace('|', '/')} |")
-    L.append("")
-
-    L += ["## Inventory: nvidia-smi against the GPUNode", ""]
-    st = inv.get("gpunode_status") or {}
-    gpus = {g["uuid"]: g for g in st.get("gpus") or []}
-    L += ["| GPU | field | nvidia-smi | GPUNode status | equal |", "|---|---|---|---|---|"]
-    for s in inv.get("nvidia_smi") or []:
-        g = gpus.get(s["uuid"], {})
-        tot = g.get("memoryTotalBytes")
-        used = g.get("memoryUsedBytes")
-        rows = [("uuid", s["uuid"], g.get("uuid"), s["uuid"] == g.get("uuid")),
-                ("index", s["index"], g.get("index"), s["index"] == g.get("index")),
-                ("model", s["name"], g.get("model"), s["name"] == g.get("model")),
-                ("memory total MiB", s["memory.total"], None if tot is None else f"{tot / MIB:.0f} ({tot} B)",
-                 tot is not None and s["memory.total"] == tot // MIB),
-                ("memory used MiB (moments apart)", s["memory.used"], None if used is None else f"{used / MIB:.0f}", "–")]
-        for name, a, b, eq in rows:
-            L.append(f"| {s['index']} | {name} | {a} | {b} | {'yes' if eq is True else ('NO' if eq is False else eq)} |")
-    uid = m.get("pod_uid")
-    pid = inv.get("worker_pid")
-    app = (inv.get("nvidia_smi_apps") or {}).get(str(pid))
-    pods = [p for g in st.get("gpus") or [] for p in g.get("pods") or []]
-    mine = [p for p in pods if p.get("uid") == uid]
-    L.append(f"| 0 | worker (pid {pid}) memory, MiB | {app[1] if app else '–'} (compute-apps) | "
-             f"{', '.join(pod_usage(p, MIB, 'MiB') for p in mine) or '–'} | "
-             f"{'yes' if app and mine and app[1] == mine[0].get('bytes', 0) // MIB else 'NO'} |")
-    drv = (inv.get("nvidia_smi") or [{}])[0].get("driver_version")
-    L.append(f"| – | driver version | {drv} | {st.get('driverVersion')} | {'yes' if drv == st.get('driverVersion') else 'NO'} |")
-    nv = inv.get("nvml") or {}
-    L.append(f"| – | CUDA driver version | {nv.get('cuda_driver_version', '–')} (NVML) | {st.get('cudaDriverVersion')} | "
-             f"{'yes' if nv.get('cuda_driver_version') and nv.get('cuda_driver_version') == st.get('cudaDriverVersion') else 'NO'} |")
-    L.append(f"| – | checkpoint capability | (driver 580 -> Remap) | {st.get('checkpointCapability')} | "
-             f"{'yes' if st.get('checkpointCapability') == 'Remap' else 'NO'} |")
-    cap = inv.get("node_capacity", {}).get("kybernate.io/gpu")
-    L.append(f"| – | Node capacity / allocatable kybernate.io/gpu | {len(inv.get('nvidia_smi') or [])} GPUs x 2 slots | "
-             f"{cap} / {inv.get('node_allocatable', {}).get('kybernate.io/gpu')} | "
-             f"{'yes' if cap == str(2 * len(inv.get('nvidia_smi') or [])) else 'NO'} |")
-    conds = {c["type"]: f"{c['status']}/{c['reason']}" for c in st.get("conditions") or []}
-    L.append(f"| – | conditions | | Ready={conds.get('Ready')}, Simulated={conds.get('Simulated')} | "
-             f"{'yes' if conds.get('Ready', '').startswith('True') and conds.get('Simulated', '').startswith('False') else 'NO'} |")
-    hm = st.get("hostMemory") or {}
-    L.append(f"| – | host memory parkable | MemAvailable - 8Gi reserve | {gib(hm.get('parkableBytes'))} GiB | – |")
-    L += ["", f"NVML memory of GPU 0 (pynvml): `{json.dumps(nv)}`", ""]
-    if nv.get("v2_reserved") is not None and nv.get("v1_used") is not None:
-        L += [f"Memory used: the agent reads NVML's v1 memory info (go-nvml GetMemoryInfo), whose `used` includes the "
-              f"driver's reservation; nvidia-smi shows v2's `used` without it. v1 used - v2 used = "
-              f"{(nv['v1_used'] - nv['v2_used']) / MIB:.0f} MiB, v2 reserved = {nv['v2_reserved'] / MIB:.0f} MiB. "
-              f"Totals are the same in both.", ""]
-    L += [
-          f"Pod attributed within 45 s of the agent's start: {inv.get('pod_attributed_in_time')}", ""]
-
-    L += ["## Suspend and resume (training loop running)", "",
-          "| cycle | bytes | suspend steps | resume steps | checkpoint / restore GB/s | suspend / resume wall s | VRAM GPU0 MiB before / suspended / after "
-          "| worker on GPU MiB before / suspended | RSS GiB before / suspended / after | pod state suspended / after "
-          "| GPUNode while suspended | checksum ok | steps before / after resume / +0.5 s |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in R["cycles"]:
-        b, s, a = c.get("before", {}), c.get("suspended", {}), c.get("after", {})
-        sb, sa, sl = (c.get(k, {}).get("step") for k in ("status_before", "status_after", "status_later"))
-        cont = None
-        if sb and sa and sl:
-            cont = int(sl) > int(sa) >= int(sb)
-        ps, pa = c.get("pod_suspended", {}), c.get("pod_after", {})
-        gs = c.get("gpunode_suspended") or {}
-        sp = gs.get("suspendedPods") or []
-        gtxt = (f"suspendedPods {', '.join(pod_usage(p, GIB, 'GiB') for p in sp)}; "
-                f"parked {gib((gs.get('hostMemory') or {}).get('parkedBytes'))} GiB") if sp else "not listed"
-        sus, res = c.get("suspend", {}), c.get("resume", {})
-        L.append(f"| {c['label']} | {sus.get('bytes', '–')} ({gib(sus.get('bytes'))} GiB) | {steps_s(sus)} | {steps_s(res)} "
-                 f"| {rate(sus, 'Checkpoint')} / {rate(res, 'Restore')} "
-                 f"| {sus.get('wall_s', '–')} / {res.get('wall_s', '–')} "
-                 f"| {mib(b.get('gpu0_used_mib'))} / {mib(s.get('gpu0_used_mib'))} / {mib(a.get('gpu0_used_mib'))} "
-                 f"| {mib(b.get('worker_on_gpu_mib'))} / {'gone' if s and s.get('worker_on_gpu_mib') is None else mib(s.get('worker_on_gpu_mib'))} "
-                 f"| {gib(b.get('rss'))} / {gib(s.get('rss'))} / {gib(a.get('rss'))} "
-                 f"| {ps.get('state')} ({ps.get('gpu_resident')}) / {pa.get('state')} ({pa.get('gpu_resident')}) "
-                 f"| {gtxt} "
-                 f"| {'yes' if c.get('verify', {}).get('ok') == '1' else ('NO' if c.get('verify') else '–')} "
-                 f"| {'yes' if cont else ('NO' if cont is False else '–')} ({sb} / {sa} / {sl}) |")
-        if c.get("error"):
-            L.append(f"| ^ error | {c['error']} ||||||||||||")
-    L.append("")
-    for c in R["cycles"]:
-        if c["via"] == "gpucheckpoint":
-            for k in ("suspend", "resume"):
-                o = c.get(k) or {}
-                L.append(f"- GPUCheckpoint {k}: phase {o.get('phase')}, bytesMoved {o.get('bytes')}, gpus {o.get('gpus')}, "
-                         f"conditions {[(x['type'], x['status'], x.get('reason')) for x in (o.get('status') or {}).get('conditions') or []]}, "
-                         f"created -> {o.get('phase')} in {o.get('wall_s')} s")
-        else:
-            L.append(f"- gRPC resume result gpus: {(c.get('resume') or {}).get('gpus')}")
-        L.append(f"- {c['label']}: GPUNode lists the pod Resident again after resume: {c.get('gpunode_resident_again')}; "
-                 f"agent's inventory while suspended: "
-                 f"{json.dumps(((c.get('agentctl_inventory_suspended') or {}).get('response') or {}).get('gpus'))[:400]}")
-    L.append("")
-
-    L += ["## Pod Events", "", "| type | reason | count | source | message |", "|---|---|---|---|---|"]
-    for e in R.get("events") or []:
-        L.append(f"| {e['type']} | {e['reason']} | {e['count']} | {e['source'].get('component')}@{e['source'].get('host')} | "
-                 f"{(e['message'] or '').replace('|', '/')} |")
-    L += ["", "## Metrics (kybernate_ lines of /metrics after both cycles; histogram buckets in metrics.txt)", "", "```"] + (
-        [l for l in R.get("metrics") or [] if "_bucket{" not in l] or ["–"]) + ["```", ""]
-    L += ["## Agent API inventory (agentctl inventory, before the cycles)", "", "```json",
-          json.dumps((inv.get("agentctl_inventory") or {}), indent=1)[:4000], "```", ""]
-    L += ["## GPUCheckpoint objects (kubectl get gpucheckpoints -o wide)", "", "```", (R.get("gpucheckpoints_table") or "–").rstrip(), "```", ""]
-    L += ["## GPUNode conditions after the agent stopped (SIGTERM)", "", "```json", json.dumps(R.get("gpunode_after_agent_stop"), indent=1), "```", ""]
-    L += ["## Errors", ""] + ([f"- {e}" for e in R["errors"]] or ["none"]) + [""]
-    return "\n".join(L)
-
-
 def save():
     R["meta"]["duration_s"] = round(time.time() - T0, 1)
     with open(os.path.join(ARGS.out, "results.json"), "w") as f:
         json.dump(R, f, indent=1, default=str)
     try:
-        text = report()
+        text = agent_report.render(R)
     except Exception as e:  # noqa: BLE001 - never lose the json for a report bug
         text = f"report failed: {e}\n{traceback.format_exc()}"
     with open(os.path.join(ARGS.out, "agent-results.md"), "w") as f:
@@ -726,10 +569,11 @@ def meta():
 def main():
     global ARGS, LOG
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--kubeconfig", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--bin")
+    ap.add_argument("--kubeconfig")
+    ap.add_argument("--work")
+    ap.add_argument("--out")
+    ap.add_argument("--report-from", metavar="RESULTS_JSON", help="only write the report of an earlier run to stdout")
     ap.add_argument("--gib", type=float, default=8)
     ap.add_argument("--socket", default="/tmp/kyb-agent.sock")
     ap.add_argument("--agent-arg", action="append", default=[], help="an extra kybernate-agent flag (repeatable)")
@@ -738,7 +582,14 @@ def main():
     ap.add_argument("--simulate", action="store_true", help="with --dry-run: the agent in --simulate mode, to check the "
                     "suspend/resume plumbing (agentctl, GPUCheckpoint) without a GPU")
     ARGS = ap.parse_args()
+    if ARGS.report_from:
+        R.update(report_common.load(ARGS.report_from))
+        sys.stdout.write(agent_report.render(R))
+        return 0
+    if not all((ARGS.bin, ARGS.kubeconfig, ARGS.work, ARGS.out)):
+        ap.error("--bin, --kubeconfig, --work and --out are required for a run")
     ARGS.dry_run = ARGS.dry_run or ARGS.simulate
+    R["meta"]["dry_run"] = ARGS.dry_run
     os.makedirs(ARGS.out, exist_ok=True)
     os.makedirs(os.path.join(ARGS.work, "logs"), exist_ok=True)
     LOG = open(os.path.join(ARGS.out, "suite.log"), "w")
@@ -813,18 +664,21 @@ def main():
         log("done", f"{time.time() - T0:.1f}s", "errors:", len(R["errors"]))
 
 
-def failed_verdicts(text):
-    """The rows of the report whose verdict is NO (a checksum or a figure that does not match)."""
-    return [line for line in text.splitlines() if line.startswith("|") and
-            any(c.strip() == "NO" or c.strip().startswith("NO (") for c in line.split("|"))]
+def verdict():
+    """0 only when the report renders and every one of its checks passed (each failure logged)."""
+    try:
+        cs = agent_report.checks(R)
+    except Exception as e:  # noqa: BLE001 - a report that cannot be rendered fails the run
+        print(f"FAILED: the report could not be rendered: {e}", file=sys.stderr)
+        return 1
+    for c in cs:
+        if not c["ok"]:
+            print(f"FAILED {c['scenario']}: {c['check']}: expected {c['expected']}, measured {c['measured']}",
+                  file=sys.stderr)
+    print(report_common.verdict_line(cs, R.get("errors")).replace("**", ""), file=sys.stderr)
+    return 0 if report_common.passed(cs, R.get("errors")) else 1
 
 
 if __name__ == "__main__":
     rc = main()
-    try:
-        bad = failed_verdicts(open(os.path.join(ARGS.out, "agent-results.md")).read())
-    except OSError as e:
-        bad = [f"no report: {e}"]
-    for line in bad:
-        log("FAILED", line)
-    sys.exit(rc or (1 if bad else 0))
+    sys.exit(rc or verdict())

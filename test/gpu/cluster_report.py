@@ -3,17 +3,8 @@ in it is typed by hand. `python3 cluster_report.py results.json > results.md` re
 import json
 import sys
 
-
-def _v(x, unit=""):
-    return "-" if x is None else f"{x}{unit}"
-
-
-def _get(d, *keys):
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
+from report_common import get as _get
+from report_common import v as _v
 
 
 def render(R):
@@ -29,8 +20,8 @@ def render(R):
             "`results.json`.", ""]
     m = s.get("machine", {})
     out += ["## Setup", "", "| | |", "|---|---|",
-            f"| GPU | {g.get('name', '-')} ({_v(g.get('memory_bytes') and round(g['memory_bytes'] / 2**30, 1), ' GiB')}), "
-            f"driver {g.get('driver', '-')} |",
+            f"| GPU | {g.get('name', '–')} ({_v(g.get('memory_bytes') and round(g['memory_bytes'] / 2**30, 1), ' GiB')}), "
+            f"driver {g.get('driver', '–')} |",
             f"| machine | kernel {m.get('kernel')}, {m.get('cpus')} CPUs, {m.get('mem_gib')} GiB, cgroup fs {m.get('cgroup')} |",
             "| control plane | etcd, kube-apiserver, kube-controller-manager, kube-scheduler (one multi-call binary, "
             "test/gpu/cluster/multicall) on 127.0.0.1 |",
@@ -43,7 +34,7 @@ def render(R):
             f"{', '.join(s.get('host_mounts') or [])}; `{_get(s, 'python', 'python')}` |",
             f"| kybernate.io/gpu allocatable | {s.get('allocatable_kybernate_gpu')} |",
             f"| components Ready after apply | {s.get('components_ready_s')} s |",
-            f"| built from | {s.get('build') or '-'} |", ""]
+            f"| built from | {s.get('build') or '–'} |", ""]
 
     s1, s2, s3, s4, s5 = (sc.get(k, {}) for k in ("s1", "s2", "s3", "s4", "s5"))
     sus, res = s1.get("suspend") or {}, s1.get("resume") or {}

@@ -18,6 +18,12 @@ Experiments (each result saved to $OUT as it comes):
   2. resume onto the other GPU with deviceNodes All, Assigned, AllRestricted
   3. checkpoint (agent Checkpoint RPC) and restore into a new container on the other GPU
   4. timings against the pinned-memcpy rate
+
+Writes results.json as it goes, and at the end container-results.md, rendered from it by
+container_report.py with the checks of container_checks.py (expected beside measured outcome).
+Exits 1 when any check failed or the run broke off, 0 only when every check passed.
+`--report-from results.json` writes the report of an earlier run (or of a document of several
+runs, as results/ keeps them) to stdout, with the same exit status.
 """
 import argparse
 import glob
@@ -32,17 +38,25 @@ import time
 import traceback
 import urllib.request
 
+import container_checks
+import container_report
+
 AP = argparse.ArgumentParser()
-AP.add_argument("--bin", required=True)
-AP.add_argument("--criu", required=True, help="folder holding criu")
-AP.add_argument("--pki", required=True)
-AP.add_argument("--crds", required=True)
+AP.add_argument("--bin")
+AP.add_argument("--criu", help="folder holding criu")
+AP.add_argument("--pki")
+AP.add_argument("--crds")
 AP.add_argument("--work", default="/tmp/kyb")
-AP.add_argument("--out", required=True)
+AP.add_argument("--out")
 AP.add_argument("--steps", type=int, default=1200)
 AP.add_argument("--ballast-gib", type=float, default=4)
 AP.add_argument("--only", default="", help="comma list of experiments to run (0,1,2,3,4)")
+AP.add_argument("--report-from", metavar="RESULTS_JSON", help="only write the report of an earlier run to stdout")
 ARGS = AP.parse_args()
+if ARGS.report_from:
+    sys.exit(container_report.main(ARGS.report_from))
+if not all((ARGS.bin, ARGS.criu, ARGS.pki, ARGS.crds, ARGS.out)):
+    AP.error("--bin, --criu, --pki, --crds and --out are required for a run")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 W = ARGS.work
@@ -693,18 +707,21 @@ def main():
             except Exception:
                 pass
         log("end")
-    # Non-zero when anything failed: an error, or an experiment whose losses are not identical
-    # (steps missing or twice, another process, other losses) where one was compared.
-    bad = list(R["errors"])
-    for name, e in R["experiments"].items():
-        c = e.get("compare") if isinstance(e, dict) else None
-        if isinstance(e, dict) and e.get("exception"):
-            bad.append(f"{name}: {e['exception']}")
-        elif c and not c.get("identical") and not name.startswith("2-remap-"):
-            bad.append(f"{name}: losses not identical ({c})")
-    R["failures"] = bad
+    return report()
+
+
+def report():
+    """results.json with the checks, container-results.md from it; 1 when a check failed."""
+    R["checks"] = container_checks.checks(R)
     save()
-    return 1 if bad else 0
+    with open(os.path.join(OUT, "container-results.md"), "w") as f:
+        f.write(container_report.render(R) + "\n")
+    for c in R["checks"]:
+        if not c["ok"]:
+            log("FAILED", f"{c['scenario']}: {c['check']}: expected {c['expected']}, measured {c['measured']}")
+    ok = container_report.passed(R)
+    log("ALL CHECKS PASSED" if ok else "FAILED")
+    return 0 if ok else 1
 
 
 sys.exit(main())
