@@ -3,6 +3,7 @@ package gpupod
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -70,8 +71,9 @@ func (l *Ledger) Lock() { l.place.Lock() }
 // Unlock releases the placement lock.
 func (l *Ledger) Unlock() { l.place.Unlock() }
 
-// Reserve records that the pod is placed as given: placed carries the pod's UID, its node in
-// spec.nodeName, its GPUs in kybernate.io/gpus and the kybernate.io/state it will have. ttl
+// Reserve records that the pod is placed as given: placed is a copy of the version of the pod
+// the choice was made from (its UID and resourceVersion) with its node in spec.nodeName, its
+// GPUs in kybernate.io/gpus and the kybernate.io/state it will have. ttl
 // bounds the wait for the pod informer to show it (zero: until released). A reservation for
 // the same pod replaces the earlier one.
 func (l *Ledger) Reserve(owner string, placed *v1.Pod, ttl time.Duration) {
@@ -126,7 +128,8 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 }
 
 // Pods returns the pods of the node as the ledger corrects them: a listed pod whose version
-// does not show its reservation yet is replaced by its reserved placement, and reserved pods
+// does not show its reservation and is the version the reservation was made from (or an older
+// one) is replaced by its reserved placement, and reserved pods
 // the list lacks are added while the pod informer has not shown them (once it has, a pod
 // missing from the list was left out on purpose: a victim in a preemption dry run). pods are
 // the node's pods as the caller sees them (the scheduler's snapshot, an informer); the result
@@ -142,7 +145,7 @@ func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
 	listed := make(map[types.UID]bool, len(pods))
 	for _, p := range pods {
 		listed[p.UID] = true
-		if r, ok := l.byPod[p.UID]; ok && l.live(r, now) && r.pod.Spec.NodeName == node && !shows(p, r.pod) {
+		if r, ok := l.byPod[p.UID]; ok && l.live(r, now) && r.pod.Spec.NodeName == node && !shows(p, r.pod) && stale(p, r.pod) {
 			p = r.pod
 		}
 		out = append(out, p)
@@ -204,6 +207,21 @@ func (l *Ledger) purge(now time.Time) {
 			delete(l.byPod, uid)
 		}
 	}
+}
+
+// stale reports whether a listed version of a pod is the version a reservation was made from
+// (placed keeps its resourceVersion) or an older one: the view of a caller that has not caught
+// up. A newer version that does not show the placement is no stale view but a change made
+// since (the agent rolled the resume back) or a copy a caller made on purpose (CheckpointPreemption's
+// dry run suspends its candidates on copies): it counts as it is. Resource versions are etcd
+// revisions; they are compared as numbers only to tell older from newer, equality else.
+func stale(listed, placed *v1.Pod) bool {
+	if listed.ResourceVersion == placed.ResourceVersion {
+		return true
+	}
+	l, errL := strconv.ParseUint(listed.ResourceVersion, 10, 64)
+	b, errB := strconv.ParseUint(placed.ResourceVersion, 10, 64)
+	return errL == nil && errB == nil && l < b
 }
 
 // shows reports whether a version of a pod carries the reserved placement: on the node, on

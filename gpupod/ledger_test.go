@@ -204,6 +204,27 @@ func TestLedgerSeenPodLeftOut(t *testing.T) {
 	}
 }
 
+// Only the version a reservation was made from, or an older one, is a stale view the ledger
+// corrects: a newer version that does not show the placement is a change since or a copy made
+// on purpose, and counts as it is.
+func TestLedgerCorrectsOnlyStaleVersions(t *testing.T) {
+	version := func(p *v1.Pod, rv string) *v1.Pod {
+		p.ResourceVersion = rv
+		return p
+	}
+	l := NewLedger()
+	l.Reserve(OwnerResume, version(ledgerPod("back", "n1", "GPU-0", kv1.PodResuming), "100"), time.Minute)
+	for _, tt := range []struct {
+		rv   string
+		want bool // GPU-0 free
+	}{{"100", false}, {"99", false}, {"101", true}} {
+		got := free(l, []*v1.Pod{version(ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended), tt.rv)})["GPU-0"]
+		if got != tt.want {
+			t.Errorf("pod Suspended at resourceVersion %s: GPU-0 free = %v, want %v", tt.rv, got, tt.want)
+		}
+	}
+}
+
 // TestLedgerSerializesPlacements: placers that each build their accounting from their own
 // stale view of the node (nothing on it) and choose under the ledger's lock never hand out the
 // same memory: of eight 50Gi pods, one fits on each 80 GiB GPU.
