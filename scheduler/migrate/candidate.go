@@ -258,8 +258,8 @@ func (c *Controller) accounting(node string, accs map[string]*gpupod.Accounting)
 		return nil, err
 	}
 	for _, p := range nominated {
-		if p.Spec.NodeName != "" {
-			continue
+		if _, _, held := c.ledger.Placed(p.UID); p.Spec.NodeName != "" || held {
+			continue // bound, or being bound (the ledger counts it)
 		}
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, config.MostAllocated); uuids != nil {
