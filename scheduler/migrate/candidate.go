@@ -151,8 +151,15 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 	}
 	attempt, last := 0, time.Time{}
 	for _, ck := range cks {
-		if !ended(ck) && ck.Spec.Action != kv1.ActionSuspend {
-			return candidate{}, false // a resume or a migration in flight
+		if !ended(ck) && (ck.Spec.Action != kv1.ActionSuspend || ck.Status.Phase == kv1.PhaseInProgress) {
+			// A resume or a migration in flight, or a suspension the agent has not ended: it
+			// marks the pod Suspended first, and until the end is seen the pod reads as
+			// suspended long ago (by the suspension before) and still resident (its
+			// kybernate.io/GPUResident condition is written after the state).
+			return candidate{}, false
+		}
+		if ck.Spec.Action == kv1.ActionResume && ck.Status.Phase == kv1.PhaseSucceeded && ck.Labels[kv1.LabelSuspension] == string(suspension.UID) {
+			return candidate{}, false // that suspension is over; the pod's current one is not seen yet
 		}
 		if ck.Spec.Action != kv1.ActionCheckpoint || ck.Spec.Reason != kv1.ReasonMigration || ck.CreationTimestamp.Time.Before(endedAt(suspension)) {
 			continue

@@ -159,6 +159,9 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	}
 	ckHandler := func(obj interface{}) {
 		ck, ok := obj.(*kv1.GPUCheckpoint)
+		if ok && ck.Spec.Action == kv1.ActionSuspend && ended(ck) {
+			c.queue.Add(scanKey) // a suspended pod may move once its suspension is seen ended
+		}
 		if !ok || ck.Spec.Reason != kv1.ReasonMigration {
 			return
 		}

@@ -131,6 +131,39 @@ func TestScan(t *testing.T) {
 			want: map[string]string{"train": "b"},
 		},
 		{
+			// Found by the kill storm: the agent marks a pod Suspended before it ends the
+			// GPUCheckpoint (and before its GPUResident condition turns False). Read against the
+			// suspension before, the pod had waited long and moved at once, its Checkpointing
+			// mark counting it resident beside the preemptor that took its GPU.
+			name: "a suspension the agent has not ended: waits for it",
+			gns:  []*kv1.GPUNode{a, b},
+			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks: []*kv1.GPUCheckpoint{
+				suspension("train", time.Hour),
+				func() *kv1.GPUCheckpoint {
+					ck := suspension("train", 0)
+					ck.Name, ck.UID = "train-suspend-2", "train-suspension-2-uid"
+					ck.Status = kv1.GPUCheckpointStatus{Phase: kv1.PhaseInProgress, StartTime: &metav1.Time{Time: now}}
+					return ck
+				}(),
+			},
+			want: map[string]string{},
+		},
+		{
+			name: "a suspension already resumed is over: the pod's current one is not seen yet",
+			gns:  []*kv1.GPUNode{a, b},
+			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks: []*kv1.GPUCheckpoint{
+				suspension("train", time.Hour),
+				{
+					ObjectMeta: metav1.ObjectMeta{Name: "train-resume", Namespace: "ns", Labels: map[string]string{kv1.LabelSuspension: "train-suspension-uid"}},
+					Spec:       kv1.GPUCheckpointSpec{PodName: "train", PodUID: "train", Action: kv1.ActionResume, Reason: kv1.ReasonPreemption},
+					Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, CompletionTime: &metav1.Time{Time: now.Add(-time.Minute)}},
+				},
+			},
+			want: map[string]string{},
+		},
+		{
 			name: "under migrationMinWait: waits",
 			gns:  []*kv1.GPUNode{a, b},
 			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
