@@ -272,3 +272,14 @@ func TestCheckpointNameFitsLongPods(t *testing.T) {
 		t.Errorf("generated names are %d characters long, more than 253", n)
 	}
 }
+
+// A pod the agent's storage tiers spilled shows the tier it is in.
+func TestNodeViewSpilledPod(t *testing.T) {
+	gn := gpuNode()
+	gn.Status.SuspendedPods = append(gn.Status.SuspendedPods, kv1.PodGPUUsage{Namespace: "ml", Name: "c", Residency: kv1.InObjectStore, Bytes: 8 * gi, GPUs: []string{gpu1}})
+	got := nodeView(gn)
+	want := []SuspendedPod{{Namespace: "ml", Name: "c", ParkedBytes: 8 * gi, Tier: "ObjectStore"}}
+	if diff := cmp.Diff(want, got.GPUs[1].Suspended); diff != "" {
+		t.Errorf("suspended pods of gpu1 (-want +got):\n%s", diff)
+	}
+}

@@ -136,7 +136,11 @@ func nodeView(gn *kv1.GPUNode) NodeGPUs {
 		}
 		for _, p := range gn.Status.SuspendedPods {
 			if slices.Contains(p.GPUs, g.UUID) {
-				v.Suspended = append(v.Suspended, SuspendedPod{Namespace: p.Namespace, Name: p.Name, ParkedBytes: p.Bytes, Tier: TierHostMemory})
+				tier := TierHostMemory
+				if p.Residency == kv1.OnDisk || p.Residency == kv1.InObjectStore {
+					tier = string(p.Residency)
+				}
+				v.Suspended = append(v.Suspended, SuspendedPod{Namespace: p.Namespace, Name: p.Name, ParkedBytes: p.Bytes, Tier: tier})
 			}
 		}
 		n.GPUs = append(n.GPUs, v)

@@ -105,7 +105,7 @@ func turnOrder(ctx context.Context, kube kubernetes.Interface, kyb versioned.Int
 		}
 		last := onNode.lastSuspend(p)
 		if last == nil || (last.Spec.Reason != kv1.ReasonPreemption && last.Spec.Reason != kv1.ReasonTimeSlice) {
-			continue // a manual suspension waits for a manual resume
+			continue // a manual suspension waits for a manual resume, an idle one for a request
 		}
 		out = append(out, TurnEntry{Namespace: p.Namespace, Name: p.Name, Priority: corev1helpers.PodPriority(p), State: string(kv1.PodSuspended),
 			GPUTime: metav1.Duration{Duration: onNode.usage(p).Received}, WaitingSince: metav1.NewTime(startedAt(last))})

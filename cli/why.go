@@ -249,6 +249,8 @@ func summarize(w *Why) string {
 		return "Pending: not placed yet (no scheduling failure recorded)"
 	case w.Suspension != nil && w.Suspension.Reason == kv1.ReasonManual:
 		return "Suspended by hand: stays suspended until 'kubectl kybernate resume " + w.Name + "'"
+	case w.Suspension != nil && w.Suspension.Reason == kv1.ReasonIdle:
+		return "Asleep: no request for its " + kv1.AnnotationIdleAfter + "; kybernate-activator wakes it on the next request"
 	case w.Suspension != nil && w.Suspension.Preemptor != nil && w.Suspension.Reason == kv1.ReasonPreemption:
 		return fmt.Sprintf("Suspended for higher-priority pod %s/%s; resumes when its node has room (number %d in the queue)",
 			w.Suspension.Preemptor.Namespace, w.Suspension.Preemptor.Name, position(w))

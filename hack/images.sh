@@ -5,7 +5,8 @@
 # images are imported into its containerd (namespace k8s.io, where the kubelet finds them).
 #
 #   kybernate-agent      docker.io/kybernate/kybernate-agent:dev      the node agent
-#   kybernate-scheduler  docker.io/kybernate/kybernate-scheduler:dev  kybernate-scheduler
+#   kybernate-scheduler  docker.io/kybernate/kybernate-scheduler:dev  kybernate-scheduler (and
+#                        kybernate-extender, kybernate-activator)
 #                        (both with the glibc they link against: the agent loads NVML and the
 #                        CUDA driver with dlopen)
 #   pause                docker.io/kybernate/pause:dev                the real node's sandbox
@@ -123,6 +124,9 @@ build_image() {
       # The same image serves extender mode (docs/extender.md).
       gobuild ./scheduler/cmd/kybernate-extender "${rootfs}/kybernate-extender"
       add_libs "${rootfs}" "${rootfs}/kybernate-extender"
+      # And the activator of scale to zero (docs/scale-to-zero.md).
+      gobuild ./activator/cmd/kybernate-activator "${rootfs}/kybernate-activator"
+      add_libs "${rootfs}" "${rootfs}/kybernate-activator"
       mkdir -p "${rootfs}/tmp"
       chmod 1777 "${rootfs}/tmp"
       pack "${name}" "${rootfs}" '["/kybernate-scheduler"]'

@@ -54,4 +54,9 @@ check "GPU results reports"
 python3 -m unittest discover -s test/gpu -p '*_test.py' || fail
 done_check
 
+check "model server (CPU variant)"
+# test/modelserver: the inference server of the scale-to-zero tests loads, serves and streams.
+python3 -m unittest discover -s test/modelserver -p '*_test.py' || fail
+done_check
+
 exit "$failed"

@@ -46,6 +46,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
@@ -56,6 +57,7 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/server"
 	"github.com/kybernate/kybernate/nodeagent/sim"
 	"github.com/kybernate/kybernate/nodeagent/status"
+	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
 // NewCommand returns the kybernate-agent command.
@@ -167,6 +169,8 @@ type agent struct {
 	recorder       record.EventRecorder
 	fleet          *sim.Fleet // with --simulate
 	nvml           *lazyNVML  // on a GPU node
+	tierNodes      *tierNodes
+	tiers          *tier.Manager // with --parked-memory-high-water
 	// recover takes over the node's suspended pods at start (on a GPU node with a driver).
 	recover func(ctx context.Context)
 
@@ -174,7 +178,8 @@ type agent struct {
 }
 
 func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface, nodeName string) *agent {
-	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}, images: &imageSet{m: map[string]controller.Images{}}}
+	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}, images: &imageSet{m: map[string]controller.Images{}},
+		tierNodes: &tierNodes{m: map[string]tier.Node{}}}
 	var nodeOpts, podOpts []informers.SharedInformerOption
 	var gnOpts []externalversions.SharedInformerOption
 	if nodeName != "" {
@@ -353,6 +358,7 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 		if m == nil {
 			a.engines.set(node, nil)
 			a.images.set(node, nil)
+			a.tierNodes.set(node, tier.Node{})
 			return
 		}
 		drv := &sim.TimedDriver{Driver: m.Driver(), CheckpointRate: checkpointRate, RestoreRate: restoreRate, Clock: clock.RealClock{}}
@@ -362,8 +368,19 @@ func newSimulatedAgent(ctx context.Context, o *Options, kube kubernetes.Interfac
 		// agent's: take them on now.
 		a.controller.RequeueUnfinished()
 		// Images are written at the checkpoint rate too: host memory to the shared folder.
-		a.images.set(node, &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}})
+		imgs := &sim.Images{Machine: m, Engine: e, WriteRate: checkpointRate, Clock: clock.RealClock{}}
+		a.images.set(node, imgs)
+		a.tierNodes.set(node, tier.Node{Engine: e, Images: imgs, End: m.End, Memory: m.HostMemory})
+		if a.tiers != nil {
+			m.SetTiered(func() []kv1.PodGPUUsage { return a.tiers.SuspendedPods(node) })
+		}
 	})
+	if o.Tiers.Enabled() {
+		if a.tiers, err = a.newTiers(ctx); err != nil {
+			return nil, err
+		}
+		a.controllerOperator().SetTiers(a.tiers)
+	}
 	if err := errors.Join(a.watchCommon(ctx), watch(nodes.Informer(), a.fleet.NodeEventHandler()), watch(pods, a.fleet.PodEventHandler())); err != nil {
 		return nil, err
 	}
@@ -427,7 +444,16 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		wg.Go(func() { a.fleet.Run(runCtx, 2) })
 	}
+	if a.tiers != nil {
+		// Before the controller acts: a resume of a pod an earlier agent spilled comes from its tier.
+		a.tiers.Recover(runCtx)
+	}
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
+	if a.tiers != nil {
+		logger.Info("Storage tiers on", "highWater", a.o.Tiers.HighWater.String(), "diskTierDir", a.o.Tiers.DiskDir,
+			"diskTierIdle", a.o.Tiers.DiskIdle, "objectStore", a.o.ObjectStoreSecret != "")
+		wg.Go(func() { a.tiers.Run(runCtx) })
+	}
 	if a.o.CheckpointDir != "" {
 		gc := imagegc.New(imagegc.Config{Root: a.o.CheckpointDir, TTL: a.o.ImageTTL, Interval: a.o.ImageGCInterval}, a.kube,
 			a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.serves, a.o.NodeName, a.recorder, clock.RealClock{})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -15,6 +16,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/status"
+	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
 // Options are the agent's flags.
@@ -44,6 +46,11 @@ type Options struct {
 	RestoreRetries int
 	RestoreMargin  resource.Quantity
 	Workers        int
+
+	// Tiers is the storage tier policy; ObjectStoreSecret names the object store's Secret
+	// (namespace/name), empty for none.
+	Tiers             tier.Config
+	ObjectStoreSecret string
 
 	Simulate               bool
 	SimulateNodeSelector   string
@@ -83,6 +90,14 @@ func NewOptions() *Options {
 		SimulateCheckpointRate: resource.MustParse("2.2G"),
 		SimulateRestoreRate:    resource.MustParse("6G"),
 		Logs:                   logsapi.NewLoggingConfiguration(),
+		Tiers: tier.Config{
+			DiskIdle:     30 * time.Minute,
+			Interval:     10 * time.Second,
+			MoveTimeout:  30 * time.Minute,
+			RetryBackoff: 10 * time.Second,
+			MaxBackoff:   10 * time.Minute,
+			KeySecret:    "kybernate-image-key",
+		},
 	}
 }
 
@@ -119,6 +134,18 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"before their checkpoint. Below it the agent refuses the restore (InsufficientGPUMemory, retryable) without calling the driver: "+
 		"a restore the driver refuses for lack of memory destroys the process's GPU state.")
 	fs.IntVar(&o.Workers, "checkpoint-workers", o.Workers, "GPUCheckpoints carried out in parallel (each moves one pod).")
+
+	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: GPU memory of suspended pods parked in host memory per node above which the least recently suspended "+
+		"pods are spilled to --disk-tier-dir (and before a suspend that would pass it): a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
+	fs.StringVar(&o.Tiers.DiskDir, "disk-tier-dir", o.Tiers.DiskDir, "Storage tiers: absolute folder on the node for spilled images, encrypted (needed with --parked-memory-high-water).")
+	fs.DurationVar(&o.Tiers.DiskIdle, "disk-tier-idle", o.Tiers.DiskIdle, "Storage tiers: how long an image stays on disk before it moves to object storage (with --object-store-secret); 0 keeps images on disk.")
+	fs.StringVar(&o.ObjectStoreSecret, "object-store-secret", o.ObjectStoreSecret, "Storage tiers: namespace/name of the Secret with the S3-compatible object store "+
+		"(endpoint, bucket, region, pathStyle, tls, caBundle, prefix, accessKeyID, secretAccessKey, sessionToken). Empty: no object storage.")
+	fs.StringVar(&o.Tiers.KeySecret, "image-key-secret", o.Tiers.KeySecret, "Storage tiers: name of the Secret in each pod's namespace holding the namespace's image key (data key \"key\", 32 bytes).")
+	fs.DurationVar(&o.Tiers.Interval, "tier-interval", o.Tiers.Interval, "Storage tiers: how often the policy looks at every node.")
+	fs.DurationVar(&o.Tiers.MoveTimeout, "tier-move-timeout", o.Tiers.MoveTimeout, "Storage tiers: limit of one move of a pod's memory between tiers (spill, upload, fetch and restore).")
+	fs.DurationVar(&o.Tiers.RetryBackoff, "tier-retry-backoff", o.Tiers.RetryBackoff, "Storage tiers: wait after a failed move; it doubles with every failure in a row.")
+	fs.DurationVar(&o.Tiers.MaxBackoff, "tier-max-backoff", o.Tiers.MaxBackoff, "Storage tiers: the longest wait between tries of a failing move.")
 
 	fs.BoolVar(&o.Simulate, "simulate", o.Simulate, "Simulate the GPUs of the nodes --simulate-node-selector picks (kwok nodes): mock NVML machines, "+
 		"a fake CUDA driver, checkpoint times from --simulate-*-rate. Nothing touches a real GPU; every GPUNode says Simulated=True.")
@@ -170,7 +197,23 @@ func (o *Options) Validate() error {
 	if _, err := labels.Parse(o.SimulateNodeSelector); err != nil {
 		errs = append(errs, fmt.Errorf("--simulate-node-selector: %w", err))
 	}
+	errs = append(errs, o.validateTiers())
 	return errors.Join(errs...)
+}
+
+// validateTiers checks the storage tier flags.
+func (o *Options) validateTiers() error {
+	var errs []error
+	if o.ObjectStoreSecret != "" {
+		if ns, name, ok := strings.Cut(o.ObjectStoreSecret, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			errs = append(errs, fmt.Errorf("--object-store-secret=%q: want namespace/name", o.ObjectStoreSecret))
+		}
+	}
+	if o.Tiers.Enabled() && !o.Simulate {
+		errs = append(errs, errors.New("--parked-memory-high-water: on a real node a spilled pod's container must be restored in place by the shim, which is not built yet; "+
+			"the storage tiers run with --simulate only"))
+	}
+	return errors.Join(append(errs, o.Tiers.Validate(o.ObjectStoreSecret != ""))...)
 }
 
 // engineConfig is the checkpoint engine's configuration from the flags.

@@ -28,6 +28,18 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "restore margin huge", args: []string{"--node-name=n", "--restore-margin=17Gi"}, wantErr: "--restore-margin=17Gi: want 0..16Gi"},
 		{name: "restore margin", args: []string{"--node-name=n", "--restore-margin=64Mi"}},
 		{name: "quantities parse", args: []string{"--node-name=n", "--host-memory-reserve=16Gi", "--simulate-checkpoint-rate=1.5G"}},
+		{name: "tiers", args: []string{"--simulate", "--parked-memory-high-water=60%", "--disk-tier-dir=/var/lib/kybernate/tiers",
+			"--object-store-secret=kybernate-system/kybernate-object-store", "--disk-tier-idle=5m"}},
+		{name: "tiers absolute", args: []string{"--simulate", "--parked-memory-high-water=200Gi", "--disk-tier-dir=/t"}},
+		{name: "tiers bad mark", args: []string{"--simulate", "--parked-memory-high-water=150%"}, wantErr: "invalid argument"},
+		{name: "tiers without disk dir", args: []string{"--simulate", "--parked-memory-high-water=60%"}, wantErr: "--disk-tier-dir"},
+		{name: "tiers on a real node", args: []string{"--node-name=n", "--parked-memory-high-water=60%", "--disk-tier-dir=/t"},
+			wantErr: "the storage tiers run with --simulate only"},
+		{name: "object store without tiers", args: []string{"--simulate", "--object-store-secret=a/b"}, wantErr: "need --parked-memory-high-water"},
+		{name: "object store secret name", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--object-store-secret=b"},
+			wantErr: "--object-store-secret=\"b\": want namespace/name"},
+		{name: "tier backoff", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--tier-max-backoff=1s"},
+			wantErr: "--tier-max-backoff"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -35,10 +47,10 @@ func TestOptionsValidate(t *testing.T) {
 			o := NewOptions()
 			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 			o.AddFlags(fs)
-			if err := fs.Parse(tt.args); err != nil {
-				t.Fatal(err)
+			err := fs.Parse(tt.args)
+			if err == nil {
+				err = o.Validate()
 			}
-			err := o.Validate()
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Validate: %v", err)

@@ -288,6 +288,7 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 		st.GPUs = append(st.GPUs, g.String())
 	}
 	st.Footprint = FootprintStatus(res.Parked)
+	st.Storage = res.Storage
 	if img != nil {
 		st.ImageLocation = ImageDir(c.op.imageRoot, ck)
 		st.Image = img.Image.DeepCopy()

@@ -94,6 +94,8 @@ type Operator struct {
 	// images are the nodes' checkpoint images, written under imageRoot; nil without.
 	images    ImageStores
 	imageRoot string
+	// tiers keep suspended pods' memory below host memory; nil without a tier policy.
+	tiers Tiers
 }
 
 // NewOperator returns an Operator. changed may be nil.
@@ -207,6 +209,7 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodSuspending, ""); err != nil {
 		return engine.Result{}, err
 	}
+	o.makeRoom(ctx, e, pod)
 	o.recorder.Eventf(pod, v1.EventTypeNormal, EventSuspending, "Suspending: moving GPU memory to host memory")
 	res, opErr := e.Suspend(ctx, ref(pod), lockTimeout)
 	o.changed(pod.Spec.NodeName)
@@ -250,6 +253,9 @@ func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (e
 			return engine.Result{}, invalid("%d target gpus for pod %s/%s, which has %d (%s): want one per gpu of the pod, in its order",
 				len(to), pod.Namespace, pod.Name, len(from), uuidList(from))
 		}
+	}
+	if tier, ok := o.tierOf(pod); ok {
+		return o.resumeFromTier(ctx, pod, tier, from, to)
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KObj(pod), "node", pod.Spec.NodeName)
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodResuming, ""); err != nil {

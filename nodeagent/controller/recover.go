@@ -48,7 +48,7 @@ func (o *Operator) Recover(ctx context.Context, node string, pids map[types.UID]
 				kp.GPUs = append(kp.GPUs, u)
 			}
 		}
-		if ck := lastSuspend(ckpts, pod, node); ck != nil {
+		if ck := LastSuspend(ckpts, pod, node); ck != nil {
 			rec, err := RecordedProcesses(ck.Status.Footprint)
 			if err != nil {
 				logger.Error(err, "Ignoring the footprint a GPUCheckpoint recorded", "gpuCheckpoint", klog.KObj(ck))
@@ -74,8 +74,8 @@ func (o *Operator) Recover(ctx context.Context, node string, pids map[types.UID]
 	return rec
 }
 
-// lastSuspend is the latest Succeeded Suspend of pod on node.
-func lastSuspend(ckpts []*kv1.GPUCheckpoint, pod *v1.Pod, node string) *kv1.GPUCheckpoint {
+// LastSuspend is the latest Succeeded Suspend of pod on node.
+func LastSuspend(ckpts []*kv1.GPUCheckpoint, pod *v1.Pod, node string) *kv1.GPUCheckpoint {
 	var last *kv1.GPUCheckpoint
 	for _, ck := range ckpts {
 		if ck.Namespace != pod.Namespace || ck.Spec.PodName != pod.Name || ck.Spec.Action != kv1.ActionSuspend ||

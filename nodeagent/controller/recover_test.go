@@ -91,7 +91,7 @@ func TestLastSuspend(t *testing.T) {
 		at("replaced", 9, func(c *kv1.GPUCheckpoint) { c.Spec.PodUID = "uid-old" }),
 		at("resume", 9, func(c *kv1.GPUCheckpoint) { c.Spec.Action = kv1.ActionResume }),
 	}
-	if got := lastSuspend(ckpts, pod, node); got == nil || got.Name != "new" {
+	if got := LastSuspend(ckpts, pod, node); got == nil || got.Name != "new" {
 		t.Errorf("last suspend %v, want new", got)
 	}
 }

@@ -93,6 +93,9 @@ type Result struct {
 	// Parked are the processes a suspend parked, with their footprints: what a restore needs
 	// free, recorded where it survives an agent restart.
 	Parked []Process
+	// Storage is set when a resume brought the memory back from a checkpoint image in a
+	// storage tier below host memory: the tier it came from.
+	Storage *kv1.CheckpointStorage
 }
 
 // Step names.

@@ -45,6 +45,12 @@ const (
 	// CauseStepTimeout: a driver call did not return within the step timeout; the pod's
 	// state is unknown and the agent refuses further operations on it.
 	CauseStepTimeout Cause = "StepTimeout"
+	// CauseFetchFailed: the checkpoint image holding a suspended pod's memory could not be
+	// read from its storage tier (object storage unreachable, disk error); nothing changed.
+	CauseFetchFailed Cause = "FetchFailed"
+	// CauseImageCorrupt: the checkpoint image holding a suspended pod's memory failed its
+	// checks (manifest, authentication, SHA-256); it was not restored and nothing was deleted.
+	CauseImageCorrupt Cause = "ImageCorrupt"
 	// CauseInternal: something else, such as a failure to list the pod's processes.
 	CauseInternal Cause = "Internal"
 )
@@ -52,7 +58,7 @@ const (
 // Causes are all causes, for the failure metric's series.
 var Causes = []Cause{CauseBusy, CauseNoProcesses, CauseWrongState, CauseInvalidTarget, CauseUnsupported,
 	CauseHostMemoryExhausted, CauseLockTimeout, CauseLockFailed, CauseCheckpointFailed, CauseRestoreFailed,
-	CauseUnlockFailed, CauseStepTimeout, CauseInternal}
+	CauseUnlockFailed, CauseStepTimeout, CauseFetchFailed, CauseImageCorrupt, CauseInternal}
 
 // Error is a failed operation on a pod.
 type Error struct {

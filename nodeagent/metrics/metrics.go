@@ -144,6 +144,58 @@ var (
 	}, []string{"reason"})
 )
 
+// Values of the tier labels of the storage tier metrics: where parked memory is kept, and GPU
+// for the moves that bring it back.
+const (
+	TierHostMemory  = "HostMemory"
+	TierDisk        = "Disk"
+	TierObjectStore = "ObjectStore"
+	TierGPU         = "GPU"
+)
+
+// TierMoves are the (from, to) pairs of the moves the tier policy makes.
+var TierMoves = [][2]string{{TierHostMemory, TierDisk}, {TierDisk, TierObjectStore}, {TierDisk, TierGPU}, {TierObjectStore, TierGPU}}
+
+// Storage tiers (package tier).
+var (
+	// TierImages is how many suspended pods' memory each tier below host memory holds.
+	TierImages = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_images",
+		Help:           "Checkpoint images of suspended pods of the agent's nodes kept in a storage tier below host memory (tier=Disk|ObjectStore).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"tier"})
+	// TierBytes is the parked GPU memory each tier below host memory holds.
+	TierBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_bytes",
+		Help:           "Parked GPU memory of suspended pods of the agent's nodes kept in a storage tier below host memory, in bytes, per tier.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"tier"})
+	// TierMoveDuration is how long each move of a pod's memory between tiers took.
+	TierMoveDuration = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_duration_seconds",
+		Help:           "Duration of moves of a suspended pod's memory between tiers (from, to: HostMemory, Disk, ObjectStore, GPU), by result.",
+		Buckets:        metrics.ExponentialBuckets(0.01, 2, 18), // 10ms .. ~22min
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to", "result"})
+	// TierMoveBytes counts the parked GPU memory of successful moves.
+	TierMoveBytes = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_bytes_total",
+		Help:           "Parked GPU memory moved between tiers by successful moves, in bytes.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to"})
+	// TierMoveFailures counts failed moves by cause.
+	TierMoveFailures = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_move_failures_total",
+		Help:           "Failed moves of a suspended pod's memory between tiers, by from, to and cause; the memory stays where it was.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"from", "to", "cause"})
+)
+
 var registerOnce sync.Once
 
 // Register registers the metrics in the legacy registry; later calls do nothing. The series
@@ -153,7 +205,22 @@ func Register() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
 			ParkedBytes, StatusWrites, InventoryErrors,
-			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted)
+			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted,
+			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures)
+		for _, t := range []string{TierDisk, TierObjectStore} {
+			TierImages.WithLabelValues(t)
+			TierBytes.WithLabelValues(t)
+		}
+		for _, f := range [][3]string{{TierHostMemory, TierDisk, "SpillFailed"}, {TierDisk, TierObjectStore, "UploadFailed"},
+			{TierDisk, TierGPU, "FetchFailed"}, {TierDisk, TierGPU, "ImageCorrupt"}, {TierObjectStore, TierGPU, "FetchFailed"}, {TierObjectStore, TierGPU, "ImageCorrupt"}} {
+			TierMoveFailures.WithLabelValues(f[0], f[1], f[2])
+		}
+		for _, mv := range TierMoves {
+			for _, result := range []string{ResultSuccess, ResultFailure} {
+				TierMoveDuration.WithLabelValues(mv[0], mv[1], result)
+			}
+			TierMoveBytes.WithLabelValues(mv[0], mv[1])
+		}
 		for _, op := range []string{OperationSuspend, OperationResume} {
 			for _, result := range []string{ResultSuccess, ResultFailure} {
 				OperationDuration.WithLabelValues(op, result)

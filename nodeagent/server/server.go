@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
@@ -147,7 +148,9 @@ func (s *Server) GetInventory(ctx context.Context, _ *agentv1.GetInventoryReques
 	}
 	if n.Suspended != nil {
 		for _, p := range n.Suspended.SuspendedPods() {
-			resp.ParkedBytes += p.Bytes
+			if p.Residency == kv1.Suspended {
+				resp.ParkedBytes += p.Bytes
+			}
 		}
 	}
 	if n.HostMemory != nil {

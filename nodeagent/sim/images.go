@@ -229,6 +229,34 @@ func (m *Machine) restore(pod *v1.Pod, progress time.Duration, gpus []cuda.UUID,
 		return err
 	}
 	m.pods[pod.UID] = p
+	delete(m.ended, pod.UID)
+	return nil
+}
+
+// End ends the simulated processes of a suspended pod whose memory was written into a
+// checkpoint image (a spill to a storage tier): its parked memory leaves host memory, and the
+// pod gets processes again only from Images.Restore. Only checkpointed processes are ended.
+func (m *Machine) End(uid types.UID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.pods[uid]
+	if !ok {
+		if m.ended[uid] {
+			return nil
+		}
+		return errors.New("the pod has no simulated processes")
+	}
+	for _, sp := range p.procs {
+		if fp, ok := m.cuda.Process(sp.pid); !ok || fp.State != cuda.ProcessStateCheckpointed {
+			return fmt.Errorf("simulated process %d of the pod is not checkpointed: only suspended pods are ended", sp.pid)
+		}
+	}
+	for _, sp := range p.procs {
+		m.cuda.RemoveProcess(sp.pid)
+		delete(m.byPID, sp.pid)
+	}
+	delete(m.pods, uid)
+	m.ended[uid] = true
 	return nil
 }
 

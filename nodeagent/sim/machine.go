@@ -115,7 +115,12 @@ type Machine struct {
 	hostMemory int64
 	pods       map[types.UID]*simPod
 	byPID      map[int]*simPod
-	nextPID    int
+	// tiered lists the suspended pods whose memory the storage tiers keep below host memory.
+	tiered func() []kv1.PodGPUUsage
+	// ended are the suspended pods whose processes were ended after their memory went into a
+	// checkpoint image (storage tiers): they get no processes until restored from it.
+	ended   map[types.UID]bool
+	nextPID int
 	// foreign are the PIDs of simulated processes outside Kybernate (AnnotationForeignMemory).
 	foreign []int
 	// failing are the driver calls that fail for a pid (AnnotationFail of its pod). Its own
@@ -171,6 +176,7 @@ func NewMachine(node, model string, count int, clk clock.PassiveClock) (*Machine
 		nvml:    srv,
 		pods:    map[types.UID]*simPod{},
 		byPID:   map[int]*simPod{},
+		ended:   map[types.UID]bool{},
 		nextPID: firstPID,
 		failing: map[int][]string{},
 	}
@@ -295,7 +301,18 @@ func (m *Machine) SuspendedPods() []kv1.PodGPUUsage {
 			out = append(out, u)
 		}
 	}
+	if m.tiered != nil {
+		out = append(out, m.tiered()...)
+	}
 	return out
+}
+
+// SetTiered sets where SuspendedPods finds the suspended pods whose memory the storage tiers
+// moved out of host memory (they have no processes here). Call it before the machine is used.
+func (m *Machine) SetTiered(fn func() []kv1.PodGPUUsage) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tiered = fn
 }
 
 // SetHostMemory sets the simulated host's memory (MemAvailable with nothing parked).
@@ -303,6 +320,13 @@ func (m *Machine) SetHostMemory(bytes int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.hostMemory = bytes
+}
+
+// HostMemory is the simulated host's memory.
+func (m *Machine) HostMemory() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hostMemory
 }
 
 // MemAvailable is the simulated host's available memory: its memory less the GPU memory
@@ -394,7 +418,7 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		if len(gpus) == 0 {
 			continue
 		}
-		if restoring(pod) {
+		if restoring(pod) || m.ended[pod.UID] {
 			// Its processes come from its image, made by Restore; until then it has none.
 			if _, ok := m.pods[pod.UID]; ok {
 				want[pod.UID] = true
@@ -409,6 +433,11 @@ func (m *Machine) SyncPods(pods []*v1.Pod) (bool, []error) {
 		want[pod.UID] = true
 		if _, ok := m.pods[pod.UID]; !ok {
 			add = append(add, newPod{pod: pod, gpus: gpus, bytes: bytes})
+		}
+	}
+	for uid := range m.ended {
+		if !slices.ContainsFunc(pods, func(p *v1.Pod) bool { return p.UID == uid && suspended(p) }) {
+			delete(m.ended, uid)
 		}
 	}
 	for uid, p := range m.pods {

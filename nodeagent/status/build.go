@@ -115,7 +115,9 @@ func desiredStatus(cur *kv1.GPUNode, obs observation, cfg Config, now metav1.Tim
 	slices.SortFunc(st.SuspendedPods, comparePods)
 	var parked int64
 	for _, p := range st.SuspendedPods {
-		parked += p.Bytes
+		if p.Residency == kv1.Suspended {
+			parked += p.Bytes // spilled pods (Disk, ObjectStore) hold no host memory
+		}
 	}
 	st.HostMemory.ParkedBytes = parked
 	if obs.memErr == nil {

@@ -95,7 +95,7 @@ func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 	}
 	m := &Manager{cfg: *cfg, deps: deps, factory: factory}
 	if !cfg.DisableResume {
-		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder, deps.Ledger)
+		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder, *cfg, deps.Ledger)
 		if err != nil {
 			return nil, fmt.Errorf("resume controller: %w", err)
 		}

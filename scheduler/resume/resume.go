@@ -3,7 +3,8 @@
 // Whenever something on a node may have freed GPU memory (a pod ended, a pod was suspended or
 // moved, the node's GPUNode changed, a GPUCheckpoint ended), the controller looks at the pods of
 // the node that were suspended to make room for others (reason Preemption) or for another pod's
-// time-slice turn (reason TimeSlice) and resumes, highest priority first, among equals the one
+// time-slice turn (reason TimeSlice), or put to sleep for idleness (reason Idle) and since asked
+// by the activator to wake (kybernate.io/wake-requested), and resumes, highest priority first, among equals the one
 // that has received the least GPU time, then the first suspended, each that fits: on its own GPUs when
 // they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
@@ -13,6 +14,9 @@
 // informer shows that mark, the memory is held in the program's gpupod.Ledger: the choice is
 // made under the ledger's lock, against what GPUShare (or the extender) has reserved for pods
 // it is binding, and GPUShare sees the reservation in its next Filter and Reserve.
+//
+// A pod woken from an idle sleep that does not fit on its node suspends lower-priority pods to
+// come back (wake.go), by the rules of CheckpointPreemption, as a new pod of its priority would.
 package resume
 
 import (
@@ -75,14 +79,16 @@ type Controller struct {
 	queue       *keyqueue.Queue
 	ledger      *gpupod.Ledger
 	strategy    config.ScoringStrategyType
-	now         func() time.Time
+	// defaultMinRuntime protects pods from a wake's preemption as from any other.
+	defaultMinRuntime time.Duration
+	now               func() time.Time
 }
 
 // New wires the controller to informers that the caller starts and to the program's ledger of
 // GPU placements. It adds indexers, so it must be called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	ledger *gpupod.Ledger) (*Controller, error) {
+	cfg config.ControllerConfiguration, ledger *gpupod.Ledger) (*Controller, error) {
 	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
@@ -97,6 +103,8 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		ledger:      ledger,
 		strategy:    config.MostAllocated,
 		now:         time.Now,
+
+		defaultMinRuntime: cfg.DefaultMinRuntime.Duration,
 	}
 	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -135,10 +143,12 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	return c, nil
 }
 
-// podChanged queues the node of a pod whose change may free GPU memory or slots: it stopped
-// holding VRAM, moved GPUs, finished, or a preemptor bound there.
+// podChanged queues the node of a pod whose change may free GPU memory or slots (it stopped
+// holding VRAM, moved GPUs, finished, or a preemptor bound there) or of a sleeping pod a
+// request asks to wake.
 func (c *Controller) podChanged(old, pod *v1.Pod) {
-	if pod.Spec.NodeName != "" && skeleton.GPUChange(old, pod) {
+	if pod.Spec.NodeName != "" && (skeleton.GPUChange(old, pod) ||
+		old.Annotations[kv1.AnnotationWakeRequested] != pod.Annotations[kv1.AnnotationWakeRequested]) {
 		c.queue.Add(pod.Spec.NodeName)
 	}
 }
@@ -181,6 +191,9 @@ type candidate struct {
 	// gpuTime is the GPU time the pod has received: among equal priorities the least served
 	// comes back first.
 	gpuTime time.Duration
+	// woken is true for a pod put to sleep for idleness that a request asked to wake: it may
+	// suspend lower-priority pods to come back, as a new pod of its priority could.
+	woken bool
 }
 
 // sync resumes what fits on one node.
@@ -220,10 +233,18 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			a.gpuTime, b.gpuTime, suspendedAt(a.suspension), suspendedAt(b.suspension))
 	})
 	c.ledger.Lock()
-	moves, err := c.place(ctx, node, gn, onNode, candidates)
+	moves, wakes, err := c.place(ctx, node, gn, onNode, candidates)
 	c.ledger.Unlock()
 	if err != nil {
 		return err
+	}
+	for _, cand := range wakes {
+		if err := c.preemptForWake(ctx, gn, onNode, cand); err != nil {
+			for _, m := range moves {
+				c.ledger.Release(m.cand.pod.UID)
+			}
+			return err
+		}
 	}
 	for i, m := range moves {
 		if err := c.resume(ctx, m.cand, m.from, m.target); err != nil {
@@ -243,14 +264,15 @@ type move struct {
 }
 
 // place chooses the candidates that fit on the node, in order, and reserves their GPUs in the
-// ledger; the caller holds the ledger's lock.
-func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, onNode []*v1.Pod, candidates []candidate) ([]move, error) {
+// ledger; woken pods that do not fit are returned to make room for (outside the ledger's lock,
+// which the caller holds here).
+func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, onNode []*v1.Pod, candidates []candidate) (moves []move, wakes []candidate, err error) {
 	logger := klog.FromContext(ctx)
 	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	// GPUs that nominated preemptors will take are not for resuming pods.
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// A nominated pod that does not fit yet waits for the memory its victims are freeing (or
 	// for its time-slice turn): that memory is its own, so no pod of its priority or lower
@@ -276,7 +298,6 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 		}
 	}
 
-	var moves []move
 	for _, cand := range candidates {
 		if _, _, held := c.ledger.Placed(cand.pod.UID); held {
 			continue // resumed a moment ago: the informer does not show it yet
@@ -295,6 +316,12 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 			if target = acc.Choose(cand.demand, c.strategy); target == nil {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
+				if cand.woken {
+					wakes = append(wakes, cand)
+					// The room it makes is the woken pod's: nothing of its priority or lower
+					// resumes meanwhile.
+					waiting, waitingPriority = true, max(waitingPriority, corev1helpers.PodPriority(cand.pod))
+				}
 				continue
 			}
 			acc.Take(cand.demand, target)
@@ -302,7 +329,7 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 		c.ledger.Reserve(gpupod.OwnerResume, resuming(cand.pod, target), reservationTTL)
 		moves = append(moves, move{cand: cand, from: from, target: target})
 	}
-	return moves, nil
+	return moves, wakes, nil
 }
 
 // resuming is the pod as the resume marks it: on target, Resuming.
@@ -337,9 +364,10 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 			suspension = ck
 		}
 	}
-	// Only pods suspended to make room or to take turns come back by themselves; a manual
+	// Only pods suspended to make room or to take turns come back by themselves, and pods put
+	// to sleep for idleness once a request asked the activator to wake them; a manual
 	// suspension stays.
-	if suspension == nil || (suspension.Spec.Reason != kv1.ReasonPreemption && suspension.Spec.Reason != kv1.ReasonTimeSlice) {
+	if suspension == nil || !comesBack(pod, suspension) {
 		return cand, wait, false
 	}
 	// Deferred resumes (the agent's restore guard found too little free GPU memory) are retried
@@ -375,7 +403,19 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	gpuTime := timeslice.UsageOf(pod, cks, c.now()).Received
 	// The pod needs its footprint before the suspend free, when that is more than it declared.
 	d = d.AtLeast(suspension.Status.GPUFootprint())
-	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime}, wait, true
+	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime,
+		woken: suspension.Spec.Reason == kv1.ReasonIdle}, wait, true
+}
+
+// comesBack reports whether the controller brings a pod back from this suspension.
+func comesBack(pod *v1.Pod, suspension *kv1.GPUCheckpoint) bool {
+	switch suspension.Spec.Reason {
+	case kv1.ReasonPreemption, kv1.ReasonTimeSlice:
+		return true
+	case kv1.ReasonIdle:
+		return gpupod.WakePending(pod, suspension.CreationTimestamp.Time)
+	}
+	return false
 }
 
 // resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.

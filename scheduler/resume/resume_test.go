@@ -21,6 +21,7 @@ import (
 	st "k8s.io/kubernetes/pkg/scheduler/testing"
 	"k8s.io/utils/ptr"
 
+	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
@@ -65,6 +66,24 @@ func suspension(podName string, reason kv1.CheckpointReason, ago time.Duration) 
 	return ck
 }
 
+// parkable lets the node park gib GiB of GPU memory in host memory.
+func parkable(gn *kv1.GPUNode, gib int64) *kv1.GPUNode {
+	gn.Status.HostMemory.ParkableBytes = gib * gi
+	return gn
+}
+
+// asleep gives an idle suspension the creation time of its completion.
+func asleep(ck *kv1.GPUCheckpoint) *kv1.GPUCheckpoint {
+	ck.CreationTimestamp = *ck.Status.CompletionTime
+	return ck
+}
+
+// wake marks a pod as asked to wake ago before now.
+func wake(p *v1.Pod, ago time.Duration) *v1.Pod {
+	p.Annotations[kv1.AnnotationWakeRequested] = gpupod.FormatWakeRequested(now.Add(-ago))
+	return p
+}
+
 func startedAgo(p *v1.Pod, ago time.Duration) *v1.Pod {
 	p.Status.StartTime = &metav1.Time{Time: now.Add(-ago)}
 	return p
@@ -103,6 +122,8 @@ type outcome struct {
 	Patched map[string]map[string]string
 	// Resume GPUCheckpoints created: pod -> target GPUs ("" when in place).
 	Resumed map[string]string
+	// Suspend GPUCheckpoints created (for a woken pod): victim -> preemptor.
+	Suspended map[string]string
 }
 
 func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
@@ -115,7 +136,7 @@ func runSyncOn(t *testing.T, ledger *gpupod.Ledger, gn *kv1.GPUNode, pods []*v1.
 	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
-	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), ledger)
+	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{}, ledger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +163,13 @@ func runSyncOn(t *testing.T, ledger *gpupod.Ledger, gn *kv1.GPUNode, pods []*v1.
 	for _, a := range kclient.Actions() {
 		if cr, ok := a.(k8stesting.CreateAction); ok {
 			ck := cr.GetObject().(*kv1.GPUCheckpoint)
+			if ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonPreemption && ck.Spec.Preemptor != nil {
+				if got.Suspended == nil {
+					got.Suspended = map[string]string{}
+				}
+				got.Suspended[ck.Spec.PodName] = ck.Spec.Preemptor.Name
+				continue
+			}
 			if ck.Spec.Action != kv1.ActionResume {
 				t.Errorf("created a %s GPUCheckpoint", ck.Spec.Action)
 			}
@@ -201,6 +229,76 @@ func TestSync(t *testing.T) {
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
 			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonManual, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep without a wake stays",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{pod("llm", 1, "40Gi", 0, kv1.PodSuspended)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep with a wake asked for before it stays",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{wake(pod("llm", 1, "40Gi", 0, kv1.PodSuspended), 2*time.Minute)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "idle sleep with a wake asked for since: resume",
+			gn:   gpuNode(2, 80),
+			pods: []*v1.Pod{wake(pod("llm", 1, "40Gi", 0, kv1.PodSuspended), time.Second)},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{"llm": resuming("GPU-0")}, Resumed: map[string]string{"llm": ""}},
+		},
+		{
+			name: "woken pod without room: a lower-priority pod is suspended for it",
+			gn:   parkable(gpuNode(2, 80), 100),
+			pods: []*v1.Pod{
+				wake(pod("llm", 10, "60Gi", 0, kv1.PodSuspended), time.Second),
+				startedAgo(pod("batch", 1, "60Gi", 0, ""), time.Hour),
+			},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}, Suspended: map[string]string{"batch": "llm"}},
+		},
+		{
+			name: "woken pod without room: higher-priority pods stay",
+			gn:   parkable(gpuNode(2, 80), 100),
+			pods: []*v1.Pod{
+				wake(pod("llm", 10, "60Gi", 0, kv1.PodSuspended), time.Second),
+				startedAgo(pod("train", 20, "60Gi", 0, ""), time.Hour),
+			},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "sleeping pod without a wake and without room: nobody is suspended",
+			gn:   parkable(gpuNode(2, 80), 100),
+			pods: []*v1.Pod{
+				pod("llm", 10, "60Gi", 0, kv1.PodSuspended),
+				startedAgo(pod("batch", 1, "60Gi", 0, ""), time.Hour),
+			},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "woken pod whose victim is being suspended: no second request",
+			gn:   parkable(gpuNode(4, 80), 100),
+			pods: []*v1.Pod{
+				wake(pod("llm", 10, "60Gi", 0, kv1.PodSuspended), time.Second),
+				// Its suspension is not started yet: still Running, it would be chosen again.
+				startedAgo(pod("batch", 1, "60Gi", 0, ""), time.Hour),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				asleep(suspension("llm", kv1.ReasonIdle, time.Minute)),
+				{
+					ObjectMeta: metav1.ObjectMeta{Name: "batch-suspend-llm", Namespace: "ns"},
+					Spec: kv1.GPUCheckpointSpec{PodName: "batch", PodUID: "batch", Action: kv1.ActionSuspend, Reason: kv1.ReasonPreemption,
+						Preemptor: &kv1.PodReference{Namespace: "ns", Name: "llm", UID: "llm"}},
+					Status: kv1.GPUCheckpointStatus{Phase: kv1.PhasePending},
+				},
+			},
 			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
 		},
 		{
@@ -434,7 +532,7 @@ func TestResumeName(t *testing.T) {
 func TestSyncRetriesAfterConflict(t *testing.T) {
 	pods := []*v1.Pod{pod("a", 100, "10Gi", 0, kv1.PodSuspended)}
 	env := controllertest.New(pods)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), gpupod.NewLedger())
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{}, gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +587,7 @@ func TestDeferredEvent(t *testing.T) {
 	low := pod("low", 1, "40Gi", 0, kv1.PodSuspended)
 	env := controllertest.New([]*v1.Pod{low})
 	rec := events.NewFakeRecorder(10)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec, gpupod.NewLedger())
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec, config.ControllerConfiguration{}, gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}

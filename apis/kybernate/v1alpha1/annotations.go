@@ -24,6 +24,27 @@ const (
 	// restored from instead of started.
 	AnnotationRestoreFrom = "kybernate.io/restore-from"
 
+	// AnnotationIdleAfter (input) opts a pod into scale to zero: after no request through the
+	// activator for this long, a Go duration such as "5m", the pod is suspended (GPUCheckpoint
+	// reason Idle) and woken by the next request.
+	AnnotationIdleAfter = "kybernate.io/idle-after"
+	// AnnotationSleep (input) is how deep an idle pod sleeps: SleepHostMemory (the default,
+	// GPU memory parked in host memory, the process alive). Deeper tiers come with the storage
+	// tiers.
+	AnnotationSleep = "kybernate.io/sleep"
+	// AnnotationWakeRequested (output, written by the activator) is the time, RFC 3339, at
+	// which a request asked for an idle pod to wake: the resume controller resumes a pod
+	// suspended for idleness only when this is later than its suspension.
+	AnnotationWakeRequested = "kybernate.io/wake-requested"
+
+	// AnnotationBackendSelector (input, on a Service of type ExternalName that points at the
+	// activator) is the label selector of the pods, in the Service's namespace, that serve its
+	// requests, such as "app=llm".
+	AnnotationBackendSelector = "kybernate.io/backend-selector"
+	// AnnotationBackendPort (input, on the same Service) is the pods' port the activator
+	// forwards to, a number.
+	AnnotationBackendPort = "kybernate.io/backend-port"
+
 	// AnnotationMigrateTo (output) is the node a pod that is being checkpointed for a
 	// migration is to move to.
 	AnnotationMigrateTo = "kybernate.io/migrate-to"
@@ -95,6 +116,14 @@ const (
 	PreemptionSuspend PreemptionPolicy = "Suspend"
 	// PreemptionNever keeps the pod on its GPU until it ends.
 	PreemptionNever PreemptionPolicy = "Never"
+)
+
+// SleepDepth is the value of AnnotationSleep.
+type SleepDepth string
+
+const (
+	// SleepHostMemory parks the pod's GPU memory in host memory; the process lives on.
+	SleepHostMemory SleepDepth = "HostMemory"
 )
 
 // Values of LabelTimeSlice.

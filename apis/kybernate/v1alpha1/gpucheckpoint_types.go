@@ -22,7 +22,7 @@ const (
 
 // CheckpointReason is why a GPUCheckpoint was made.
 // +enum
-// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual
+// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual;Idle
 type CheckpointReason string
 
 const (
@@ -30,6 +30,10 @@ const (
 	ReasonTimeSlice  CheckpointReason = "TimeSlice"
 	ReasonMigration  CheckpointReason = "Migration"
 	ReasonManual     CheckpointReason = "Manual"
+	// ReasonIdle is a scale-to-zero sleep: the activator suspends a pod that has had no
+	// request for its kybernate.io/idle-after, and the pod comes back only when a request
+	// asks for it (kybernate.io/wake-requested).
+	ReasonIdle CheckpointReason = "Idle"
 )
 
 // CheckpointPhase is where a GPUCheckpoint stands.
@@ -239,6 +243,12 @@ type GPUCheckpointStatus struct {
 	// +optional
 	Image *CheckpointImage `json:"image,omitempty"`
 
+	// storage says, after a Suspend, where the pod's parked GPU memory is now: in host memory,
+	// or moved by the agent's tier policy into a checkpoint image on the node's disk or in
+	// object storage. After a Resume from a tier it names the tier the memory came back from.
+	// +optional
+	Storage *CheckpointStorage `json:"storage,omitempty"`
+
 	// message says what happened, in particular why the action failed.
 	// +optional
 	// +kubebuilder:validation:MaxLength=32768
@@ -268,6 +278,58 @@ type ProcessFootprint struct {
 	// +required
 	// +kubebuilder:validation:Minimum=0
 	Bytes int64 `json:"bytes"`
+}
+
+// StorageTier is where the parked GPU memory of a suspended pod is kept.
+// +enum
+// +kubebuilder:validation:Enum=HostMemory;Disk;ObjectStore
+type StorageTier string
+
+const (
+	// TierHostMemory: in the host memory of the pod's processes, which live on.
+	TierHostMemory StorageTier = "HostMemory"
+	// TierDisk: in an encrypted checkpoint image on the node's disk; the processes are ended.
+	TierDisk StorageTier = "Disk"
+	// TierObjectStore: in an encrypted checkpoint image in S3-compatible object storage.
+	TierObjectStore StorageTier = "ObjectStore"
+)
+
+// CheckpointStorage says where a suspended pod's memory is kept and how large it is there.
+type CheckpointStorage struct {
+	// tier is where the memory is.
+	// +required
+	Tier StorageTier `json:"tier"`
+
+	// location is the image in the tier: a folder on the node, or s3://bucket/prefix/.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Location string `json:"location,omitempty"`
+
+	// sizeBytes is the plaintext size of the image: the parked memory and the processes' host
+	// state (an image of a simulated node holds a record of the simulation, not the memory).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+
+	// storedBytes is what the image takes in the tier, encrypted.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	StoredBytes int64 `json:"storedBytes,omitempty"`
+
+	// keyID is the public fingerprint of the namespace key the image is encrypted with.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	KeyID string `json:"keyID,omitempty"`
+
+	// lastMoveTime is when the memory arrived in this tier.
+	// +optional
+	LastMoveTime *metav1.Time `json:"lastMoveTime,omitempty"`
+
+	// lastError says why the last move out of this tier failed; empty after a move succeeded.
+	// The memory stays where tier says.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	LastError string `json:"lastError,omitempty"`
 }
 
 // CheckpointImage describes a verified checkpoint image.

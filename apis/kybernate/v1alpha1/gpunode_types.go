@@ -20,7 +20,7 @@ const (
 
 // GPU residency of a pod on a node.
 // +enum
-// +kubebuilder:validation:Enum=Resident;Suspended
+// +kubebuilder:validation:Enum=Resident;Suspended;Disk;ObjectStore
 type Residency string
 
 const (
@@ -28,6 +28,11 @@ const (
 	Resident Residency = "Resident"
 	// Suspended: the pod's GPU memory is parked in host memory; the process lives on.
 	Suspended Residency = "Suspended"
+	// OnDisk and InObjectStore: the pod is suspended and the agent's storage tiers moved its
+	// memory into a checkpoint image on the node's disk or in object storage; its processes
+	// were ended and hold no host memory.
+	OnDisk        Residency = "Disk"
+	InObjectStore Residency = "ObjectStore"
 )
 
 // Conditions of a GPUNode.

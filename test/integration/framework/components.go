@@ -21,6 +21,7 @@ var binaries = map[string]string{
 	"kybernate-scheduler": "./scheduler/cmd/kybernate-scheduler",
 	"kybernate-agent":     "./nodeagent/cmd/kybernate-agent",
 	"kybernate-extender":  "./scheduler/cmd/kybernate-extender",
+	"kybernate-activator": "./activator/cmd/kybernate-activator",
 }
 
 // Component is one of Kybernate's binaries running against the test cluster.

@@ -113,6 +113,14 @@ func MainWithGPUNodes(m *testing.M, nodes, gpus int) {
 	Main(m)
 }
 
+// RunWithGPUNodes is MainWithGPUNodes for a TestMain that has more to stop once the tests ran
+// (a server it started): it returns the exit code instead of exiting.
+func RunWithGPUNodes(m *testing.M, nodes, gpus int) int {
+	os.Setenv("KYBERNATE_NODES", fmt.Sprint(nodes))
+	os.Setenv("KYBERNATE_GPUS_PER_NODE", fmt.Sprint(gpus))
+	return run(m)
+}
+
 // Kybernate is what StartKybernate started.
 type Kybernate struct {
 	Agent, Scheduler *Component

@@ -1,0 +1,203 @@
+// Package app is the kybernate-activator command: flags, wiring of the activator's controller
+// and proxy, and the HTTP endpoints /metrics, /healthz and /readyz.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/featuregate"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
+	"k8s.io/component-base/metrics/legacyregistry"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
+	_ "k8s.io/component-base/metrics/prometheus/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/kybernate/kybernate/activator"
+	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
+	kscheme "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/scheme"
+	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+)
+
+// NewCommand returns the kybernate-activator command.
+func NewCommand() *cobra.Command {
+	o := NewOptions()
+	featureGate := featuregate.NewFeatureGate()
+	cmd := &cobra.Command{
+		Use:   "kybernate-activator",
+		Short: "Kybernate activator: scale to zero for GPU inference Services",
+		Long: `kybernate-activator is a reverse proxy in front of Services whose pods opt into scale to zero
+(kybernate.io/idle-after). It suspends pods that had no request for that long, holds the requests that
+arrive while they sleep, asks the scheduler to resume them and forwards the held requests once a pod
+is ready.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := logsapi.ValidateAndApply(o.Logs, featureGate); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return Run(ctx, o)
+		},
+	}
+	if err := logsapi.AddFeatureGates(featureGate); err != nil {
+		panic(err) // a programming error: the gates are added once to a new gate
+	}
+	o.AddFlags(cmd.Flags())
+	featureGate.AddFlag(cmd.Flags())
+	return cmd
+}
+
+// Run runs the activator until ctx ends.
+func Run(ctx context.Context, o *Options) error {
+	logger := klog.FromContext(ctx)
+	activator.RegisterMetrics()
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeBurst
+	cfg = rest.AddUserAgent(cfg, "kybernate-activator")
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating kubernetes client: %w", err)
+	}
+	kyb, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating kybernate client: %w", err)
+	}
+
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	kfactory := externalversions.NewSharedInformerFactory(kyb, 0)
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
+	defer broadcaster.Shutdown()
+	// Events name GPUCheckpoints as related objects: the scheme knows both API groups.
+	sch := runtime.NewScheme()
+	if err := errors.Join(scheme.AddToScheme(sch), kscheme.AddToScheme(sch)); err != nil {
+		return err
+	}
+	recorder := broadcaster.NewRecorder(sch, "kybernate-activator")
+	ccfg := activator.Config{
+		Limits:      activator.Limits{MaxHeld: o.MaxHeld, HoldTimeout: o.HoldTimeout},
+		WakeTimeout: o.WakeTimeout, Interval: o.Interval, ClusterDomain: o.ClusterDomain,
+	}
+	if addr := o.SimulateBackendAddress; addr != "" {
+		logger.Info("SIMULATION: every pod's requests go to one address, not to the pods", "address", addr)
+		ccfg.Address = func(*v1.Pod, int) string { return addr }
+	}
+	ctrl, err := activator.NewController(ccfg, kube, kyb, factory.Core().V1().Services(), factory.Core().V1().Pods(),
+		kfactory.Kybernate().V1alpha1().GPUCheckpoints(), recorder)
+	if err != nil {
+		return err
+	}
+
+	var ready atomic.Bool
+	var wg sync.WaitGroup
+	servers := []*http.Server{}
+	serve := func(addr, what string, h http.Handler, protocols *http.Protocols) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s for %s: %w", addr, what, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, Protocols: protocols}
+		servers = append(servers, srv)
+		logger.Info("Serving "+what, "address", ln.Addr().String())
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error(err, "HTTP server failed", "server", what)
+			}
+		})
+		return nil
+	}
+	if o.MetricsBindAddress != "" {
+		if err := serve(o.MetricsBindAddress, "/metrics, /healthz and /readyz", opsHandler(&ready), nil); err != nil {
+			return err
+		}
+	}
+
+	broadcaster.StartRecordingToSink(ctx.Done())
+	factory.Start(ctx.Done())
+	kfactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer kfactory.Shutdown()
+	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	synced := map[string]bool{}
+	for t, ok := range factory.WaitForCacheSync(syncCtx.Done()) {
+		synced[t.String()] = ok
+	}
+	for t, ok := range kfactory.WaitForCacheSync(syncCtx.Done()) {
+		synced[t.String()] = ok
+	}
+	for t, ok := range synced {
+		if !ok {
+			return fmt.Errorf("informer for %s did not sync within a minute", t)
+		}
+	}
+	go ctrl.Run(ctx, 4)
+
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 256
+	transport.ResponseHeaderTimeout = 0 // a model may think long before its first token
+	if o.BackendH2C {
+		transport.Protocols = new(http.Protocols)
+		transport.Protocols.SetUnencryptedHTTP2(true)
+	}
+	if err := serve(o.BindAddress, "the proxy", activator.NewProxy(ctrl, transport, o.RetryAfter), ProxyProtocols()); err != nil {
+		return err
+	}
+	ready.Store(true)
+
+	<-ctx.Done()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelShutdown()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdownCtx)
+	}
+	wg.Wait()
+	return nil
+}
+
+// ProxyProtocols are the protocols the proxy serves: HTTP/1.1 and HTTP/2 without TLS (prior
+// knowledge, as gRPC and most HTTP/2 clients inside a cluster use it).
+func ProxyProtocols() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return p
+}
+
+func opsHandler(ready *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", legacyregistry.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "informers not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	return mux
+}

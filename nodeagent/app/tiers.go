@@ -1,0 +1,118 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/kybernate/kybernate/nodeagent/storage"
+	"github.com/kybernate/kybernate/nodeagent/tier"
+)
+
+// tierNodes are the served nodes the tier policy works on.
+type tierNodes struct {
+	mu sync.RWMutex
+	m  map[string]tier.Node
+}
+
+var _ tier.Nodes = (*tierNodes)(nil)
+
+func (t *tierNodes) TierNode(name string) (tier.Node, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n, ok := t.m[name]
+	return n, ok
+}
+
+func (t *tierNodes) Names() []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]string, 0, len(t.m))
+	for name := range t.m {
+		out = append(out, name)
+	}
+	return out
+}
+
+// set sets node's tier node; a nil Engine removes it.
+func (t *tierNodes) set(name string, n tier.Node) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n.Engine == nil {
+		delete(t.m, name)
+		return
+	}
+	t.m[name] = n
+}
+
+// objectStoreTimeout bounds reading the object store's Secret and checking its bucket at start.
+const objectStoreTimeout = 30 * time.Second
+
+// newTiers builds the tier policy from the flags: the disk tier under --disk-tier-dir and, with
+// --object-store-secret, the object store the Secret describes. An object store that cannot be
+// reached at start is not fatal: uploads fail, keep their images on disk and are retried.
+func (a *agent) newTiers(ctx context.Context) (*tier.Manager, error) {
+	o := a.o
+	if err := os.MkdirAll(tier.DiskTierRoot(o.Tiers.DiskDir), 0o700); err != nil {
+		return nil, fmt.Errorf("--disk-tier-dir: %w", err)
+	}
+	disk, err := storage.NewDisk(tier.DiskTierRoot(o.Tiers.DiskDir))
+	if err != nil {
+		return nil, fmt.Errorf("--disk-tier-dir: %w", err)
+	}
+	var objects storage.Tier
+	if o.ObjectStoreSecret != "" {
+		s3, err := a.objectStore(ctx)
+		if err != nil {
+			return nil, err
+		}
+		objects = s3
+	}
+	pods := a.podFactory.Core().V1().Pods()
+	m := tier.New(o.Tiers, a.tierNodes, disk, objects, tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}, a.kube, a.kyb,
+		pods.Lister(), a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
+	// A deleted pod's images are not needed by anyone.
+	if err := watch(pods.Informer(), cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj interface{}) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if pod, ok := obj.(*v1.Pod); ok {
+			m.Forget(ctx, pod)
+		}
+	}}); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// objectStore reads --object-store-secret and connects to the store it names.
+func (a *agent) objectStore(ctx context.Context) (*storage.S3, error) {
+	ctx, cancel := context.WithTimeout(ctx, objectStoreTimeout)
+	defer cancel()
+	ns, name, _ := strings.Cut(a.o.ObjectStoreSecret, "/")
+	secret, err := a.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("--object-store-secret=%s: %w", a.o.ObjectStoreSecret, err)
+	}
+	cfg, err := storage.S3ConfigFromSecret(secret.Data)
+	if err != nil {
+		return nil, fmt.Errorf("--object-store-secret=%s: %w", a.o.ObjectStoreSecret, err)
+	}
+	s3, err := storage.NewS3(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--object-store-secret=%s: %w", a.o.ObjectStoreSecret, err)
+	}
+	if err := s3.EnsureBucket(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Object store not reachable at start; uploads keep their images on disk and are retried", "objectStore", s3.String())
+	}
+	return s3, nil
+}

@@ -1,0 +1,78 @@
+// Package tiers tests the node agent's storage tiers on a real control plane (etcd,
+// kube-apiserver, kwok nodes) with a real S3-compatible object store (SeaweedFS, built from
+// the Go module proxy and started by the project's hack/ scripts). The GPUs, their processes
+// and the checkpoint images are the agent's simulated ones (--simulate: mock NVML, a fake CUDA
+// driver, images that hold a record of the simulated process, not GPU memory); the image
+// store, its encryption and verification, the disk tier and the object store are real.
+//
+// A suspended pod is spilled from host memory to disk when a second suspension passes the
+// high-water mark, moved to the object store once idle, and resumed from there with its
+// progress counter where it stopped; a tampered object is refused naming the file and the pod
+// stays suspended with nothing deleted; with the object store down the image stays on disk
+// and the pod resumes from there.
+package tiers
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/kybernate/kybernate/test/ci"
+	"github.com/kybernate/kybernate/test/integration/framework"
+	"github.com/kybernate/kybernate/test/objectstore"
+)
+
+const (
+	nodes       = 3
+	gpusPerNode = 2
+)
+
+var (
+	server     *objectstore.Server
+	skipReason string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root, err := objectstore.RepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	if err := objectstore.Build(ctx, root); err != nil {
+		if ci.Enabled() {
+			fmt.Fprintf(os.Stderr, "%v\nCI is set: failing instead of skipping\n", err)
+			return 1
+		}
+		skipReason = fmt.Sprintf("these tests need weed from hack/build-seaweedfs.sh, which failed: %v; in CI this is a failure", err)
+		return framework.RunWithGPUNodes(m, nodes, gpusPerNode)
+	}
+	dir, err := os.MkdirTemp("", "kybernate-seaweedfs-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if server, err = objectstore.Start(ctx, root, dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := framework.RunWithGPUNodes(m, nodes, gpusPerNode)
+	// The last test stops the server on purpose; stopping again is harmless.
+	if err := server.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	if code == 0 {
+		os.RemoveAll(dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "seaweedfs folder kept for inspection: %s (log %s/weed.log)\n", dir, dir)
+	}
+	return code
+}

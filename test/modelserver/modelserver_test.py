@@ -1,0 +1,81 @@
+"""Tests of the CPU variant of modelserver.py (no GPU, standard library only)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CPUModelServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.port = free_port()
+        cls.weights = os.path.join(cls.dir.name, "w.bin")
+        cls.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "modelserver.py"), "--gib", "0.01", "--weights", cls.weights,
+             "--device", "cpu", "--host", "127.0.0.1", "--port", str(cls.port)],
+            stdout=subprocess.PIPE, text=True)
+        cls.events = []
+        for line in cls.proc.stdout:
+            cls.events.append(json.loads(line))
+            if cls.events[-1]["event"] == "ready":
+                break
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.kill()
+        cls.proc.wait()
+        cls.proc.stdout.close()
+        cls.dir.cleanup()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def post(self, body):
+        req = urllib.request.Request(self.url("/v1/completions"), data=json.dumps(body).encode(), method="POST")
+        return urllib.request.urlopen(req, timeout=30)
+
+    def test_weights_written_and_ready_reported(self):
+        self.assertEqual(os.path.getsize(self.weights), int(0.01 * (1 << 30)))
+        ready = self.events[-1]
+        self.assertEqual(ready["event"], "ready")
+        for key in ("generate_s", "load_s", "warm_up_s", "ready_s", "weights"):
+            self.assertIn(key, ready)
+        self.assertEqual(urllib.request.urlopen(self.url("/health"), timeout=5).read(), b"ok")
+
+    def test_completion(self):
+        got = json.loads(self.post({"prompt": "hi", "max_tokens": 5}).read())
+        self.assertEqual(got["tokens"], 5)
+        self.assertEqual(len(got["text"].split()), 5)
+        self.assertEqual(got["weights"], self.events[-1]["weights"])
+
+    def test_stream_is_server_sent_events(self):
+        resp = self.post({"prompt": "hi", "max_tokens": 3, "stream": True})
+        self.assertEqual(resp.headers["Content-Type"], "text/event-stream")
+        lines = [l for l in resp.read().decode().split("\n") if l]
+        self.assertEqual(len(lines), 4)
+        self.assertEqual([json.loads(l[6:])["index"] for l in lines[:3]], [0, 1, 2])
+        self.assertEqual(lines[3], "data: [DONE]")
+
+    def test_bad_request(self):
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            self.post({"max_tokens": 0})
+        self.assertEqual(e.exception.code, 400)
+
+
+if __name__ == "__main__":
+    unittest.main()
