@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -36,13 +35,10 @@ type nodeGPUs struct {
 	slotsPerGPU int
 }
 
-// reservationLookup returns the GPUs this scheduler reserved for a pod that is not bound yet.
-type reservationLookup func(types.UID) []string
-
-// newNodeGPUs accounts a node's GPUs: the inventory from its GPUNode, the pods on the node
-// (bound and assumed, from the scheduler's snapshot or an informer), and reservations for pods
-// whose kybernate.io/gpus annotation is not written yet.
-func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *nodeGPUs {
+// newNodeGPUs accounts a node's GPUs: the inventory from its GPUNode and the pods on the node
+// (bound and assumed, from the scheduler's snapshot or an informer, as the Ledger corrects
+// them).
+func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod) *nodeGPUs {
 	n := &nodeGPUs{gpus: make([]gpu, 0, len(gn.Status.GPUs)), slotsPerGPU: defaultSlotsPerGPU}
 	if gn.Spec.SlotsPerGPU != nil && *gn.Spec.SlotsPerGPU > 0 {
 		n.slotsPerGPU = int(*gn.Spec.SlotsPerGPU)
@@ -81,9 +77,6 @@ func newNodeGPUs(gn *kv1.GPUNode, pods []*v1.Pod, reserved reservationLookup) *n
 			continue
 		}
 		uuids := AssignedGPUs(pod)
-		if len(uuids) == 0 && reserved != nil {
-			uuids = reserved(pod.UID)
-		}
 		if len(uuids) == 0 {
 			if pod.Spec.NodeName == "" {
 				unplaced = append(unplaced, d)
@@ -203,15 +196,10 @@ func uuids(chosen []*gpu) []string {
 // beside anything else.
 type Accounting struct{ n *nodeGPUs }
 
-// NewAccounting accounts a node's GPUs from its GPUNode and the pods bound to it.
+// NewAccounting accounts a node's GPUs from its GPUNode and the pods bound to it. Pods placed in
+// this program that the caller's view does not show yet come from Ledger.Pods.
 func NewAccounting(gn *kv1.GPUNode, pods []*v1.Pod) *Accounting {
-	return &Accounting{n: newNodeGPUs(gn, pods, nil)}
-}
-
-// NewAccountingReserved is NewAccounting for pods that may not carry their kybernate.io/gpus
-// yet: reserved returns the GPUs chosen for such a pod (nil when none).
-func NewAccountingReserved(gn *kv1.GPUNode, pods []*v1.Pod, reserved func(types.UID) []string) *Accounting {
-	return &Accounting{n: newNodeGPUs(gn, pods, reserved)}
+	return &Accounting{n: newNodeGPUs(gn, pods)}
 }
 
 // Possible reports whether the node could hold the demand if it were empty.

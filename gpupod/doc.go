@@ -8,6 +8,9 @@
 //   - a pod's GPU demand (PodDemand, counted by k8s.io/component-helpers' PodRequests);
 //   - the GPU assignment codec (ParseGPUs/FormatGPUs of kybernate.io/gpus) and the accounting
 //     of a node's GPUs (Accounting) that places pods on them;
+//   - the Ledger of placements a program has decided but its informers may not show yet, one
+//     per program, shared by whatever places GPU memory in it (GPUShare or the extender, the
+//     resume and migration controllers);
 //   - who may be suspended for a preemptor and at what cost (Ineligibility, ByCost,
 //     SuspendCheckpoint), shared by CheckpointPreemption and the extender, and SelectVictims,
 //     the extender's dry run by the accounting alone;

@@ -187,6 +187,15 @@ func (e *Engine) begin(op string, pod podmap.PodRef) (*podEntry, error) {
 	return p, nil
 }
 
+// set changes the outcome of a pod's operation (parked, stuck, lost) under the engine's lock:
+// the operation that holds the pod busy is its only writer, but IsSuspended and Parked read it
+// from other goroutines (a second request for the pod that found it busy).
+func (e *Engine) set(change func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	change()
+}
+
 func (e *Engine) end(p *podEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -280,7 +289,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 	}
 	switch {
 	case len(procs) > 0 && len(running) == 0:
-		p.parked = procs // suspended before the agent (re)started
+		e.set(func() { p.parked = procs }) // suspended before the agent (re)started
 		return Result{}, fail(CauseWrongState, false, errors.New("pod is suspended already"))
 	case len(running) == 0:
 		return Result{}, fail(CauseNoProcesses, false, errors.New("pod has no gpu processes on the node"))
@@ -304,7 +313,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 			continue
 		}
 		if errors.Is(err, errStepTimeout) {
-			p.stuck = err
+			e.set(func() { p.stuck = err })
 			return Result{}, fail(CauseStepTimeout, false, err)
 		}
 		cause := CauseLockFailed
@@ -325,7 +334,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 			continue
 		}
 		if errors.Is(err, errStepTimeout) {
-			p.stuck = err
+			e.set(func() { p.stuck = err })
 			return Result{}, fail(CauseStepTimeout, false, err)
 		}
 		// Back to running: restore what was checkpointed, unlock everything.
@@ -337,7 +346,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 	res.Steps = append(res.Steps, Step{Name: StepCheckpoint, Duration: e.clock.Since(t), Bytes: need})
 	res.Bytes = need
 	res.Parked = slices.Clone(running)
-	p.parked = running
+	e.set(func() { p.parked = running })
 	logger.V(2).Info("Suspended pod", "bytes", need, "processes", len(running), "duration", e.clock.Since(start))
 	return res, nil
 }
@@ -367,7 +376,7 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 		if len(procs) == 0 || slices.ContainsFunc(procs, func(pr Process) bool { return pr.State != cuda.ProcessStateCheckpointed }) {
 			return Result{}, fail(CauseWrongState, false, errors.New("pod is not suspended"))
 		}
-		p.parked = procs
+		e.set(func() { p.parked = procs })
 	}
 	parked := p.parked
 
@@ -413,13 +422,13 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 			continue
 		}
 		if errors.Is(err, errStepTimeout) {
-			p.stuck = err
+			e.set(func() { p.stuck = err })
 			return Result{}, fail(CauseStepTimeout, false, err)
 		}
 		if errors.Is(err, ErrGPUStateLost) {
 			// Nothing brings the process back. The others are put back to suspended, but the
 			// pod as a whole cannot run on.
-			p.lost = err
+			e.set(func() { p.lost = err })
 			rbErr := e.checkpointAll(ctx, parked[:i])
 			logger.Error(err, "Restore ran out of GPU memory: the pod's GPU state is lost", "pid", pr.PID, "rollbackErr", rbErr)
 			return Result{}, fail(CauseGPUStateLost, false, joinRollback(err, rbErr))
@@ -435,13 +444,13 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 	if err := e.unlockAll(ctx, parked); err != nil {
 		// The memory is on the GPUs but some processes stay locked: nothing to roll back to
 		// that would be better. Someone must look.
-		p.parked, p.stuck = nil, err
+		e.set(func() { p.parked, p.stuck = nil, err })
 		return Result{}, fail(CauseUnlockFailed, false, err)
 	}
 	res.Steps = append(res.Steps, Step{Name: StepUnlock, Duration: e.clock.Since(t)})
 	res.Bytes = moved
 	res.GPUs = targetsOf(from, moves)
-	p.parked = nil
+	e.set(func() { p.parked = nil })
 	logger.V(2).Info("Resumed pod", "bytes", moved, "gpus", res.GPUs, "duration", e.clock.Since(start))
 	return res, nil
 }

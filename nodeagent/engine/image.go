@@ -82,7 +82,7 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 		})
 		switch {
 		case errors.Is(err, errStepTimeout):
-			p.stuck = err
+			e.set(func() { p.stuck = err })
 			return Result{}, fail(CauseStepTimeout, err)
 		case err != nil:
 			// No CUDA in this process (NOT_INITIALIZED), or it is gone.
@@ -110,7 +110,7 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 	for _, pid := range procs {
 		if err := e.restore(ctx, pid, pairs); err != nil {
 			if errors.Is(err, errStepTimeout) {
-				p.stuck = err
+				e.set(func() { p.stuck = err })
 				return Result{}, fail(CauseStepTimeout, err)
 			}
 			if errors.Is(err, ErrGPUStateLost) {
@@ -126,7 +126,7 @@ func (e *Engine) RestoreImage(ctx context.Context, pod podmap.PodRef, req ImageR
 	for _, pid := range procs {
 		err := e.call(ctx, e.cfg.StepTimeout, "unlock", pid, func() error { return e.driver.CheckpointProcessUnlock(pid) })
 		if errors.Is(err, errStepTimeout) {
-			p.stuck = err
+			e.set(func() { p.stuck = err })
 		}
 		errs = append(errs, err)
 	}

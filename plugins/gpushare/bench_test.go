@@ -4,16 +4,12 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	st "k8s.io/kubernetes/pkg/scheduler/testing"
 
 	"github.com/kybernate/kybernate/apis/config"
-	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
@@ -55,62 +51,6 @@ func BenchmarkFilterScore(b *testing.B) {
 		if _, s := pl.Score(ctx, state, pod, ni); !s.IsSuccess() {
 			b.Fatal(s)
 		}
-	}
-}
-
-// BenchmarkFilterScoreNodeChanged is BenchmarkFilterScore on a node that changed since the last
-// cycle: the accounting is computed afresh each time.
-func BenchmarkFilterScoreNodeChanged(b *testing.B) {
-	pl, state, pod, ni := benchNode(b)
-	ctx := b.Context()
-	b.ReportAllocs()
-	for b.Loop() {
-		pl.cache.forget("n")
-		if s := pl.Filter(ctx, state, pod, ni); !s.IsSuccess() {
-			b.Fatal(s)
-		}
-		if _, s := pl.Score(ctx, state, pod, ni); !s.IsSuccess() {
-			b.Fatal(s)
-		}
-	}
-}
-
-// TestCachedAccountingFollowsChanges: an accounting reused across cycles is recomputed when the
-// node's reservations, its pods or its GPUNode change, even on the same NodeInfo.
-func TestCachedAccountingFollowsChanges(t *testing.T) {
-	gn := gpuNode("n", 80)
-	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	if err := indexer.Add(gn); err != nil {
-		t.Fatal(err)
-	}
-	pl := NewWithLister(nil, &config.GPUShareArgs{ScoringStrategy: config.MostAllocated}, listers.NewGPUNodeLister(indexer))
-	assumed := gpuPod("assumed", 1, "").Node("n").Obj() // bound, GPUs not written yet
-	ni := nodeInfo("n", assumed)
-	state, _ := preFilter(t, pl, gpuPod("new", 1, "40Gi").Obj())
-	filter := func() fwk.Code { return pl.Filter(t.Context(), state, nil, ni).Code() }
-
-	var got []fwk.Code
-	got = append(got, filter())
-	pl.reserved.reserve(assumed.UID, "n", []string{gpuID("n", 0)})
-	got = append(got, filter())
-	pl.reserved.release(assumed.UID)
-	got = append(got, filter())
-	// A pod the informer delivers (or a preemption dry run adds) changes the NodeInfo.
-	other := on(gpuPod("other", 1, "60Gi"), "n", 0)
-	ni.AddPodInfo(mustPodInfo(t, other))
-	got = append(got, filter())
-	if err := ni.RemovePod(klog.Background(), other); err != nil {
-		t.Fatal(err)
-	}
-	got = append(got, filter())
-	smaller := gpuNode("n", 20) // a new object, as the informer delivers it
-	if err := indexer.Update(smaller); err != nil {
-		t.Fatal(err)
-	}
-	got = append(got, filter())
-	want := []fwk.Code{fwk.Success, fwk.Unschedulable, fwk.Success, fwk.Unschedulable, fwk.Success, fwk.UnschedulableAndUnresolvable}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("Filter codes (-want +got):\n%s", diff)
 	}
 }
 

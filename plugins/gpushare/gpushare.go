@@ -19,11 +19,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
-	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/kybernate/kybernate/apis/config"
 	"github.com/kybernate/kybernate/apis/config/validation"
@@ -41,8 +39,11 @@ type GPUShare struct {
 	handle   framework.Handle
 	strategy config.ScoringStrategyType
 	gpuNodes listers.GPUNodeLister
-	reserved *reservations
-	cache    *accountings
+	// ledger holds the GPUs reserved for pods until their kybernate.io/gpus is in the
+	// snapshot: the scheduler assumes a pod onto its node before binding, so the next cycles
+	// see the pod there but not yet its GPUs. The program shares it with the controllers that
+	// resume and restore pods, so their placements count here too (and ours there).
+	ledger *gpupod.Ledger
 	// bind creates a Binding; a field so tests can see it.
 	bind func(ctx context.Context, binding *v1.Binding) error
 }
@@ -58,21 +59,25 @@ var (
 	_ framework.PreFilterExtensions = &GPUShare{}
 )
 
-// New builds the plugin from its args, with a GPUNode informer of its own.
+// New builds the plugin from its args, with an informer on GPUNodes and a ledger of its own.
+// A program that places GPU memory elsewhere too (kybernate-scheduler's controllers) registers
+// NewFactory with the ledger it shares instead.
 func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
-	return newOn(ctx, obj, h, &connect.Shared{})
+	return newPlugin(ctx, obj, h, nil, &connect.Shared{})
 }
 
-// NewShared returns the plugin's factory for a program that shares one kybernate.io informer
-// factory between its plugins and controllers (kybernate-scheduler): the plugin's GPUNode
-// informer is shared's.
-func NewShared(shared *connect.Shared) frameworkruntime.PluginFactory {
+// NewFactory returns the plugin's factory on the program's ledger, which the program keeps up
+// to date from its pod informer (gpupod.Ledger.Watch), and on the kybernate.io informer factory
+// the program shares between its plugins and controllers (kybernate-scheduler).
+func NewFactory(ledger *gpupod.Ledger, shared *connect.Shared) func(context.Context, runtime.Object, framework.Handle) (framework.Plugin, error) {
 	return func(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
-		return newOn(ctx, obj, h, shared)
+		return newPlugin(ctx, obj, h, ledger, shared)
 	}
 }
 
-func newOn(ctx context.Context, obj runtime.Object, h framework.Handle, shared *connect.Shared) (framework.Plugin, error) {
+// newPlugin builds the plugin on the program's ledger; with nil, on one of its own that it
+// keeps up to date itself.
+func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledger *gpupod.Ledger, shared *connect.Shared) (framework.Plugin, error) {
 	args, ok := obj.(*config.GPUShareArgs)
 	if !ok {
 		return nil, fmt.Errorf("want args of type GPUShareArgs, got %T", obj)
@@ -91,25 +96,17 @@ func newOn(ctx context.Context, obj runtime.Object, h framework.Handle, shared *
 	}
 
 	pl := NewWithLister(h, args, gpuNodes.Lister())
+	if ledger != nil {
+		pl.ledger = ledger
+	}
 	if h.ClientSet() != nil {
 		pl.bind = func(ctx context.Context, binding *v1.Binding) error {
 			return h.ClientSet().CoreV1().Pods(binding.Namespace).Bind(ctx, binding, metav1.CreateOptions{})
 		}
 	}
-	if f := h.SharedInformerFactory(); f != nil {
-		// A reservation outlives binding until the pod is gone; see reservations.
-		_, err := f.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-			DeleteFunc: func(obj interface{}) {
-				if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-					obj = t.Obj
-				}
-				if pod, ok := obj.(*v1.Pod); ok {
-					pl.reserved.release(pod.UID)
-				}
-			},
-		})
-		if err != nil {
-			return nil, fmt.Errorf("watching pods: %w", err)
+	if f := h.SharedInformerFactory(); f != nil && ledger == nil {
+		if err := pl.ledger.Watch(f.Core().V1().Pods().Informer()); err != nil {
+			return nil, err
 		}
 	}
 	return pl, nil
@@ -118,7 +115,7 @@ func newOn(ctx context.Context, obj runtime.Object, h framework.Handle, shared *
 // NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
 // its own informer, tests with a fixed one. args must be valid.
 func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
-	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, reserved: newReservations(), cache: newAccountings()}
+	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger()}
 }
 
 // Name returns the plugin's name.
@@ -212,9 +209,11 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 // ScoreExtensions returns nil: scores are already in [0, MaxNodeScore].
 func (pl *GPUShare) ScoreExtensions() framework.ScoreExtensions { return nil }
 
-// Reserve picks the pod's GPUs on the chosen node and records them, so that the next scheduling
-// cycles count them before the pod is bound. A pod that asks for no GPU has nothing to reserve
-// (the framework runs Reserve even for plugins whose PreFilter skipped the pod).
+// Reserve picks the pod's GPUs on the chosen node and records them in the ledger, so that the
+// next scheduling cycles and the controllers count them before the pod is bound. The choice is
+// made under the ledger's lock, against every placement recorded there: the snapshot may not
+// show a pod a controller has just resumed or created. A pod that asks for no GPU has nothing
+// to reserve (the framework runs Reserve even for plugins whose PreFilter skipped the pod).
 func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
 	if _, err := state.Read(stateKey); errors.Is(err, fwk.ErrNotFound) {
 		return nil
@@ -227,6 +226,8 @@ func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.P
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("getting node %q from the snapshot: %w", nodeName, err))
 	}
+	pl.ledger.Lock()
+	defer pl.ledger.Unlock()
 	gpus, status := pl.nodeGPUs(nodeInfo)
 	if status != nil {
 		return status
@@ -235,22 +236,33 @@ func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.P
 	if chosen == nil {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
-	pl.reserved.reserve(pod.UID, nodeName, chosen)
+	pl.ledger.Reserve(gpupod.OwnerScheduler, placed(pod, nodeName, chosen), 0)
 	klog.FromContext(ctx).V(4).Info("Reserved GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", chosen)
 	return nil
 }
 
 // Unreserve forgets the pod's GPUs.
 func (pl *GPUShare) Unreserve(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, _ string) {
-	pl.reserved.release(pod.UID)
+	pl.ledger.Release(pod.UID)
+}
+
+// placed is the pod as Bind will place it: on the node, with its GPUs.
+func placed(pod *v1.Pod, node string, gpus []string) *v1.Pod {
+	p := pod.DeepCopy()
+	p.Spec.NodeName = node
+	if p.Annotations == nil {
+		p.Annotations = map[string]string{}
+	}
+	p.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(gpus)
+	return p
 }
 
 // Bind binds the pod and writes its GPUs in one API call: the API server copies a Binding's
 // annotations onto the pod, so kybernate.io/gpus arrives with spec.nodeName and no pod is
 // ever bound without its GPUs. Pods without a reservation are left to DefaultBinder.
 func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
-	res, ok := pl.reserved.get(pod.UID)
-	if !ok || res.node != nodeName {
+	node, gpus, ok := pl.ledger.Placed(pod.UID)
+	if !ok || node != nodeName {
 		return fwk.NewStatus(fwk.Skip)
 	}
 	binding := &v1.Binding{
@@ -258,19 +270,18 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 			Namespace:   pod.Namespace,
 			Name:        pod.Name,
 			UID:         pod.UID,
-			Annotations: map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(res.gpus)},
+			Annotations: map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(gpus)},
 		},
 		Target: v1.ObjectReference{Kind: "Node", Name: nodeName},
 	}
 	if err := pl.bind(ctx, binding); err != nil {
-		return fwk.AsStatus(fmt.Errorf("binding pod %s to node %s with GPUs %v: %w", klog.KObj(pod), nodeName, res.gpus, err))
+		return fwk.AsStatus(fmt.Errorf("binding pod %s to node %s with GPUs %v: %w", klog.KObj(pod), nodeName, gpus, err))
 	}
-	klog.FromContext(ctx).V(2).Info("Bound pod to GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", res.gpus)
+	klog.FromContext(ctx).V(2).Info("Bound pod to GPUs", "pod", klog.KObj(pod), "node", nodeName, "gpus", gpus)
 	return nil
 }
 
-// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod. The
-// accounting is shared with other cycles and goroutines: callers only read it.
+// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
 func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
@@ -278,24 +289,17 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.St
 	}
 	gn, err := pl.gpuNodes.Get(node.Name)
 	if apierrors.IsNotFound(err) {
-		pl.cache.forget(node.Name)
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
 	}
 	if err != nil {
 		return nil, fwk.AsStatus(err)
-	}
-	generation, reservations := nodeInfo.GetGeneration(), pl.reserved.version(node.Name)
-	if a := pl.cache.get(node.Name, generation, gn, reservations); a != nil {
-		return a, nil
 	}
 	podInfos := nodeInfo.GetPods()
 	pods := make([]*v1.Pod, len(podInfos))
 	for i, p := range podInfos {
 		pods[i] = p.GetPod()
 	}
-	a := gpupod.NewAccountingReserved(gn, pods, pl.reserved.gpus)
-	pl.cache.put(node.Name, cachedAccounting{generation: generation, gpuNode: gn, reservations: reservations, accounting: a})
-	return a, nil
+	return gpupod.NewAccounting(gn, pl.ledger.Pods(node.Name, pods)), nil
 }
 
 func neverFits(d gpupod.Demand) string {

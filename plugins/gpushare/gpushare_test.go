@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -424,12 +425,12 @@ func TestReserveAcrossCycles(t *testing.T) {
 	if s := pl.Reserve(t.Context(), state2, second, "n"); !s.IsSuccess() {
 		t.Fatalf("Reserve second: %v", s)
 	}
-	r1, _ := pl.reserved.get(first.UID)
-	r2, _ := pl.reserved.get(second.UID)
-	if diff := cmp.Diff([]string{gpuID("n", 0)}, r1.gpus); diff != "" {
+	_, r1, _ := pl.ledger.Placed(first.UID)
+	_, r2, _ := pl.ledger.Placed(second.UID)
+	if diff := cmp.Diff([]string{gpuID("n", 0)}, r1); diff != "" {
 		t.Errorf("first pod's GPUs (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{gpuID("n", 1)}, r2.gpus); diff != "" {
+	if diff := cmp.Diff([]string{gpuID("n", 1)}, r2); diff != "" {
 		t.Errorf("second pod's GPUs (-want +got):\n%s", diff)
 	}
 
@@ -444,8 +445,8 @@ func TestReserveAcrossCycles(t *testing.T) {
 	}
 	// ...and fits once the second pod is unreserved and gone from the node.
 	pl.Unreserve(t.Context(), state2, second, "n")
-	if pl.reserved.len() != 1 {
-		t.Fatalf("reservations after Unreserve = %d, want 1", pl.reserved.len())
+	if pl.ledger.Len() != 1 {
+		t.Fatalf("reservations after Unreserve = %d, want 1", pl.ledger.Len())
 	}
 	pl.handle = &fakeHandle{snapshot: schedcache.NewSnapshot([]*v1.Pod{assumed}, []*v1.Node{node})}
 	if s := pl.Reserve(t.Context(), state3, third, "n"); !s.IsSuccess() {
@@ -488,8 +489,8 @@ func TestPodWithoutGPU(t *testing.T) {
 	if s := pl.Reserve(t.Context(), state, pod, "n"); !s.IsSuccess() {
 		t.Errorf("Reserve = %v, want success", s)
 	}
-	if pl.reserved.len() != 0 {
-		t.Errorf("reservations = %d, want 0", pl.reserved.len())
+	if pl.ledger.Len() != 0 {
+		t.Errorf("reservations = %d, want 0", pl.ledger.Len())
 	}
 	if s := pl.Bind(t.Context(), state, pod, "n"); s.Code() != fwk.Skip {
 		t.Errorf("Bind = %v, want Skip", s)
@@ -506,12 +507,42 @@ func TestBindFailure(t *testing.T) {
 	pl := newTestPlugin(t, config.MostAllocated)
 	pl.bind = func(context.Context, *v1.Binding) error { return fmt.Errorf("apiserver down") }
 	pod := gpuPod("p", 1, "").Obj()
-	pl.reserved.reserve(pod.UID, "n", []string{"GPU-1"})
+	pl.ledger.Reserve(gpupod.OwnerScheduler, placed(pod, "n", []string{"GPU-1"}), 0)
 	s := pl.Bind(t.Context(), framework.NewCycleState(), pod, "n")
 	if s.Code() != fwk.Error || s.AsError() == nil {
 		t.Fatalf("Bind with a failing API call = %v, want Error", s)
 	}
-	if _, ok := pl.reserved.get(pod.UID); !ok {
+	if _, _, ok := pl.ledger.Placed(pod.UID); !ok {
 		t.Error("a failed Bind must keep the reservation until Unreserve")
+	}
+}
+
+// The controllers share the plugin's ledger: a suspended pod the resume controller has just
+// given its GPU back, and a replacement the migration controller has just created, take their
+// memory in Filter before the snapshot shows either.
+func TestFilterCountsControllersReservations(t *testing.T) {
+	gn := gpuNode("n", 80)
+	gn.Spec.SlotsPerGPU = ptr.To[int32](4)
+	pl := newTestPlugin(t, config.MostAllocated, gn)
+	suspended := on(gpuPod("back", 1, "50Gi").Annotation(kv1.AnnotationState, string(kv1.PodSuspended)), "n", 0)
+	pod := gpuPod("new", 1, "50Gi").Obj()
+	state, _ := preFilter(t, pl, pod)
+	filter := func() *fwk.Status { return pl.Filter(t.Context(), state, pod, nodeInfo("n", suspended)) }
+	if s := filter(); !s.IsSuccess() {
+		t.Fatalf("Filter with the GPU's pod suspended = %v, want success", s)
+	}
+
+	resuming := suspended.DeepCopy()
+	resuming.Annotations[kv1.AnnotationState] = string(kv1.PodResuming)
+	pl.ledger.Reserve(gpupod.OwnerResume, resuming, time.Minute)
+	if s := filter(); s.Code() != fwk.Unschedulable {
+		t.Errorf("Filter while the resume controller resumes the pod = %v, want Unschedulable", s)
+	}
+	pl.ledger.Release(resuming.UID)
+
+	replacement := on(gpuPod("back-moved", 1, "50Gi").Annotation(kv1.AnnotationState, string(kv1.PodRestoring)), "n", 0)
+	pl.ledger.Reserve(gpupod.OwnerMigration, replacement, time.Minute)
+	if s := filter(); s.Code() != fwk.Unschedulable {
+		t.Errorf("Filter while the migration controller restores a replacement = %v, want Unschedulable", s)
 	}
 }

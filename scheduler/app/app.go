@@ -29,6 +29,7 @@ import (
 	"github.com/kybernate/kybernate/apis/config"
 	configscheme "github.com/kybernate/kybernate/apis/config/scheme" // also our plugin args in the scheduler's scheme
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/plugins/checkpointpreemption"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/controllers"
@@ -37,12 +38,13 @@ import (
 // Name is the program's name, and the reporting controller of the controllers' Events.
 const Name = "kybernate-scheduler"
 
-// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile. Kybernate's
-// plugins take their kybernate.io informers from shared, which the controllers use too: one
-// GPUNode and one GPUCheckpoint informer per process, whatever the number of profiles.
-func Plugins(shared *connect.Shared) frameworkruntime.Registry {
+// Plugins are the out-of-tree plugins kybernate-scheduler can enable in a profile. GPUShare
+// places on the program's ledger, which the controllers share, and Kybernate's plugins take
+// their kybernate.io informers from shared, which the controllers use too: one GPUNode and one
+// GPUCheckpoint informer per process, whatever the number of profiles.
+func Plugins(ledger *gpupod.Ledger, shared *connect.Shared) frameworkruntime.Registry {
 	return frameworkruntime.Registry{
-		gpushare.Name:             gpushare.NewShared(shared),
+		gpushare.Name:             gpushare.NewFactory(ledger, shared),
 		checkpointpreemption.Name: checkpointpreemption.NewShared(shared),
 		// Gangs of GPU pods that must start together (needs scheduler-plugins' PodGroup CRD).
 		coscheduling.Name: coscheduling.New,
@@ -102,15 +104,21 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 	ctx := server.SetupSignalContext()
 
 	shared := &connect.Shared{}
+	// One ledger of GPU placements for GPUShare and the controllers: each sees what the
+	// other placed before the informers show it.
+	ledger := gpupod.NewLedger()
 	var registry []schedapp.Option
-	for name, factory := range Plugins(shared) {
+	for name, factory := range Plugins(ledger, shared) {
 		registry = append(registry, schedapp.WithPlugin(name, factory))
 	}
 	cc, sched, err := schedapp.Setup(ctx, opts, registry...)
 	if err != nil {
 		return err
 	}
-	if err := StartControllers(ctx, cc, ctrlCfg, shared); err != nil {
+	if err := ledger.Watch(cc.InformerFactory.Core().V1().Pods().Informer()); err != nil {
+		return err
+	}
+	if err := StartControllers(ctx, cc, ctrlCfg, ledger, shared); err != nil {
 		return err
 	}
 	fg.(featuregate.MutableFeatureGate).AddMetrics()
@@ -118,10 +126,10 @@ func run(cmd *cobra.Command, opts *options.Options, controllersConfig string) er
 	return schedapp.Run(ctx, cc, sched)
 }
 
-// StartControllers starts Kybernate's controllers on the scheduler's clients, informers and
-// event broadcaster (the scheduler's Run starts those), and on the kybernate.io client and
-// informers the plugins share.
-func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration, shared *connect.Shared) error {
+// StartControllers starts Kybernate's controllers on the scheduler's clients, informers, event
+// broadcaster and ledger of GPU placements (the scheduler's Run starts those), and on the
+// kybernate.io client and informers the plugins share.
+func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg *config.ControllerConfiguration, ledger *gpupod.Ledger, shared *connect.Shared) error {
 	kybernate, kinformers, err := shared.Get(cc.KubeConfig)
 	if err != nil {
 		return err
@@ -132,6 +140,7 @@ func StartControllers(ctx context.Context, cc *schedconfig.CompletedConfig, cfg 
 		Informers:          cc.InformerFactory,
 		KybernateInformers: kinformers,
 		Recorder:           cc.EventBroadcaster.NewRecorder(Name),
+		Ledger:             ledger,
 	}
 	if _, err := controllers.Start(ctx, deps, cfg); err != nil {
 		return fmt.Errorf("starting the controllers: %w", err)

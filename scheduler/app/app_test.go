@@ -22,6 +22,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/metrics"
 
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // stand-in implements every extension point our plugins implement, so the framework places it
@@ -70,7 +71,7 @@ func TestShippedProfile(t *testing.T) {
 	}
 
 	registry := frameworkplugins.NewInTreeRegistry()
-	for name := range Plugins(&connect.Shared{}) {
+	for name := range Plugins(gpupod.NewLedger(), &connect.Shared{}) {
 		name := name
 		if name == "CheckpointPreemption" {
 			registry[name] = func(context.Context, runtime.Object, framework.Handle) (framework.Plugin, error) {

@@ -27,6 +27,7 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/migrate"
 	"github.com/kybernate/kybernate/scheduler/resume"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
@@ -48,6 +49,12 @@ type Deps struct {
 	Recorder events.EventRecorder
 	// Identity names this replica in the Lease; hostname_uuid when empty.
 	Identity string
+	// Ledger is the program's record of GPU placements its informers may not show yet, shared
+	// with whatever else places GPU pods in the program (GPUShare, the extender's bind); the
+	// program keeps it up to date from its pod informer (gpupod.Ledger.Watch). The resume and
+	// migration controllers reserve in it the memory of the pods they resume and restore.
+	// When nil the controllers share a ledger of their own.
+	Ledger *gpupod.Ledger
 }
 
 // runner is one controller: Run until ctx ends, ShutDown when the manager stops.
@@ -87,9 +94,15 @@ func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 	gpuNodes.Informer() // registered before the factory starts, whatever is enabled
 	checkpoints.Informer()
 	pods, nodes := deps.Informers.Core().V1().Pods(), deps.Informers.Core().V1().Nodes()
+	if deps.Ledger == nil {
+		deps.Ledger = gpupod.NewLedger()
+		if err := deps.Ledger.Watch(pods.Informer()); err != nil {
+			return nil, err
+		}
+	}
 	m := &Manager{cfg: *cfg, deps: deps, factory: factory}
 	if !cfg.DisableResume {
-		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder, *cfg)
+		c, err := resume.New(deps.Client, deps.Kybernate, pods, gpuNodes, checkpoints, deps.Recorder, *cfg, deps.Ledger)
 		if err != nil {
 			return nil, fmt.Errorf("resume controller: %w", err)
 		}
@@ -103,7 +116,7 @@ func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 		m.controllers = append(m.controllers, named{"timeslice", 1, c})
 	}
 	if !cfg.DisableMigration {
-		c, err := migrate.New(deps.Client, deps.Kybernate, pods, nodes, gpuNodes, checkpoints, deps.Recorder, *cfg)
+		c, err := migrate.New(deps.Client, deps.Kybernate, pods, nodes, gpuNodes, checkpoints, deps.Recorder, *cfg, deps.Ledger)
 		if err != nil {
 			return nil, fmt.Errorf("migration controller: %w", err)
 		}

@@ -4,9 +4,11 @@
 //
 // It speaks k8s.io/kube-scheduler/extender/v1 with nodeCacheCapable: filter and prioritize
 // account each node's GPUs with gpupod.Accounting and choose GPUs by the same rules as the
-// GPUShare plugin; bind chooses the GPUs again under a lock, against everything bound or
-// reserved, and binds with them in the Binding's annotations (the API server copies them onto
-// the pod), so no GPU is given twice however many cycles run before the informers catch up.
+// GPUShare plugin; bind chooses the GPUs again under the lock of the program's gpupod.Ledger,
+// against everything bound or reserved there (by earlier binds, and by the resume and migration
+// controllers kybernate-extender runs beside it), and binds with them in the Binding's
+// annotations (the API server copies them onto the pod), so no GPU is given twice however many
+// cycles run before the informers catch up.
 //
 // Preemption keeps progress: when no node fits, filter selects victims with
 // gpupod.SelectVictims (the rules of CheckpointPreemption) and requests their suspension
@@ -19,7 +21,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -69,14 +70,17 @@ type Extender struct {
 	recorder          events.EventRecorder
 	now               func() time.Time
 
-	// bindMu makes the GPU choice of one bind see every earlier bind.
-	bindMu   sync.Mutex
-	reserved *reservations
+	// ledger holds the GPUs of pods bound until the pod informer shows them, and those the
+	// controllers reserved; its lock makes each bind's choice see every earlier placement.
+	ledger *gpupod.Ledger
 }
 
 // New builds an extender on informers the caller starts; pods must carry the
-// scheduler/internal/index pod indexes (AddIndexes adds them).
-func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers.GPUNodeLister, checkpoints cache.Indexer, recorder events.EventRecorder) (*Extender, error) {
+// scheduler/internal/index pod indexes (AddIndexes adds them). ledger is the program's record
+// of GPU placements, shared with its controllers and kept up to date from pods by the program
+// (gpupod.Ledger.Watch); with nil the extender keeps one of its own.
+func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers.GPUNodeLister, checkpoints cache.Indexer, recorder events.EventRecorder,
+	ledger *gpupod.Ledger) (*Extender, error) {
 	if opts.Strategy == "" {
 		opts.Strategy = config.MostAllocated
 	}
@@ -85,20 +89,13 @@ func New(opts Options, api API, pods cache.SharedIndexInformer, gpuNodes listers
 	}
 	e := &Extender{
 		opts: opts, api: api, pods: pods.GetIndexer(), podLister: corelisters.NewPodLister(pods.GetIndexer()),
-		gpuNodes: gpuNodes, checkpoints: listers.NewGPUCheckpointLister(checkpoints), checkpointIndexer: checkpoints, recorder: recorder, now: time.Now, reserved: newReservations(),
+		gpuNodes: gpuNodes, checkpoints: listers.NewGPUCheckpointLister(checkpoints), checkpointIndexer: checkpoints, recorder: recorder, now: time.Now, ledger: ledger,
 	}
-	_, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		DeleteFunc: func(obj interface{}) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			if pod, ok := obj.(*v1.Pod); ok {
-				e.reserved.release(pod.UID)
-			}
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watching pods: %w", err)
+	if ledger == nil {
+		e.ledger = gpupod.NewLedger()
+		if err := e.ledger.Watch(pods); err != nil {
+			return nil, err
+		}
 	}
 	return e, nil
 }
@@ -116,10 +113,10 @@ func AddIndexes(pods cache.SharedIndexInformer) error {
 	})
 }
 
-// accounting accounts a node's GPUs for pod: the pods bound to it, pods this extender bound
-// there that the informer does not show yet, and preemptors waiting for suspensions on the node
-// whose priority is not below pod's (they are placed where they would go). nil with a reason
-// when the node has no GPUNode.
+// accounting accounts a node's GPUs for pod: the pods bound to it as the ledger corrects them
+// (pods bound or resumed there that the informer does not show yet), and preemptors waiting for
+// suspensions on the node whose priority is not below pod's (they are placed where they would
+// go). nil with a reason when the node has no GPUNode.
 func (e *Extender) accounting(node string, pod *v1.Pod) (*gpupod.Accounting, string, error) {
 	gn, err := e.gpuNodes.Get(node)
 	if apierrors.IsNotFound(err) {
@@ -132,29 +129,27 @@ func (e *Extender) accounting(node string, pod *v1.Pod) (*gpupod.Accounting, str
 	if err != nil {
 		return nil, "", err
 	}
-	pods := make([]*v1.Pod, 0, len(objs))
-	seen := make(map[types.UID]bool, len(objs))
+	listed := make([]*v1.Pod, 0, len(objs))
 	for _, o := range objs {
-		p := o.(*v1.Pod)
+		listed = append(listed, o.(*v1.Pod))
+	}
+	// A reservation kept after an unclear bind counts until the pod shows up bound (on another
+	// node, the ledger drops it).
+	pods := make([]*v1.Pod, 0, len(listed))
+	seen := make(map[types.UID]bool, len(listed))
+	for _, p := range e.ledger.Pods(node, listed) {
 		if p.UID == pod.UID {
 			continue
 		}
 		seen[p.UID] = true
 		pods = append(pods, p)
 	}
-	for _, r := range e.reserved.podsOn(node, seen) {
-		// A reservation kept after an unclear bind counts until the pod shows up bound.
-		if cur, err := e.podLister.Pods(r.Namespace).Get(r.Name); err == nil && cur.UID == r.UID && cur.Spec.NodeName != "" && cur.Spec.NodeName != node {
-			continue
-		}
-		pods = append(pods, r)
-	}
 	for _, w := range e.waitingPreemptors(node) {
 		if w.UID != pod.UID && !seen[w.UID] && corev1helpers.PodPriority(w) >= corev1helpers.PodPriority(pod) {
 			pods = append(pods, w)
 		}
 	}
-	return gpupod.NewAccountingReserved(gn, pods, e.reserved.gpus), "", nil
+	return gpupod.NewAccounting(gn, pods), "", nil
 }
 
 // waitingPreemptors are the unbound pods that suspensions on the node were requested for.
@@ -216,7 +211,7 @@ func (e *Extender) bind(ctx context.Context, namespace, name string, uid types.U
 		// may have been, so the GPUs stay reserved until the pod is bound again or deleted.
 		var status apierrors.APIStatus
 		if errors.As(err, &status) {
-			e.reserved.release(pod.UID)
+			e.ledger.Release(pod.UID)
 		}
 		return fmt.Errorf("binding pod %s to node %s with GPUs %v: %w", klog.KObj(pod), node, chosen, err)
 	}
@@ -224,11 +219,11 @@ func (e *Extender) bind(ctx context.Context, namespace, name string, uid types.U
 	return nil
 }
 
-// reserve chooses the pod's GPUs on the node and reserves them, under the lock that makes each
-// choice see every earlier one; the API call that binds runs outside it.
+// reserve chooses the pod's GPUs on the node and reserves them, under the ledger's lock that
+// makes each choice see every earlier one; the API call that binds runs outside it.
 func (e *Extender) reserve(ctx context.Context, pod *v1.Pod, d gpupod.Demand, node string) ([]string, error) {
-	e.bindMu.Lock()
-	defer e.bindMu.Unlock()
+	e.ledger.Lock()
+	defer e.ledger.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("the scheduler gave up on binding pod %s: %w", klog.KObj(pod), err)
 	}
@@ -243,7 +238,13 @@ func (e *Extender) reserve(ctx context.Context, pod *v1.Pod, d gpupod.Demand, no
 	if chosen == nil {
 		return nil, fmt.Errorf("node %s has too few free GPUs %s now: another pod took them since filtering", node, describe(d))
 	}
-	e.reserved.reserve(pod, node, chosen)
+	placed := pod.DeepCopy()
+	placed.Spec.NodeName = node
+	if placed.Annotations == nil {
+		placed.Annotations = map[string]string{}
+	}
+	placed.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(chosen)
+	e.ledger.Reserve(gpupod.OwnerScheduler, placed, 0)
 	return chosen, nil
 }
 

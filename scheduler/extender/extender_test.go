@@ -121,7 +121,7 @@ func newFixture(t testing.TB, strategy config.ScoringStrategyType, gns []*kv1.GP
 		},
 	}
 	ext, err := New(Options{Strategy: strategy, DefaultMinRuntime: time.Minute}, api, podInformer,
-		listers.NewGPUNodeLister(gnIndexer), f.checkpoints, nil)
+		listers.NewGPUNodeLister(gnIndexer), f.checkpoints, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,8 +357,8 @@ func TestMalformedRequests(t *testing.T) {
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET filter: HTTP %d", rec.Code)
 	}
-	if len(f.bindings) != 0 || len(f.created) != 0 || f.ext.reserved.len() != 0 {
-		t.Errorf("malformed requests changed something: %d bindings, %d GPUCheckpoints, %d reservations", len(f.bindings), len(f.created), f.ext.reserved.len())
+	if len(f.bindings) != 0 || len(f.created) != 0 || f.ext.ledger.Len() != 0 {
+		t.Errorf("malformed requests changed something: %d bindings, %d GPUCheckpoints, %d reservations", len(f.bindings), len(f.created), f.ext.ledger.Len())
 	}
 }
 
@@ -383,7 +383,7 @@ func TestUnclearBindKeepsTheReservation(t *testing.T) {
 	if g1 == g3 {
 		t.Errorf("p3 got %s, the GPU of the unclear bind of p1", g3)
 	}
-	if f.ext.reserved.gpus("p2") != nil {
+	if _, _, ok := f.ext.ledger.Placed("p2"); ok {
 		t.Errorf("a refused bind kept its reservation")
 	}
 }

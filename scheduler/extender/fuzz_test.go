@@ -43,8 +43,8 @@ func FuzzRequests(f *testing.F) {
 		if err == nil && code != http.StatusOK {
 			t.Fatalf("%s decoded but answered HTTP %d", path, code)
 		}
-		if fx.ext.reserved.len() != 0 || len(fx.created) != 0 {
-			t.Fatalf("%s %q placed something: %d reservations, %d GPUCheckpoints", path, body, fx.ext.reserved.len(), len(fx.created))
+		if fx.ext.ledger.Len() != 0 || len(fx.created) != 0 {
+			t.Fatalf("%s %q placed something: %d reservations, %d GPUCheckpoints", path, body, fx.ext.ledger.Len(), len(fx.created))
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
@@ -23,7 +24,7 @@ func BenchmarkScan(b *testing.B) {
 	}
 	env := controllertest.New(nil)
 	c, err := New(env.Client, env.Kybernate, env.Pods, env.Nodes, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100),
-		config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: 1 << 30})
+		config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Duration: 30 * time.Second}, MigrationBytesPerSecond: 1 << 30}, gpupod.NewLedger())
 	if err != nil {
 		b.Fatal(err)
 	}

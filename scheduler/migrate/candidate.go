@@ -157,8 +157,15 @@ func (c *Controller) candidate(pod *v1.Pod) (candidate, bool) {
 	}
 	attempt, last := 0, time.Time{}
 	for _, ck := range cks {
-		if !ended(ck) && ck.Spec.Action != kv1.ActionSuspend {
-			return candidate{}, false // a resume or a migration in flight
+		if !ended(ck) && (ck.Spec.Action != kv1.ActionSuspend || ck.Status.Phase == kv1.PhaseInProgress) {
+			// A resume or a migration in flight, or a suspension the agent has not ended: it
+			// marks the pod Suspended first, and until the end is seen the pod reads as
+			// suspended long ago (by the suspension before) and still resident (its
+			// kybernate.io/GPUResident condition is written after the state).
+			return candidate{}, false
+		}
+		if ck.Spec.Action == kv1.ActionResume && ck.Status.Phase == kv1.PhaseSucceeded && ck.Labels[kv1.LabelSuspension] == string(suspension.UID) {
+			return candidate{}, false // that suspension is over; the pod's current one is not seen yet
 		}
 		if ck.Spec.Action != kv1.ActionCheckpoint || ck.Spec.Reason != kv1.ReasonMigration || ck.CreationTimestamp.Time.Before(endedAt(suspension)) {
 			continue
@@ -258,14 +265,14 @@ func (c *Controller) accounting(node string, accs map[string]*gpupod.Accounting)
 	if err != nil {
 		return nil, err
 	}
-	acc := gpupod.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range nominated {
-		if p.Spec.NodeName != "" {
-			continue
+		if _, _, held := c.ledger.Placed(p.UID); p.Spec.NodeName != "" || held {
+			continue // bound, or being bound (the ledger counts it)
 		}
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, config.MostAllocated); uuids != nil {
@@ -303,7 +310,7 @@ func (c *Controller) accountingWithout(node string, pod *v1.Pod, accs map[string
 	if err != nil {
 		return nil, err
 	}
-	acc := gpupod.NewAccounting(gn, onNode)
+	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	for _, obj := range c.pods.List() {
 		p := obj.(*v1.Pod)
 		if p.UID == pod.UID || p.Annotations[kv1.AnnotationMigrateTo] != node || p.DeletionTimestamp != nil {

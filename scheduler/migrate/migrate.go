@@ -52,6 +52,7 @@ import (
 	kinformers "github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions/kybernate/v1alpha1"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/index"
 	"github.com/kybernate/kybernate/scheduler/internal/keyqueue"
 	"github.com/kybernate/kybernate/scheduler/internal/skeleton"
@@ -94,12 +95,16 @@ type Controller struct {
 	queue       *keyqueue.Queue
 	args        config.ControllerConfiguration
 	now         func() time.Time
+	// ledger is the program's record of GPU placements: a replacement's memory is reserved
+	// there from its choice until the pod informer shows the replacement.
+	ledger *gpupod.Ledger
 }
 
-// New wires the controller to informers that the caller starts; call it before they run.
+// New wires the controller to informers that the caller starts and to the program's ledger of
+// GPU placements; call it before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer, nodes coreinformers.NodeInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	args config.ControllerConfiguration) (*Controller, error) {
+	args config.ControllerConfiguration, ledger *gpupod.Ledger) (*Controller, error) {
 	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
@@ -115,6 +120,7 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		recorder:    recorder,
 		args:        args,
 		now:         time.Now,
+		ledger:      ledger,
 	}
 	c.queue = skeleton.Queue("kybernate-migrate", "Migrating pods failed", c.syncKey)
 	podHandler := func(obj interface{}) {
@@ -153,6 +159,9 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 	}
 	ckHandler := func(obj interface{}) {
 		ck, ok := obj.(*kv1.GPUCheckpoint)
+		if ok && ck.Spec.Action == kv1.ActionSuspend && ended(ck) {
+			c.queue.Add(scanKey) // a suspended pod may move once its suspension is seen ended
+		}
 		if !ok || ck.Spec.Reason != kv1.ReasonMigration {
 			return
 		}

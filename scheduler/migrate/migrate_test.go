@@ -17,6 +17,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/internal/controllertest"
 )
 
@@ -61,9 +62,15 @@ var args = config.ControllerConfiguration{MigrationMinWait: metav1.Duration{Dura
 // runScan runs one scan and returns the pods marked for migration, with their target.
 func runScan(t *testing.T, a config.ControllerConfiguration, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint, cordoned ...string) map[string]string {
 	t.Helper()
+	return runScanOn(t, gpupod.NewLedger(), a, gns, pods, cks, cordoned...)
+}
+
+// runScanOn is runScan with the program's ledger.
+func runScanOn(t *testing.T, ledger *gpupod.Ledger, a config.ControllerConfiguration, gns []*kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint, cordoned ...string) map[string]string {
+	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
-	c, err := New(client, kclient, env.Pods, env.Nodes, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), a)
+	c, err := New(client, kclient, env.Pods, env.Nodes, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), a, ledger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +129,39 @@ func TestScan(t *testing.T) {
 			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
 			cks:  []*kv1.GPUCheckpoint{suspension("train", time.Minute)},
 			want: map[string]string{"train": "b"},
+		},
+		{
+			// Found by the kill storm: the agent marks a pod Suspended before it ends the
+			// GPUCheckpoint (and before its GPUResident condition turns False). Read against the
+			// suspension before, the pod had waited long and moved at once, its Checkpointing
+			// mark counting it resident beside the preemptor that took its GPU.
+			name: "a suspension the agent has not ended: waits for it",
+			gns:  []*kv1.GPUNode{a, b},
+			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks: []*kv1.GPUCheckpoint{
+				suspension("train", time.Hour),
+				func() *kv1.GPUCheckpoint {
+					ck := suspension("train", 0)
+					ck.Name, ck.UID = "train-suspend-2", "train-suspension-2-uid"
+					ck.Status = kv1.GPUCheckpointStatus{Phase: kv1.PhaseInProgress, StartTime: &metav1.Time{Time: now}}
+					return ck
+				}(),
+			},
+			want: map[string]string{},
+		},
+		{
+			name: "a suspension already resumed is over: the pod's current one is not seen yet",
+			gns:  []*kv1.GPUNode{a, b},
+			pods: scene(gpuPod("train", "a", kv1.PodSuspended)),
+			cks: []*kv1.GPUCheckpoint{
+				suspension("train", time.Hour),
+				{
+					ObjectMeta: metav1.ObjectMeta{Name: "train-resume", Namespace: "ns", Labels: map[string]string{kv1.LabelSuspension: "train-suspension-uid"}},
+					Spec:       kv1.GPUCheckpointSpec{PodName: "train", PodUID: "train", Action: kv1.ActionResume, Reason: kv1.ReasonPreemption},
+					Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, CompletionTime: &metav1.Time{Time: now.Add(-time.Minute)}},
+				},
+			},
+			want: map[string]string{},
 		},
 		{
 			name: "under migrationMinWait: waits",
@@ -303,5 +343,23 @@ func TestReplacementName(t *testing.T) {
 		if len(got) > 63 || got[len(got)-7:] != "-m0f1e2" {
 			t.Errorf("replacementName(%s) = %s, want at most 63 characters ending in -m0f1e2", p.Name, got)
 		}
+	}
+}
+
+// The migration controller sees what the scheduler reserved in the program's ledger: a pod
+// being bound to b, which no informer shows yet, leaves no room for a move there.
+func TestScanSeesTheSchedulersReservations(t *testing.T) {
+	h100 := "NVIDIA H100 80GB HBM3"
+	a, b := gpuNode("a", h100, "580.95.05"), gpuNode("b", h100, "580.95.05")
+	pods := []*v1.Pod{gpuPod("urgent", "a", ""), gpuPod("train", "a", kv1.PodSuspended)}
+	cks := []*kv1.GPUCheckpoint{suspension("train", time.Minute)}
+	ledger := gpupod.NewLedger()
+	ledger.Reserve(gpupod.OwnerScheduler, gpuPod("binding", "b", ""), 0)
+	if got := runScanOn(t, ledger, args, []*kv1.GPUNode{a, b}, pods, cks); len(got) != 0 {
+		t.Errorf("migrations %v onto memory the scheduler reserved", got)
+	}
+	ledger.Release("binding")
+	if diff := cmp.Diff(map[string]string{"train": "b"}, runScanOn(t, ledger, args, []*kv1.GPUNode{a, b}, pods, cks)); diff != "" {
+		t.Errorf("migrations (-want +got):\n%s", diff)
 	}
 }

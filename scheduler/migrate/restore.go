@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -111,27 +112,26 @@ func (c *Controller) placeReplacement(ctx context.Context, pod *v1.Pod, ck *kv1.
 		return c.abandon(ctx, pod, ck, err.Error())
 	}
 	want := Requirements{Model: img.GPUModel, DriverVersion: img.DriverVersion, CUDADriverVersion: img.CUDADriverVersion, Simulated: img.Simulated}
-	accs := map[string]*gpupod.Accounting{}
-	node, uuids := "", []string(nil)
-	// The node chosen at the start first; any other that meets the image's needs else.
-	if gn, err := c.gpuNodes.Get(target); err == nil {
-		if ok, _ := want.Compatible(gn); ok {
-			if acc, err := c.accountingWithout(target, pod, accs); err == nil {
-				if uuids = acc.Choose(d.WithModel(want.Model), config.MostAllocated); uuids != nil {
-					node = target
-				}
-			}
-		}
+	// The replacement is created bound, past the scheduler: its GPUs are chosen under the
+	// ledger's lock and held there, first under a provisional UID (the API server gives the
+	// real one), until the pod informer shows it.
+	c.ledger.Lock()
+	node, uuids, err := c.chooseReplacement(pod, d, want, target)
+	var r *v1.Pod
+	if err == nil && node != "" {
+		r = Replacement(pod, replName, node, uuids, ck.Status.ImageLocation)
+		provisional := r.DeepCopy()
+		provisional.UID = types.UID("replacement/" + ns + "/" + replName)
+		c.ledger.Reserve(gpupod.OwnerMigration, provisional, reservationTTL)
+		defer c.ledger.Release(provisional.UID)
 	}
-	if node == "" {
-		if node, uuids, err = c.target(pod, d, want, accs); err != nil {
-			return err
-		}
+	c.ledger.Unlock()
+	if err != nil {
+		return err
 	}
 	if node == "" {
 		return c.abandon(ctx, pod, ck, fmt.Sprintf("no node with %s GPUs and driver %s has room any more", want.Model, want.DriverVersion))
 	}
-	r := Replacement(pod, replName, node, uuids, ck.Status.ImageLocation)
 	created, err := c.client.CoreV1().Pods(ns).Create(ctx, r, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil // the informer brings it
@@ -139,11 +139,33 @@ func (c *Controller) placeReplacement(ctx context.Context, pod *v1.Pod, ck *kv1.
 	if err != nil {
 		return fmt.Errorf("creating replacement %s/%s: %w", ns, replName, err)
 	}
+	c.ledger.Reserve(gpupod.OwnerMigration, created, reservationTTL)
 	klog.FromContext(ctx).V(2).Info("Created replacement pod", "pod", klog.KObj(pod), "replacement", klog.KObj(created), "node", node, "gpus", uuids, "image", ck.Status.ImageLocation)
 	c.recorder.Eventf(pod, ck, v1.EventTypeNormal, EventMigrationRestoring, "Migrate",
 		"Image %s verified (%s, digest %s); replacement %s restores it on node %s, GPUs %s", ck.Status.ImageLocation,
 		quantity(img.SizeBytes), img.Digest, created.Name, node, strings.Join(uuids, ","))
 	return c.createRestore(ctx, pod, created, ck, restoreName)
+}
+
+// reservationTTL bounds how long the ledger holds a replacement's memory when the pod
+// informer never shows the replacement.
+const reservationTTL = time.Minute
+
+// chooseReplacement picks the node and GPUs of a replacement with room for what its image
+// needs: the node chosen at the start first, any other that meets the image's needs else; no
+// node when none has room. The caller holds the ledger's lock.
+func (c *Controller) chooseReplacement(pod *v1.Pod, d gpupod.Demand, want Requirements, target string) (string, []string, error) {
+	accs := map[string]*gpupod.Accounting{}
+	if gn, err := c.gpuNodes.Get(target); err == nil {
+		if ok, _ := want.Compatible(gn); ok {
+			if acc, err := c.accountingWithout(target, pod, accs); err == nil {
+				if uuids := acc.Choose(d.WithModel(want.Model), config.MostAllocated); uuids != nil {
+					return target, uuids, nil
+				}
+			}
+		}
+	}
+	return c.target(pod, d, want, accs)
 }
 
 // createRestore asks the replacement's agent to restore its GPU memory from the image.

@@ -10,7 +10,10 @@
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
 // through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
 // pod's kybernate.io/gpus to the target GPUs and marks it Resuming, so the scheduler counts the
-// memory there from that moment and never hands those GPUs to another pod.
+// memory there from that moment and never hands those GPUs to another pod. Until its pod
+// informer shows that mark, the memory is held in the program's gpupod.Ledger: the choice is
+// made under the ledger's lock, against what GPUShare (or the extender) has reserved for pods
+// it is binding, and GPUShare sees the reservation in its next Filter and Reserve.
 //
 // A pod woken from an idle sleep that does not fit on its node suspends lower-priority pods to
 // come back (wake.go), by the rules of CheckpointPreemption, as a new pod of its priority would.
@@ -59,6 +62,9 @@ const (
 	// maxDeferredWait bounds the wait after a resume the agent deferred (its restore guard saw
 	// too little free GPU memory): a deferral is a "not yet", retried without limit.
 	maxDeferredWait = 2 * time.Minute
+	// reservationTTL bounds how long the ledger holds a resume's memory when the pod informer
+	// never shows the pod Resuming (the mark is rolled back, say).
+	reservationTTL = time.Minute
 )
 
 // Controller resumes suspended pods when their node has room.
@@ -71,17 +77,18 @@ type Controller struct {
 	checkpoints cache.Indexer
 	recorder    events.EventRecorder
 	queue       *keyqueue.Queue
+	ledger      *gpupod.Ledger
 	strategy    config.ScoringStrategyType
 	// defaultMinRuntime protects pods from a wake's preemption as from any other.
 	defaultMinRuntime time.Duration
 	now               func() time.Time
 }
 
-// New wires the controller to informers that the caller starts. It adds indexers, so it must be
-// called before the informers run.
+// New wires the controller to informers that the caller starts and to the program's ledger of
+// GPU placements. It adds indexers, so it must be called before the informers run.
 func New(client kubernetes.Interface, kybernate versioned.Interface, pods coreinformers.PodInformer,
 	gpuNodes kinformers.GPUNodeInformer, checkpoints kinformers.GPUCheckpointInformer, recorder events.EventRecorder,
-	cfg config.ControllerConfiguration) (*Controller, error) {
+	cfg config.ControllerConfiguration, ledger *gpupod.Ledger) (*Controller, error) {
 	if err := skeleton.Register(pods, checkpoints); err != nil {
 		return nil, err
 	}
@@ -93,6 +100,7 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		gpuNodes:    gpuNodes.Lister(),
 		checkpoints: checkpoints.Informer().GetIndexer(),
 		recorder:    recorder,
+		ledger:      ledger,
 		strategy:    config.MostAllocated,
 		now:         time.Now,
 
@@ -224,12 +232,47 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		return timeslice.NextFirst(corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod),
 			a.gpuTime, b.gpuTime, suspendedAt(a.suspension), suspendedAt(b.suspension))
 	})
+	c.ledger.Lock()
+	moves, wakes, err := c.place(ctx, node, gn, onNode, candidates)
+	c.ledger.Unlock()
+	if err != nil {
+		return err
+	}
+	for _, cand := range wakes {
+		if err := c.preemptForWake(ctx, gn, onNode, cand); err != nil {
+			for _, m := range moves {
+				c.ledger.Release(m.cand.pod.UID)
+			}
+			return err
+		}
+	}
+	for i, m := range moves {
+		if err := c.resume(ctx, m.cand, m.from, m.target); err != nil {
+			for _, rest := range moves[i+1:] {
+				c.ledger.Release(rest.cand.pod.UID)
+			}
+			return err
+		}
+	}
+	return nil
+}
 
-	acc := gpupod.NewAccounting(gn, onNode)
+// move is a resume decided: the pod comes back from its GPUs onto target.
+type move struct {
+	cand         candidate
+	from, target []string
+}
+
+// place chooses the candidates that fit on the node, in order, and reserves their GPUs in the
+// ledger; woken pods that do not fit are returned to make room for (outside the ledger's lock,
+// which the caller holds here).
+func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, onNode []*v1.Pod, candidates []candidate) (moves []move, wakes []candidate, err error) {
+	logger := klog.FromContext(ctx)
+	acc := gpupod.NewAccounting(gn, c.ledger.Pods(node, onNode))
 	// GPUs that nominated preemptors will take are not for resuming pods.
 	nominated, err := index.Pods(c.pods, index.PodsByNominatedNode, node)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	// A nominated pod that does not fit yet waits for the memory its victims are freeing (or
 	// for its time-slice turn): that memory is its own, so no pod of its priority or lower
@@ -243,6 +286,9 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			continue
 		}
 		claimed[p.UID] = true
+		if _, _, held := c.ledger.Placed(p.UID); held {
+			continue // being bound: counted from the ledger already
+		}
 		if d, err := gpupod.PodDemand(p); err == nil && d.Count > 0 {
 			if uuids := acc.Choose(d, c.strategy); uuids != nil {
 				acc.Take(d, uuids)
@@ -253,6 +299,9 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 	}
 
 	for _, cand := range candidates {
+		if _, _, held := c.ledger.Placed(cand.pod.UID); held {
+			continue // resumed a moment ago: the informer does not show it yet
+		}
 		if waiting && corev1helpers.PodPriority(cand.pod) <= waitingPriority {
 			logger.V(4).Info("Suspended pod waits: a nominated pod of its priority or higher waits for memory on the node", "pod", klog.KObj(cand.pod), "node", node)
 			continue
@@ -268,9 +317,7 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
 				if cand.woken {
-					if err := c.preemptForWake(ctx, gn, onNode, cand); err != nil {
-						return err
-					}
+					wakes = append(wakes, cand)
 					// The room it makes is the woken pod's: nothing of its priority or lower
 					// resumes meanwhile.
 					waiting, waitingPriority = true, max(waitingPriority, corev1helpers.PodPriority(cand.pod))
@@ -279,11 +326,18 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 			}
 			acc.Take(cand.demand, target)
 		}
-		if err := c.resume(ctx, cand, from, target); err != nil {
-			return err
-		}
+		c.ledger.Reserve(gpupod.OwnerResume, resuming(cand.pod, target), reservationTTL)
+		moves = append(moves, move{cand: cand, from: from, target: target})
 	}
-	return nil
+	return moves, wakes, nil
+}
+
+// resuming is the pod as the resume marks it: on target, Resuming.
+func resuming(pod *v1.Pod, target []string) *v1.Pod {
+	p := pod.DeepCopy()
+	p.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(target)
+	p.Annotations[kv1.AnnotationState] = string(kv1.PodResuming)
+	return p
 }
 
 // candidate reports whether a pod on the node is a suspended pod to bring back now; when it
@@ -299,6 +353,12 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
 	var suspension *kv1.GPUCheckpoint
 	for _, ck := range cks {
+		if (ck.Spec.Action == kv1.ActionSuspend || ck.Spec.Action == kv1.ActionCheckpoint) && ck.Status.Phase == kv1.PhaseInProgress {
+			// The agent marks the pod Suspended before it ends the GPUCheckpoint: until that
+			// end is seen, the latest Succeeded suspension is the one before, already resumed,
+			// and the pod's last turn is not counted in its GPU time. Its end queues the node.
+			return cand, wait, false
+		}
 		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded &&
 			(suspension == nil || suspendedAt(ck).After(suspendedAt(suspension))) {
 			suspension = ck
@@ -319,6 +379,10 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 		}
 		if !ended(ck) {
 			return cand, wait, false // in flight
+		}
+		if ck.Status.Phase == kv1.PhaseSucceeded {
+			// This suspension is over: the pod's current one is not seen yet.
+			return cand, wait, false
 		}
 		attempt++
 		if !ck.Status.Deferred() {
@@ -355,7 +419,13 @@ func comesBack(pod *v1.Pod, suspension *kv1.GPUCheckpoint) bool {
 }
 
 // resume moves the pod's GPUs to the target, marks it Resuming and asks the agent to resume it.
-func (c *Controller) resume(ctx context.Context, cand candidate, from, target []string) error {
+// The ledger holds the target's memory; it is released here when the resume is not made.
+func (c *Controller) resume(ctx context.Context, cand candidate, from, target []string) (err error) {
+	defer func() {
+		if err != nil {
+			c.ledger.Release(cand.pod.UID)
+		}
+	}()
 	logger := klog.FromContext(ctx)
 	pod := cand.pod
 	mark := map[string]string{kv1.AnnotationGPUs: gpupod.FormatGPUs(target)}
@@ -372,6 +442,7 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 	}
 	if _, err := c.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		if apierrors.IsNotFound(err) {
+			c.ledger.Release(pod.UID)
 			return nil // the pod's deletion queues the node again
 		}
 		// A conflict too is retried: the change that caused it (another controller's

@@ -128,9 +128,15 @@ type outcome struct {
 
 func runSync(t *testing.T, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
 	t.Helper()
+	return runSyncOn(t, gpupod.NewLedger(), gn, pods, cks)
+}
+
+// runSyncOn is runSync with the program's ledger.
+func runSyncOn(t *testing.T, ledger *gpupod.Ledger, gn *kv1.GPUNode, pods []*v1.Pod, cks []*kv1.GPUCheckpoint) outcome {
+	t.Helper()
 	env := controllertest.New(pods)
 	client, kclient := env.Client, env.Kybernate
-	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{})
+	c, err := New(client, kclient, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{}, ledger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,6 +384,38 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{"top": resuming("GPU-0")}, Resumed: map[string]string{"top": ""}},
 		},
 		{
+			// Found by TestRotation: the agent marks a pod Suspended before it ends the
+			// GPUCheckpoint. Read against its previous suspension (resumed already), the pod
+			// that just gave up its turn looked like the longest waiting and came back at once.
+			name: "a pod whose suspension has not ended yet is no candidate",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("yielded", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("next", 1, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("yielded", kv1.ReasonTimeSlice, time.Hour),
+				resumeAttempt("yielded", 1, kv1.PhaseSucceeded, time.Minute),
+				inFlightSuspension("yielded"),
+				suspension("next", kv1.ReasonTimeSlice, 30*time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"next": resuming("GPU-0")}, Resumed: map[string]string{"next": ""}},
+		},
+		{
+			name: "a suspension already resumed is over: the pod's next one is not seen yet",
+			gn:   gpuNode(4, 80),
+			pods: []*v1.Pod{
+				pod("yielded", 1, "60Gi", 0, kv1.PodSuspended),
+				pod("next", 1, "60Gi", 0, kv1.PodSuspended),
+			},
+			cks: []*kv1.GPUCheckpoint{
+				suspension("yielded", kv1.ReasonTimeSlice, time.Hour),
+				resumeAttempt("yielded", 1, kv1.PhaseSucceeded, time.Minute),
+				suspension("next", kv1.ReasonTimeSlice, 30*time.Minute),
+			},
+			want: outcome{Patched: map[string]map[string]string{"next": resuming("GPU-0")}, Resumed: map[string]string{"next": ""}},
+		},
+		{
 			name: "a resume in flight is not repeated",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{pod("low", 1, "40Gi", 0, kv1.PodSuspended)},
@@ -494,7 +532,7 @@ func TestResumeName(t *testing.T) {
 func TestSyncRetriesAfterConflict(t *testing.T) {
 	pods := []*v1.Pod{pod("a", 100, "10Gi", 0, kv1.PodSuspended)}
 	env := controllertest.New(pods)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{})
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{}, gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,6 +549,7 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 	if err := c.sync(t.Context(), "n1"); !apierrors.IsConflict(err) {
 		t.Fatalf("sync after a conflict: %v, want the conflict (the node is retried)", err)
 	}
+	// The failed mark released the ledger's hold on the memory: the retry resumes the pod.
 	if err := c.sync(t.Context(), "n1"); err != nil {
 		t.Fatalf("second sync: %v", err)
 	}
@@ -522,6 +561,15 @@ func TestSyncRetriesAfterConflict(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"a"}, resumed); diff != "" {
 		t.Errorf("resumed (-want +got):\n%s", diff)
+	}
+}
+
+// inFlightSuspension is a Suspend GPUCheckpoint of a pod that the agent has not ended yet.
+func inFlightSuspension(podName string) *kv1.GPUCheckpoint {
+	return &kv1.GPUCheckpoint{
+		ObjectMeta: metav1.ObjectMeta{Name: podName + "-suspend-2", Namespace: "ns", UID: types.UID(podName + "-suspension-2-uid")},
+		Spec:       kv1.GPUCheckpointSpec{PodName: podName, PodUID: podName, Action: kv1.ActionSuspend, Reason: kv1.ReasonTimeSlice},
+		Status:     kv1.GPUCheckpointStatus{Phase: kv1.PhaseInProgress, StartTime: &metav1.Time{Time: now.Add(-time.Second)}},
 	}
 }
 
@@ -539,7 +587,7 @@ func TestDeferredEvent(t *testing.T) {
 	low := pod("low", 1, "40Gi", 0, kv1.PodSuspended)
 	env := controllertest.New([]*v1.Pod{low})
 	rec := events.NewFakeRecorder(10)
-	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec, config.ControllerConfiguration{})
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, rec, config.ControllerConfiguration{}, gpupod.NewLedger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,5 +613,37 @@ func TestDeferredEvent(t *testing.T) {
 	c.deferred(ck)
 	if len(rec.Events) != 0 {
 		t.Error("an Event for a pod the GPUCheckpoint is not for")
+	}
+}
+
+// The resume controller and the scheduler share one ledger: memory the scheduler reserved for a
+// pod it is binding (no informer shows it yet) goes to no suspended pod, and a resume holds its
+// memory there until the pod informer shows the pod Resuming.
+func TestSyncSharesTheLedger(t *testing.T) {
+	gn := gpuNode(4, 80)
+	low := pod("low", 1, "60Gi", 0, kv1.PodSuspended)
+	cks := []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)}
+
+	ledger := gpupod.NewLedger()
+	binding := pod("new", 1, "60Gi", 0, "")
+	ledger.Reserve(gpupod.OwnerScheduler, binding, 0)
+	got := runSyncOn(t, ledger, gn, []*v1.Pod{low}, cks)
+	if len(got.Resumed) != 0 {
+		t.Errorf("resumed %v onto memory the scheduler reserved for a pod it is binding", got.Resumed)
+	}
+
+	ledger.Release(binding.UID)
+	got = runSyncOn(t, ledger, gn, []*v1.Pod{low}, cks)
+	if diff := cmp.Diff(map[string]string{"low": ""}, got.Resumed); diff != "" {
+		t.Errorf("resumed (-want +got):\n%s", diff)
+	}
+	node, gpus, ok := ledger.Placed(low.UID)
+	if !ok || node != "n1" || !cmp.Equal(gpus, []string{"GPU-0"}) {
+		t.Errorf("ledger holds %v %v %v for the resumed pod, want n1 [GPU-0] true", node, gpus, ok)
+	}
+	// The scheduler's view, which still shows the pod Suspended, counts its memory.
+	acc := gpupod.NewAccounting(gn, ledger.Pods("n1", []*v1.Pod{low}))
+	if acc.Fits(gpupod.Demand{Count: 1, Bytes: 60 * gi}, []string{"GPU-0"}) {
+		t.Error("the scheduler's accounting has room for 60Gi beside the pod being resumed")
 	}
 }

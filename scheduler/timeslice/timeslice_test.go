@@ -120,6 +120,30 @@ func TestUsageOf(t *testing.T) {
 			},
 		},
 		{
+			// Found by TestRotation: a preemption suspended the pod in the second its Resume
+			// began (the API's time stamps have whole seconds), the Suspend came first in the
+			// list, and the 21 s the preemptor held the GPU counted as the pod's GPU time.
+			name: "a Resume and a Suspend that began in the same second: the one written last ended last",
+			pod: func() *v1.Pod {
+				// Being resumed again now.
+				p := running("a", 1, "10Gi", 0, 10*time.Minute)
+				p.Annotations[kv1.AnnotationState] = string(kv1.PodResuming)
+				return p
+			}(),
+			cks: func() []*kv1.GPUCheckpoint {
+				sus := moved("a", kv1.ActionSuspend, kv1.ReasonPreemption, 3*time.Minute, 3*time.Minute-time.Second)
+				res := moved("a", kv1.ActionResume, kv1.ReasonTimeSlice, 3*time.Minute, 3*time.Minute)
+				sus.Name, sus.ResourceVersion, res.ResourceVersion = "a-suspend-2", "725", "703"
+				return []*kv1.GPUCheckpoint{
+					sus, res,
+					moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 4*time.Minute, 4*time.Minute),
+				}
+			}(),
+			// Resident from its start until the first suspension (6 min), back for no time
+			// until the resume now.
+			want: Usage{Received: 6 * time.Minute, Completed: 6 * time.Minute, TurnStart: now, MoveCost: time.Second},
+		},
+		{
 			name: "resumed, the Resume not seen yet: the turn began when the pod became resident",
 			pod: func() *v1.Pod {
 				p := running("a", 1, "10Gi", 0, 10*time.Minute)

@@ -3,6 +3,7 @@ package timeslice
 import (
 	"cmp"
 	"slices"
+	"strconv"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -36,6 +37,8 @@ type Usage struct {
 type change struct {
 	began, at time.Time
 	resident  bool
+	// order is the GPUCheckpoint's resourceVersion: its last write, the end of the action.
+	order uint64
 }
 
 // Resident reports whether the pod is on its GPUs now.
@@ -51,8 +54,10 @@ func (u Usage) TurnFrom() time.Time { return maxTime(u.TurnStart, u.TurnRenewed)
 // its first step, Lock), and again from the end of a Resume or Restore. Failed actions move
 // nothing. The agent runs one action of a pod at a time, so the actions are taken in the order
 // they began; a time stamp out of that order (an end written a moment after the next action's
-// start) shortens an interval to nothing rather than reordering the moves. Whether the pod is
-// resident now is the pod's own kybernate.io/state.
+// start) shortens an interval to nothing rather than reordering the moves. The API's time
+// stamps have whole seconds: actions that began in the same second are taken in the order they
+// were last written (resourceVersion, an etcd revision), the order the agent ended them.
+// Whether the pod is resident now is the pod's own kybernate.io/state.
 func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 	var u Usage
 	if pod.Status.StartTime == nil {
@@ -66,18 +71,20 @@ func UsageOf(pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) Usage {
 		}
 		switch ck.Spec.Action {
 		case kv1.ActionSuspend, kv1.ActionCheckpoint:
-			changes = append(changes, change{began: started(ck), at: started(ck), resident: false})
+			changes = append(changes, change{began: started(ck), at: started(ck), resident: false, order: revision(ck)})
 			if ck.Spec.Action == kv1.ActionSuspend && (lastSuspend == nil || started(ck).After(started(lastSuspend))) {
 				lastSuspend = ck
 			}
 		case kv1.ActionResume, kv1.ActionRestore:
-			changes = append(changes, change{began: started(ck), at: completed(ck), resident: true})
+			changes = append(changes, change{began: started(ck), at: completed(ck), resident: true, order: revision(ck)})
 			if ck.Spec.Action == kv1.ActionResume && (lastResume == nil || completed(ck).After(completed(lastResume))) {
 				lastResume = ck
 			}
 		}
 	}
-	slices.SortStableFunc(changes, func(a, b change) int { return a.began.Compare(b.began) })
+	slices.SortStableFunc(changes, func(a, b change) int {
+		return cmp.Or(a.began.Compare(b.began), cmp.Compare(a.order, b.order))
+	})
 
 	since, resident := pod.Status.StartTime.Time, true
 	for _, c := range changes {
@@ -150,6 +157,12 @@ func NextFirst(aPriority, bPriority int32, aReceived, bReceived time.Duration, a
 		cmp.Compare(aReceived, bReceived),
 		aSince.Compare(bSince),
 	)
+}
+
+// revision is the GPUCheckpoint's resourceVersion as a number; 0 when it has none.
+func revision(ck *kv1.GPUCheckpoint) uint64 {
+	n, _ := strconv.ParseUint(ck.ResourceVersion, 10, 64)
+	return n
 }
 
 func started(ck *kv1.GPUCheckpoint) time.Time {

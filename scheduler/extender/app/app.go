@@ -33,6 +33,7 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/controllers"
 	"github.com/kybernate/kybernate/scheduler/extender"
 )
@@ -167,13 +168,19 @@ func Build(ctx context.Context, o *Options, ctrlCfg *config.ControllerConfigurat
 			return err
 		},
 	}
+	// One ledger of GPU placements for the extender's binds and the controllers: each sees
+	// what the other placed before the informers show it.
+	ledger := gpupod.NewLedger()
+	if err := ledger.Watch(podInformer); err != nil {
+		return nil, nil, err
+	}
 	ext, err := extender.New(extender.Options{Strategy: config.ScoringStrategyType(o.ScoringStrategy), DefaultMinRuntime: o.DefaultMinRuntime},
-		api, podInformer, gpuNodes.Lister(), checkpoints.Informer().GetIndexer(), recorder)
+		api, podInformer, gpuNodes.Lister(), checkpoints.Informer().GetIndexer(), recorder, ledger)
 	if err != nil {
 		return nil, nil, err
 	}
 	extender.RegisterMetrics()
-	mgr, err := controllers.New(controllers.Deps{Client: client, Kybernate: kyb, Informers: factory, KybernateInformers: kfactory, Recorder: recorder}, ctrlCfg)
+	mgr, err := controllers.New(controllers.Deps{Client: client, Kybernate: kyb, Informers: factory, KybernateInformers: kfactory, Recorder: recorder, Ledger: ledger}, ctrlCfg)
 	if err != nil {
 		return nil, nil, err
 	}

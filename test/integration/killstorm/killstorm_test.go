@@ -26,7 +26,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 	"github.com/kybernate/kybernate/test/util"
 )
@@ -84,13 +83,6 @@ func (s storm) between(lo, hi time.Duration) time.Duration {
 }
 
 func TestKillStorm(t *testing.T) {
-	if on, _ := strconv.ParseBool(os.Getenv("KYBERNATE_KILLSTORM")); !on {
-		// A known race fails the audit in some runs: the scheduler binds a pending pod while the
-		// resume or migration controller resumes or restores another onto the same freed memory
-		// (each sees the other only through informers). Until one ledger serves both, the storm
-		// runs on request.
-		ci.Skip(t, "the kill storm runs with KYBERNATE_KILLSTORM=true: it finds a known race (scheduler and resume/migration controllers allocating the same free GPU memory)")
-	}
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	ctx := t.Context()

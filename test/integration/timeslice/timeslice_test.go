@@ -5,8 +5,6 @@ package timeslice
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +15,6 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/sim"
-	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 	"github.com/kybernate/kybernate/test/util"
 )
@@ -168,12 +165,6 @@ func (w *watcher) slowestMove() time.Duration {
 // pod interrupts the rotation and it continues after the pod is gone. The GPU-time shares are
 // logged as figures: they depend on the machine's speed.
 func TestRotation(t *testing.T) {
-	if on, _ := strconv.ParseBool(os.Getenv("KYBERNATE_ROTATION")); !on {
-		// Quarantined: after the high-priority interruption not every pod progressed again
-		// within 50 s in one CI-mode run (and turns given up came out 3/4/4 in another), once the
-		// resume controller held memory for waiting nominated pods. Under investigation.
-		ci.Skip(t, "TestRotation runs with KYBERNATE_ROTATION=true: quarantined, the rotation after a high-priority interruption stalled in a CI-mode run")
-	}
 	e := setup(t)
 	ns := e.c.CreateNamespace(t)
 	names := []string{"a", "b", "c"}

@@ -1,0 +1,239 @@
+package gpupod
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// Owners of ledger reservations, for logs and tests.
+const (
+	OwnerScheduler = "scheduler" // GPUShare's Reserve, or the extender's bind
+	OwnerResume    = "resume"    // the resume controller's Resuming mark
+	OwnerMigration = "migration" // the migration controller's replacement pod
+)
+
+// seenGrace is how long a reservation outlives the moment the pod informer first showed its
+// placement: a scheduling cycle that began before that moment still works on an older
+// snapshot of the pod. Cycles last milliseconds; the grace is generous on purpose.
+const seenGrace = 5 * time.Second
+
+// Ledger is the one record of GPU placements that a process (kybernate-scheduler, or
+// kybernate-extender) has decided but its pod informer may not show yet. Everything in the
+// process that places GPU memory goes through it: GPUShare's Reserve and the extender's bind
+// for pending pods, the resume controller for suspended pods it resumes, the migration
+// controller for the replacement pods it creates. Each builds its accounting from the pods it
+// sees as the ledger corrects them (Pods), chooses GPUs and records the choice (Reserve)
+// while holding the ledger's lock (Lock), so no two of them hand out the same free memory,
+// however far behind each other's informers and snapshots are.
+//
+// A reservation ends when its owner releases it (an unreserve, a failed API call), when the
+// pod is deleted or shows up bound to another node, when its time to live passes before the
+// pod informer showed it, and seenGrace after the informer showed the pod placed as reserved.
+type Ledger struct {
+	// place serializes placements: a choice made from Pods while holding it and recorded
+	// with Reserve before it is released is seen by every later choice.
+	place sync.Mutex
+	mu    sync.RWMutex
+	byPod map[types.UID]*reservation
+	now   func() time.Time
+}
+
+type reservation struct {
+	owner string
+	// pod is the pod as placed: spec.nodeName, kybernate.io/gpus and kybernate.io/state as
+	// they will be.
+	pod *v1.Pod
+	// expires is when an unseen reservation is dropped; zero for never (its owner releases it).
+	expires time.Time
+	// seen is when the pod informer first showed the placement; zero until then.
+	seen time.Time
+}
+
+// NewLedger returns an empty ledger. A program makes one and hands it to every part that
+// places GPU memory.
+func NewLedger() *Ledger {
+	return &Ledger{byPod: map[types.UID]*reservation{}, now: time.Now}
+}
+
+// Lock takes the ledger's placement lock. Hold it from building the accounting (Pods) to
+// recording the choice (Reserve); never across an API call.
+func (l *Ledger) Lock() { l.place.Lock() }
+
+// Unlock releases the placement lock.
+func (l *Ledger) Unlock() { l.place.Unlock() }
+
+// Reserve records that the pod is placed as given: placed is a copy of the version of the pod
+// the choice was made from (its UID and resourceVersion) with its node in spec.nodeName, its
+// GPUs in kybernate.io/gpus and the kybernate.io/state it will have. ttl
+// bounds the wait for the pod informer to show it (zero: until released). A reservation for
+// the same pod replaces the earlier one.
+func (l *Ledger) Reserve(owner string, placed *v1.Pod, ttl time.Duration) {
+	r := &reservation{owner: owner, pod: placed.DeepCopy()}
+	now := l.now()
+	if ttl > 0 {
+		r.expires = now.Add(ttl)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.purge(now)
+	l.byPod[placed.UID] = r
+}
+
+// Release forgets the pod's reservation.
+func (l *Ledger) Release(uid types.UID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.byPod, uid)
+}
+
+// Placed returns the node and GPUs reserved for the pod, and whether there is a reservation.
+func (l *Ledger) Placed(uid types.UID) (node string, gpus []string, ok bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	r, ok := l.byPod[uid]
+	if !ok || !l.live(r, l.now()) {
+		return "", nil, false
+	}
+	return r.pod.Spec.NodeName, AssignedGPUs(r.pod), true
+}
+
+// Observe takes a version of a pod from the pod informer: once it shows the reserved
+// placement the reservation runs out after seenGrace; a pod bound to another node, or
+// finished, ends it at once.
+func (l *Ledger) Observe(pod *v1.Pod) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	l.purge(now)
+	r, ok := l.byPod[pod.UID]
+	if !ok {
+		return
+	}
+	switch {
+	case pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed,
+		pod.Spec.NodeName != "" && pod.Spec.NodeName != r.pod.Spec.NodeName:
+		delete(l.byPod, pod.UID)
+	case r.seen.IsZero() && shows(pod, r.pod):
+		r.seen = now
+	}
+}
+
+// Pods returns the pods of the node as the ledger corrects them: a listed pod whose version
+// does not show its reservation and is the version the reservation was made from (or an older
+// one) is replaced by its reserved placement, and reserved pods
+// the list lacks are added while the pod informer has not shown them (once it has, a pod
+// missing from the list was left out on purpose: a victim in a preemption dry run). pods are
+// the node's pods as the caller sees them (the scheduler's snapshot, an informer); the result
+// shares them.
+func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if len(l.byPod) == 0 {
+		return pods
+	}
+	now := l.now()
+	out := make([]*v1.Pod, 0, len(pods))
+	listed := make(map[types.UID]bool, len(pods))
+	for _, p := range pods {
+		listed[p.UID] = true
+		if r, ok := l.byPod[p.UID]; ok && l.live(r, now) && r.pod.Spec.NodeName == node && !shows(p, r.pod) && stale(p, r.pod) {
+			p = r.pod
+		}
+		out = append(out, p)
+	}
+	for uid, r := range l.byPod {
+		if !listed[uid] && r.seen.IsZero() && r.pod.Spec.NodeName == node && l.live(r, now) {
+			out = append(out, r.pod)
+		}
+	}
+	return out
+}
+
+// Watch keeps the ledger up to date from the program's pod informer: every version of a pod
+// goes to Observe, a deleted pod's reservation ends. Call it once per ledger, before the
+// informer starts.
+func (l *Ledger) Watch(pods cache.SharedIndexInformer) error {
+	_, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj interface{}) { l.observe(obj) },
+		UpdateFunc: func(_, obj interface{}) { l.observe(obj) },
+		DeleteFunc: func(obj interface{}) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if pod, ok := obj.(*v1.Pod); ok {
+				l.Release(pod.UID)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("watching pods for the GPU ledger: %w", err)
+	}
+	return nil
+}
+
+func (l *Ledger) observe(obj interface{}) {
+	if pod, ok := obj.(*v1.Pod); ok {
+		l.Observe(pod)
+	}
+}
+
+// Len is the number of reservations held, live or not yet purged.
+func (l *Ledger) Len() int {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.byPod)
+}
+
+func (l *Ledger) live(r *reservation, now time.Time) bool {
+	if !r.seen.IsZero() {
+		return now.Before(r.seen.Add(seenGrace))
+	}
+	return r.expires.IsZero() || now.Before(r.expires)
+}
+
+// purge drops reservations that are no longer live; l.mu is held.
+func (l *Ledger) purge(now time.Time) {
+	for uid, r := range l.byPod {
+		if !l.live(r, now) {
+			delete(l.byPod, uid)
+		}
+	}
+}
+
+// stale reports whether a listed version of a pod is the version a reservation was made from
+// (placed keeps its resourceVersion) or an older one: the view of a caller that has not caught
+// up. A newer version that does not show the placement is no stale view but a change made
+// since (the agent rolled the resume back) or a copy a caller made on purpose (CheckpointPreemption's
+// dry run suspends its candidates on copies): it counts as it is. Resource versions are etcd
+// revisions; they are compared as numbers only to tell older from newer, equality else.
+func stale(listed, placed *v1.Pod) bool {
+	if listed.ResourceVersion == placed.ResourceVersion {
+		return true
+	}
+	l, errL := strconv.ParseUint(listed.ResourceVersion, 10, 64)
+	b, errB := strconv.ParseUint(placed.ResourceVersion, 10, 64)
+	return errL == nil && errB == nil && l < b
+}
+
+// shows reports whether a version of a pod carries the reserved placement: on the node, on
+// the GPUs, in the reserved state or already past it (Running). A resumed pod that runs is
+// past it wherever the agent put it.
+func shows(pod, placed *v1.Pod) bool {
+	if pod.Spec.NodeName != placed.Spec.NodeName {
+		return false
+	}
+	s := StateOf(pod)
+	if StateOf(placed) == kv1.PodResuming && s == kv1.PodRunning {
+		return true
+	}
+	return slices.Equal(AssignedGPUs(pod), AssignedGPUs(placed)) && (s == StateOf(placed) || s == kv1.PodRunning)
+}

@@ -1,0 +1,264 @@
+package gpupod
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kybernate/kybernate/apis/config"
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/test/util"
+)
+
+const ledgerGiB = int64(1) << 30
+
+// ledgerNode is a node of two 80 GiB GPUs, GPU-0 and GPU-1, four slots each.
+func ledgerNode() *kv1.GPUNode {
+	slots := int32(4)
+	gn := &kv1.GPUNode{Spec: kv1.GPUNodeSpec{SlotsPerGPU: &slots}}
+	for i := range 2 {
+		gn.Status.GPUs = append(gn.Status.GPUs, kv1.GPUStatus{UUID: fmt.Sprintf("GPU-%d", i), Index: int32(i), MemoryTotalBytes: 80 * ledgerGiB})
+	}
+	return gn
+}
+
+// ledgerPod is a pod of 50Gi on one GPU; node and gpu empty leave it pending.
+func ledgerPod(name, node, gpu string, state kv1.PodGPUState) *v1.Pod {
+	w := util.MakePod().Namespace("ns").Name(name).UID(name).GPU(1).GPUMemory("50Gi")
+	if node != "" {
+		w = w.Node(node)
+	}
+	if gpu != "" {
+		w = w.Annotation(kv1.AnnotationGPUs, gpu)
+	}
+	if state != "" {
+		w = w.Annotation(kv1.AnnotationState, string(state))
+	}
+	return w.Obj()
+}
+
+// free is the 50Gi pods each GPU of the node can still take, by the accounting of pods as
+// the ledger corrects them.
+func free(l *Ledger, pods []*v1.Pod) map[string]bool {
+	acc := NewAccounting(ledgerNode(), l.Pods("n1", pods))
+	d := Demand{Count: 1, Bytes: 50 * ledgerGiB}
+	return map[string]bool{"GPU-0": acc.Fits(d, []string{"GPU-0"}), "GPU-1": acc.Fits(d, []string{"GPU-1"})}
+}
+
+func TestLedgerPods(t *testing.T) {
+	tests := []struct {
+		name    string
+		reserve []*v1.Pod // reservations, as placed
+		listed  []*v1.Pod // the node's pods as the caller sees them
+		want    map[string]bool
+	}{
+		{
+			name:   "nothing reserved: the list as it is",
+			listed: []*v1.Pod{ledgerPod("a", "n1", "GPU-0", "")},
+			want:   map[string]bool{"GPU-0": false, "GPU-1": true},
+		},
+		{
+			name:    "a pod the scheduler placed that no informer shows yet counts",
+			reserve: []*v1.Pod{ledgerPod("new", "n1", "GPU-1", "")},
+			want:    map[string]bool{"GPU-0": true, "GPU-1": false},
+		},
+		{
+			name:    "a reservation on another node does not count here",
+			reserve: []*v1.Pod{ledgerPod("new", "n2", "GPU-1", "")},
+			want:    map[string]bool{"GPU-0": true, "GPU-1": true},
+		},
+		{
+			name:    "an assumed pod without its GPUs yet takes the reserved ones",
+			reserve: []*v1.Pod{ledgerPod("new", "n1", "GPU-0", "")},
+			listed:  []*v1.Pod{ledgerPod("new", "n1", "", "")},
+			want:    map[string]bool{"GPU-0": false, "GPU-1": true},
+		},
+		{
+			// The scheduler's snapshot still shows the pod Suspended: it holds no memory there,
+			// but the resume controller has given it GPU-1.
+			name:    "a suspended pod being resumed counts on its target GPUs",
+			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-1", kv1.PodResuming)},
+			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended)},
+			want:    map[string]bool{"GPU-0": true, "GPU-1": false},
+		},
+		{
+			name:    "a resume in place counts while the pod still shows Suspended",
+			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)},
+			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended)},
+			want:    map[string]bool{"GPU-0": false, "GPU-1": true},
+		},
+		{
+			name:    "a resumed pod that runs counts where it runs",
+			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)},
+			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-1", kv1.PodRunning)},
+			want:    map[string]bool{"GPU-0": true, "GPU-1": false},
+		},
+		{
+			name:    "a pod that shows its placement counts as it is",
+			reserve: []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)},
+			listed:  []*v1.Pod{ledgerPod("back", "n1", "GPU-0", kv1.PodRunning)},
+			want:    map[string]bool{"GPU-0": false, "GPU-1": true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := NewLedger()
+			for _, p := range tt.reserve {
+				l.Reserve(OwnerScheduler, p, 0)
+			}
+			if diff := cmp.Diff(tt.want, free(l, tt.listed)); diff != "" {
+				t.Errorf("GPUs with room for 50Gi (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// fakeClock is a clock the test moves.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func TestLedgerEnds(t *testing.T) {
+	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	suspended := ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended)
+	placed := ledgerPod("back", "n1", "GPU-0", kv1.PodResuming)
+	tests := []struct {
+		name string
+		ttl  time.Duration
+		// observed are the versions the pod informer brings, in order, each after step.
+		observed []*v1.Pod
+		step     time.Duration
+		release  bool
+		want     bool // whether the reservation still counts at the end
+	}{
+		{name: "unseen, no time to live: counts until released", step: time.Hour, want: true},
+		{name: "released by its owner", release: true, want: false},
+		{name: "unseen past its time to live", ttl: time.Minute, step: 2 * time.Minute, want: false},
+		{name: "unseen within its time to live", ttl: time.Minute, step: 30 * time.Second, want: true},
+		{
+			// An older version (a label change, say) shows the same node and GPUs but not the
+			// state: it is no sign of the placement.
+			name: "a version without the placement does not start the grace", observed: []*v1.Pod{suspended, suspended},
+			step: seenGrace, want: true,
+		},
+		{name: "shown placed: counts within the grace", observed: []*v1.Pod{placed}, step: seenGrace / 2, want: true},
+		{name: "shown placed: ends after the grace", observed: []*v1.Pod{placed, placed}, step: seenGrace, want: false},
+		{name: "bound to another node: ends", observed: []*v1.Pod{ledgerPod("back", "n2", "GPU-7", "")}, want: false},
+		{name: "finished: ends", observed: []*v1.Pod{func() *v1.Pod {
+			p := placed.DeepCopy()
+			p.Status.Phase = v1.PodSucceeded
+			return p
+		}()}, want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &fakeClock{t: start}
+			l := NewLedger()
+			l.now = clock.now
+			l.Reserve(OwnerResume, placed, tt.ttl)
+			for _, p := range tt.observed {
+				l.Observe(p)
+				clock.t = clock.t.Add(tt.step)
+			}
+			if len(tt.observed) == 0 {
+				clock.t = clock.t.Add(tt.step)
+			}
+			if tt.release {
+				l.Release(placed.UID)
+			}
+			// The caller's view still shows the pod Suspended: only a live reservation
+			// makes it count.
+			got := !free(l, []*v1.Pod{suspended})["GPU-0"]
+			if got != tt.want {
+				t.Errorf("reservation counts = %v, want %v", got, tt.want)
+			}
+			if _, _, ok := l.Placed(placed.UID); ok != tt.want {
+				t.Errorf("Placed ok = %v, want %v", ok, tt.want)
+			}
+		})
+	}
+}
+
+// A pod the informer has shown is not added back to a list that leaves it out: CheckpointPreemption
+// removes its victims from the node to see whether the preemptor fits without them.
+func TestLedgerSeenPodLeftOut(t *testing.T) {
+	l := NewLedger()
+	placed := ledgerPod("a", "n1", "GPU-0", "")
+	l.Reserve(OwnerScheduler, placed, 0)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": false, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("before the informer shows the pod (-want +got):\n%s", diff)
+	}
+	l.Observe(placed)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("the pod left out as a victim (-want +got):\n%s", diff)
+	}
+	// Within the grace an older version that does not show the placement still counts as
+	// placed (a snapshot taken before the informer's update).
+	if diff := cmp.Diff(map[string]bool{"GPU-0": false, "GPU-1": true}, free(l, []*v1.Pod{ledgerPod("a", "n1", "", "")})); diff != "" {
+		t.Errorf("an older version of the pod (-want +got):\n%s", diff)
+	}
+}
+
+// Only the version a reservation was made from, or an older one, is a stale view the ledger
+// corrects: a newer version that does not show the placement is a change since or a copy made
+// on purpose, and counts as it is.
+func TestLedgerCorrectsOnlyStaleVersions(t *testing.T) {
+	version := func(p *v1.Pod, rv string) *v1.Pod {
+		p.ResourceVersion = rv
+		return p
+	}
+	l := NewLedger()
+	l.Reserve(OwnerResume, version(ledgerPod("back", "n1", "GPU-0", kv1.PodResuming), "100"), time.Minute)
+	for _, tt := range []struct {
+		rv   string
+		want bool // GPU-0 free
+	}{{"100", false}, {"99", false}, {"101", true}} {
+		got := free(l, []*v1.Pod{version(ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended), tt.rv)})["GPU-0"]
+		if got != tt.want {
+			t.Errorf("pod Suspended at resourceVersion %s: GPU-0 free = %v, want %v", tt.rv, got, tt.want)
+		}
+	}
+}
+
+// TestLedgerSerializesPlacements: placers that each build their accounting from their own
+// stale view of the node (nothing on it) and choose under the ledger's lock never hand out the
+// same memory: of eight 50Gi pods, one fits on each 80 GiB GPU.
+func TestLedgerSerializesPlacements(t *testing.T) {
+	l := NewLedger()
+	d := Demand{Count: 1, Bytes: 50 * ledgerGiB}
+	var wg sync.WaitGroup
+	placedOn := make([][]string, 8)
+	for i := range placedOn {
+		wg.Go(func() {
+			l.Lock()
+			defer l.Unlock()
+			acc := NewAccounting(ledgerNode(), l.Pods("n1", nil))
+			gpus := acc.Choose(d, config.MostAllocated)
+			if gpus == nil {
+				return
+			}
+			p := ledgerPod(fmt.Sprintf("p%d", i), "n1", FormatGPUs(gpus), "")
+			l.Reserve(OwnerScheduler, p, 0)
+			placedOn[i] = gpus
+		})
+	}
+	wg.Wait()
+	count := map[string]int{}
+	for _, gpus := range placedOn {
+		for _, g := range gpus {
+			count[g]++
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"GPU-0": 1, "GPU-1": 1}, count); diff != "" {
+		t.Errorf("pods placed per GPU (-want +got):\n%s", diff)
+	}
+	if n := l.Len(); n != 2 {
+		t.Errorf("%d reservations, want 2", n)
+	}
+	l.Release(types.UID("p0"))
+}
