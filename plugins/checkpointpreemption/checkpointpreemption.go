@@ -58,6 +58,8 @@ type CheckpointPreemption struct {
 	// createCheckpoint creates a GPUCheckpoint; a field so tests can see what is created.
 	createCheckpoint func(ctx context.Context, ck *kv1.GPUCheckpoint) error
 	now              func() time.Time
+	// gated moves preemptors PreEnqueue held back to the active queue when their preemption ends.
+	gated *reactivator
 }
 
 var (
@@ -112,6 +114,8 @@ func newOn(ctx context.Context, obj runtime.Object, fh framework.Handle, shared 
 	// until every GPUCheckpoint of its preemption exists.
 	pl.evaluator = preemption.NewEvaluator(Name, fh, pl, utilfeature.DefaultFeatureGate.Enabled(features.SchedulerAsyncPreemption))
 	pl.evaluator.PreemptPod = pl.suspend
+	pl.gated = &reactivator{watching: map[types.UID]bool{}, running: pl.evaluator.IsPodRunningPreemption,
+		activate: fh.Activate, interval: 50 * time.Millisecond, timeout: gateTimeout}
 	return pl, nil
 }
 
@@ -123,9 +127,13 @@ func newPlugin(fh framework.Handle, args config.CheckpointPreemptionArgs, gpuNod
 func (pl *CheckpointPreemption) Name() string { return Name }
 
 // PreEnqueue holds a preemptor back while its suspensions are still being requested (async
-// preemption), so that it does not run into the same full node meanwhile.
-func (pl *CheckpointPreemption) PreEnqueue(_ context.Context, pod *v1.Pod) *fwk.Status {
+// preemption), so that it does not run into the same full node meanwhile; the pod goes back to
+// the active queue when the preemption ends (reactivator).
+func (pl *CheckpointPreemption) PreEnqueue(ctx context.Context, pod *v1.Pod) *fwk.Status {
 	if pl.evaluator != nil && pl.evaluator.IsPodRunningPreemption(pod.UID) {
+		if pl.gated != nil {
+			pl.gated.watch(klog.FromContext(ctx), pod)
+		}
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "waiting for the suspensions this pod asked for to be requested")
 	}
 	return nil
