@@ -43,19 +43,25 @@ type plan struct {
 	// kybernate.io/gpu-time annotation should say; "" removes the label.
 	labels   map[types.UID]string
 	gpuTimes map[types.UID]string
+	// moving are pods in the middle of a move (a suspension, resume or migration in flight):
+	// they are no members now, but keep their label and GPU time until the move ends, so that
+	// a rotating pod's label does not flap.
+	moving map[types.UID]bool
 	// recheck is when the node must be looked at again (zero: on events only).
 	recheck time.Time
 }
 
 // plan decides the rotations due on a node at now. It changes nothing.
 func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time.Time) plan {
-	p := plan{labels: map[types.UID]string{}, gpuTimes: map[types.UID]string{}}
+	p := plan{labels: map[types.UID]string{}, gpuTimes: map[types.UID]string{}, moving: map[types.UID]bool{}}
 	var running, waiting []*member
 	for _, pod := range onNode {
 		if m := c.runningMember(pod, now); m != nil {
 			running = append(running, m)
 		} else if m := c.suspendedMember(pod, now); m != nil {
 			waiting = append(waiting, m)
+		} else if c.inMove(pod) {
+			p.moving[pod.UID] = true
 		}
 	}
 	for _, pod := range nominated {
@@ -201,6 +207,17 @@ func (c *Controller) runningMember(pod *v1.Pod, now time.Time) *member {
 		return nil
 	}
 	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: u, quantum: Quantum(c.args, pod, u)}
+}
+
+// inMove reports whether a pod is between two states: a move of the agent in flight, or a
+// state between running and suspended.
+func (c *Controller) inMove(pod *v1.Pod) bool {
+	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
+	case "", kv1.PodRunning, kv1.PodSuspended:
+	default:
+		return true
+	}
+	return slices.ContainsFunc(index.Checkpoints(c.checkpoints, string(pod.UID)), func(ck *kv1.GPUCheckpoint) bool { return !ended(ck) })
 }
 
 // suspendedMember returns a pod suspended to make room (reason TimeSlice or Preemption) as a

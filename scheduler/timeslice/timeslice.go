@@ -159,6 +159,9 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		}
 	}
 	for _, pod := range slices.Concat(onNode, nominated) {
+		if p.moving[pod.UID] {
+			continue
+		}
 		if err := c.label(ctx, pod, p.labels, p.gpuTimes); err != nil {
 			return err
 		}

@@ -530,6 +530,19 @@ func TestSyncLabelsOnlyWhatChanged(t *testing.T) {
 	}
 }
 
+// A pod in the middle of a move keeps its label until the move ends: the label of a rotating
+// pod does not flap through "removed".
+func TestSyncKeepsTheLabelOfAPodInAMove(t *testing.T) {
+	yielding := running("a", 1, "60Gi", 0, time.Hour)
+	yielding.Labels = map[string]string{kv1.LabelTimeSlice: kv1.TimeSliceRunning}
+	inFlight := moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, time.Second, 0)
+	inFlight.Status = kv1.GPUCheckpointStatus{Phase: kv1.PhaseInProgress}
+	got := runSync(t, gpuNode(4, 80), []*v1.Pod{yielding}, []*kv1.GPUCheckpoint{inFlight})
+	if len(got.Labels) != 0 {
+		t.Errorf("labels patched %v while the pod's suspension runs, want none", got.Labels)
+	}
+}
+
 func TestTurnName(t *testing.T) {
 	start := time.Unix(1700000000, 0)
 	if got := turnName(&v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "Train-1"}}, start); got != "train-1-turn-1700000000" {
