@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os/signal"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,8 +21,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/component-base/featuregate"
-	logsapi "k8s.io/component-base/logs/api/v1"
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/component-base/metrics/legacyregistry"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
@@ -35,38 +31,18 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kscheme "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/scheme"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
+	"github.com/kybernate/kybernate/internal/daemon"
 )
 
 // NewCommand returns the kybernate-activator command.
 func NewCommand() *cobra.Command {
 	o := NewOptions()
-	featureGate := featuregate.NewFeatureGate()
-	cmd := &cobra.Command{
-		Use:   "kybernate-activator",
-		Short: "Kybernate activator: scale to zero for GPU inference Services",
-		Long: `kybernate-activator is a reverse proxy in front of Services whose pods opt into scale to zero
+	return daemon.Command("kybernate-activator", "Kybernate activator: scale to zero for GPU inference Services",
+		`kybernate-activator is a reverse proxy in front of Services whose pods opt into scale to zero
 (kybernate.io/idle-after). It suspends pods that had no request for that long, holds the requests that
 arrive while they sleep, asks the scheduler to resume them and forwards the held requests once a pod
 is ready.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := logsapi.ValidateAndApply(o.Logs, featureGate); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return Run(ctx, o)
-		},
-	}
-	if err := logsapi.AddFeatureGates(featureGate); err != nil {
-		panic(err) // a programming error: the gates are added once to a new gate
-	}
-	o.AddFlags(cmd.Flags())
-	featureGate.AddFlag(cmd.Flags())
-	return cmd
+		o.Logs, o, func(ctx context.Context) error { return Run(ctx, o) })
 }
 
 // Run runs the activator until ctx ends.

@@ -14,11 +14,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -35,8 +33,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/component-base/featuregate"
-	logsapi "k8s.io/component-base/logs/api/v1"
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/component-base/metrics/legacyregistry"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest client metrics
@@ -48,6 +44,7 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/internal/daemon"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/engine"
@@ -63,34 +60,13 @@ import (
 // NewCommand returns the kybernate-agent command.
 func NewCommand() *cobra.Command {
 	o := NewOptions()
-	featureGate := featuregate.NewFeatureGate()
-	cmd := &cobra.Command{
-		Use:   "kybernate-agent",
-		Short: "Kybernate node agent: reports GPUs, suspends and resumes GPU pods",
-		Long: `kybernate-agent runs on every GPU node. It reports the node's GPUs, the pods on them and the host
+	return daemon.Command("kybernate-agent", "Kybernate node agent: reports GPUs, suspends and resumes GPU pods",
+		`kybernate-agent runs on every GPU node. It reports the node's GPUs, the pods on them and the host
 memory that can hold parked GPU memory in the node's GPUNode, advertises kybernate.io/gpu capacity, and
 suspends and resumes GPU pods for GPUCheckpoint objects and its gRPC API.
 
 With --simulate one agent serves many kwok nodes with simulated GPUs; nothing touches a real GPU.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := logsapi.ValidateAndApply(o.Logs, featureGate); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return Run(ctx, o)
-		},
-	}
-	if err := logsapi.AddFeatureGates(featureGate); err != nil {
-		panic(err) // a programming error: the gates are added once to a new gate
-	}
-	o.AddFlags(cmd.Flags())
-	featureGate.AddFlag(cmd.Flags())
-	return cmd
+		o.Logs, o, func(ctx context.Context) error { return Run(ctx, o) })
 }
 
 // Run runs the agent until ctx ends.
