@@ -134,6 +134,7 @@ launch() {
   # 8>&-: the daemon must not hold this folder's lock after cluster-up exits.
   setsid "${KYBERNATE_BIN_DIR}/${name}" "$@" </dev/null >>"${LOGS}/${name}.log" 2>&1 8>&- &
   echo "$!" >"${RUN}/${name}.pid"
+  await_exec "$!" "${KYBERNATE_BIN_DIR}/${name}"
 }
 
 # healthy NAME: the component answers its health endpoint.

@@ -93,6 +93,19 @@ pid_matches() {
   [[ -z "${arg}" || "${cmdline}" == *"${arg}"* ]]
 }
 
+# await_exec PID BINARY: waits (5 s at most) until the background child PID, started as
+# `setsid BINARY ... &`, runs BINARY or is gone. Until setsid execs it, PID runs the shell or
+# setsid, and pid_matches would read a starting daemon as one that exited.
+await_exec() {
+  local pid="$1" binary="$2" exe argv0 i
+  for ((i = 0; i < 100; i++)); do
+    exe="$(readlink "/proc/${pid}/exe" 2>/dev/null)" || return 0
+    argv0="$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | head -1)"
+    [[ "${exe% (deleted)}" != "${binary}" && "${argv0}" != "${binary}" ]] || return 0
+    sleep 0.05
+  done
+}
+
 # proc_state PID: the one-letter state of PID (R, S, Z, ...), empty when gone.
 proc_state() {
   local stat

@@ -226,6 +226,7 @@ launch() {
   # 8>&-: the daemon must not hold the machine's node lock after node-up exits.
   PATH="${DIR}/bin:${CRIU_DIR}:${PATH}" setsid "${binary}" "$@" </dev/null >>"${DIR}/logs/${name}.log" 2>&1 8>&- &
   echo "$!" >"${DIR}/run/${name}.pid"
+  await_exec "$!" "${binary}"
 }
 
 # The shim restores only from images under the agent's --checkpoint-dir, which the node tests
