@@ -65,6 +65,9 @@ const (
 	// reservationTTL bounds how long the ledger holds a resume's memory when the pod informer
 	// never shows the pod Resuming (the mark is rolled back, say).
 	reservationTTL = time.Minute
+	// heldRecheck is when a node is looked at again after a candidate was passed over because
+	// the ledger still held a placement of it.
+	heldRecheck = time.Second
 )
 
 // Controller resumes suspended pods when their node has room.
@@ -300,7 +303,11 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 
 	for _, cand := range candidates {
 		if _, _, held := c.ledger.Placed(cand.pod.UID); held {
-			continue // resumed a moment ago: the informer does not show it yet
+			// Resumed a moment ago (the informer does not show it yet), or bound a moment ago
+			// and suspended since: the reservation runs out by itself, with no event to
+			// bring the node back here, so look again once it has.
+			c.queue.AddAfter(node, heldRecheck)
+			continue
 		}
 		if waiting && corev1helpers.PodPriority(cand.pod) <= waitingPriority {
 			logger.V(4).Info("Suspended pod waits: a nominated pod of its priority or higher waits for memory on the node", "pod", klog.KObj(cand.pod), "node", node)
