@@ -99,8 +99,11 @@ pid_matches() {
 await_exec() {
   local pid="$1" binary="$2" exe argv0 i
   for ((i = 0; i < 100; i++)); do
-    exe="$(readlink "/proc/${pid}/exe" 2>/dev/null)" || return 0
-    argv0="$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | head -1)"
+    # Gone or a zombie: the caller finds it exited. A failed readlink alone is no proof: it
+    # can fail while the exec is under way.
+    [[ "$(proc_state "${pid}")" =~ ^[^ZX]$ ]] || return 0
+    exe="$(readlink "/proc/${pid}/exe" 2>/dev/null || true)"
+    argv0="$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | head -1 || true)"
     [[ "${exe% (deleted)}" != "${binary}" && "${argv0}" != "${binary}" ]] || return 0
     sleep 0.05
   done
