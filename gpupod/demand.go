@@ -75,8 +75,11 @@ func PodDemand(pod *v1.Pod) (Demand, error) {
 const MaxGPUsPerPod = 1024
 
 // GPURequest is the number of kybernate.io/gpu the pod requests (a fraction rounds up), or an
-// error for a request past MaxGPUsPerPod.
+// error for a negative request or one past MaxGPUsPerPod.
 func GPURequest(pod *v1.Pod) (int64, error) {
+	if err := refuseNegativeGPUs(pod); err != nil {
+		return 0, err
+	}
 	var q resource.Quantity
 	if len(pod.Spec.InitContainers) == 0 {
 		// Without init containers PodRequests is the sum over the containers (request, else
@@ -103,6 +106,27 @@ func GPURequest(pod *v1.Pod) (int64, error) {
 			Reason: fmt.Sprintf("is more than %d GPUs", MaxGPUsPerPod)}
 	}
 	return q.Value(), nil
+}
+
+// refuseNegativeGPUs refuses a negative kybernate.io/gpu in any container, which the API
+// server refuses too but a pod built by a client library or a test may carry.
+func refuseNegativeGPUs(pod *v1.Pod) error {
+	for _, cs := range [][]v1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			r := &cs[i].Resources
+			if c := r.Requests[kv1.ResourceGPU]; c.Sign() < 0 {
+				return negativeGPUs(c)
+			}
+			if c := r.Limits[kv1.ResourceGPU]; c.Sign() < 0 {
+				return negativeGPUs(c)
+			}
+		}
+	}
+	return nil
+}
+
+func negativeGPUs(c resource.Quantity) error {
+	return &FieldError{Field: string(kv1.ResourceGPU), Value: c.String(), Resource: true, Reason: "is negative"}
 }
 
 // withDefaultedRequests returns the pod with the GPU requests the API server defaults from the

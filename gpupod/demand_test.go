@@ -66,11 +66,16 @@ func TestGPURequest(t *testing.T) {
 	}
 }
 
-func TestGPURequestTooLarge(t *testing.T) {
-	// 2^64+1 GPUs wrapped to 1 GPU in int64 before the bound.
-	for _, n := range []string{"1025", "10000000000000000000", "18446744073709551617"} {
+func TestGPURequestRefused(t *testing.T) {
+	// 2^64+1 GPUs wrapped to 1 GPU in int64 before the bound; -1 GPU was a demand of -1.
+	for _, n := range []string{"1025", "10000000000000000000", "18446744073709551617", "-1", "-500m"} {
 		pod := &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
 			Limits: v1.ResourceList{kv1.ResourceGPU: resource.MustParse(n)}}}}}}
+		withInit := pod.DeepCopy()
+		withInit.Spec.InitContainers = []v1.Container{{Name: "i"}}
+		if got, err := GPURequest(withInit); err == nil {
+			t.Errorf("GPURequest(%s GPUs, with an init container) = %d without an error", n, got)
+		}
 		if got, err := GPURequest(pod); err == nil || !strings.Contains(err.Error(), "resource request kybernate.io/gpu") {
 			t.Errorf("GPURequest(%s GPUs) = %d, %v, want an error naming the resource", n, got, err)
 		}
