@@ -25,8 +25,9 @@ const chartPath = "manifests/helm/kybernate"
 // cases are the value sets the golden files pin, by golden file name.
 var cases = map[string][]string{
 	"default": nil,
-	// Everything optional on: the namespace object, the simulated agent, ServiceMonitors, JSON logs.
-	"everything": {"--set", "namespace.create=true", "--set", "agent.simulated.enabled=true",
+	// Everything optional on: the namespace object, the simulated agent, the activator, ServiceMonitors, JSON logs.
+	"everything": {"--set", "namespace.create=true", "--set", "agent.simulated.enabled=true", "--set", "activator.enabled=true",
+		"--set", "activator.logFormat=json", "--set", "activator.backendH2C=true", "--set", "activator.clusterDomain=example.internal",
 		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prometheus",
 		"--set", "scheduler.logFormat=json", "--set", "agent.logFormat=json"},
 	// A registry of one's own, other args, node placement; no metrics, no RuntimeClass or PriorityClasses.
@@ -35,7 +36,11 @@ var cases = map[string][]string{
 		"--set", "scheduler.extraArgs={--kube-api-qps=100}", "--set", "agent.slotsPerGPU=4", "--set", "agent.checkpointDir=",
 		"--set", "agent.nodeSelector.pool=gpu", "--set", "agent.tolerations[0].key=dedicated", "--set", "agent.tolerations[0].operator=Exists",
 		"--set", "metrics.enabled=false", "--set", "runtimeClass.create=false", "--set", "priorityClasses.create=false",
-		"--set-string", "agent.resources.limits.memory=1Gi"},
+		"--set-string", "agent.resources.limits.memory=1Gi",
+		"--set", "activator.enabled=true", "--set", "activator.image.repository=registry.example.com/kybernate-scheduler",
+		"--set", "activator.image.tag=v0.1.0", "--set", "activator.maxHeldRequests=50", "--set", "activator.holdTimeout=30s",
+		"--set", "activator.port=9000", "--set", "activator.metricsPort=9500", "--set", "activator.priorityClassName=system-cluster-critical",
+		"--set", "activator.extraArgs={--interval=2s}"},
 }
 
 func TestLint(t *testing.T) {

@@ -48,6 +48,20 @@ func TestSimulatedAgentSameAsKustomize(t *testing.T) {
 	compare(t, want, got)
 }
 
+// kybernate-activator of manifests/activator is the chart's activator; the defaults leave it
+// out, as manifests/ does (TestSameObjectsAsKustomize).
+func TestActivatorSameAsKustomize(t *testing.T) {
+	helm, root := helmBinary(t)
+	want := kustomize(t, root, "manifests/activator")
+	got := parse(t, template(t, helm, root, "--set", "activator.enabled=true"))
+	for key := range got {
+		if _, ok := want[key]; !ok {
+			delete(got, key) // the rest of the chart
+		}
+	}
+	compare(t, want, got)
+}
+
 // compare fails unless want and got hold the same objects; got may have the extra ones named.
 func compare(t *testing.T, want, got map[string]map[string]any, extra ...string) {
 	t.Helper()

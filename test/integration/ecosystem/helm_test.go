@@ -26,8 +26,8 @@ import (
 	"github.com/kybernate/kybernate/test/integration/framework"
 )
 
-// helm install puts every object of the chart (the simulated agent included) into the cluster
-// with the shipped scheduler configuration; helm uninstall takes them all away again and leaves
+// helm install puts every object of the chart (the simulated agent and the activator included)
+// into the cluster with the shipped scheduler configuration; helm uninstall takes them all away again and leaves
 // the CRDs, which hold the cluster's GPUNodes and GPUCheckpoints.
 func TestHelmInstallUninstall(t *testing.T) {
 	c := framework.Get(t)
@@ -36,7 +36,8 @@ func TestHelmInstallUninstall(t *testing.T) {
 	chart := filepath.Join(c.Root, "manifests", "helm", "kybernate")
 	flags := []string{"--kubeconfig", c.Kubeconfig, "--namespace", ns}
 
-	out := helmRun(t, helm, append([]string{"install", release, chart, "--create-namespace", "--set", "agent.simulated.enabled=true"}, flags...)...)
+	out := helmRun(t, helm, append([]string{"install", release, chart, "--create-namespace", "--set", "agent.simulated.enabled=true",
+		"--set", "activator.enabled=true"}, flags...)...)
 	t.Logf("helm install:\n%s", out)
 	manifest := helmRun(t, helm, append([]string{"get", "manifest", release}, flags...)...)
 	objs := parseObjects(t, manifest)
@@ -48,6 +49,21 @@ func TestHelmInstallUninstall(t *testing.T) {
 		if _, err := get(t.Context(), c, mapper, o); err != nil {
 			t.Errorf("%s %s/%s of the release: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 		}
+	}
+	// The activator is in the release, bound to its ServiceAccount in the release namespace.
+	dep, err := c.Client.AppsV1().Deployments(ns).Get(t.Context(), "kybernate-activator", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the activator's Deployment: %v", err)
+	}
+	if sa := dep.Spec.Template.Spec.ServiceAccountName; sa != "kybernate-activator" {
+		t.Errorf("the activator runs as %q, want kybernate-activator", sa)
+	}
+	crb, err := c.Client.RbacV1().ClusterRoleBindings().Get(t.Context(), "kybernate-activator", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crb.Subjects) != 1 || crb.Subjects[0].Namespace != ns {
+		t.Errorf("ClusterRoleBinding kybernate-activator binds %+v, want the ServiceAccount in %s", crb.Subjects, ns)
 	}
 	// The scheduler gets the shipped configurations.
 	cm, err := c.Client.CoreV1().ConfigMaps(ns).Get(t.Context(), "kybernate-scheduler-config", metav1.GetOptions{})
