@@ -35,17 +35,23 @@ func IdleAfter(pod *v1.Pod) (d time.Duration, set bool, err error) {
 	return d, true, nil
 }
 
+// sleepDepths are the values of kybernate.io/sleep, shallowest first.
+var sleepDepths = []kv1.SleepDepth{kv1.SleepHostMemory, kv1.SleepDisk}
+
 // Sleep decodes kybernate.io/sleep: how deep an idle pod sleeps, SleepHostMemory without the
-// annotation. Deeper tiers are refused until the storage tiers exist.
+// annotation. Values are matched without regard to case or surrounding space.
 func Sleep(pod *v1.Pod) (kv1.SleepDepth, error) {
 	s, ok := pod.Annotations[kv1.AnnotationSleep]
 	if !ok {
 		return kv1.SleepHostMemory, nil
 	}
-	if strings.EqualFold(strings.TrimSpace(s), string(kv1.SleepHostMemory)) {
-		return kv1.SleepHostMemory, nil
+	for _, d := range sleepDepths {
+		if strings.EqualFold(strings.TrimSpace(s), string(d)) {
+			return d, nil
+		}
 	}
-	return "", fieldError(kv1.AnnotationSleep, s, "must be %s (GPU memory parked in host memory)", kv1.SleepHostMemory)
+	return "", fieldError(kv1.AnnotationSleep, s, "must be %s (GPU memory parked in host memory) or %s (then spilled to the node's disk tier)",
+		kv1.SleepHostMemory, kv1.SleepDisk)
 }
 
 // FormatWakeRequested encodes the kybernate.io/wake-requested value of a wake asked for at t.

@@ -2,6 +2,7 @@ package gpupod
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,14 +50,37 @@ func TestIdleAfter(t *testing.T) {
 func ptr(s string) *string { return &s }
 
 func TestSleep(t *testing.T) {
-	if d, err := Sleep(podWith(nil)); d != kv1.SleepHostMemory || err != nil {
-		t.Errorf("Sleep() = %q, %v; want the default HostMemory", d, err)
-	}
-	if d, err := Sleep(podWith(map[string]string{kv1.AnnotationSleep: "hostmemory"})); d != kv1.SleepHostMemory || err != nil {
-		t.Errorf("Sleep(hostmemory) = %q, %v", d, err)
-	}
-	if _, err := Sleep(podWith(map[string]string{kv1.AnnotationSleep: "Disk"})); err == nil {
-		t.Error("Sleep(Disk) = no error; the storage tiers do not exist yet")
+	for _, tc := range []struct {
+		value *string
+		want  kv1.SleepDepth
+		err   bool
+	}{
+		{value: nil, want: kv1.SleepHostMemory},
+		{value: ptr("HostMemory"), want: kv1.SleepHostMemory},
+		{value: ptr("hostmemory"), want: kv1.SleepHostMemory},
+		{value: ptr("Disk"), want: kv1.SleepDisk},
+		{value: ptr(" disk "), want: kv1.SleepDisk},
+		{value: ptr(""), err: true},
+		{value: ptr("ObjectStore"), err: true}, // images reach it from the disk tier, not as a depth
+		{value: ptr("Disk,HostMemory"), err: true},
+		{value: ptr("Diskette"), err: true},
+	} {
+		ann := map[string]string{}
+		name := "<none>"
+		if tc.value != nil {
+			ann[kv1.AnnotationSleep], name = *tc.value, *tc.value
+		}
+		got, err := Sleep(podWith(ann))
+		if tc.err {
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != kv1.AnnotationSleep || !strings.Contains(err.Error(), "HostMemory") || !strings.Contains(err.Error(), "Disk") {
+				t.Errorf("Sleep(%q) = %q, %v; want a FieldError of %s naming both depths", name, got, err, kv1.AnnotationSleep)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("Sleep(%q) = %q, %v; want %q", name, got, err, tc.want)
+		}
 	}
 }
 
@@ -120,6 +144,7 @@ func TestServiceBackend(t *testing.T) {
 // and errors name the annotation. Seeds in testdata/fuzz/FuzzIdleAnnotations.
 func FuzzIdleAnnotations(f *testing.F) {
 	f.Add("5m", "HostMemory", "2026-12-07T02:00:00Z", "app=llm", "8000")
+	f.Add("90s", "Disk", "2026-12-07T02:00:00Z", "app=llm", "8000")
 	f.Fuzz(func(t *testing.T, idleAfter, sleep, wake, selector, port string) {
 		pod := podWith(map[string]string{kv1.AnnotationIdleAfter: idleAfter, kv1.AnnotationSleep: sleep, kv1.AnnotationWakeRequested: wake})
 		check := func(field string, err error) {
@@ -135,8 +160,11 @@ func FuzzIdleAnnotations(f *testing.F) {
 		}
 		s, err := Sleep(pod)
 		check(kv1.AnnotationSleep, err)
-		if err == nil && s != kv1.SleepHostMemory {
+		if err == nil && !strings.EqualFold(strings.TrimSpace(sleep), string(s)) {
 			t.Fatalf("Sleep(%q) = %q", sleep, s)
+		}
+		if err == nil && s != kv1.SleepHostMemory && s != kv1.SleepDisk {
+			t.Fatalf("Sleep(%q) = %q, no depth", sleep, s)
 		}
 		at, _, err := WakeRequested(pod)
 		check(kv1.AnnotationWakeRequested, err)

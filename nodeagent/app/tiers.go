@@ -80,6 +80,10 @@ func (a *agent) newTiers(ctx context.Context) (*tier.Manager, error) {
 	pods := a.podFactory.Core().V1().Pods()
 	m := tier.New(o.Tiers, a.tierNodes, disk, objects, tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}, a.kube, a.kyb,
 		pods.Lister(), a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
+	// A pod put to sleep on disk is spilled as soon as its suspension succeeded.
+	if err := watch(a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Informer(), m.CheckpointHandler()); err != nil {
+		return nil, err
+	}
 	// A deleted pod's images are not needed by anyone.
 	if err := watch(pods.Informer(), cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj interface{}) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {

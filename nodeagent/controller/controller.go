@@ -279,6 +279,9 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 		return err // the API, before anything was done: try again
 	}
 	// Done (a failure to record it on the pod is in the message but does not undo it).
+	if ck.Spec.Action == kv1.ActionSuspend {
+		c.op.sleptShallow(pod, ck.Spec.Reason)
+	}
 	st := ck.Status.DeepCopy()
 	st.Phase = kv1.PhaseSucceeded
 	st.BytesMoved = res.Bytes

@@ -42,3 +42,43 @@ func TestSecondSuspendOfSuspendedPod(t *testing.T) {
 		}
 	}
 }
+
+// A pod put to sleep for idleness with kybernate.io/sleep Disk by an agent without storage
+// tiers sleeps in host memory and is told so with a Warning; a HostMemory sleep, or Disk on
+// a suspension for another reason, gets none.
+func TestSleepDiskWithoutTiersWarns(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		sleep  string
+		reason kv1.CheckpointReason
+		warn   bool
+	}{
+		{name: "Disk, idle", sleep: "Disk", reason: kv1.ReasonIdle, warn: true},
+		{name: "HostMemory, idle", sleep: "HostMemory", reason: kv1.ReasonIdle},
+		{name: "Disk, preemption", sleep: "Disk", reason: kv1.ReasonPreemption},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ck := checkpoint("s", "train", kv1.ActionSuspend)
+			ck.Spec.Reason = tc.reason
+			h := newHarness(t, 100*gib, []*v1.Pod{gpuPod("train", node, gpu0, kv1.AnnotationSleep, tc.sleep)}, ck)
+			if err := h.c.Reconcile(t.Context(), "ml/s"); err != nil {
+				t.Fatalf("Reconcile: %v", err)
+			}
+			if ck := h.get(t, "s"); ck.Status.Phase != kv1.PhaseSucceeded {
+				t.Fatalf("status %s (%s), want Succeeded", ck.Status.Phase, ck.Status.Message)
+			}
+			var warned []string
+			for _, ev := range h.events() {
+				if strings.HasPrefix(ev, "Warning "+EventSleepDepthUnavailable+" ") {
+					warned = append(warned, ev)
+				}
+			}
+			if tc.warn && (len(warned) != 1 || !strings.Contains(warned[0], "kybernate.io/sleep is Disk") || !strings.Contains(warned[0], "--disk-tier-dir")) {
+				t.Errorf("Events %q, want one %s naming the annotation and the flag", warned, EventSleepDepthUnavailable)
+			}
+			if !tc.warn && len(warned) != 0 {
+				t.Errorf("Events %q, want none", warned)
+			}
+		})
+	}
+}

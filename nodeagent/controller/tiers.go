@@ -47,6 +47,23 @@ func (o *Operator) makeRoom(ctx context.Context, e *engine.Engine, pod *v1.Pod) 
 	}
 }
 
+// EventSleepDepthUnavailable: a pod that sleeps on disk was put to sleep by an agent without
+// a disk tier, so it sleeps in host memory.
+const EventSleepDepthUnavailable = "SleepDepthUnavailable"
+
+// sleptShallow tells a pod put to sleep for idleness with kybernate.io/sleep Disk that this
+// agent has no storage tiers: its memory stays in host memory. With tiers the policy spills it.
+func (o *Operator) sleptShallow(pod *v1.Pod, reason kv1.CheckpointReason) {
+	if o.tiers != nil || reason != kv1.ReasonIdle {
+		return
+	}
+	if d, err := gpupod.Sleep(pod); err == nil && d == kv1.SleepDisk {
+		o.recorder.Eventf(pod, v1.EventTypeWarning, EventSleepDepthUnavailable,
+			"%s is %s, but this node agent has no disk tier (--parked-memory-high-water, --disk-tier-dir): the pod sleeps in host memory",
+			kv1.AnnotationSleep, kv1.SleepDisk)
+	}
+}
+
 // tierOf reports the tier of a suspended pod whose memory is below host memory.
 func (o *Operator) tierOf(pod *v1.Pod) (kv1.StorageTier, bool) {
 	if o.tiers == nil {

@@ -91,8 +91,20 @@ type Manager struct {
 	recorder record.EventRecorder
 	clock    clock.WithTicker
 
+	// poke asks Run for a pass now (a pod put to sleep on disk).
+	poke chan struct{}
+
 	mu   sync.Mutex
 	held map[types.UID]*entry
+	// failedSleeps are the pods whose spill for a deep sleep failed, with the next try.
+	failedSleeps map[types.UID]failedMove
+}
+
+// failedMove is the backoff of a pod of node whose move failed: failures in a row and the next try.
+type failedMove struct {
+	node      string
+	failures  int
+	notBefore time.Time
 }
 
 // entry is a suspended pod whose memory is in a tier below host memory.
@@ -125,7 +137,7 @@ type entry struct {
 func New(cfg Config, nodes Nodes, disk, objects storage.Tier, keys Keys, kube kubernetes.Interface, kyb versioned.Interface,
 	pods corelisters.PodLister, ckpts listers.GPUCheckpointLister, recorder record.EventRecorder, clk clock.WithTicker) *Manager {
 	return &Manager{cfg: cfg, nodes: nodes, disk: disk, objects: objects, keys: keys, kube: kube, kyb: kyb, pods: pods, ckpts: ckpts,
-		recorder: recorder, clock: clk, held: map[types.UID]*entry{}}
+		recorder: recorder, clock: clk, poke: make(chan struct{}, 1), held: map[types.UID]*entry{}, failedSleeps: map[types.UID]failedMove{}}
 }
 
 // Holds reports the tier of a suspended pod whose memory the policy moved out of host memory.
@@ -160,7 +172,7 @@ func (m *Manager) release(e *entry) {
 	e.busy = false
 }
 
-// Run applies the policy every Config.Interval until ctx ends.
+// Run applies the policy every Config.Interval, and at once when poked, until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
 	t := m.clock.NewTicker(m.cfg.Interval)
 	defer t.Stop()
@@ -170,12 +182,21 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
+		case <-m.poke:
 		}
 	}
 }
 
-// Reconcile applies the policy once to every node: spills above the mark, uploads of idle
-// images.
+// Poke asks Run for a pass now rather than at the next interval; it never blocks.
+func (m *Manager) Poke() {
+	select {
+	case m.poke <- struct{}{}:
+	default: // a pass is asked for already
+	}
+}
+
+// Reconcile applies the policy once to every node: spills above the mark, spills of pods that
+// sleep on disk, uploads of idle images.
 func (m *Manager) Reconcile(ctx context.Context) {
 	for _, name := range m.nodes.Names() {
 		if ctx.Err() != nil {
@@ -184,6 +205,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		if _, err := m.MakeRoom(ctx, name, 0); err != nil {
 			klog.FromContext(ctx).V(2).Info("Spilling to the disk tier failed", "node", name, "err", err)
 		}
+		m.spillSleepers(ctx, name)
 		m.uploadDue(ctx, name)
 		m.publish(name)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 // Parked is a suspended pod whose memory is in host memory.
@@ -88,4 +90,32 @@ func Backoff(n int, base, max time.Duration) time.Duration {
 		d *= 2
 	}
 	return min(d, max)
+}
+
+// Asleep is a suspended pod in host memory as the sleep rule sees it.
+type Asleep struct {
+	UID types.UID
+	// Reason is the reason of the suspension that parked its memory (its last Suspend).
+	Reason kv1.CheckpointReason
+	// Depth is the pod's kybernate.io/sleep.
+	Depth kv1.SleepDepth
+	// WakePending: a request asked for the pod to wake since that suspension.
+	WakePending bool
+	// NotBefore is the earliest next try after a failed spill.
+	NotBefore time.Time
+}
+
+// SleepSpills chooses the pods to spill to disk at now because they sleep deep: put to sleep
+// for idleness (reason Idle) with kybernate.io/sleep Disk, not asked to wake since (a spill
+// then would only slow the wake down), and not waiting out the backoff of a failed spill. The
+// high-water mark plays no part: such a pod goes to disk however much host memory is free.
+// The pods come in the order given.
+func SleepSpills(pods []Asleep, now time.Time) []types.UID {
+	var out []types.UID
+	for _, p := range pods {
+		if p.Reason == kv1.ReasonIdle && p.Depth == kv1.SleepDisk && !p.WakePending && !now.Before(p.NotBefore) {
+			out = append(out, p.UID)
+		}
+	}
+	return out
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/types"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
 
 var epoch = time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
@@ -150,6 +152,39 @@ func TestConfigValidate(t *testing.T) {
 			}
 			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Fatalf("error %v, want one with %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestSleepSpills(t *testing.T) {
+	now := epoch.Add(time.Hour)
+	deep := func(uid types.UID) Asleep {
+		return Asleep{UID: uid, Reason: kv1.ReasonIdle, Depth: kv1.SleepDisk}
+	}
+	with := func(a Asleep, f func(*Asleep)) Asleep { f(&a); return a }
+	tests := []struct {
+		name string
+		pods []Asleep
+		want []types.UID
+	}{
+		{name: "none"},
+		{name: "idle and Disk spills", pods: []Asleep{deep("a")}, want: []types.UID{"a"}},
+		{name: "idle and HostMemory stays", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.Depth = kv1.SleepHostMemory })}},
+		{name: "Disk but suspended for a preemption stays",
+			pods: []Asleep{with(deep("a"), func(a *Asleep) { a.Reason = kv1.ReasonPreemption })}},
+		{name: "Disk but a time-slice turn stays", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.Reason = kv1.ReasonTimeSlice })}},
+		{name: "Disk but suspended by hand stays", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.Reason = kv1.ReasonManual })}},
+		{name: "a wake asked for since stays", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.WakePending = true })}},
+		{name: "backoff after a failed spill", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.NotBefore = now.Add(time.Second) })}},
+		{name: "backoff over", pods: []Asleep{with(deep("a"), func(a *Asleep) { a.NotBefore = now })}, want: []types.UID{"a"}},
+		{name: "in the order given", pods: []Asleep{deep("b"), with(deep("x"), func(a *Asleep) { a.Depth = "" }), deep("a")},
+			want: []types.UID{"b", "a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, SleepSpills(tt.pods, now)); diff != "" {
+				t.Errorf("SleepSpills (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -137,6 +137,7 @@ func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	if ok && !e.busy {
 		delete(m.held, pod.UID)
 	}
+	delete(m.failedSleeps, pod.UID)
 	m.mu.Unlock()
 	if ok && !e.busy {
 		m.deleteImage(ctx, e)

@@ -29,8 +29,8 @@ const (
 	// reason Idle) and woken by the next request.
 	AnnotationIdleAfter = "kybernate.io/idle-after"
 	// AnnotationSleep (input) is how deep an idle pod sleeps: SleepHostMemory (the default,
-	// GPU memory parked in host memory, the process alive). Deeper tiers come with the storage
-	// tiers.
+	// GPU memory parked in host memory, the process alive) or SleepDisk (then spilled to the
+	// node agent's disk tier at once).
 	AnnotationSleep = "kybernate.io/sleep"
 	// AnnotationWakeRequested (output, written by the activator) is the time, RFC 3339, at
 	// which a request asked for an idle pod to wake: the resume controller resumes a pod
@@ -124,6 +124,12 @@ type SleepDepth string
 const (
 	// SleepHostMemory parks the pod's GPU memory in host memory; the process lives on.
 	SleepHostMemory SleepDepth = "HostMemory"
+	// SleepDisk suspends the pod as SleepHostMemory does and then spills its parked memory to
+	// the node agent's disk tier at once, without waiting for the host-memory high-water
+	// mark: the pod's processes end and its host memory is free. A wake restores it from
+	// there (and from object storage, once the image has moved on after the disk tier's idle
+	// time).
+	SleepDisk SleepDepth = "Disk"
 )
 
 // Values of LabelTimeSlice.
