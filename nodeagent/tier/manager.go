@@ -4,6 +4,8 @@
 // suspension that would pass it, the least recently suspended pods are spilled: the pod's
 // checkpoint image (its parked memory) is written, encrypted with its namespace's key, into the
 // disk tier (package storage), and then its processes are ended, which frees the host memory.
+// A pod put to sleep for idleness with kybernate.io/sleep Disk is spilled the same way as soon
+// as its suspension succeeded, whatever the mark (SleepSpills).
 // Images idle on disk longer than Config.DiskIdle move to object storage. A resume of a spilled
 // pod brings the memory back from wherever it is: the restore guard first (never a restore
 // without enough free GPU memory), then object storage -> disk, the image verified and

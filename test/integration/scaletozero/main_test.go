@@ -2,7 +2,9 @@
 // node agent simulates (--simulate), kybernate-scheduler with its resume controller, and the
 // kybernate-activator binary. kwok pods run no process, so the activator is started with
 // --simulate-backend-address: every pod's requests go to a simulated model server inside the
-// test, which answers only while the pod it stands for is Running on its GPU.
+// test, which answers only while the pod it stands for is Running on its GPU. The agent runs
+// with a disk tier (real encrypted images on this machine's disk, holding a record of the
+// simulated process), for pods that sleep on disk.
 package scaletozero
 
 import (
@@ -11,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -64,8 +67,15 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
+		// The storage tiers on, for pods that sleep on disk; the mark is far above what the
+		// tests park, so only kybernate.io/sleep: Disk moves memory out of host memory.
+		tiers, err := os.MkdirTemp("", "kybernate-disk-tier-")
+		if err != nil {
+			t.Fatal(err)
+		}
 		c.StartKybernate(t, map[string]int32{class: 1000, batchClass: 10}, nil,
-			"--simulate-checkpoint-rate", "20e9", "--simulate-restore-rate", "40e9")
+			"--simulate-checkpoint-rate", "20e9", "--simulate-restore-rate", "40e9",
+			"--parked-memory-high-water=10Ti", "--disk-tier-dir="+tiers, "--tier-interval=10s")
 		shared = startActivator(t, c)
 		setupOK = true
 	})
