@@ -140,6 +140,38 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+// kybernate.io/sleep is read when the pod is put to sleep: Disk is named in the Sleeping Event
+// (the node agent spills it); a value that does not decode keeps the pod awake with a Warning
+// naming the annotation.
+func TestSleepDepth(t *testing.T) {
+	for _, tc := range []struct {
+		sleep  string
+		want   string // in the Events
+		sleeps bool
+	}{
+		{sleep: "", want: "kybernate.io/sleep HostMemory: its GPU memory parked in host memory)", sleeps: true},
+		{sleep: "Disk", want: "kybernate.io/sleep Disk: its GPU memory parked in host memory, then spilled to the node agent's disk tier", sleeps: true},
+		{sleep: "Tape", want: `Warning InvalidAnnotation The pod never sleeps: annotation kybernate.io/sleep="Tape" must be HostMemory`},
+	} {
+		t.Run(tc.sleep, func(t *testing.T) {
+			pod := llmPod(kv1.PodRunning, "5m")
+			if tc.sleep != "" {
+				pod.Annotations[kv1.AnnotationSleep] = tc.sleep
+			}
+			f := newFixture(t, service("ml", "llm", "app=llm", "8000"), pod)
+			f.sync(t)
+			f.now = t0.Add(5 * time.Minute)
+			f.sync(t)
+			if got := len(f.created()); (got == 1) != tc.sleeps || got > 1 {
+				t.Errorf("created %d suspensions, want sleeping %v", got, tc.sleeps)
+			}
+			if ev := f.events(); !strings.Contains(ev, tc.want) {
+				t.Errorf("events %q, want %q", ev, tc.want)
+			}
+		})
+	}
+}
+
 func TestIdlePodSleepsOnce(t *testing.T) {
 	f := newFixture(t, service("ml", "llm", "app=llm", "8000"), llmPod(kv1.PodRunning, "5m"))
 	f.sync(t)

@@ -196,7 +196,13 @@ func (c *Controller) sleep(ctx context.Context, key string, r *route, pod *v1.Po
 		return fmt.Errorf("putting pod %s to sleep: %w", klog.KObj(pod), err)
 	}
 	sleeps.Inc()
-	klog.FromContext(ctx).V(2).Info("Putting an idle pod to sleep", "service", key, "pod", klog.KObj(pod), "idleAfter", idleAfter, "checkpoint", created.Name)
-	c.recorder.Eventf(pod, created, v1.EventTypeNormal, "Sleeping", "Sleep", "No request for %s (%s): suspending the pod to free its GPU", idleAfter, kv1.AnnotationIdleAfter)
+	depth, _ := gpupod.Sleep(pod) // checked by the caller
+	klog.FromContext(ctx).V(2).Info("Putting an idle pod to sleep", "service", key, "pod", klog.KObj(pod), "idleAfter", idleAfter, "sleep", depth, "checkpoint", created.Name)
+	where := "its GPU memory parked in host memory"
+	if depth == kv1.SleepDisk {
+		where = "its GPU memory parked in host memory, then spilled to the node agent's disk tier"
+	}
+	c.recorder.Eventf(pod, created, v1.EventTypeNormal, "Sleeping", "Sleep", "No request for %s (%s): suspending the pod to free its GPU (%s %s: %s)",
+		idleAfter, kv1.AnnotationIdleAfter, kv1.AnnotationSleep, depth, where)
 	return nil
 }
