@@ -69,6 +69,9 @@ type CheckpointView struct {
 	Preemptor *kv1.PodReference    `json:"preemptor,omitempty"`
 	Started   metav1.Time          `json:"started"`
 	Message   string               `json:"message,omitempty"`
+	// Tier is where a suspension's parked memory is when the storage tiers moved it out of
+	// host memory (status.storage): Disk or ObjectStore.
+	Tier kv1.StorageTier `json:"tier,omitempty"`
 }
 
 func newWhyCommand(o *Options) *cobra.Command {
@@ -177,8 +180,12 @@ func suspensionsFor(ctx context.Context, kyb versioned.Interface, pod *v1.Pod) (
 }
 
 func checkpointView(ck *kv1.GPUCheckpoint) CheckpointView {
-	return CheckpointView{Namespace: ck.Namespace, Name: ck.Name, Pod: ck.Spec.PodName, Action: ck.Spec.Action, Reason: ck.Spec.Reason,
+	v := CheckpointView{Namespace: ck.Namespace, Name: ck.Name, Pod: ck.Spec.PodName, Action: ck.Spec.Action, Reason: ck.Spec.Reason,
 		Phase: ck.Status.Phase, Preemptor: ck.Spec.Preemptor, Started: metav1.NewTime(startedAt(ck)), Message: ck.Status.Message}
+	if ck.Status.Storage != nil {
+		v.Tier = ck.Status.Storage.Tier
+	}
+	return v
 }
 
 // podEvents lists the pod's events in the order they happened (last occurrence).
@@ -250,7 +257,11 @@ func summarize(w *Why) string {
 	case w.Suspension != nil && w.Suspension.Reason == kv1.ReasonManual:
 		return "Suspended by hand: stays suspended until 'kubectl kybernate resume " + w.Name + "'"
 	case w.Suspension != nil && w.Suspension.Reason == kv1.ReasonIdle:
-		return "Asleep: no request for its " + kv1.AnnotationIdleAfter + "; kybernate-activator wakes it on the next request"
+		where := ""
+		if t := w.Suspension.Tier; t != "" && t != kv1.TierHostMemory {
+			where = " (its GPU memory in storage tier " + string(t) + ")"
+		}
+		return "Asleep" + where + ": no request for its " + kv1.AnnotationIdleAfter + "; kybernate-activator wakes it on the next request"
 	case w.Suspension != nil && w.Suspension.Preemptor != nil && w.Suspension.Reason == kv1.ReasonPreemption:
 		return fmt.Sprintf("Suspended for higher-priority pod %s/%s; resumes when its node has room (number %d in the queue)",
 			w.Suspension.Preemptor.Namespace, w.Suspension.Preemptor.Name, position(w))

@@ -13,3 +13,13 @@ func TestSummarizeIdleSleep(t *testing.T) {
 		t.Errorf("summarize(idle sleep) = %q", got)
 	}
 }
+
+func TestSummarizeIdleSleepOnDisk(t *testing.T) {
+	ck := &kv1.GPUCheckpoint{Spec: kv1.GPUCheckpointSpec{PodName: "llm", Action: kv1.ActionSuspend, Reason: kv1.ReasonIdle},
+		Status: kv1.GPUCheckpointStatus{Phase: kv1.PhaseSucceeded, Storage: &kv1.CheckpointStorage{Tier: kv1.TierDisk}}}
+	v := checkpointView(ck)
+	w := &Why{Name: "llm", State: string(kv1.PodSuspended), Suspension: &v}
+	if got := summarize(w); !strings.HasPrefix(got, "Asleep (its GPU memory in storage tier Disk):") {
+		t.Errorf("summarize(idle sleep on disk) = %q", got)
+	}
+}
