@@ -10,7 +10,9 @@
 // progress counter where it stopped; a tampered object is refused naming the file and the pod
 // stays suspended with nothing deleted; with the object store down the image stays on disk
 // and the pod resumes from there; the images of a pod deleted while the agent was down are
-// swept from disk and the object store by the next agent, those of pods that exist are kept.
+// swept from disk and the object store by the next agent, those of pods that exist are kept;
+// above the disk tier's high-water mark (on the real filesystem) an image moves to the object
+// store at once, and without an object store the agent reports it and keeps the image.
 package tiers
 
 import (
@@ -26,7 +28,7 @@ import (
 )
 
 const (
-	nodes       = 4
+	nodes       = 5
 	gpusPerNode = 2
 )
 
