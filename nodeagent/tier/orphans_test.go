@@ -222,3 +222,26 @@ func TestSweepHeldImageOfGonePod(t *testing.T) {
 		t.Error("the tier policy still holds the pod")
 	}
 }
+
+// FuzzKeeps feeds the sweep image names (from a bucket anyone with its credentials writes) and
+// annotation values it does not control: it never panics, never lets an image of a pod that
+// exists go, and sweeps only names that end in a pod UID.
+func FuzzKeeps(f *testing.F) {
+	f.Add("train-"+uidGone, uidGone, "ml/old/"+uidMigrated, "/var/lib/kybernate/tiers/images/ml/r")
+	f.Add("a", "", "///", "")
+	f.Add("x-"+uidExists, uidExists, "ml/x", uidExists)
+	f.Fuzz(func(t *testing.T, name, uid, migratedFrom, restoreFrom string) {
+		refs := NewReferences([]*v1.Pod{
+			pod("p", uid, map[string]string{kv1.AnnotationMigratedFrom: migratedFrom, kv1.AnnotationRestoreFrom: restoreFrom}),
+		})
+		id := storage.ImageID{Namespace: "ml", Name: name}
+		why := refs.Keeps(id)
+		got, ok := PodUIDOf(id)
+		if why == "" && (!ok || string(got) == uid) {
+			t.Errorf("image %q swept although it names pod UID %q (ok %v) of an existing pod %q", name, got, ok, uid)
+		}
+		if ok && !strings.HasSuffix(name, "-"+string(got)) {
+			t.Errorf("PodUIDOf(%q) = %q, not its suffix", name, got)
+		}
+	})
+}
