@@ -44,6 +44,8 @@ type GPUShare struct {
 	// see the pod there but not yet its GPUs. The program shares it with the controllers that
 	// resume and restore pods, so their placements count here too (and ours there).
 	ledger *gpupod.Ledger
+	// cache keeps each node's accounting between cycles while the node is unchanged.
+	cache *accountings
 	// bind creates a Binding; a field so tests can see it.
 	bind func(ctx context.Context, binding *v1.Binding) error
 }
@@ -115,7 +117,7 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 // NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
 // its own informer, tests with a fixed one. args must be valid.
 func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
-	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger()}
+	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger(), cache: newAccountings()}
 }
 
 // Name returns the plugin's name.
@@ -281,7 +283,8 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 	return nil
 }
 
-// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
+// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod. The
+// accounting is kept for later cycles and shared between goroutines: callers only read it.
 func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
@@ -289,17 +292,25 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.St
 	}
 	gn, err := pl.gpuNodes.Get(node.Name)
 	if apierrors.IsNotFound(err) {
+		pl.cache.forget(node.Name)
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
 	}
 	if err != nil {
 		return nil, fwk.AsStatus(err)
+	}
+	generation := nodeInfo.GetGeneration()
+	if c := pl.cache.get(node.Name); c != nil && c.generation == generation && c.gpuNode == gn && pl.ledger.Current(node.Name, c.ledger) {
+		return c.accounting, nil
 	}
 	podInfos := nodeInfo.GetPods()
 	pods := make([]*v1.Pod, len(podInfos))
 	for i, p := range podInfos {
 		pods[i] = p.GetPod()
 	}
-	return gpupod.NewAccounting(gn, pl.ledger.Pods(node.Name, pods)), nil
+	corrected, version := pl.ledger.NodePods(node.Name, pods)
+	a := gpupod.NewAccounting(gn, corrected)
+	pl.cache.put(node.Name, &cachedAccounting{generation: generation, gpuNode: gn, ledger: version, accounting: a})
+	return a, nil
 }
 
 func neverFits(d gpupod.Demand) string {
