@@ -14,7 +14,8 @@ import (
 // removed bumps, the clones of preemption dry runs included), its GPUNode object (the informer
 // delivers every update as a new object), and the ledger's reservations on the node (its
 // version, current until the first of them runs out by time). Cached accountings are shared
-// between goroutines and cycles: they are only read.
+// between goroutines and cycles: they are only read. A nil cache keeps nothing (benchmarks
+// compare).
 type accountings struct {
 	mu     sync.RWMutex
 	byNode map[string]*cachedAccounting
@@ -34,12 +35,18 @@ func newAccountings() *accountings {
 }
 
 func (a *accountings) get(node string) *cachedAccounting {
+	if a == nil {
+		return nil
+	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	return a.byNode[node]
 }
 
 func (a *accountings) put(node string, c *cachedAccounting) {
+	if a == nil {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.byNode[node] = c
@@ -48,6 +55,9 @@ func (a *accountings) put(node string, c *cachedAccounting) {
 
 // forget drops a node's accounting: its GPUNode is gone.
 func (a *accountings) forget(node string) {
+	if a == nil {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.byNode, node)

@@ -175,7 +175,7 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	if !gpus.Possible(s.demand) {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
 	}
-	if gpus.Choose(s.demand, pl.strategy) == nil {
+	if !gpus.FitsNow(s.demand) {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
 	return nil
@@ -201,11 +201,11 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if status != nil {
 		return 0, status
 	}
-	chosen := gpus.Choose(s.demand, pl.strategy)
-	if chosen == nil {
+	score, ok := gpus.ChooseScore(s.demand, pl.strategy)
+	if !ok {
 		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
-	return gpus.Score(chosen, s.demand, pl.strategy) * framework.MaxNodeScore / 100, nil
+	return score * framework.MaxNodeScore / 100, nil
 }
 
 // ScoreExtensions returns nil: scores are already in [0, MaxNodeScore].
@@ -291,11 +291,11 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.St
 		return nil, fwk.NewStatus(fwk.Error, "node not found")
 	}
 	gn, err := pl.gpuNodes.Get(node.Name)
-	if apierrors.IsNotFound(err) {
-		pl.cache.forget(node.Name)
-		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
-	}
 	if err != nil {
+		if apierrors.IsNotFound(err) {
+			pl.cache.forget(node.Name)
+			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
+		}
 		return nil, fwk.AsStatus(err)
 	}
 	generation := nodeInfo.GetGeneration()
