@@ -3,6 +3,8 @@ package gpushare
 import (
 	"sync"
 
+	"k8s.io/client-go/tools/cache"
+
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
 )
@@ -61,6 +63,13 @@ func (a *accountings) forget(node string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.byNode, node)
+}
+
+// gpuNodeDeleted forgets the accounting of a node whose GPUNode the informer deleted.
+func (pl *GPUShare) gpuNodeDeleted(obj any) {
+	if name, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+		pl.cache.forget(name) // GPUNodes are cluster-scoped: the key is the name
+	}
 }
 
 func (a *accountings) count() uint64 {

@@ -163,3 +163,33 @@ func TestCachedAccountingReused(t *testing.T) {
 		t.Errorf("accountings computed per cycle (-want +got):\n%s", diff)
 	}
 }
+
+// TestGPUNodeDeletedForgetsAccounting: a GPUNode the informer deletes, seen or only as its
+// final state, takes its node's cached accounting with it.
+func TestGPUNodeDeletedForgetsAccounting(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		deleted func(gn *kv1.GPUNode) any
+	}{
+		{name: "the object", deleted: func(gn *kv1.GPUNode) any { return gn }},
+		{name: "its final state unknown", deleted: func(gn *kv1.GPUNode) any {
+			return cache.DeletedFinalStateUnknown{Key: gn.Name, Obj: gn}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			gn := gpuNode("n", 80)
+			pl := newTestPlugin(t, config.MostAllocated, gn, gpuNode("other", 80))
+			pod := gpuPod("new", 1, "").Obj()
+			state, _ := preFilter(t, pl, pod)
+			for _, n := range []string{"n", "other"} {
+				if s := pl.Filter(t.Context(), state, pod, nodeInfo(n)); !s.IsSuccess() {
+					t.Fatalf("Filter on %s: %v", n, s)
+				}
+			}
+			pl.gpuNodeDeleted(tt.deleted(gn))
+			if pl.cache.get("n") != nil || pl.cache.get("other") == nil {
+				t.Errorf("cached after the delete: n %v, other %v; want only other", pl.cache.get("n") != nil, pl.cache.get("other") != nil)
+			}
+		})
+	}
+}

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -92,12 +93,16 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 		return nil, err
 	}
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
-	gpuNodes.Informer() // register before Start
+	pl := NewWithLister(h, args, gpuNodes.Lister())
+	// Registered before Start. A node whose GPUNode goes (the node left the cluster) takes
+	// its cached accounting with it.
+	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: pl.gpuNodeDeleted}); err != nil {
+		return nil, fmt.Errorf("watching GPUNodes for the accounting cache: %w", err)
+	}
 	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 
-	pl := NewWithLister(h, args, gpuNodes.Lister())
 	if ledger != nil {
 		pl.ledger = ledger
 	}
