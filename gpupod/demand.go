@@ -2,6 +2,7 @@ package gpupod
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -75,9 +76,9 @@ func PodDemand(pod *v1.Pod) (Demand, error) {
 const MaxGPUsPerPod = 1024
 
 // GPURequest is the number of kybernate.io/gpu the pod requests (a fraction rounds up), or an
-// error for a negative request or one past MaxGPUsPerPod.
+// error for a request checkGPUs refuses or one past MaxGPUsPerPod.
 func GPURequest(pod *v1.Pod) (int64, error) {
-	if err := refuseNegativeGPUs(pod); err != nil {
+	if err := checkGPUs(pod); err != nil {
 		return 0, err
 	}
 	var q resource.Quantity
@@ -108,25 +109,41 @@ func GPURequest(pod *v1.Pod) (int64, error) {
 	return q.Value(), nil
 }
 
-// refuseNegativeGPUs refuses a negative kybernate.io/gpu in any container, which the API
-// server refuses too but a pod built by a client library or a test may carry.
-func refuseNegativeGPUs(pod *v1.Pod) error {
+// checkGPUs refuses a kybernate.io/gpu in any container that is negative, more than
+// MaxGPUsPerPod or less than a thousandth of a GPU (the API server refuses each of them, but a
+// pod built by a client library or a test may carry one). It looks at each value's magnitude
+// only, so that no value makes the exact arithmetic that follows slow: comparing "1e9808000"
+// with 1024 exactly takes seconds.
+func checkGPUs(pod *v1.Pod) error {
 	for _, cs := range [][]v1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range cs {
 			r := &cs[i].Resources
-			if c := r.Requests[kv1.ResourceGPU]; c.Sign() < 0 {
-				return negativeGPUs(c)
+			if err := checkGPUQuantity(r.Requests[kv1.ResourceGPU]); err != nil {
+				return err
 			}
-			if c := r.Limits[kv1.ResourceGPU]; c.Sign() < 0 {
-				return negativeGPUs(c)
+			if err := checkGPUQuantity(r.Limits[kv1.ResourceGPU]); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
 }
 
-func negativeGPUs(c resource.Quantity) error {
-	return &FieldError{Field: string(kv1.ResourceGPU), Value: c.String(), Resource: true, Reason: "is negative"}
+func checkGPUQuantity(q resource.Quantity) error {
+	reason := ""
+	switch f := q.AsApproximateFloat64(); {
+	case q.Sign() == 0:
+		return nil
+	case q.Sign() < 0:
+		reason = "is negative"
+	case math.IsNaN(f) || f > MaxGPUsPerPod:
+		reason = fmt.Sprintf("is more than %d GPUs", MaxGPUsPerPod)
+	case f < 1e-3:
+		reason = "is less than a thousandth of a GPU"
+	default:
+		return nil
+	}
+	return &FieldError{Field: string(kv1.ResourceGPU), Value: q.String(), Resource: true, Reason: reason}
 }
 
 // withDefaultedRequests returns the pod with the GPU requests the API server defaults from the

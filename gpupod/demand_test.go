@@ -67,8 +67,9 @@ func TestGPURequest(t *testing.T) {
 }
 
 func TestGPURequestRefused(t *testing.T) {
-	// 2^64+1 GPUs wrapped to 1 GPU in int64 before the bound; -1 GPU was a demand of -1.
-	for _, n := range []string{"1025", "10000000000000000000", "18446744073709551617", "-1", "-500m"} {
+	// 2^64+1 GPUs wrapped to 1 GPU in int64 before the bound; -1 GPU was a demand of -1;
+	// comparing 1e9808000 with the bound exactly took 5 s.
+	for _, n := range []string{"1025", "10000000000000000000", "18446744073709551617", "-1", "-500m", "1E9808000", "1e-30"} {
 		pod := &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
 			Limits: v1.ResourceList{kv1.ResourceGPU: resource.MustParse(n)}}}}}}
 		withInit := pod.DeepCopy()

@@ -42,30 +42,8 @@ fi
 exec 8>"${DIR}/.lock"
 flock 8
 
-# stop NAME BINARY ARG: SIGTERM, then SIGKILL after 15 s, for the process in
-# run/NAME.pid if it is BINARY with ARG in its command line.
-stop() {
-  local name="$1" binary="$2" arg="$3" pidfile="${RUN}/$1.pid" pid deadline
-  [[ -f "${pidfile}" ]] || return 0
-  pid="$(<"${pidfile}")"
-  if ! pid_matches "${pid}" "${binary}" "${arg}"; then
-    log "${name}: not running"
-    rm -f "${pidfile}"
-    return 0
-  fi
-  log "stopping ${name} (pid ${pid})"
-  kill -TERM "${pid}" 2>/dev/null || true
-  deadline=$((SECONDS + 15))
-  while pid_matches "${pid}" "${binary}" "${arg}"; do
-    if ((SECONDS >= deadline)); then
-      log "${name} did not exit on SIGTERM; killing it"
-      kill -KILL "${pid}" 2>/dev/null || true
-      deadline=$((SECONDS + 15))
-    fi
-    sleep 0.1
-  done
-  rm -f "${pidfile}"
-}
+# stop NAME BINARY ARG: stop_daemon for run/NAME.pid.
+stop() { stop_daemon "$1" "${RUN}/$1.pid" "$2" "$3"; }
 
 # The watchdog first, unless this is the watchdog: it must not stop itself.
 if [[ -z "${OWNER}" ]]; then

@@ -93,6 +93,31 @@ pid_matches() {
   [[ -z "${arg}" || "${cmdline}" == *"${arg}"* ]]
 }
 
+# stop_daemon NAME PIDFILE BINARY [ARG]: SIGTERM, then SIGKILL after 15 s, for the process in
+# PIDFILE if it is BINARY (with ARG in its command line); removes PIDFILE.
+stop_daemon() {
+  local name="$1" pidfile="$2" binary="$3" arg="${4:-}" pid deadline
+  [[ -f "${pidfile}" ]] || return 0
+  pid="$(<"${pidfile}")"
+  if ! pid_matches "${pid}" "${binary}" "${arg}"; then
+    log "${name}: not running"
+    rm -f "${pidfile}"
+    return 0
+  fi
+  log "stopping ${name} (pid ${pid})"
+  kill -TERM "${pid}" 2>/dev/null || true
+  deadline=$((SECONDS + 15))
+  while pid_matches "${pid}" "${binary}" "${arg}"; do
+    if ((SECONDS >= deadline)); then
+      log "${name} did not exit on SIGTERM; killing it"
+      kill -KILL "${pid}" 2>/dev/null || true
+      deadline=$((SECONDS + 15))
+    fi
+    sleep 0.1
+  done
+  rm -f "${pidfile}"
+}
+
 # await_exec PID BINARY: waits (5 s at most) until the background child PID, started as
 # `setsid BINARY ... &`, runs BINARY or is gone. Until setsid execs it, PID runs the shell or
 # setsid, and pid_matches would read a starting daemon as one that exited.

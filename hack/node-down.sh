@@ -49,26 +49,8 @@ if [[ -s "${NODE_HOST_DIR}/owner" && "$(<"${NODE_HOST_DIR}/owner")" == "${DIR}" 
   OWNS_HOST=true
 fi
 
-# stop NAME BINARY: SIGTERM, SIGKILL after 15 s, for the daemon in run/NAME.pid.
-stop() {
-  local name="$1" binary="$2" pidfile="${DIR}/run/$1.pid" pid deadline
-  [[ -f "${pidfile}" ]] || return 0
-  pid="$(<"${pidfile}")"
-  if pid_matches "${pid}" "${binary}" "${3:-${DIR}/}"; then
-    log "stopping ${name} (pid ${pid})"
-    kill -TERM "${pid}" 2>/dev/null || true
-    deadline=$((SECONDS + 15))
-    while pid_matches "${pid}" "${binary}" "${3:-${DIR}/}"; do
-      if ((SECONDS >= deadline)); then
-        log "${name} did not exit on SIGTERM; killing it"
-        kill -KILL "${pid}" 2>/dev/null || true
-        deadline=$((SECONDS + 15))
-      fi
-      sleep 0.1
-    done
-  fi
-  rm -f "${pidfile}"
-}
+# stop NAME BINARY [ARG]: stop_daemon for run/NAME.pid (ARG defaults to the node's folder).
+stop() { stop_daemon "$1" "${DIR}/run/$1.pid" "$2" "${3:-${DIR}/}"; }
 
 if [[ -z "${OWNER}" ]]; then
   stop watchdog "$(readlink -f "${BASH}")" "node-down.sh --after-exit"

@@ -6,9 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,10 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -28,7 +23,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kybernate/kybernate/activator"
-	"github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned"
 	kscheme "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/scheme"
 	"github.com/kybernate/kybernate/apis/kybernate/client/informers/externalversions"
 	"github.com/kybernate/kybernate/internal/daemon"
@@ -49,19 +43,9 @@ is ready.`,
 func Run(ctx context.Context, o *Options) error {
 	logger := klog.FromContext(ctx)
 	activator.RegisterMetrics()
-	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	kube, kyb, err := o.Clients("kybernate-activator")
 	if err != nil {
-		return fmt.Errorf("loading kubeconfig: %w", err)
-	}
-	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeBurst
-	cfg = rest.AddUserAgent(cfg, "kybernate-activator")
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("creating kubernetes client: %w", err)
-	}
-	kyb, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("creating kybernate client: %w", err)
+		return err
 	}
 
 	factory := informers.NewSharedInformerFactory(kube, 0)
@@ -89,25 +73,10 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	var ready atomic.Bool
-	var wg sync.WaitGroup
-	servers := []*http.Server{}
-	serve := func(addr, what string, h http.Handler, protocols *http.Protocols) error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listening on %s for %s: %w", addr, what, err)
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, Protocols: protocols}
-		servers = append(servers, srv)
-		logger.Info("Serving "+what, "address", ln.Addr().String())
-		wg.Go(func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Error(err, "HTTP server failed", "server", what)
-			}
-		})
-		return nil
-	}
+	var servers daemon.Servers
+	defer servers.Shutdown(ctx, 10*time.Second)
 	if o.MetricsBindAddress != "" {
-		if err := serve(o.MetricsBindAddress, "/metrics, /healthz and /readyz", opsHandler(&ready), nil); err != nil {
+		if err := servers.Serve(ctx, o.MetricsBindAddress, "/metrics, /healthz and /readyz", opsHandler(&ready), nil); err != nil {
 			return err
 		}
 	}
@@ -140,18 +109,12 @@ func Run(ctx context.Context, o *Options) error {
 		transport.Protocols = new(http.Protocols)
 		transport.Protocols.SetUnencryptedHTTP2(true)
 	}
-	if err := serve(o.BindAddress, "the proxy", activator.NewProxy(ctrl, transport, o.RetryAfter), ProxyProtocols()); err != nil {
+	if err := servers.Serve(ctx, o.BindAddress, "the proxy", activator.NewProxy(ctrl, transport, o.RetryAfter), ProxyProtocols()); err != nil {
 		return err
 	}
 	ready.Store(true)
 
 	<-ctx.Done()
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancelShutdown()
-	for _, srv := range servers {
-		_ = srv.Shutdown(shutdownCtx)
-	}
-	wg.Wait()
 	return nil
 }
 

@@ -8,13 +8,13 @@ import (
 
 	"github.com/spf13/pflag"
 	logsapi "k8s.io/component-base/logs/api/v1"
+
+	"github.com/kybernate/kybernate/internal/daemon"
 )
 
 // Options are the activator's flags.
 type Options struct {
-	Kubeconfig string
-	KubeAPIQPS float32
-	KubeBurst  int
+	daemon.Client
 
 	BindAddress        string
 	MetricsBindAddress string
@@ -37,8 +37,7 @@ type Options struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		KubeAPIQPS:         50,
-		KubeBurst:          100,
+		Client:             daemon.DefaultClient(),
 		BindAddress:        ":8080",
 		MetricsBindAddress: ":9465",
 		MaxHeld:            1000,
@@ -53,9 +52,7 @@ func NewOptions() *Options {
 
 // AddFlags adds the flags to fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty means in-cluster configuration.")
-	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Queries per second to the API server.")
-	fs.IntVar(&o.KubeBurst, "kube-api-burst", o.KubeBurst, "Burst of queries to the API server.")
+	o.Client.AddFlags(fs)
 	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the proxy serves requests on (HTTP/1.1 and HTTP/2 without TLS, prior knowledge).")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of /metrics, /healthz and /readyz.")
 	fs.BoolVar(&o.BackendH2C, "backend-h2c", o.BackendH2C, "Speak HTTP/2 without TLS (prior knowledge) to the pods instead of HTTP/1.1.")

@@ -1,6 +1,6 @@
-// Package daemon builds the cobra command of a Kybernate daemon (kybernate-agent,
-// kybernate-activator): its flags, logging flags and feature gates, the validation of both, and
-// a context that ends on SIGINT or SIGTERM.
+// Package daemon builds what Kybernate's daemons (kybernate-agent, kybernate-activator) share:
+// the cobra command with its flags, logging flags and feature gates and their validation, a
+// context that ends on SIGINT or SIGTERM, the API server clients and the HTTP servers.
 package daemon
 
 import (

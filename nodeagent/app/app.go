@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -29,9 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -71,22 +68,11 @@ With --simulate one agent serves many kwok nodes with simulated GPUs; nothing to
 
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options) error {
-	logger := klog.FromContext(ctx)
 	engine.RegisterMetrics()
 
-	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	kube, kyb, err := o.Clients("kybernate-agent")
 	if err != nil {
-		return fmt.Errorf("loading kubeconfig: %w", err)
-	}
-	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeBurst
-	cfg = rest.AddUserAgent(cfg, "kybernate-agent")
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("creating kubernetes client: %w", err)
-	}
-	kyb, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("creating kybernate client: %w", err)
+		return err
 	}
 
 	var a *agent
@@ -99,30 +85,14 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 
-	var wg sync.WaitGroup
-	var srv *http.Server
+	var servers daemon.Servers
+	defer servers.Shutdown(ctx, 5*time.Second)
 	if o.MetricsBindAddress != "" {
-		ln, err := net.Listen("tcp", o.MetricsBindAddress)
-		if err != nil {
-			return fmt.Errorf("listening on --metrics-bind-address %s: %w", o.MetricsBindAddress, err)
+		if err := servers.Serve(ctx, o.MetricsBindAddress, "/metrics and /healthz", a.httpHandler(), nil); err != nil {
+			return fmt.Errorf("--metrics-bind-address: %w", err)
 		}
-		srv = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
-		logger.Info("Serving /metrics and /healthz", "address", ln.Addr().String())
-		wg.Go(func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Error(err, "HTTP server failed")
-			}
-		})
 	}
-
-	runErr := a.run(ctx)
-	if srv != nil {
-		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdownCtx)
-	}
-	wg.Wait()
-	return runErr
+	return a.run(ctx)
 }
 
 // agent is the wiring of one agent process.

@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
+	"github.com/kybernate/kybernate/internal/daemon"
+
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/status"
@@ -21,10 +23,8 @@ import (
 
 // Options are the agent's flags.
 type Options struct {
-	Kubeconfig string
-	NodeName   string
-	KubeAPIQPS float32
-	KubeBurst  int
+	daemon.Client
+	NodeName string
 
 	SlotsPerGPU       int32
 	HostMemoryReserve resource.Quantity
@@ -65,8 +65,7 @@ type Options struct {
 func NewOptions() *Options {
 	return &Options{
 		NodeName:               os.Getenv("NODE_NAME"),
-		KubeAPIQPS:             50,
-		KubeBurst:              100,
+		Client:                 daemon.DefaultClient(),
 		SlotsPerGPU:            status.DefaultSlotsPerGPU,
 		HostMemoryReserve:      resource.MustParse("8Gi"),
 		HostMemoryStep:         resource.MustParse("1Gi"),
@@ -103,10 +102,8 @@ func NewOptions() *Options {
 
 // AddFlags adds the agent's flags to fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; in-cluster configuration when empty.")
+	o.Client.AddFlags(fs)
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "The node this agent serves (default: $NODE_NAME). Not used with --simulate.")
-	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Queries per second to the API server.")
-	fs.IntVar(&o.KubeBurst, "kube-api-burst", o.KubeBurst, "Burst of queries to the API server.")
 
 	fs.Int32Var(&o.SlotsPerGPU, "slots-per-gpu", o.SlotsPerGPU, "Pods that may be bound to one GPU at once, resident or suspended (1..64). "+
 		"The node advertises GPUs x slots of kybernate.io/gpu. The default 2 lets one pod run while one is parked; "+

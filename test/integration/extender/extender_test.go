@@ -94,7 +94,7 @@ func setup(t *testing.T) env {
 	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	ns := c.CreateNamespace(t)
 	e := env{c: c, kc: kc, h: c.Record(t, ns), ns: ns}
-	t.Cleanup(func() { e.auditGPUs(t) })
+	t.Cleanup(func() { framework.AuditGPUs(t, e.kc, e.h, slotsPerGPU) })
 	return e
 }
 
@@ -161,18 +161,6 @@ func waitReady(t *testing.T, url string) {
 	})
 }
 
-func (e env) auditGPUs(t *testing.T) {
-	t.Helper()
-	memory, err := framework.GPUMemory(context.WithoutCancel(t.Context()), e.kc)
-	if err != nil {
-		t.Errorf("listing GPUNodes: %v", err)
-		return
-	}
-	for _, o := range e.h.Overcommits(memory, slotsPerGPU) {
-		t.Errorf("overcommitted: %s", o)
-	}
-}
-
 func gpuPod(ns, name, scheduler, class, mem string) *util.PodWrapper {
 	p := util.MakePod().Namespace(ns).Name(name).SchedulerName(scheduler).PriorityClassName(class).GPU(1)
 	if mem != "" {
@@ -230,7 +218,7 @@ func TestBinPackAndSpread(t *testing.T) {
 }
 
 // 500 pods created at once: every one is bound, none without GPUs, and the history never shows
-// a GPU holding more memory or pods than it has (auditGPUs).
+// a GPU holding more memory or pods than it has (framework.AuditGPUs).
 func TestFiveHundredPodsAtOnce(t *testing.T) {
 	e := setup(t)
 	const n = 500

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -28,6 +29,20 @@ func GPUMemory(ctx context.Context, kc versioned.Interface) (map[string]int64, e
 		}
 	}
 	return out, nil
+}
+
+// AuditGPUs fails t for every moment of h at which a GPU of the cluster held more than slots
+// pods or more memory than it has (Overcommits). Call it from t.Cleanup, after the test.
+func AuditGPUs(t testing.TB, kc versioned.Interface, h *History, slots int) {
+	t.Helper()
+	memory, err := GPUMemory(context.WithoutCancel(t.Context()), kc)
+	if err != nil {
+		t.Errorf("listing GPUNodes: %v", err)
+		return
+	}
+	for _, o := range h.Overcommits(memory, slots) {
+		t.Errorf("overcommitted: %s", o)
+	}
 }
 
 // HoldsGPU reports whether a version of a pod holds memory on its GPUs: it is bound, has

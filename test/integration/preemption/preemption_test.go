@@ -74,22 +74,8 @@ func setup(t *testing.T) env {
 	framework.WaitForGPUNodes(t.Context(), t, kc, nodes, gpusPerNode, time.Minute)
 	ns := c.CreateNamespace(t)
 	e := env{c: c, kc: kc, h: c.Record(t, ns), ns: ns}
-	t.Cleanup(func() { e.auditGPUs(t) })
+	t.Cleanup(func() { framework.AuditGPUs(t, e.kc, e.h, slotsPerGPU) })
 	return e
-}
-
-// auditGPUs fails the test when the history shows a GPU holding more than it can at any
-// moment.
-func (e env) auditGPUs(t *testing.T) {
-	t.Helper()
-	memory, err := framework.GPUMemory(context.WithoutCancel(t.Context()), e.kc)
-	if err != nil {
-		t.Errorf("listing GPUNodes: %v", err)
-		return
-	}
-	for _, o := range e.h.Overcommits(memory, slotsPerGPU) {
-		t.Errorf("overcommitted: %s", o)
-	}
 }
 
 // gpuPod is a GPU pod of kybernate-scheduler pinned to a node.
