@@ -397,7 +397,8 @@ func (a *agent) run(ctx context.Context) error {
 	wg.Go(func() { a.controller.Run(runCtx, a.o.Workers) })
 	if a.tiers != nil {
 		logger.Info("Storage tiers on", "highWater", a.o.Tiers.HighWater.String(), "diskTierDir", a.o.Tiers.DiskDir,
-			"diskTierIdle", a.o.Tiers.DiskIdle, "objectStore", a.o.ObjectStoreSecret != "")
+			"diskTierIdle", a.o.Tiers.DiskIdle, "diskTierHighWater", a.o.Tiers.DiskHighWater.String(), "objectStore", a.o.ObjectStoreSecret != "",
+			"sweepInterval", a.o.Tiers.SweepInterval, "orphanGrace", a.o.Tiers.OrphanGrace)
 		wg.Go(func() { a.tiers.Run(runCtx) })
 	}
 	if a.o.CheckpointDir != "" {

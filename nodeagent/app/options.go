@@ -90,12 +90,14 @@ func NewOptions() *Options {
 		SimulateRestoreRate:    resource.MustParse("6G"),
 		Logs:                   logsapi.NewLoggingConfiguration(),
 		Tiers: tier.Config{
-			DiskIdle:     30 * time.Minute,
-			Interval:     10 * time.Second,
-			MoveTimeout:  30 * time.Minute,
-			RetryBackoff: 10 * time.Second,
-			MaxBackoff:   10 * time.Minute,
-			KeySecret:    "kybernate-image-key",
+			DiskIdle:      30 * time.Minute,
+			Interval:      10 * time.Second,
+			MoveTimeout:   30 * time.Minute,
+			RetryBackoff:  10 * time.Second,
+			MaxBackoff:    10 * time.Minute,
+			KeySecret:     "kybernate-image-key",
+			SweepInterval: 10 * time.Minute,
+			OrphanGrace:   10 * time.Minute,
 		},
 	}
 }
@@ -136,6 +138,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"pods are spilled to --disk-tier-dir (and before a suspend that would pass it): a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
 	fs.StringVar(&o.Tiers.DiskDir, "disk-tier-dir", o.Tiers.DiskDir, "Storage tiers: absolute folder on the node for spilled images, encrypted (needed with --parked-memory-high-water).")
 	fs.DurationVar(&o.Tiers.DiskIdle, "disk-tier-idle", o.Tiers.DiskIdle, "Storage tiers: how long an image stays on disk before it moves to object storage (with --object-store-secret); 0 keeps images on disk.")
+	fs.Var(&o.Tiers.DiskHighWater, "disk-tier-high-water", "Storage tiers: used bytes of the filesystem holding --disk-tier-dir above which images move to object storage, "+
+		"the longest on disk first, until it is under again: a quantity (500Gi) or a share of the filesystem (80%). Without --object-store-secret the agent reports it (Event, metric) and deletes nothing. Empty: only --disk-tier-idle moves images.")
+	fs.DurationVar(&o.Tiers.SweepInterval, "tier-sweep-interval", o.Tiers.SweepInterval, "Storage tiers: how often the images on disk and in object storage are matched against the pods that exist (and once at start).")
+	fs.DurationVar(&o.Tiers.OrphanGrace, "tier-orphan-grace", o.Tiers.OrphanGrace, "Storage tiers: how long an image whose pod no longer exists (and that no pod references) is kept before it is deleted.")
 	fs.StringVar(&o.ObjectStoreSecret, "object-store-secret", o.ObjectStoreSecret, "Storage tiers: namespace/name of the Secret with the S3-compatible object store "+
 		"(endpoint, bucket, region, pathStyle, tls, caBundle, prefix, accessKeyID, secretAccessKey, sessionToken). Empty: no object storage.")
 	fs.StringVar(&o.Tiers.KeySecret, "image-key-secret", o.Tiers.KeySecret, "Storage tiers: name of the Secret in each pod's namespace holding the namespace's image key (data key \"key\", 32 bytes).")

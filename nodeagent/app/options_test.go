@@ -38,6 +38,10 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "object store without tiers", args: []string{"--simulate", "--object-store-secret=a/b"}, wantErr: "need --parked-memory-high-water"},
 		{name: "object store secret name", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--object-store-secret=b"},
 			wantErr: "--object-store-secret=\"b\": want namespace/name"},
+		{name: "disk mark", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--disk-tier-high-water=80%"}},
+		{name: "disk mark bad", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--disk-tier-high-water=0%"}, wantErr: "invalid argument"},
+		{name: "disk mark without tiers", args: []string{"--simulate", "--disk-tier-high-water=500Gi"}, wantErr: "need --parked-memory-high-water"},
+		{name: "orphan grace", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--tier-orphan-grace=0s"}, wantErr: "--tier-orphan-grace"},
 		{name: "tier backoff", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--tier-max-backoff=1s"},
 			wantErr: "--tier-max-backoff"},
 	}

@@ -77,6 +77,10 @@ func (a *agent) newTiers(ctx context.Context) (*tier.Manager, error) {
 		}
 		objects = s3
 	}
+	if o.Tiers.DiskHighWater.IsSet() && objects == nil {
+		klog.FromContext(ctx).Info("--disk-tier-high-water without --object-store-secret: above the mark images cannot move; the agent reports it (Event DiskTierHighWater, metric) and deletes nothing",
+			"diskTierHighWater", o.Tiers.DiskHighWater.String())
+	}
 	pods := a.podFactory.Core().V1().Pods()
 	m := tier.New(o.Tiers, a.tierNodes, disk, objects, tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}, a.kube, a.kyb,
 		pods.Lister(), a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})

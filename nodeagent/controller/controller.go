@@ -168,7 +168,6 @@ func (c *Controller) next(ctx context.Context) bool {
 // Reconcile carries out the GPUCheckpoint named key (namespace/name), if it is for a pod on a
 // node the agent serves and not finished. Errors mean: try again later.
 func (c *Controller) Reconcile(ctx context.Context, key string) error {
-	logger := klog.FromContext(ctx)
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return nil // not ours to retry
@@ -179,63 +178,13 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	} else if err != nil {
 		return fmt.Errorf("getting gpucheckpoint from cache: %w", err)
 	}
-	if ck.Status.Phase == kv1.PhaseSucceeded || ck.Status.Phase == kv1.PhaseFailed {
-		c.mu.Lock()
-		delete(c.finished, ck.UID)
-		c.mu.Unlock()
-		return nil
-	}
-	c.mu.Lock()
-	r, done := c.finished[ck.UID]
-	c.mu.Unlock()
-	if done {
-		if r.written {
-			return nil // the cache has not caught up with the agent's write
-		}
-		return c.writeFinal(ctx, ck, r.status)
-	}
-
-	if n := ck.Status.NodeName; n != "" {
-		if _, ours := c.op.engines.Engine(n); !ours {
-			return nil // another agent has taken it on
-		}
-	}
-	pod, err := c.pod(ctx, ns, ck.Spec.PodName)
-	if err != nil {
+	if done, err := c.finishedAlready(ctx, ck); done {
 		return err
 	}
+	pod, err := c.admit(ctx, ck)
 	if pod == nil {
-		return c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s does not exist", ns, ck.Spec.PodName))
+		return err
 	}
-	if pod.Spec.NodeName == "" {
-		return c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is not bound to a node", ns, pod.Name))
-	}
-	if _, ok := c.op.engines.Engine(pod.Spec.NodeName); !ok {
-		if ck.Status.NodeName != "" {
-			if _, mine := c.op.engines.Engine(ck.Status.NodeName); mine {
-				return c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is on node %s, not on node %s where this action started", ns, pod.Name, pod.Spec.NodeName, ck.Status.NodeName))
-			}
-		}
-		logger.V(5).Info("Pod is on a node another agent serves", "node", pod.Spec.NodeName)
-		return nil
-	}
-	if ck.Spec.PodUID != "" && types.UID(ck.Spec.PodUID) != pod.UID {
-		return c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("pod %s/%s has UID %s, but this GPUCheckpoint is for UID %s: the pod was replaced", ns, pod.Name, pod.UID, ck.Spec.PodUID))
-	}
-	switch ck.Spec.Action {
-	case kv1.ActionSuspend, kv1.ActionResume:
-	case kv1.ActionCheckpoint:
-		if c.op.imageRoot == "" {
-			return c.fail(ctx, ck, pod, ReasonInvalid, "this agent has no --checkpoint-dir: it writes no checkpoint images")
-		}
-	case kv1.ActionRestore:
-		if ck.Spec.Image == "" {
-			return c.fail(ctx, ck, pod, ReasonInvalid, "action Restore needs spec.image")
-		}
-	default:
-		return c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("unknown action %q: want Suspend, Resume, Checkpoint or Restore", ck.Spec.Action))
-	}
-
 	if ck.Status.Phase != kv1.PhaseInProgress {
 		upd := ck.DeepCopy()
 		now := metav1.NewTime(c.clock.Now())
@@ -244,10 +193,81 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 			return fmt.Errorf("marking gpucheckpoint in progress: %w", err)
 		}
 	}
-	logger.V(2).Info("Carrying out GPUCheckpoint", "action", ck.Spec.Action, "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "reason", ck.Spec.Reason)
+	klog.FromContext(ctx).V(2).Info("Carrying out GPUCheckpoint", "action", ck.Spec.Action, "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "reason", ck.Spec.Reason)
 
-	var res engine.Result
-	var img *ImageResult
+	res, img, err := c.carryOut(ctx, ck, pod)
+	if done, err := c.failed(ctx, ck, pod, err); done {
+		return err
+	}
+	return c.writeFinal(ctx, ck, c.succeeded(ck, pod, res, img, err))
+}
+
+// finishedAlready reports whether ck needs nothing more: it has ended, or the agent has
+// ended it and (done, the returned error) writes that again until the write is seen.
+func (c *Controller) finishedAlready(ctx context.Context, ck *kv1.GPUCheckpoint) (bool, error) {
+	c.mu.Lock()
+	if ck.Status.Phase == kv1.PhaseSucceeded || ck.Status.Phase == kv1.PhaseFailed {
+		delete(c.finished, ck.UID)
+		c.mu.Unlock()
+		return true, nil
+	}
+	r, done := c.finished[ck.UID]
+	c.mu.Unlock()
+	if !done || r.written {
+		return done, nil // written: the cache has not caught up with the agent's write
+	}
+	return true, c.writeFinal(ctx, ck, r.status)
+}
+
+// admit returns the pod ck acts on when this agent carries ck out. Otherwise it returns nil,
+// after failing ck for an invalid request (with the error of that write).
+func (c *Controller) admit(ctx context.Context, ck *kv1.GPUCheckpoint) (*v1.Pod, error) {
+	ns := ck.Namespace
+	if n := ck.Status.NodeName; n != "" {
+		if _, ours := c.op.engines.Engine(n); !ours {
+			return nil, nil // another agent has taken it on
+		}
+	}
+	pod, err := c.pod(ctx, ns, ck.Spec.PodName)
+	if err != nil {
+		return nil, err
+	}
+	if pod == nil {
+		return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s does not exist", ns, ck.Spec.PodName))
+	}
+	if pod.Spec.NodeName == "" {
+		return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is not bound to a node", ns, pod.Name))
+	}
+	if _, ok := c.op.engines.Engine(pod.Spec.NodeName); !ok {
+		if ck.Status.NodeName != "" {
+			if _, mine := c.op.engines.Engine(ck.Status.NodeName); mine {
+				return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is on node %s, not on node %s where this action started", ns, pod.Name, pod.Spec.NodeName, ck.Status.NodeName))
+			}
+		}
+		klog.FromContext(ctx).V(5).Info("Pod is on a node another agent serves", "node", pod.Spec.NodeName)
+		return nil, nil
+	}
+	if ck.Spec.PodUID != "" && types.UID(ck.Spec.PodUID) != pod.UID {
+		return nil, c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("pod %s/%s has UID %s, but this GPUCheckpoint is for UID %s: the pod was replaced", ns, pod.Name, pod.UID, ck.Spec.PodUID))
+	}
+	switch ck.Spec.Action {
+	case kv1.ActionSuspend, kv1.ActionResume:
+	case kv1.ActionCheckpoint:
+		if c.op.imageRoot == "" {
+			return nil, c.fail(ctx, ck, pod, ReasonInvalid, "this agent has no --checkpoint-dir: it writes no checkpoint images")
+		}
+	case kv1.ActionRestore:
+		if ck.Spec.Image == "" {
+			return nil, c.fail(ctx, ck, pod, ReasonInvalid, "action Restore needs spec.image")
+		}
+	default:
+		return nil, c.fail(ctx, ck, pod, ReasonInvalid, fmt.Sprintf("unknown action %q: want Suspend, Resume, Checkpoint or Restore", ck.Spec.Action))
+	}
+	return pod, nil
+}
+
+// carryOut runs ck's action on pod; img is the image a Checkpoint wrote.
+func (c *Controller) carryOut(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1.Pod) (res engine.Result, img *ImageResult, err error) {
 	switch ck.Spec.Action {
 	case kv1.ActionSuspend:
 		res, err = c.op.Suspend(ctx, pod, c.cfg.LockTimeout)
@@ -260,25 +280,36 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	case kv1.ActionRestore:
 		res, err = c.op.Restore(ctx, pod, ck.Spec.Image, ck.Spec.TargetGPUs)
 	}
+	return res, img, err
+}
+
+// failed reports whether err ends or defers ck (then with the error to return): failed with
+// its cause, or retried later. nil and ErrNotRecorded are not failures.
+func (c *Controller) failed(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1.Pod, err error) (bool, error) {
 	var inv *InvalidError
 	var opErr *engine.Error
 	var imgErr *ImageError
 	switch {
 	case err == nil || errors.Is(err, ErrNotRecorded):
+		return false, nil
 	case errors.As(err, &inv):
-		return c.fail(ctx, ck, pod, ReasonInvalid, inv.Msg)
+		return true, c.fail(ctx, ck, pod, ReasonInvalid, inv.Msg)
 	case errors.As(err, &imgErr):
-		return c.fail(ctx, ck, pod, imgErr.Cause, err.Error(), &imgErr.RolledBack)
+		return true, c.fail(ctx, ck, pod, imgErr.Cause, err.Error(), &imgErr.RolledBack)
 	case errors.As(err, &opErr) && opErr.Cause == engine.CauseBusy:
-		return err // another action on the pod is running: later
+		return true, err // another action on the pod is running: later
 	case errors.As(err, &opErr) && opErr.Cause.Attempted():
-		return c.fail(ctx, ck, pod, string(opErr.Cause), err.Error(), &opErr.RolledBack)
+		return true, c.fail(ctx, ck, pod, string(opErr.Cause), err.Error(), &opErr.RolledBack)
 	case errors.As(err, &opErr):
-		return c.fail(ctx, ck, pod, string(opErr.Cause), err.Error())
+		return true, c.fail(ctx, ck, pod, string(opErr.Cause), err.Error())
 	default:
-		return err // the API, before anything was done: try again
+		return true, err // the API, before anything was done: try again
 	}
-	// Done (a failure to record it on the pod is in the message but does not undo it).
+}
+
+// succeeded is ck's final status after its action moved res (a failure to record it on the
+// pod, notRecorded, is in the message but does not undo it).
+func (c *Controller) succeeded(ck *kv1.GPUCheckpoint, pod *v1.Pod, res engine.Result, img *ImageResult, notRecorded error) kv1.GPUCheckpointStatus {
 	st := ck.Status.DeepCopy()
 	st.Phase = kv1.PhaseSucceeded
 	st.BytesMoved = res.Bytes
@@ -295,13 +326,13 @@ func (c *Controller) Reconcile(ctx context.Context, key string) error {
 	}
 	now := metav1.NewTime(c.clock.Now())
 	st.CompletionTime = &now
-	st.Message = fmt.Sprintf("%s of pod %s/%s moved %s in %s", ck.Spec.Action, ns, pod.Name, quantity(res.Bytes), describe(res.Steps))
-	if err != nil {
-		st.Message += "; " + err.Error()
+	st.Message = fmt.Sprintf("%s of pod %s/%s moved %s in %s", ck.Spec.Action, ck.Namespace, pod.Name, quantity(res.Bytes), describe(res.Steps))
+	if notRecorded != nil {
+		st.Message += "; " + notRecorded.Error()
 	}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: kv1.CheckpointComplete, Status: metav1.ConditionTrue, Reason: ReasonSucceeded,
 		Message: st.Message, ObservedGeneration: ck.Generation, LastTransitionTime: now})
-	return c.writeFinal(ctx, ck, *st)
+	return *st
 }
 
 // pod returns the pod, nil when it does not exist. The cache (the served nodes' pods) says

@@ -356,6 +356,7 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.UUID) (res Result, err error) {
 	const op = "resume"
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.Namespace, pod.Name))
+	ctx = klog.NewContext(ctx, logger)
 	start := e.clock.Now()
 	defer func() { observe(metrics.OperationResume, start, e.clock.Now(), res, err) }()
 	fail := func(cause Cause, rolledBack bool, err error) error {
@@ -380,63 +381,14 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 	}
 	parked := p.parked
 
-	all, err := e.GPUs()
+	from, moves, pairs, err := e.resumeTargets(ctx, parked, from, to, fail)
 	if err != nil {
-		return Result{}, fail(CauseInternal, false, err)
+		return Result{}, err
 	}
-	// kybernate.io/gpus may already name the GPUs the memory goes to: the scheduler's resume
-	// controller moves it before it asks, so that nothing else is placed there meanwhile. The
-	// memory itself is where it was parked.
-	if src := parkedGPUs(parked); len(src) == len(from) && !sameSet(src, from) {
-		if len(to) == 0 {
-			to = from
-		}
-		from = src
-	}
-	moves, err := movesOf(parked, all, from, to)
-	if err != nil {
-		return Result{}, fail(CauseInvalidTarget, false, err)
-	}
-	pairs, err := cuda.RemapPairs(all, moves)
-	if err != nil {
-		return Result{}, fail(CauseInvalidTarget, false, err)
-	}
-	if err := e.capability(pairs != nil); err != nil {
-		return Result{}, fail(CauseUnsupported, false, err)
-	}
-	if err := e.checkGPUMemory(ctx, restoreNeeds(parked, moves)); err != nil {
-		cause := CauseInternal
-		if errors.Is(err, ErrInsufficientGPUMemory) {
-			cause = CauseInsufficientGPUMemory
-		}
-		logger.V(2).Info("Not restoring: the restore guard refused", "err", err)
-		return Result{}, fail(cause, false, err)
-	}
-
 	t := e.clock.Now()
-	var moved int64
-	for i, pr := range parked {
-		err := e.restore(ctx, pr.PID, pairs)
-		if err == nil {
-			moved += pr.Bytes
-			continue
-		}
-		if errors.Is(err, errStepTimeout) {
-			e.set(func() { p.stuck = err })
-			return Result{}, fail(CauseStepTimeout, false, err)
-		}
-		if errors.Is(err, ErrGPUStateLost) {
-			// Nothing brings the process back. The others are put back to suspended, but the
-			// pod as a whole cannot run on.
-			e.set(func() { p.lost = err })
-			rbErr := e.checkpointAll(ctx, parked[:i])
-			logger.Error(err, "Restore ran out of GPU memory: the pod's GPU state is lost", "pid", pr.PID, "rollbackErr", rbErr)
-			return Result{}, fail(CauseGPUStateLost, false, joinRollback(err, rbErr))
-		}
-		// Back to suspended: checkpoint again what was restored.
-		rbErr := e.checkpointAll(ctx, parked[:i])
-		logger.V(2).Info("Resume failed at restore; rolled back", "pid", pr.PID, "err", err, "rollbackErr", rbErr)
-		return Result{}, fail(CauseRestoreFailed, rbErr == nil, joinRollback(err, rbErr))
+	moved, err := e.restoreAll(ctx, p, parked, pairs, fail)
+	if err != nil {
+		return Result{}, err
 	}
 	res.Steps = append(res.Steps, Step{Name: StepRestore, Duration: e.clock.Since(t), Bytes: moved})
 
@@ -453,6 +405,77 @@ func (e *Engine) Resume(ctx context.Context, pod podmap.PodRef, from, to []cuda.
 	e.set(func() { p.parked = nil })
 	logger.V(2).Info("Resumed pod", "bytes", moved, "gpus", res.GPUs, "duration", e.clock.Since(start))
 	return res, nil
+}
+
+// resumeTargets works out where the parked memory goes (from: the GPUs it was parked from,
+// moves and the driver's GPU pairs) and checks, before the driver is asked, that the driver
+// can move it there and that the targets have the memory free (the restore guard).
+func (e *Engine) resumeTargets(ctx context.Context, parked []Process, from, to []cuda.UUID, fail func(Cause, bool, error) error) ([]cuda.UUID, map[cuda.UUID]cuda.UUID, []cuda.GPUPair, error) {
+	all, err := e.GPUs()
+	if err != nil {
+		return nil, nil, nil, fail(CauseInternal, false, err)
+	}
+	// kybernate.io/gpus may already name the GPUs the memory goes to: the scheduler's resume
+	// controller moves it before it asks, so that nothing else is placed there meanwhile. The
+	// memory itself is where it was parked.
+	if src := parkedGPUs(parked); len(src) == len(from) && !sameSet(src, from) {
+		if len(to) == 0 {
+			to = from
+		}
+		from = src
+	}
+	moves, err := movesOf(parked, all, from, to)
+	if err != nil {
+		return nil, nil, nil, fail(CauseInvalidTarget, false, err)
+	}
+	pairs, err := cuda.RemapPairs(all, moves)
+	if err != nil {
+		return nil, nil, nil, fail(CauseInvalidTarget, false, err)
+	}
+	if err := e.capability(pairs != nil); err != nil {
+		return nil, nil, nil, fail(CauseUnsupported, false, err)
+	}
+	if err := e.checkGPUMemory(ctx, restoreNeeds(parked, moves)); err != nil {
+		cause := CauseInternal
+		if errors.Is(err, ErrInsufficientGPUMemory) {
+			cause = CauseInsufficientGPUMemory
+		}
+		klog.FromContext(ctx).V(2).Info("Not restoring: the restore guard refused", "err", err)
+		return nil, nil, nil, fail(cause, false, err)
+	}
+	return from, moves, pairs, nil
+}
+
+// restoreAll restores the parked processes one by one and returns the bytes moved. When one
+// fails, those restored before it are checkpointed again (rolled back), except when the
+// failure left a process stuck or lost its GPU state.
+func (e *Engine) restoreAll(ctx context.Context, p *podEntry, parked []Process, pairs []cuda.GPUPair, fail func(Cause, bool, error) error) (int64, error) {
+	logger := klog.FromContext(ctx)
+	var moved int64
+	for i, pr := range parked {
+		err := e.restore(ctx, pr.PID, pairs)
+		if err == nil {
+			moved += pr.Bytes
+			continue
+		}
+		if errors.Is(err, errStepTimeout) {
+			e.set(func() { p.stuck = err })
+			return 0, fail(CauseStepTimeout, false, err)
+		}
+		if errors.Is(err, ErrGPUStateLost) {
+			// Nothing brings the process back. The others are put back to suspended, but the
+			// pod as a whole cannot run on.
+			e.set(func() { p.lost = err })
+			rbErr := e.checkpointAll(ctx, parked[:i])
+			logger.Error(err, "Restore ran out of GPU memory: the pod's GPU state is lost", "pid", pr.PID, "rollbackErr", rbErr)
+			return 0, fail(CauseGPUStateLost, false, joinRollback(err, rbErr))
+		}
+		// Back to suspended: checkpoint again what was restored.
+		rbErr := e.checkpointAll(ctx, parked[:i])
+		logger.V(2).Info("Resume failed at restore; rolled back", "pid", pr.PID, "err", err, "rollbackErr", rbErr)
+		return 0, fail(CauseRestoreFailed, rbErr == nil, joinRollback(err, rbErr))
+	}
+	return moved, nil
 }
 
 // parkedGPUs are the distinct GPUs the parked processes were on, in order of appearance.

@@ -194,6 +194,43 @@ var (
 		Help:           "Failed moves of a suspended pod's memory between tiers, by from, to and cause; the memory stays where it was.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"from", "to", "cause"})
+	// DiskTierUsedBytes and DiskTierHighWaterBytes are the used bytes of the filesystem holding
+	// the disk tier and its mark (with --disk-tier-high-water).
+	DiskTierUsedBytes = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "disk_tier_filesystem_used_bytes",
+		Help:           "Used bytes of the filesystem holding the disk tier (--disk-tier-dir), set when --disk-tier-high-water is.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	DiskTierHighWaterBytes = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "disk_tier_high_water_bytes",
+		Help:           "The disk tier's high-water mark (--disk-tier-high-water) in bytes of its filesystem.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	// DiskTierAboveHighWater is 1 while the disk tier stays above its mark after the uploads
+	// the policy could make (no object store, or failing uploads).
+	DiskTierAboveHighWater = metrics.NewGauge(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "disk_tier_above_high_water",
+		Help:           "1 while the disk tier's filesystem stays above --disk-tier-high-water after the uploads the policy could make (no object store, or uploads failing); nothing is deleted.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	// OrphanImagesDeleted counts images of pods that no longer exist deleted by the sweep.
+	OrphanImagesDeleted = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_orphan_images_deleted_total",
+		Help:           "Images in a storage tier (tier=Disk|ObjectStore) whose pod no longer exists, deleted by the agent's sweep after --tier-orphan-grace.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"tier"})
+	// OrphanImages is how many images of pods that no longer exist the last sweep found, per
+	// tier, deleted or waiting for their grace period.
+	OrphanImages = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_orphan_images",
+		Help:           "Images in a storage tier whose pod no longer exists, found by the last sweep and waiting for --tier-orphan-grace.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"tier"})
 )
 
 var registerOnce sync.Once
@@ -206,10 +243,13 @@ func Register() {
 		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
 			ParkedBytes, StatusWrites, InventoryErrors,
 			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted,
-			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures)
+			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures,
+			DiskTierUsedBytes, DiskTierHighWaterBytes, DiskTierAboveHighWater, OrphanImagesDeleted, OrphanImages)
 		for _, t := range []string{TierDisk, TierObjectStore} {
 			TierImages.WithLabelValues(t)
 			TierBytes.WithLabelValues(t)
+			OrphanImagesDeleted.WithLabelValues(t)
+			OrphanImages.WithLabelValues(t)
 		}
 		for _, f := range [][3]string{{TierHostMemory, TierDisk, "SpillFailed"}, {TierDisk, TierObjectStore, "UploadFailed"},
 			{TierDisk, TierGPU, "FetchFailed"}, {TierDisk, TierGPU, "ImageCorrupt"}, {TierObjectStore, TierGPU, "FetchFailed"}, {TierObjectStore, TierGPU, "ImageCorrupt"}} {

@@ -136,15 +136,18 @@ func (d *Disk) Delete(_ context.Context, key string) error {
 	return nil
 }
 
-// List walks the folder of prefix. It lists the temporary files of Puts that a crash
+// List walks the folder of prefix (the whole tier for ""). It lists the temporary files of Puts that a crash
 // interrupted too (named .tmp-*), so that Delete removes them with the image.
 func (d *Disk) List(_ context.Context, prefix string) ([]string, error) {
-	dir, err := d.path(strings.TrimSuffix(prefix, "/"))
-	if err != nil {
-		return nil, err
+	dir := d.Root
+	if prefix != "" {
+		var err error
+		if dir, err = d.path(strings.TrimSuffix(prefix, "/")); err != nil {
+			return nil, err
+		}
 	}
 	var keys []string
-	err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) && p == dir {
 			return fs.SkipAll
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -222,4 +223,31 @@ func Delete(ctx context.Context, t Tier, id ImageID) error {
 	}
 	klog.FromContext(ctx).V(2).Info("Deleted image", "image", id.String(), "tier", t.String())
 	return nil
+}
+
+// ListImages returns the images t holds, complete or not (objects of an unfinished Put or
+// Copy without a manifest count too, so that Delete can clear them), sorted. Keys that do not
+// have the form <namespace>/<name>/manifest.json or <namespace>/<name>/files/... are not
+// images of this package and are skipped: a bucket may hold other things.
+func ListImages(ctx context.Context, t Tier) ([]ImageID, error) {
+	keys, err := t.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[ImageID]bool{}
+	var out []ImageID
+	for _, k := range keys {
+		parts := strings.SplitN(k, "/", 3)
+		if len(parts) != 3 || (parts[2] != manifestObject && !strings.HasPrefix(parts[2], filesDir)) {
+			continue
+		}
+		id := ImageID{Namespace: parts[0], Name: parts[1]}
+		if seen[id] || id.Validate() != nil {
+			continue
+		}
+		seen[id] = true
+		out = append(out, id)
+	}
+	slices.SortFunc(out, func(a, b ImageID) int { return strings.Compare(a.String(), b.String()) })
+	return out, nil
 }

@@ -357,3 +357,32 @@ func TestDeleteRemovesLeftovers(t *testing.T) {
 		t.Errorf("left after Delete: %v (%v)", readTree(t, disk.Root), err)
 	}
 }
+
+func TestListImages(t *testing.T) {
+	ctx := t.Context()
+	disk, key := newDisk(t), testKey(t, 1)
+	if ids, err := ListImages(ctx, disk); err != nil || len(ids) != 0 {
+		t.Fatalf("empty tier: %v, %v", ids, err)
+	}
+	src, _ := writeImage(t)
+	other := ImageID{Namespace: "team-b", Name: "b-1"}
+	for _, id := range []ImageID{testID, other} {
+		if _, err := Put(ctx, disk, id, key, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An unfinished Put (files, no manifest) is listed; objects that are no image are not.
+	partial := ImageID{Namespace: "team-a", Name: "partial"}
+	for _, k := range []string{partial.fileKey("pages-1.img"), "README", "team-a/loose", "Team-C/x/manifest.json"} {
+		if err := disk.Put(ctx, k, strings.NewReader("x"), 1, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids, err := ListImages(ctx, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]ImageID{partial, testID, other}, ids); diff != "" {
+		t.Errorf("ListImages (-want +got):\n%s", diff)
+	}
+}

@@ -11,8 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-// Threshold is a host-memory mark: an absolute quantity ("200Gi") or a share of the node's
-// memory ("60%"). The zero Threshold is unset.
+// Threshold is a mark: an absolute quantity ("200Gi") or a share of a total ("60%"): the
+// node's memory for the parked-memory mark, the size of the filesystem holding the disk tier
+// for the disk mark. The zero Threshold is unset.
 type Threshold struct {
 	bytes   int64
 	percent float64
@@ -28,7 +29,7 @@ func ParseThreshold(s string) (Threshold, error) {
 	if p, ok := strings.CutSuffix(s, "%"); ok {
 		v, err := strconv.ParseFloat(p, 64)
 		if err != nil || v <= 0 || v > 100 {
-			return Threshold{}, fmt.Errorf("%q: want a share of the node's memory above 0%% and at most 100%%", s)
+			return Threshold{}, fmt.Errorf("%q: want a share above 0%% and at most 100%%", s)
 		}
 		return Threshold{percent: v, set: true}, nil
 	}
@@ -45,7 +46,7 @@ func ParseThreshold(s string) (Threshold, error) {
 // IsSet reports whether the threshold was given.
 func (t Threshold) IsSet() bool { return t.set }
 
-// Bytes is the mark on a node with total bytes of memory.
+// Bytes is the mark for a total of total bytes.
 func (t Threshold) Bytes(total int64) int64 {
 	if t.percent > 0 {
 		return int64(float64(total) * t.percent / 100)
@@ -84,6 +85,10 @@ type Config struct {
 	HighWater Threshold
 	// DiskDir is the disk tier: the folder the encrypted images are kept in on the node.
 	DiskDir string
+	// DiskHighWater is the mark for the filesystem holding DiskDir (its used bytes): above it
+	// images on disk move to object storage, the longest on disk first, until it is under the
+	// mark again. Unset: only DiskIdle moves images.
+	DiskHighWater Threshold
 	// DiskIdle is how long an image stays on disk before it moves to object storage; 0 keeps
 	// images on disk.
 	DiskIdle time.Duration
@@ -94,6 +99,10 @@ type Config struct {
 	// RetryBackoff is the wait after the first failed move of a pod; it doubles up to
 	// MaxBackoff.
 	RetryBackoff, MaxBackoff time.Duration
+	// SweepInterval is how often the images in the disk tier and object storage are matched
+	// against the pods that exist, and OrphanGrace how long an image whose pod is gone is kept
+	// before it is deleted.
+	SweepInterval, OrphanGrace time.Duration
 	// KeySecret names the Secret, in each pod's namespace, holding the namespace's image key
 	// (data key "key").
 	KeySecret string
@@ -105,8 +114,8 @@ func (c Config) Enabled() bool { return c.HighWater.IsSet() }
 // Validate checks c; flag names are used in the errors.
 func (c Config) Validate(objectStore bool) error {
 	if !c.Enabled() {
-		if objectStore || c.DiskDir != "" {
-			return errors.New("--disk-tier-dir and --object-store-secret need --parked-memory-high-water: without a mark nothing moves out of host memory")
+		if objectStore || c.DiskDir != "" || c.DiskHighWater.IsSet() {
+			return errors.New("--disk-tier-dir, --disk-tier-high-water and --object-store-secret need --parked-memory-high-water: without a mark nothing moves out of host memory")
 		}
 		return nil
 	}
@@ -125,6 +134,12 @@ func (c Config) Validate(objectStore bool) error {
 	}
 	if c.RetryBackoff <= 0 || c.MaxBackoff < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("--tier-retry-backoff=%s, --tier-max-backoff=%s: want 0 < backoff <= max", c.RetryBackoff, c.MaxBackoff))
+	}
+	if c.SweepInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--tier-sweep-interval=%s: want a positive duration", c.SweepInterval))
+	}
+	if c.OrphanGrace <= 0 {
+		errs = append(errs, fmt.Errorf("--tier-orphan-grace=%s: want a positive duration (an image whose pod is gone is kept this long)", c.OrphanGrace))
 	}
 	if c.KeySecret == "" {
 		errs = append(errs, errors.New("--image-key-secret: the tier policy encrypts images with a key per namespace and needs the Secret's name"))

@@ -4,7 +4,10 @@
 // suspension that would pass it, the least recently suspended pods are spilled: the pod's
 // checkpoint image (its parked memory) is written, encrypted with its namespace's key, into the
 // disk tier (package storage), and then its processes are ended, which frees the host memory.
-// Images idle on disk longer than Config.DiskIdle move to object storage. A resume of a spilled
+// Images idle on disk longer than Config.DiskIdle move to object storage, and so do the
+// longest on disk while the disk tier's filesystem is above Config.DiskHighWater (without an
+// object store that is said, never resolved by deleting). Images whose pod no longer exists
+// (deleted while no agent ran) are swept from both tiers after Config.OrphanGrace. A resume of a spilled
 // pod brings the memory back from wherever it is: the restore guard first (never a restore
 // without enough free GPU memory), then object storage -> disk, the image verified and
 // decrypted, and restored onto the GPUs.
@@ -90,9 +93,15 @@ type Manager struct {
 	ckpts    listers.GPUCheckpointLister
 	recorder record.EventRecorder
 	clock    clock.WithTicker
+	// fs reports the disk tier's filesystem usage (statfs; tests replace it).
+	fs Filesystem
 
 	mu   sync.Mutex
 	held map[types.UID]*entry
+	// pressure: the disk tier stayed above DiskHighWater at the last look.
+	pressure bool
+	// orphans are the images whose pod is gone, by when a sweep first found them so.
+	orphans map[orphanKey]time.Time
 }
 
 // entry is a suspended pod whose memory is in a tier below host memory.
@@ -125,7 +134,7 @@ type entry struct {
 func New(cfg Config, nodes Nodes, disk, objects storage.Tier, keys Keys, kube kubernetes.Interface, kyb versioned.Interface,
 	pods corelisters.PodLister, ckpts listers.GPUCheckpointLister, recorder record.EventRecorder, clk clock.WithTicker) *Manager {
 	return &Manager{cfg: cfg, nodes: nodes, disk: disk, objects: objects, keys: keys, kube: kube, kyb: kyb, pods: pods, ckpts: ckpts,
-		recorder: recorder, clock: clk, held: map[types.UID]*entry{}}
+		recorder: recorder, clock: clk, fs: Statfs, held: map[types.UID]*entry{}, orphans: map[orphanKey]time.Time{}}
 }
 
 // Holds reports the tier of a suspended pod whose memory the policy moved out of host memory.
@@ -160,17 +169,29 @@ func (m *Manager) release(e *entry) {
 	e.busy = false
 }
 
-// Run applies the policy every Config.Interval until ctx ends.
+// Run applies the policy every Config.Interval and sweeps the images of pods that are gone at
+// once and every Config.SweepInterval, until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
 	t := m.clock.NewTicker(m.cfg.Interval)
 	defer t.Stop()
+	sweep := m.clock.NewTicker(m.cfg.SweepInterval)
+	defer sweep.Stop()
+	m.sweep(ctx)
 	for {
 		m.Reconcile(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
+		case <-sweep.C():
+			m.sweep(ctx)
 		}
+	}
+}
+
+func (m *Manager) sweep(ctx context.Context) {
+	if err := m.Sweep(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Sweeping the images of pods that are gone failed; retried next sweep")
 	}
 }
 
@@ -187,6 +208,8 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		m.uploadDue(ctx, name)
 		m.publish(name)
 	}
+	// One disk tier for all the agent's nodes.
+	m.relievePressure(ctx)
 }
 
 // MakeRoom spills suspended pods of node, least recently suspended first, until the memory
@@ -264,7 +287,7 @@ func (m *Manager) uploadDue(ctx context.Context, node string) {
 	}
 	m.mu.Unlock()
 	for _, uid := range UploadsDue(disk, m.clock.Now(), m.cfg.DiskIdle) {
-		if err := m.Upload(ctx, uid); err != nil {
+		if err := m.upload(ctx, uid, "idle on disk for "+m.cfg.DiskIdle.String()); err != nil {
 			klog.FromContext(ctx).V(2).Info("Upload to object storage failed; the image stays on disk", "node", node, "err", err)
 		}
 	}

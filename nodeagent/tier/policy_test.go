@@ -122,7 +122,8 @@ func TestParseThreshold(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	hw, _ := ParseThreshold("60%")
 	good := Config{HighWater: hw, DiskDir: "/var/lib/kybernate/tiers", DiskIdle: time.Minute, Interval: time.Second,
-		MoveTimeout: time.Minute, RetryBackoff: time.Second, MaxBackoff: time.Minute, KeySecret: "kybernate-image-key"}
+		MoveTimeout: time.Minute, RetryBackoff: time.Second, MaxBackoff: time.Minute, KeySecret: "kybernate-image-key",
+		DiskHighWater: hw, SweepInterval: time.Minute, OrphanGrace: 10 * time.Minute}
 	tests := []struct {
 		name        string
 		mut         func(*Config)
@@ -130,6 +131,7 @@ func TestConfigValidate(t *testing.T) {
 		wantErr     string
 	}{
 		{name: "good", mut: func(*Config) {}},
+		{name: "no disk mark", mut: func(c *Config) { c.DiskHighWater = Threshold{} }},
 		{name: "off", mut: func(c *Config) { *c = Config{} }},
 		{name: "object store without a mark", mut: func(c *Config) { *c = Config{} }, objectStore: true, wantErr: "need --parked-memory-high-water"},
 		{name: "relative disk dir", mut: func(c *Config) { c.DiskDir = "tiers" }, wantErr: "--disk-tier-dir"},
@@ -138,6 +140,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "no interval", mut: func(c *Config) { c.Interval = 0 }, wantErr: "--tier-interval"},
 		{name: "no timeout", mut: func(c *Config) { c.MoveTimeout = 0 }, wantErr: "--tier-move-timeout"},
 		{name: "backoff past max", mut: func(c *Config) { c.MaxBackoff = time.Millisecond }, wantErr: "--tier-max-backoff"},
+		{name: "disk mark without a mark", mut: func(c *Config) { *c = Config{DiskHighWater: hw} }, wantErr: "--disk-tier-high-water"},
+		{name: "no sweep interval", mut: func(c *Config) { c.SweepInterval = 0 }, wantErr: "--tier-sweep-interval"},
+		{name: "no orphan grace", mut: func(c *Config) { c.OrphanGrace = -time.Second }, wantErr: "--tier-orphan-grace"},
 		{name: "no key secret", mut: func(c *Config) { c.KeySecret = "" }, wantErr: "--image-key-secret"},
 	}
 	for _, tt := range tests {

@@ -142,7 +142,12 @@ func containsUUID(list []cuda.UUID, u cuda.UUID) bool {
 
 // Upload moves a pod's image from disk to object storage and then deletes the disk copy. On
 // failure the image stays on disk and the next try waits (exponential backoff).
-func (m *Manager) Upload(ctx context.Context, uid types.UID) (err error) {
+func (m *Manager) Upload(ctx context.Context, uid types.UID) error {
+	return m.upload(ctx, uid, "")
+}
+
+// upload is Upload; why, when not empty, says in the Event why the image moved.
+func (m *Manager) upload(ctx context.Context, uid types.UID, why string) (err error) {
 	if m.objects == nil {
 		return errors.New("no object storage configured")
 	}
@@ -172,8 +177,11 @@ func (m *Manager) Upload(ctx context.Context, uid types.UID) (err error) {
 	e.tier, e.since, e.failures, e.notBefore, e.lastError = kv1.TierObjectStore, m.clock.Now(), 0, start, ""
 	m.mu.Unlock()
 	m.observe(kv1.TierDisk, kv1.TierObjectStore, start, e, nil)
-	m.recorder.Eventf(pod, v1.EventTypeNormal, EventUploadedToObjectStore, "Uploaded to object storage: %s (%d files copied, %d resumed) in %v; disk copy deleted",
-		m.location(kv1.TierObjectStore, e.id), res.Copied, res.Skipped, m.clock.Since(start).Round(1e6))
+	if why != "" {
+		why = " (" + why + ")"
+	}
+	m.recorder.Eventf(pod, v1.EventTypeNormal, EventUploadedToObjectStore, "Uploaded to object storage%s: %s (%d files copied, %d resumed) in %v; disk copy deleted",
+		why, m.location(kv1.TierObjectStore, e.id), res.Copied, res.Skipped, m.clock.Since(start).Round(1e6))
 	m.record(ctx, e)
 	return nil
 }

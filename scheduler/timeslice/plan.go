@@ -54,7 +54,24 @@ type plan struct {
 // plan decides the rotations due on a node at now. It changes nothing.
 func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time.Time) plan {
 	p := plan{labels: map[types.UID]string{}, gpuTimes: map[types.UID]string{}, moving: map[types.UID]bool{}}
-	var running, waiting []*member
+	running, waiting := c.members(&p, onNode, nominated, now)
+	p.label(running, waiting)
+	served, given := c.decideTurns(&p, gn, onNode, running, waiting, now)
+	// A running pod whose GPU time has not yet passed a waiting pod's will have by then.
+	for _, w := range waiting {
+		for _, r := range running {
+			if !served[w.pod.UID] && !given[r.pod.UID] && r.priority == w.priority && r.usage.Received <= w.usage.Received {
+				p.recheck = earliest(p.recheck, maxTime(r.usage.TurnFrom().Add(r.quantum),
+					now.Add(w.usage.Received-r.usage.Received+time.Millisecond)))
+			}
+		}
+	}
+	return p
+}
+
+// members are the node's running and waiting pods (nominated pending pods included), the
+// waiting ones in the order they get turns; pods in mid-move go to p.moving.
+func (c *Controller) members(p *plan, onNode, nominated []*v1.Pod, now time.Time) (running, waiting []*member) {
 	for _, pod := range onNode {
 		if m := c.runningMember(pod, now); m != nil {
 			running = append(running, m)
@@ -78,8 +95,12 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 	slices.SortFunc(waiting, func(a, b *member) int {
 		return NextFirst(a.priority, b.priority, a.usage.Received, b.usage.Received, a.since, b.since)
 	})
+	return running, waiting
+}
 
-	// Who takes part: running and waiting pods of a priority that has both.
+// label gives the pods that take part in time slicing, running and waiting pods of a priority
+// that has both, their time-slice label and GPU time.
+func (p *plan) label(running, waiting []*member) {
 	shared := map[int32]bool{}
 	for _, w := range waiting {
 		for _, r := range running {
@@ -98,7 +119,14 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		}
 		p.gpuTimes[m.pod.UID] = gpupod.FormatGPUTime(m.usage.Completed)
 	}
+}
 
+// decideTurns decides the turns: for each waiting pod in order, the fewest running pods of its
+// priority that have had more GPU time and whose suspension lets it fit. served are the waiting
+// pods that get a turn now; given the running pods whose GPUs are promised to a waiting pod,
+// now (a turn) or when their turns end (held, so that a large waiting pod is not passed over
+// again and again by smaller ones that fit into whatever frees first).
+func (c *Controller) decideTurns(p *plan, gn *kv1.GPUNode, onNode []*v1.Pod, running, waiting []*member, now time.Time) (served, given map[types.UID]bool) {
 	// The node as it will be after the rotations decided so far.
 	state := slices.Clone(onNode)
 	replace := func(pod, with *v1.Pod) {
@@ -110,10 +138,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		}
 		state = append(state, with)
 	}
-	// given are the running pods whose GPUs are promised to a waiting pod: now (a turn) or
-	// when their turns end (held, so that a large waiting pod is not passed over again and
-	// again by smaller ones that fit into whatever frees first).
-	given, served := map[types.UID]bool{}, map[types.UID]bool{}
+	given, served = map[types.UID]bool{}, map[types.UID]bool{}
 	turnEnd := func(r *member) time.Time { return r.usage.TurnFrom().Add(r.quantum) }
 	for _, w := range waiting {
 		var cands []*member
@@ -148,16 +173,7 @@ func (c *Controller) plan(gn *kv1.GPUNode, onNode, nominated []*v1.Pod, now time
 		served[w.pod.UID] = true
 		p.turns = append(p.turns, turn{yielders: yielders, next: w})
 	}
-	// A running pod whose GPU time has not yet passed a waiting pod's will have by then.
-	for _, w := range waiting {
-		for _, r := range running {
-			if !served[w.pod.UID] && !given[r.pod.UID] && r.priority == w.priority && r.usage.Received <= w.usage.Received {
-				p.recheck = earliest(p.recheck, maxTime(r.usage.TurnFrom().Add(r.quantum),
-					now.Add(w.usage.Received-r.usage.Received+time.Millisecond)))
-			}
-		}
-	}
-	return p
+	return served, given
 }
 
 // fewestYielders returns the shortest prefix of cands whose suspension lets the waiting pod fit

@@ -53,16 +53,20 @@ func newContenders(o options, kubeconfig string, baseline *baselineBuild) ([]*co
 	if err != nil {
 		return nil, err
 	}
-	// One contender runs at a time: no leader election for the profiles or the controllers.
-	ctrlFile := filepath.Join(o.clusterDir, "bench-controllers.yaml")
-	if err := os.WriteFile(ctrlFile, []byte(strings.Replace(string(ctrl), "leaderElect: true", "leaderElect: false", 1)), 0o644); err != nil {
+	ctrlFile, err := benchControllers(o, "bench-controllers.yaml", ctrl)
+	if err != nil {
 		return nil, err
 	}
-	kybConfig := strings.Replace(string(shipped), "leaderElect: true", "leaderElect: false", 1) + clientConnection(o, kubeconfig)
-	kyb := func(key, label, binary string, profiled bool) *contender {
+	kyb := func(key, label, binary string, profiled bool, config []byte, ctrlFile string) *contender {
+		// One contender runs at a time: no leader election for the profiles or the controllers.
+		cfg := strings.Replace(string(config), "leaderElect: true", "leaderElect: false", 1) + clientConnection(o, kubeconfig)
+		var args []string
+		if ctrlFile != "" {
+			args = []string{"--controllers-config", ctrlFile}
+		}
 		return &contender{key: key, label: label, scheduler: kybernate, gpu: true, profiled: profiled,
 			start: func(ctx context.Context, log string) (*instance, error) {
-				return startScheduler(ctx, o, key, binary, kybConfig, log, "--controllers-config", ctrlFile)
+				return startScheduler(ctx, o, key, binary, cfg, log, args...)
 			}}
 	}
 	cs := []*contender{
@@ -70,10 +74,19 @@ func newContenders(o options, kubeconfig string, baseline *baselineBuild) ([]*co
 			start: func(ctx context.Context, log string) (*instance, error) {
 				return startScheduler(ctx, o, "default", o.kubeScheduler, schedulerConfig(o, kubeconfig, defaultName, ""), log)
 			}},
-		kyb("kybernate", "kybernate-scheduler (this tree, "+treeName(o.root)+")", filepath.Join(o.root, o.bin, "kybernate-scheduler"), true),
+		kyb("kybernate", "kybernate-scheduler (this tree, "+treeName(o.root)+")", filepath.Join(o.root, o.bin, "kybernate-scheduler"), true, shipped, ctrlFile),
 	}
 	if baseline != nil {
-		cs = append(cs, kyb("baseline", "kybernate-scheduler (baseline "+baseline.name+")", baseline.binary, false))
+		config, bctrl := shipped, ctrlFile
+		if baseline.config != nil {
+			config, bctrl = baseline.config, ""
+			if baseline.controllers != nil {
+				if bctrl, err = benchControllers(o, "bench-baseline-controllers.yaml", baseline.controllers); err != nil {
+					return nil, err
+				}
+			}
+		}
+		cs = append(cs, kyb("baseline", "kybernate-scheduler (baseline "+baseline.name+")", baseline.binary, false, config, bctrl))
 	}
 	if !o.skipExtender {
 		cs = append(cs, &contender{key: "extender", label: "kube-scheduler + kybernate-extender", scheduler: extenderName, gpu: true,
@@ -82,6 +95,13 @@ func newContenders(o options, kubeconfig string, baseline *baselineBuild) ([]*co
 			}})
 	}
 	return cs, nil
+}
+
+// benchControllers writes a controllers configuration without leader election (one contender
+// runs at a time) to the cluster folder and returns its path.
+func benchControllers(o options, name string, config []byte) (string, error) {
+	file := filepath.Join(o.clusterDir, name)
+	return file, os.WriteFile(file, []byte(strings.Replace(string(config), "leaderElect: true", "leaderElect: false", 1)), 0o644)
 }
 
 // schedulerConfig is a stock kube-scheduler's configuration with one profile (and an extender).
@@ -158,16 +178,19 @@ func startExtenderPair(ctx context.Context, o options, kubeconfig, ctrlFile, log
 	return in, nil
 }
 
-// baselineBuild is kybernate-scheduler built from another commit.
+// baselineBuild is kybernate-scheduler built from another commit, with that commit's shipped
+// configuration (manifests/scheduler): config.yaml, and controllers.yaml where the commit has
+// one (before the controllers got their own configuration, the plugins started them).
 type baselineBuild struct {
-	name, binary string
+	name, binary        string
+	config, controllers []byte
 }
 
 // baselineScheduler builds kybernate-scheduler at -baseline-ref in a temporary git worktree, or
 // takes -baseline-binary; nil without either.
 func baselineScheduler(ctx context.Context, o options) (*baselineBuild, error) {
 	if o.baselineBinary != "" {
-		return &baselineBuild{name: filepath.Base(o.baselineBinary), binary: o.baselineBinary}, nil
+		return &baselineBuild{name: filepath.Base(o.baselineBinary), binary: o.baselineBinary}, nil // this tree's configuration
 	}
 	if o.baselineRef == "" {
 		return nil, nil
@@ -196,7 +219,14 @@ func baselineScheduler(ctx context.Context, o options) (*baselineBuild, error) {
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("building kybernate-scheduler at %s: %w", name, err)
 	}
-	return &baselineBuild{name: name, binary: binary}, nil
+	b := &baselineBuild{name: name, binary: binary}
+	if b.config, err = os.ReadFile(filepath.Join(tree, "manifests", "scheduler", "config.yaml")); err != nil {
+		return nil, err
+	}
+	if b.controllers, err = os.ReadFile(filepath.Join(tree, "manifests", "scheduler", "controllers.yaml")); err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	return b, nil
 }
 
 // treeName is the commit of the tree the bench runs in, with "+changes" when files differ from

@@ -105,20 +105,8 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
 		return 1
 	}
-
 	if kubeconfig := os.Getenv("KYBERNATE_KUBECONFIG"); kubeconfig != "" {
-		cluster, err = connect(root, "", kubeconfig, 0)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "framework: KYBERNATE_KUBECONFIG: %v\n", err)
-			return 1
-		}
-		cluster.realNode = os.Getenv("KYBERNATE_REAL_NODE")
-		code := m.Run()
-		if err := stopComponents(); err != nil {
-			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-			code = 1
-		}
-		return code
+		return runOnCluster(m, root, kubeconfig)
 	}
 
 	// The build prints as it goes: a cold one takes minutes (make controlplane
@@ -134,70 +122,97 @@ func run(m *testing.M) int {
 		return m.Run()
 	}
 
-	parent := filepath.Join(root, ".cache", "test-clusters")
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-		return 1
-	}
-	dir, err := os.MkdirTemp(parent, packageName()+"-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-		return 1
-	}
 	keep := boolEnv("KYBERNATE_KEEP_CLUSTER")
-	env := []string{"KYBERNATE_CLUSTER_DIR=" + dir}
-	if !keep {
-		// cluster-up leaves a watchdog that stops the cluster when this binary
-		// exits by any means, a test timeout's panic or SIGKILL included.
-		env = append(env, "KYBERNATE_CLUSTER_OWNER_PID="+strconv.Itoa(os.Getpid()))
-	}
-
-	start := time.Now()
-	out, err := runScript(root, env, "hack/cluster-up.sh")
+	dir, err := clusterUp(root, keep)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "framework: hack/cluster-up.sh: %v\n%s\nlogs: %s\n", err, tail(out, 60), filepath.Join(dir, "logs"))
+		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "framework: cluster up in %s (%s)\n", time.Since(start).Round(100*time.Millisecond), dir)
-
 	nodes := 4
 	if n, err := strconv.Atoi(os.Getenv("KYBERNATE_NODES")); err == nil {
 		nodes = n
 	}
 	cluster, err = connect(root, dir, filepath.Join(dir, "admin.kubeconfig"), nodes)
-	code := 1
-	nodeStarted := false
+	code, nodeStarted := 1, false
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-	} else if realNode {
-		name, skip, err := startRealNode(root, dir, keep)
-		nodeStarted = err == nil || !skip // a failed node-up leaves things to clean up
-		switch {
-		case err == nil:
-			cluster.realNode = name
-			code = m.Run()
-		case skip && !ci.Enabled():
-			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-			skipReason = fmt.Sprintf("these tests need a real node on this machine: %v; in CI this is a failure", err)
-			code = m.Run()
-		default:
-			fmt.Fprintf(os.Stderr, "framework: real node: %v\n", err)
-		}
 	} else {
-		code = m.Run()
+		code, nodeStarted = runTests(m, root, dir, keep)
 	}
 	// Before the cluster they talk to goes away.
 	if err := stopComponents(); err != nil {
 		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
 		code = 1
 	}
-	if nodeStarted && !keep {
-		if err := stopRealNode(root, dir, code == 0); err != nil {
-			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
-			code = 1
-		}
-	}
+	return clusterDown(root, dir, keep, nodeStarted, code)
+}
 
+// runOnCluster runs the tests on a cluster that is already up (KYBERNATE_KUBECONFIG).
+func runOnCluster(m *testing.M, root, kubeconfig string) int {
+	var err error
+	cluster, err = connect(root, "", kubeconfig, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "framework: KYBERNATE_KUBECONFIG: %v\n", err)
+		return 1
+	}
+	cluster.realNode = os.Getenv("KYBERNATE_REAL_NODE")
+	code := m.Run()
+	if err := stopComponents(); err != nil {
+		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+		code = 1
+	}
+	return code
+}
+
+// clusterUp starts the package's cluster in a new folder under .cache/test-clusters.
+func clusterUp(root string, keep bool) (string, error) {
+	parent := filepath.Join(root, ".cache", "test-clusters")
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp(parent, packageName()+"-")
+	if err != nil {
+		return "", err
+	}
+	env := []string{"KYBERNATE_CLUSTER_DIR=" + dir}
+	if !keep {
+		// cluster-up leaves a watchdog that stops the cluster when this binary
+		// exits by any means, a test timeout's panic or SIGKILL included.
+		env = append(env, "KYBERNATE_CLUSTER_OWNER_PID="+strconv.Itoa(os.Getpid()))
+	}
+	start := time.Now()
+	if out, err := runScript(root, env, "hack/cluster-up.sh"); err != nil {
+		return "", fmt.Errorf("hack/cluster-up.sh: %w\n%s\nlogs: %s", err, tail(out, 60), filepath.Join(dir, "logs"))
+	}
+	fmt.Fprintf(os.Stderr, "framework: cluster up in %s (%s)\n", time.Since(start).Round(100*time.Millisecond), dir)
+	return dir, nil
+}
+
+// runTests runs the tests, first starting the real node when the package asks for one;
+// nodeStarted says whether there is a node to stop.
+func runTests(m *testing.M, root, dir string, keep bool) (code int, nodeStarted bool) {
+	if !realNode {
+		return m.Run(), false
+	}
+	name, skip, err := startRealNode(root, dir, keep)
+	nodeStarted = err == nil || !skip // a failed node-up leaves things to clean up
+	switch {
+	case err == nil:
+		cluster.realNode = name
+		return m.Run(), nodeStarted
+	case skip && !ci.Enabled():
+		fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+		skipReason = fmt.Sprintf("these tests need a real node on this machine: %v; in CI this is a failure", err)
+		return m.Run(), nodeStarted
+	default:
+		fmt.Fprintf(os.Stderr, "framework: real node: %v\n", err)
+		return 1, nodeStarted
+	}
+}
+
+// clusterDown stops the real node and the cluster, removing the folder after a pass, unless
+// keep asks to leave them running; it returns code, or 1 when stopping failed.
+func clusterDown(root, dir string, keep, nodeStarted bool, code int) int {
 	if keep {
 		if nodeStarted {
 			fmt.Fprintf(os.Stderr, "framework: the real node runs too; stop it first with\n  KYBERNATE_CLUSTER_DIR=%s hack/node-down.sh\n", dir)
@@ -205,11 +220,17 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "framework: KYBERNATE_KEEP_CLUSTER is set: cluster left running; stop it with\n  KYBERNATE_CLUSTER_DIR=%s hack/cluster-down.sh --purge\n", dir)
 		return code
 	}
+	if nodeStarted {
+		if err := stopRealNode(root, dir, code == 0); err != nil {
+			fmt.Fprintf(os.Stderr, "framework: %v\n", err)
+			code = 1
+		}
+	}
 	args := []string{"hack/cluster-down.sh"}
 	if code == 0 {
 		args = append(args, "--purge")
 	}
-	if out, err := runScript(root, env[:1], args...); err != nil {
+	if out, err := runScript(root, []string{"KYBERNATE_CLUSTER_DIR=" + dir}, args...); err != nil {
 		fmt.Fprintf(os.Stderr, "framework: hack/cluster-down.sh: %v\n%s\n", err, tail(out, 20))
 		return 1
 	}

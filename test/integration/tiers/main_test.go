@@ -9,7 +9,10 @@
 // high-water mark, moved to the object store once idle, and resumed from there with its
 // progress counter where it stopped; a tampered object is refused naming the file and the pod
 // stays suspended with nothing deleted; with the object store down the image stays on disk
-// and the pod resumes from there.
+// and the pod resumes from there; the images of a pod deleted while the agent was down are
+// swept from disk and the object store by the next agent, those of pods that exist are kept;
+// above the disk tier's high-water mark (on the real filesystem) an image moves to the object
+// store at once, and without an object store the agent reports it and keeps the image.
 package tiers
 
 import (
@@ -21,7 +24,7 @@ import (
 )
 
 const (
-	nodes       = 3
+	nodes       = 5
 	gpusPerNode = 2
 )
 

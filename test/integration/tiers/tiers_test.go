@@ -45,6 +45,8 @@ var (
 	// agent and agentArgs: the running agent and what starts it again.
 	agent     *framework.Component
 	agentArgs []string
+	// diskDir is the agent's --disk-tier-dir.
+	diskDir string
 )
 
 // setup starts, once for the package, the simulated agent with the storage tiers on and the
@@ -83,9 +85,10 @@ func startAgent(t *testing.T, c *framework.Cluster) error {
 	if err != nil {
 		return err
 	}
+	diskDir = dir
 	agentArgs = []string{"--parked-memory-high-water=" + highWater, "--disk-tier-dir=" + dir, "--disk-tier-idle=2s",
 		"--object-store-secret=" + systemNamespace + "/" + storeSecret, "--tier-interval=500ms", "--tier-retry-backoff=1s", "--tier-max-backoff=4s",
-		"--tier-move-timeout=1m", "--simulate-checkpoint-rate=20G", "--simulate-restore-rate=40G", "--simulate-progress-period=500ms"}
+		"--tier-move-timeout=1m", "--tier-sweep-interval=1s", "--tier-orphan-grace=2s", "--simulate-checkpoint-rate=20G", "--simulate-restore-rate=40G", "--simulate-progress-period=500ms"}
 	agent = c.StartSimulatedAgent(t, agentArgs...)
 	return nil
 }
