@@ -144,28 +144,54 @@ func (n *nodeGPUs) possible(d Demand) bool {
 // GPUs with the least memory left that still fit (best fit, keeps large GPUs whole);
 // LeastAllocated the emptiest. Ties go to the lower index, so choices are deterministic.
 func (n *nodeGPUs) choose(d Demand, strategy config.ScoringStrategyType) []*gpu {
-	var fit []*gpu
-	for i := range n.gpus {
-		if n.gpus[i].fits(d, n.slotsPerGPU) {
-			fit = append(fit, &n.gpus[i])
-		}
-	}
-	if len(fit) < d.Count {
-		return nil
-	}
-	slices.SortFunc(fit, func(a, b *gpu) int {
+	order := func(a, b *gpu) int {
 		left := cmp.Compare(a.free()-d.On(a.total), b.free()-d.On(b.total))
 		if strategy == config.LeastAllocated {
 			left = -left
 		}
 		return cmp.Or(left, cmp.Compare(a.index, b.index))
-	})
+	}
+	if d.Count == 1 {
+		// The order is total (indexes differ): the least fitting GPU is the first of the
+		// sorted list below, found without building it.
+		var best *gpu
+		for i := range n.gpus {
+			if g := &n.gpus[i]; g.fits(d, n.slotsPerGPU) && (best == nil || order(g, best) < 0) {
+				best = g
+			}
+		}
+		if best == nil {
+			return nil
+		}
+		return []*gpu{best}
+	}
+	if n.fitting(d) < d.Count {
+		return nil
+	}
+	fit := make([]*gpu, 0, len(n.gpus))
+	for i := range n.gpus {
+		if n.gpus[i].fits(d, n.slotsPerGPU) {
+			fit = append(fit, &n.gpus[i])
+		}
+	}
+	slices.SortFunc(fit, order)
 	return fit[:d.Count]
 }
 
-// score rates a choice from 0 to 100: the share of the chosen GPUs' memory in use once the pod is
+// fitting counts the GPUs that can take the demand now.
+func (n *nodeGPUs) fitting(d Demand) int {
+	count := 0
+	for i := range n.gpus {
+		if n.gpus[i].fits(d, n.slotsPerGPU) {
+			count++
+		}
+	}
+	return count
+}
+
+// scoreOf rates a choice from 0 to 100: the share of the chosen GPUs' memory in use once the pod is
 // on them (MostAllocated), or the share left free (LeastAllocated).
-func score(chosen []*gpu, d Demand, strategy config.ScoringStrategyType) int64 {
+func scoreOf(chosen []*gpu, d Demand, strategy config.ScoringStrategyType) int64 {
 	var used, total int64
 	for _, g := range chosen {
 		used += g.used + d.On(g.total)
@@ -214,7 +240,7 @@ func (a *Accounting) Score(chosen []string, d Demand, strategy config.ScoringStr
 			gpus = append(gpus, g)
 		}
 	}
-	return score(gpus, d, strategy)
+	return scoreOf(gpus, d, strategy)
 }
 
 // Fits reports whether the demand fits on exactly these GPUs now.
@@ -253,6 +279,19 @@ func (a *Accounting) Choose(d Demand, strategy config.ScoringStrategyType) []str
 		return nil
 	}
 	return uuids(chosen)
+}
+
+// FitsNow reports whether Choose would pick GPUs for the demand, without picking them.
+func (a *Accounting) FitsNow(d Demand) bool { return a.n.fitting(d) >= d.Count }
+
+// ChooseScore is Score of the GPUs Choose picks, without naming them; ok is false when the
+// demand does not fit now.
+func (a *Accounting) ChooseScore(d Demand, strategy config.ScoringStrategyType) (score int64, ok bool) {
+	chosen := a.n.choose(d, strategy)
+	if chosen == nil {
+		return 0, false
+	}
+	return scoreOf(chosen, d, strategy), true
 }
 
 // Take records a pod resident on the GPUs: a slot and the demand's VRAM on each.

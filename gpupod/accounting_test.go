@@ -1,10 +1,12 @@
 package gpupod
 
 import (
+	"fmt"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/test/util"
 )
@@ -49,5 +51,53 @@ func TestDemandAtLeast(t *testing.T) {
 	}
 	if got := (Demand{Count: 1}).AtLeast(9 * gib); !got.Whole() {
 		t.Error("a whole-GPU demand stopped being whole")
+	}
+}
+
+// TestChooseShortcutsAgree: FitsNow and ChooseScore, which Filter and Score use to spare the
+// GPUs' names, answer what Choose and Score answer, for one GPU and several, both strategies,
+// on GPUs of every fill including ties.
+func TestChooseShortcutsAgree(t *testing.T) {
+	const gib = int64(1) << 30
+	slots := int32(3)
+	gn := &kv1.GPUNode{Spec: kv1.GPUNodeSpec{SlotsPerGPU: &slots}}
+	var pods []*v1.Pod
+	for i, used := range []int64{0, 30, 60, 30, 75, 0} {
+		uuid := "GPU-" + string(rune('a'+i))
+		gn.Status.GPUs = append(gn.Status.GPUs, kv1.GPUStatus{UUID: uuid, Index: int32(i), MemoryTotalBytes: 80 * gib})
+		if used > 0 {
+			pods = append(pods, util.MakePod().Namespace("ns").Name(uuid).UID(uuid).GPU(1).
+				GPUMemory(fmt.Sprintf("%dGi", used)).Node("n").Annotation(kv1.AnnotationGPUs, uuid).Obj())
+		}
+	}
+	acc := NewAccounting(gn, pods)
+	// One GPU: best fit, emptiest, and ties to the lower index.
+	for _, tt := range []struct {
+		strategy config.ScoringStrategyType
+		mem      int64
+		want     string
+	}{
+		{config.MostAllocated, 10, "GPU-c"},
+		{config.MostAllocated, 50, "GPU-b"},
+		{config.LeastAllocated, 10, "GPU-a"},
+	} {
+		if got := acc.Choose(Demand{Count: 1, Bytes: tt.mem * gib}, tt.strategy); len(got) != 1 || got[0] != tt.want {
+			t.Errorf("%s %dGi: Choose = %v, want [%s]", tt.strategy, tt.mem, got, tt.want)
+		}
+	}
+	for _, strategy := range []config.ScoringStrategyType{config.MostAllocated, config.LeastAllocated} {
+		for count := 1; count <= 7; count++ {
+			for _, mem := range []int64{0, 10, 20, 50, 81} {
+				d := Demand{Count: count, Bytes: mem * gib}
+				chosen := acc.Choose(d, strategy)
+				if got := acc.FitsNow(d); got != (chosen != nil) {
+					t.Errorf("%s %+v: FitsNow = %v, Choose = %v", strategy, d, got, chosen)
+				}
+				score, ok := acc.ChooseScore(d, strategy)
+				if ok != (chosen != nil) || (ok && score != acc.Score(chosen, d, strategy)) {
+					t.Errorf("%s %+v: ChooseScore = %d, %v; Choose = %v scores %d", strategy, d, score, ok, chosen, acc.Score(chosen, d, strategy))
+				}
+			}
+		}
 	}
 }

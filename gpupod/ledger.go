@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 )
@@ -38,13 +39,40 @@ const seenGrace = 5 * time.Second
 // A reservation ends when its owner releases it (an unreserve, a failed API call), when the
 // pod is deleted or shows up bound to another node, when its time to live passes before the
 // pod informer showed it, and seenGrace after the informer showed the pod placed as reserved.
+//
+// A caller that keeps what it derived from a node's corrected pods (GPUShare keeps each node's
+// accounting between scheduling cycles) takes the node's version with NodePods and asks Current
+// whether it still holds: every change of a reservation on the node (made, replaced, released,
+// seen, ended) gives the node a new version, and a version is only current until the first of
+// the node's reservations runs out by time, which happens without any call.
 type Ledger struct {
 	// place serializes placements: a choice made from Pods while holding it and recorded
 	// with Reserve before it is released is seen by every later choice.
 	place sync.Mutex
 	mu    sync.RWMutex
 	byPod map[types.UID]*reservation
-	now   func() time.Time
+	// byNode indexes byPod by the node each reservation places its pod on; a node without
+	// reservations has no entry.
+	byNode map[string]*nodeReservations
+	// changes counts the changes of all nodes: a node's version is the count at its latest
+	// change, so a node that lost its entry and got a new one never repeats a version.
+	changes uint64
+	clock   clock.PassiveClock
+}
+
+// nodeReservations are the reservations that place pods on one node.
+type nodeReservations struct {
+	version uint64
+	pods    map[types.UID]*reservation
+}
+
+// NodeVersion is the state of a node's reservations that a result of NodePods reflects. The
+// zero value is the state of a node without reservations.
+type NodeVersion struct {
+	version uint64
+	// until is when the first of the node's reservations that count runs out by time; zero
+	// when none does.
+	until time.Time
 }
 
 type reservation struct {
@@ -61,7 +89,13 @@ type reservation struct {
 // NewLedger returns an empty ledger. A program makes one and hands it to every part that
 // places GPU memory.
 func NewLedger() *Ledger {
-	return &Ledger{byPod: map[types.UID]*reservation{}, now: time.Now}
+	return NewLedgerWithClock(clock.RealClock{})
+}
+
+// NewLedgerWithClock returns an empty ledger whose reservations run out by the given clock;
+// tests move a fake one.
+func NewLedgerWithClock(c clock.PassiveClock) *Ledger {
+	return &Ledger{byPod: map[types.UID]*reservation{}, byNode: map[string]*nodeReservations{}, clock: c}
 }
 
 // Lock takes the ledger's placement lock. Hold it from building the accounting (Pods) to
@@ -78,21 +112,52 @@ func (l *Ledger) Unlock() { l.place.Unlock() }
 // the same pod replaces the earlier one.
 func (l *Ledger) Reserve(owner string, placed *v1.Pod, ttl time.Duration) {
 	r := &reservation{owner: owner, pod: placed.DeepCopy()}
-	now := l.now()
+	now := l.clock.Now()
 	if ttl > 0 {
 		r.expires = now.Add(ttl)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.purge(now)
+	l.drop(placed.UID)
 	l.byPod[placed.UID] = r
+	node := r.pod.Spec.NodeName
+	nr := l.byNode[node]
+	if nr == nil {
+		nr = &nodeReservations{pods: map[types.UID]*reservation{}}
+		l.byNode[node] = nr
+	}
+	nr.pods[placed.UID] = r
+	l.changed(nr)
 }
 
 // Release forgets the pod's reservation.
 func (l *Ledger) Release(uid types.UID) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.drop(uid)
+}
+
+// drop forgets a reservation; l.mu is held.
+func (l *Ledger) drop(uid types.UID) {
+	r, ok := l.byPod[uid]
+	if !ok {
+		return
+	}
 	delete(l.byPod, uid)
+	node := r.pod.Spec.NodeName
+	nr := l.byNode[node]
+	delete(nr.pods, uid)
+	l.changed(nr)
+	if len(nr.pods) == 0 {
+		delete(l.byNode, node)
+	}
+}
+
+// changed gives a node a new version; l.mu is held.
+func (l *Ledger) changed(nr *nodeReservations) {
+	l.changes++
+	nr.version = l.changes
 }
 
 // Placed returns the node and GPUs reserved for the pod, and whether there is a reservation.
@@ -100,7 +165,7 @@ func (l *Ledger) Placed(uid types.UID) (node string, gpus []string, ok bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	r, ok := l.byPod[uid]
-	if !ok || !l.live(r, l.now()) {
+	if !ok || !live(r, l.clock.Now()) {
 		return "", nil, false
 	}
 	return r.pod.Spec.NodeName, AssignedGPUs(r.pod), true
@@ -112,7 +177,7 @@ func (l *Ledger) Placed(uid types.UID) (node string, gpus []string, ok bool) {
 func (l *Ledger) Observe(pod *v1.Pod) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	now := l.clock.Now()
 	l.purge(now)
 	r, ok := l.byPod[pod.UID]
 	if !ok {
@@ -121,9 +186,10 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 	switch {
 	case pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed,
 		pod.Spec.NodeName != "" && pod.Spec.NodeName != r.pod.Spec.NodeName:
-		delete(l.byPod, pod.UID)
+		l.drop(pod.UID)
 	case r.seen.IsZero() && shows(pod, r.pod):
 		r.seen = now
+		l.changed(l.byNode[r.pod.Spec.NodeName])
 	}
 }
 
@@ -135,27 +201,51 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 // the node's pods as the caller sees them (the scheduler's snapshot, an informer); the result
 // shares them.
 func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
+	out, _ := l.NodePods(node, pods)
+	return out
+}
+
+// NodePods is Pods with the version of the node's reservations the result reflects: while
+// Current says the version holds, Pods returns the same for the same list.
+func (l *Ledger) NodePods(node string, pods []*v1.Pod) ([]*v1.Pod, NodeVersion) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if len(l.byPod) == 0 {
-		return pods
+	nr := l.byNode[node]
+	if nr == nil {
+		return pods, NodeVersion{}
 	}
-	now := l.now()
-	out := make([]*v1.Pod, 0, len(pods))
+	now := l.clock.Now()
+	version := NodeVersion{version: nr.version}
+	out := make([]*v1.Pod, 0, len(pods)+len(nr.pods))
 	listed := make(map[types.UID]bool, len(pods))
 	for _, p := range pods {
 		listed[p.UID] = true
-		if r, ok := l.byPod[p.UID]; ok && l.live(r, now) && r.pod.Spec.NodeName == node && !shows(p, r.pod) && stale(p, r.pod) {
+		if r, ok := nr.pods[p.UID]; ok && live(r, now) && !shows(p, r.pod) && stale(p, r.pod) {
 			p = r.pod
 		}
 		out = append(out, p)
 	}
-	for uid, r := range l.byPod {
-		if !listed[uid] && r.seen.IsZero() && r.pod.Spec.NodeName == node && l.live(r, now) {
+	for uid, r := range nr.pods {
+		if !listed[uid] && r.seen.IsZero() && live(r, now) {
 			out = append(out, r.pod)
 		}
+		if end := r.end(); end.After(now) && (version.until.IsZero() || end.Before(version.until)) {
+			version.until = end
+		}
 	}
-	return out
+	return out, version
+}
+
+// Current reports whether the node's reservations are still as they were when NodePods
+// returned the version: none made, replaced, released, seen or ended since, and none run out.
+func (l *Ledger) Current(node string, v NodeVersion) bool {
+	l.mu.RLock()
+	var version uint64
+	if nr := l.byNode[node]; nr != nil {
+		version = nr.version
+	}
+	l.mu.RUnlock()
+	return version == v.version && (v.until.IsZero() || l.clock.Now().Before(v.until))
 }
 
 // Watch keeps the ledger up to date from the program's pod informer: every version of a pod
@@ -193,18 +283,24 @@ func (l *Ledger) Len() int {
 	return len(l.byPod)
 }
 
-func (l *Ledger) live(r *reservation, now time.Time) bool {
+// end is when the reservation stops counting unless something ends it earlier; zero for never.
+func (r *reservation) end() time.Time {
 	if !r.seen.IsZero() {
-		return now.Before(r.seen.Add(seenGrace))
+		return r.seen.Add(seenGrace)
 	}
-	return r.expires.IsZero() || now.Before(r.expires)
+	return r.expires
+}
+
+func live(r *reservation, now time.Time) bool {
+	end := r.end()
+	return end.IsZero() || now.Before(end)
 }
 
 // purge drops reservations that are no longer live; l.mu is held.
 func (l *Ledger) purge(now time.Time) {
 	for uid, r := range l.byPod {
-		if !l.live(r, now) {
-			delete(l.byPod, uid)
+		if !live(r, now) {
+			l.drop(uid)
 		}
 	}
 }

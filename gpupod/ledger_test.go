@@ -2,6 +2,7 @@ package gpupod
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/kybernate/kybernate/apis/config"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -118,11 +120,6 @@ func TestLedgerPods(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock the test moves.
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) now() time.Time { return c.t }
-
 func TestLedgerEnds(t *testing.T) {
 	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
 	suspended := ledgerPod("back", "n1", "GPU-0", kv1.PodSuspended)
@@ -157,16 +154,15 @@ func TestLedgerEnds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := &fakeClock{t: start}
-			l := NewLedger()
-			l.now = clock.now
+			clock := testingclock.NewFakePassiveClock(start)
+			l := NewLedgerWithClock(clock)
 			l.Reserve(OwnerResume, placed, tt.ttl)
 			for _, p := range tt.observed {
 				l.Observe(p)
-				clock.t = clock.t.Add(tt.step)
+				clock.SetTime(clock.Now().Add(tt.step))
 			}
 			if len(tt.observed) == 0 {
-				clock.t = clock.t.Add(tt.step)
+				clock.SetTime(clock.Now().Add(tt.step))
 			}
 			if tt.release {
 				l.Release(placed.UID)
@@ -261,4 +257,172 @@ func TestLedgerSerializesPlacements(t *testing.T) {
 		t.Errorf("%d reservations, want 2", n)
 	}
 	l.Release(types.UID("p0"))
+}
+
+// TestLedgerNodeVersion: a version taken from NodePods stays current exactly while nothing
+// that NodePods reads of the node changes: every change of a reservation on the node, on the
+// node a replaced reservation left too, and the moment a reservation runs out by time, which
+// comes with no call.
+func TestLedgerNodeVersion(t *testing.T) {
+	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	placed := ledgerPod("a", "n1", "GPU-0", "")
+	tests := []struct {
+		name string
+		// setup runs before the versions are taken, change after.
+		setup, change func(l *Ledger, clock *testingclock.FakePassiveClock)
+		want          map[string]bool // node -> version still current
+	}{
+		{
+			name:   "reserved on n1",
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name:  "moved from n1 to n2: both change",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) {
+				l.Reserve(OwnerScheduler, ledgerPod("a", "n2", "GPU-1", ""), 0)
+			},
+			want: map[string]bool{"n1": false, "n2": false},
+		},
+		{
+			name:   "released",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Release(placed.UID) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name: "released while another stays",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) {
+				l.Reserve(OwnerScheduler, placed, 0)
+				l.Reserve(OwnerScheduler, ledgerPod("b", "n1", "GPU-1", ""), 0)
+			},
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Release(placed.UID) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name:   "releasing a pod without a reservation changes nothing",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Release("other") },
+			want:   map[string]bool{"n1": true, "n2": true},
+		},
+		{
+			name:   "shown by the informer",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Observe(placed) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name:   "a version that does not show the placement changes nothing",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Observe(ledgerPod("a", "", "", "")) },
+			want:   map[string]bool{"n1": true, "n2": true},
+		},
+		{
+			name:   "bound to another node: ends",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Observe(ledgerPod("a", "n2", "", "")) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name:  "unseen, within its time to live",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerResume, placed, time.Minute) },
+			change: func(_ *Ledger, clock *testingclock.FakePassiveClock) {
+				clock.SetTime(start.Add(time.Minute - time.Nanosecond))
+			},
+			want: map[string]bool{"n1": true, "n2": true},
+		},
+		{
+			name:   "unseen, runs out: no call, the clock alone",
+			setup:  func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerResume, placed, time.Minute) },
+			change: func(_ *Ledger, clock *testingclock.FakePassiveClock) { clock.SetTime(start.Add(time.Minute)) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name: "seen, the grace runs out",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) {
+				l.Reserve(OwnerScheduler, placed, 0)
+				l.Observe(placed)
+			},
+			change: func(_ *Ledger, clock *testingclock.FakePassiveClock) { clock.SetTime(start.Add(seenGrace)) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			name: "the earliest of several ends counts",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) {
+				l.Reserve(OwnerResume, placed, time.Hour)
+				l.Reserve(OwnerResume, ledgerPod("b", "n1", "GPU-1", ""), time.Minute)
+				l.Reserve(OwnerScheduler, ledgerPod("c", "n1", "GPU-1", ""), 0)
+			},
+			change: func(_ *Ledger, clock *testingclock.FakePassiveClock) { clock.SetTime(start.Add(time.Minute)) },
+			want:   map[string]bool{"n1": false, "n2": true},
+		},
+		{
+			// The node's entry goes with its last reservation; the next one must not bring
+			// back a version taken before.
+			name:  "released, then another pod reserved: a new version",
+			setup: func(l *Ledger, _ *testingclock.FakePassiveClock) { l.Reserve(OwnerScheduler, placed, 0) },
+			change: func(l *Ledger, _ *testingclock.FakePassiveClock) {
+				l.Release(placed.UID)
+				l.Reserve(OwnerScheduler, ledgerPod("b", "n1", "GPU-1", ""), 0)
+			},
+			want: map[string]bool{"n1": false, "n2": true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := testingclock.NewFakePassiveClock(start)
+			l := NewLedgerWithClock(clock)
+			if tt.setup != nil {
+				tt.setup(l, clock)
+			}
+			versions := map[string]NodeVersion{}
+			for node := range tt.want {
+				_, versions[node] = l.NodePods(node, nil)
+			}
+			tt.change(l, clock)
+			got := map[string]bool{}
+			for node, v := range versions {
+				got[node] = l.Current(node, v)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("versions current (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestLedgerIndexFollowsReservations: NodePods of each node after a mix of reservations,
+// moves, releases and ends is what a scan of all reservations gives (the index by node agrees
+// with the reservations).
+func TestLedgerIndexFollowsReservations(t *testing.T) {
+	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	clock := testingclock.NewFakePassiveClock(start)
+	l := NewLedgerWithClock(clock)
+	for i := range 6 {
+		l.Reserve(OwnerScheduler, ledgerPod(fmt.Sprintf("p%d", i), fmt.Sprintf("n%d", i%3), "GPU-0", ""), time.Duration(i+1)*time.Minute)
+	}
+	l.Reserve(OwnerScheduler, ledgerPod("p0", "n2", "GPU-1", ""), 0) // moved from n0
+	l.Release("p1")
+	clock.SetTime(start.Add(3 * time.Minute)) // p2 runs out
+	l.Observe(ledgerPod("p3", "", "", ""))    // purges p2; p3 still unseen
+	l.Observe(ledgerPod("p4", "n0", "", ""))  // on n1, bound to n0: ends
+	got := map[string][]string{}
+	for _, node := range []string{"n0", "n1", "n2"} {
+		pods, _ := l.NodePods(node, nil)
+		for _, p := range pods {
+			got[node] = append(got[node], p.Name)
+		}
+		slices.Sort(got[node])
+	}
+	want := map[string][]string{"n0": {"p3"}, "n2": {"p0", "p5"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("reserved pods by node (-want +got):\n%s", diff)
+	}
+	if l.Len() != 3 {
+		t.Errorf("%d reservations, want 3", l.Len())
+	}
+	if n := len(l.byNode); n != 2 {
+		t.Errorf("index holds %d nodes, want 2 (no entry for a node without reservations)", n)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -44,6 +45,8 @@ type GPUShare struct {
 	// see the pod there but not yet its GPUs. The program shares it with the controllers that
 	// resume and restore pods, so their placements count here too (and ours there).
 	ledger *gpupod.Ledger
+	// cache keeps each node's accounting between cycles while the node is unchanged.
+	cache *accountings
 	// bind creates a Binding; a field so tests can see it.
 	bind func(ctx context.Context, binding *v1.Binding) error
 }
@@ -90,12 +93,16 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 		return nil, err
 	}
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
-	gpuNodes.Informer() // register before Start
+	pl := NewWithLister(h, args, gpuNodes.Lister())
+	// Registered before Start. A node whose GPUNode goes (the node left the cluster) takes
+	// its cached accounting with it.
+	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: pl.gpuNodeDeleted}); err != nil {
+		return nil, fmt.Errorf("watching GPUNodes for the accounting cache: %w", err)
+	}
 	if err := connect.StartInformers(ctx, factory); err != nil {
 		return nil, err
 	}
 
-	pl := NewWithLister(h, args, gpuNodes.Lister())
 	if ledger != nil {
 		pl.ledger = ledger
 	}
@@ -115,7 +122,7 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 // NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
 // its own informer, tests with a fixed one. args must be valid.
 func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
-	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger()}
+	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger(), cache: newAccountings()}
 }
 
 // Name returns the plugin's name.
@@ -173,7 +180,7 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	if !gpus.Possible(s.demand) {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
 	}
-	if gpus.Choose(s.demand, pl.strategy) == nil {
+	if !gpus.FitsNow(s.demand) {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
 	return nil
@@ -199,11 +206,11 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if status != nil {
 		return 0, status
 	}
-	chosen := gpus.Choose(s.demand, pl.strategy)
-	if chosen == nil {
+	score, ok := gpus.ChooseScore(s.demand, pl.strategy)
+	if !ok {
 		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
-	return gpus.Score(chosen, s.demand, pl.strategy) * framework.MaxNodeScore / 100, nil
+	return score * framework.MaxNodeScore / 100, nil
 }
 
 // ScoreExtensions returns nil: scores are already in [0, MaxNodeScore].
@@ -281,25 +288,34 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 	return nil
 }
 
-// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod.
+// nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod. The
+// accounting is kept for later cycles and shared between goroutines: callers only read it.
 func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
 		return nil, fwk.NewStatus(fwk.Error, "node not found")
 	}
 	gn, err := pl.gpuNodes.Get(node.Name)
-	if apierrors.IsNotFound(err) {
-		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
-	}
 	if err != nil {
+		if apierrors.IsNotFound(err) {
+			pl.cache.forget(node.Name)
+			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
+		}
 		return nil, fwk.AsStatus(err)
+	}
+	generation := nodeInfo.GetGeneration()
+	if c := pl.cache.get(node.Name); c != nil && c.generation == generation && c.gpuNode == gn && pl.ledger.Current(node.Name, c.ledger) {
+		return c.accounting, nil
 	}
 	podInfos := nodeInfo.GetPods()
 	pods := make([]*v1.Pod, len(podInfos))
 	for i, p := range podInfos {
 		pods[i] = p.GetPod()
 	}
-	return gpupod.NewAccounting(gn, pl.ledger.Pods(node.Name, pods)), nil
+	corrected, version := pl.ledger.NodePods(node.Name, pods)
+	a := gpupod.NewAccounting(gn, corrected)
+	pl.cache.put(node.Name, &cachedAccounting{generation: generation, gpuNode: gn, ledger: version, accounting: a})
+	return a, nil
 }
 
 func neverFits(d gpupod.Demand) string {
