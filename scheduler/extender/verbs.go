@@ -51,7 +51,7 @@ func (e *Extender) filter(ctx context.Context, pod *v1.Pod, nodes []string) *ext
 			res.FailedAndUnresolvableNodes[node] = why
 		case !acc.Possible(d):
 			res.FailedAndUnresolvableNodes[node] = "node has too few GPUs " + describe(d)
-		case acc.Choose(d, e.opts.Strategy) == nil:
+		case !acc.FitsNow(d):
 			res.FailedNodes[node] = "node has too few free GPUs " + describe(d)
 			notNow = append(notNow, node)
 		default:
@@ -77,8 +77,8 @@ func (e *Extender) prioritize(pod *v1.Pod, nodes []string) extenderv1.HostPriori
 		score := int64(0)
 		if err == nil && d.Count > 0 {
 			if acc, _, aerr := e.accounting(node, pod); aerr == nil && acc != nil {
-				if chosen := acc.Choose(d, e.opts.Strategy); chosen != nil {
-					score = acc.Score(chosen, d, e.opts.Strategy) * extenderv1.MaxExtenderPriority / 100
+				if s, ok := acc.ChooseScore(d, e.opts.Strategy); ok {
+					score = s * extenderv1.MaxExtenderPriority / 100
 				}
 			}
 		}
