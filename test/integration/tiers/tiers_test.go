@@ -279,16 +279,8 @@ func resume(t *testing.T, c *framework.Cluster, kc versioned.Interface, h *frame
 		return sim.ProgressOf(p) > parked && p.Annotations[kv1.AnnotationState] == string(kv1.PodRunning)
 	})
 	// The counter stood still while the pod was parked in any tier and never went back.
-	var last time.Duration
-	for _, v := range h.PodVersions(pod.Name) {
-		p := sim.ProgressOf(v.Pod)
-		if p < last {
-			t.Errorf("%s: progress went back from %s to %s", v.Time.Format("15:04:05.000"), last, p)
-		}
-		last = p
-		if s := v.Pod.Annotations[kv1.AnnotationState]; s == string(kv1.PodSuspended) && p != parked {
-			t.Errorf("%s: progress %s while suspended, want %s", v.Time.Format("15:04:05.000"), p, parked)
-		}
+	if frozen := h.ProgressFrozenWhileSuspended(t, pod.Name); frozen < parked || frozen > parked+time.Second {
+		t.Errorf("progress froze at %s while suspended, read as %s right after the suspension", frozen, parked)
 	}
 	waitEvent(t, c, pod, tier.EventRestoredFromTier, "Restored from "+string(from))
 	framework.WaitFor(t.Context(), t, 30*time.Second, "status.storage of the suspend of "+pod.Name+" cleared", func(ctx context.Context) (bool, error) {
