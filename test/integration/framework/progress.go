@@ -1,14 +1,18 @@
 package framework
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/nodeagent/sim"
 )
 
-// ProgressFrozenWhileSuspended checks the simulated progress counter (sim.ProgressOf) in every
+// ProgressFrozenWhileSuspended checks the simulated progress counter (kybernate.io's
+// AnnotationSimulatedProgress, as sim.ProgressOf reads it) in every
 // recorded version of pod: it never goes back, and within each stretch of versions whose state
 // is Suspended it stands still. The agent writes the state and publishes the counter in separate
 // writes, up to one --simulate-progress-period apart and in whole seconds, so the first versions
@@ -19,7 +23,7 @@ func (h *History) ProgressFrozenWhileSuspended(t testing.TB, pod string) time.Du
 	var last, first, frozen time.Duration
 	in := false
 	for _, v := range h.PodVersions(pod) {
-		p := sim.ProgressOf(v.Pod)
+		p := progressOf(v.Pod)
 		if p < last {
 			t.Errorf("%s: progress of %s went back from %s to %s", v.Time.Format("15:04:05.000"), pod, last, p)
 		}
@@ -37,4 +41,14 @@ func (h *History) ProgressFrozenWhileSuspended(t testing.TB, pod string) time.Du
 		frozen = p
 	}
 	return frozen
+}
+
+// progressOf reads the simulated progress counter as sim.ProgressOf does, without importing the
+// simulator (and its NVML mock) into every test binary.
+func progressOf(pod *v1.Pod) time.Duration {
+	n, err := strconv.ParseInt(strings.TrimSpace(pod.Annotations[kv1.AnnotationSimulatedProgress]), 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return time.Duration(n) * time.Second
 }
