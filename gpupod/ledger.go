@@ -22,10 +22,10 @@ const (
 	OwnerMigration = "migration" // the migration controller's replacement pod
 )
 
-// seenGrace is how long a reservation outlives the moment the pod informer first showed its
+// SeenGrace is how long a reservation outlives the moment the pod informer first showed its
 // placement: a scheduling cycle that began before that moment still works on an older
 // snapshot of the pod. Cycles last milliseconds; the grace is generous on purpose.
-const seenGrace = 5 * time.Second
+const SeenGrace = 5 * time.Second
 
 // Ledger is the one record of GPU placements that a process (kybernate-scheduler, or
 // kybernate-extender) has decided but its pod informer may not show yet. Everything in the
@@ -38,7 +38,7 @@ const seenGrace = 5 * time.Second
 //
 // A reservation ends when its owner releases it (an unreserve, a failed API call), when the
 // pod is deleted or shows up bound to another node, when its time to live passes before the
-// pod informer showed it, and seenGrace after the informer showed the pod placed as reserved.
+// pod informer showed it, and SeenGrace after the informer showed the pod placed as reserved.
 //
 // A caller that keeps what it derived from a node's corrected pods (GPUShare keeps each node's
 // accounting between scheduling cycles) takes the node's version with NodePods and asks Current
@@ -172,7 +172,7 @@ func (l *Ledger) Placed(uid types.UID) (node string, gpus []string, ok bool) {
 }
 
 // Observe takes a version of a pod from the pod informer: once it shows the reserved
-// placement the reservation runs out after seenGrace; a pod bound to another node, or
+// placement the reservation runs out after SeenGrace; a pod bound to another node, or
 // finished, ends it at once.
 func (l *Ledger) Observe(pod *v1.Pod) {
 	l.mu.Lock()
@@ -195,11 +195,12 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 
 // Pods returns the pods of the node as the ledger corrects them: a listed pod whose version
 // does not show its reservation and is the version the reservation was made from (or an older
-// one) is replaced by its reserved placement, and reserved pods
-// the list lacks are added while the pod informer has not shown them (once it has, a pod
-// missing from the list was left out on purpose: a victim in a preemption dry run). pods are
-// the node's pods as the caller sees them (the scheduler's snapshot, an informer); the result
-// shares them.
+// one) is replaced by its reserved placement, and reserved pods the list lacks are added while
+// their reservations live, also after the informer showed them: a list read before that moment
+// (the scheduler's snapshot, an informer's index read just before the pod informer's event
+// reached the ledger) lacks them too. pods are the node's pods as the caller sees them; the
+// result shares them. (A preemption dry run does not leave victims out: it lists them as
+// suspended copies.)
 func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
 	out, _ := l.NodePods(node, pods)
 	return out
@@ -226,7 +227,7 @@ func (l *Ledger) NodePods(node string, pods []*v1.Pod) ([]*v1.Pod, NodeVersion) 
 		out = append(out, p)
 	}
 	for uid, r := range nr.pods {
-		if !listed[uid] && r.seen.IsZero() && live(r, now) {
+		if !listed[uid] && live(r, now) {
 			out = append(out, r.pod)
 		}
 		if end := r.end(); end.After(now) && (version.until.IsZero() || end.Before(version.until)) {
@@ -286,7 +287,7 @@ func (l *Ledger) Len() int {
 // end is when the reservation stops counting unless something ends it earlier; zero for never.
 func (r *reservation) end() time.Time {
 	if !r.seen.IsZero() {
-		return r.seen.Add(seenGrace)
+		return r.seen.Add(SeenGrace)
 	}
 	return r.expires
 }

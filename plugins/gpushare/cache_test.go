@@ -77,8 +77,11 @@ func TestCachedAccountingFollowsChanges(t *testing.T) {
 		{name: "resumed again", change: func() {
 			pl.ledger.Reserve(gpupod.OwnerResume, resumed, time.Minute)
 		}, want: fwk.Unschedulable},
-		{name: "the informer shows it: a list without it left it out on purpose", change: func() {
+		{name: "the informer shows it: it counts for a list read before that", change: func() {
 			pl.ledger.Observe(resumed)
+		}, want: fwk.Unschedulable},
+		{name: "the grace after the informer showed it ends: the list is the truth", change: func() {
+			clock.SetTime(clock.Now().Add(gpupod.SeenGrace))
 		}, want: fwk.Success},
 		{name: "a new GPUNode object, smaller", change: func() {
 			if err := indexer.Update(gpuNode("n", 20)); err != nil {
