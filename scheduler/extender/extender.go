@@ -21,7 +21,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -119,26 +118,16 @@ func AddIndexes(pods cache.SharedIndexInformer) error {
 // suspensions on the node whose priority is not below pod's (they are placed where they would
 // go). nil with a reason when the node has no GPUNode.
 func (e *Extender) accounting(node string, pod *v1.Pod) (*gpupod.Accounting, string, error) {
-	gn, pods, why, err := e.nodePods(node, pod)
-	if gn == nil {
-		return nil, why, err
-	}
-	return gpupod.NewAccounting(gn, pods), "", nil
-}
-
-// nodePods returns the node's GPUNode and the pods its accounting for pod counts; a nil
-// GPUNode with the reason why the node cannot be accounted, or an error.
-func (e *Extender) nodePods(node string, pod *v1.Pod) (*kv1.GPUNode, []*v1.Pod, string, error) {
 	gn, err := e.gpuNodes.Get(node)
 	if apierrors.IsNotFound(err) {
-		return nil, nil, "node has no GPUNode: no kybernate agent reports GPUs on it", nil
+		return nil, "node has no GPUNode: no kybernate agent reports GPUs on it", nil
 	}
 	if err != nil {
-		return nil, nil, "", err
+		return nil, "", err
 	}
 	objs, err := e.pods.ByIndex(index.PodsByNode, node)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, "", err
 	}
 	listed := make([]*v1.Pod, 0, len(objs))
 	for _, o := range objs {
@@ -160,7 +149,7 @@ func (e *Extender) nodePods(node string, pod *v1.Pod) (*kv1.GPUNode, []*v1.Pod, 
 			pods = append(pods, w)
 		}
 	}
-	return gn, pods, "", nil
+	return gpupod.NewAccounting(gn, pods), "", nil
 }
 
 // waitingPreemptors are the unbound pods that suspensions on the node were requested for.
@@ -238,19 +227,16 @@ func (e *Extender) reserve(ctx context.Context, pod *v1.Pod, d gpupod.Demand, no
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("the scheduler gave up on binding pod %s: %w", klog.KObj(pod), err)
 	}
-	gn, pods, why, err := e.nodePods(node, pod)
+	acc, why, err := e.accounting(node, pod)
 	if err != nil {
 		return nil, err
 	}
-	if gn == nil {
+	if acc == nil {
 		return nil, fmt.Errorf("node %s: %s", node, why)
 	}
-	chosen := gpupod.NewAccounting(gn, pods).Choose(d, e.opts.Strategy)
+	chosen := acc.Choose(d, e.opts.Strategy)
 	if chosen == nil {
 		return nil, fmt.Errorf("node %s has too few free GPUs %s now: another pod took them since filtering", node, describe(d))
-	}
-	if logger := klog.FromContext(ctx); logger.V(4).Enabled() {
-		logger.V(4).Info("Chose GPUs", "pod", klog.KObj(pod), "node", node, "gpus", chosen, "sharing", sharing(pods, chosen))
 	}
 	placed := pod.DeepCopy()
 	placed.Spec.NodeName = node
@@ -260,20 +246,6 @@ func (e *Extender) reserve(ctx context.Context, pod *v1.Pod, d gpupod.Demand, no
 	placed.Annotations[kv1.AnnotationGPUs] = gpupod.FormatGPUs(chosen)
 	e.ledger.Reserve(gpupod.OwnerScheduler, placed, 0)
 	return chosen, nil
-}
-
-// sharing names the pods counted on the GPUs, for the log of a choice.
-func sharing(pods []*v1.Pod, gpus []string) []string {
-	var out []string
-	for _, p := range pods {
-		for _, g := range gpupod.AssignedGPUs(p) {
-			if slices.Contains(gpus, g) {
-				out = append(out, p.Name+"@"+p.ResourceVersion)
-				break
-			}
-		}
-	}
-	return out
 }
 
 func describe(d gpupod.Demand) string {
