@@ -1,13 +1,12 @@
 package sim
 
 import (
-	"strconv"
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // AnnotationProgress is the pod annotation where the simulated agent publishes a pod's
@@ -18,15 +17,7 @@ import (
 const AnnotationProgress = kv1.AnnotationSimulatedProgress
 
 // ProgressOf reads a pod's progress annotation; 0 when it has none or it is malformed.
-func ProgressOf(pod *v1.Pod) time.Duration {
-	n, err := strconv.ParseInt(strings.TrimSpace(pod.Annotations[AnnotationProgress]), 10, 64)
-	if err != nil || n < 0 {
-		return 0
-	}
-	return time.Duration(n) * time.Second
-}
+func ProgressOf(pod *v1.Pod) time.Duration { return gpupod.SimulatedProgress(pod) }
 
 // FormatProgress renders progress as the annotation holds it.
-func FormatProgress(d time.Duration) string {
-	return strconv.FormatInt(int64(d/time.Second), 10)
-}
+func FormatProgress(d time.Duration) string { return gpupod.FormatSimulatedProgress(d) }

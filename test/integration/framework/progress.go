@@ -1,20 +1,16 @@
 package framework
 
 import (
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
-// ProgressFrozenWhileSuspended checks the simulated progress counter (kybernate.io's
-// AnnotationSimulatedProgress, as sim.ProgressOf reads it) in every
-// recorded version of pod: it never goes back, and within each stretch of versions whose state
-// is Suspended it stands still. The agent writes the state and publishes the counter in separate
+// ProgressFrozenWhileSuspended checks the simulated progress counter (gpupod.SimulatedProgress)
+// in every recorded version of pod: it never goes back, and within each stretch of versions
+// whose state is Suspended it stands still. The agent writes the state and publishes the counter in separate
 // writes, up to one --simulate-progress-period apart and in whole seconds, so the first versions
 // of a stretch may show the counter up to one second before the value it froze at, never more
 // and never after it. It returns the value the counter froze at in the last stretch.
@@ -23,7 +19,7 @@ func (h *History) ProgressFrozenWhileSuspended(t testing.TB, pod string) time.Du
 	var last, first, frozen time.Duration
 	in := false
 	for _, v := range h.PodVersions(pod) {
-		p := progressOf(v.Pod)
+		p := gpupod.SimulatedProgress(v.Pod)
 		if p < last {
 			t.Errorf("%s: progress of %s went back from %s to %s", v.Time.Format("15:04:05.000"), pod, last, p)
 		}
@@ -41,14 +37,4 @@ func (h *History) ProgressFrozenWhileSuspended(t testing.TB, pod string) time.Du
 		frozen = p
 	}
 	return frozen
-}
-
-// progressOf reads the simulated progress counter as sim.ProgressOf does, without importing the
-// simulator (and its NVML mock) into every test binary.
-func progressOf(pod *v1.Pod) time.Duration {
-	n, err := strconv.ParseInt(strings.TrimSpace(pod.Annotations[kv1.AnnotationSimulatedProgress]), 10, 64)
-	if err != nil || n < 0 {
-		return 0
-	}
-	return time.Duration(n) * time.Second
 }
