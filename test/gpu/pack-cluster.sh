@@ -109,7 +109,7 @@ fi
 # ------------------------------------------------------------------ scripts and manifests
 rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu"
 cp -r "$root/manifests" "$dst/repo/"
-cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,losses.py,train.py} \
+cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,report_common.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
 echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"
