@@ -3,7 +3,8 @@ hack/images.sh does, in Python: the GPU machine has no Go): one layer, an OCI la
 a tarball that containerd imports.
 
   docker.io/kybernate/kybernate-agent:dev      the multi-call binary as /kybernate-agent + glibc
-  docker.io/kybernate/kybernate-scheduler:dev  the multi-call binary as /kybernate-scheduler + glibc
+  docker.io/kybernate/kybernate-scheduler:dev  the multi-call binary as /kybernate-scheduler and
+                                               /kybernate-activator (as the project's image) + glibc
   docker.io/kybernate/pause:dev                test/images/pause
   docker.io/kybernate/host-python:dev          an empty root for the PyTorch pods: folders, the
                                                host's top-level links (/lib -> usr/lib), a few
@@ -95,10 +96,15 @@ def build(out_tar, ref, fill, entrypoint):
     return out_tar
 
 
-def go_image(out_dir, name, binary):
-    """kybernate-agent or kybernate-scheduler: BINARY as /NAME with the libraries it links."""
+def go_image(out_dir, name, binary, links=()):
+    """kybernate-agent or kybernate-scheduler: BINARY as /NAME with the libraries it links, and
+    a hard link /L to it for each of LINKS (the multi-call binary picks its program by name)."""
     def fill(t):
         _add_file(t, name, binary)
+        for link in links:
+            ti = tarfile.TarInfo(link)
+            ti.type, ti.linkname, ti.mtime = tarfile.LNKTYPE, name, 0
+            t.addfile(ti)
         for d in ("tmp", "run", "run/kybernate"):
             _add_dir(t, d, 0o1777 if d == "tmp" else 0o755)
         dirs = set()

@@ -270,8 +270,9 @@ serializeImagePulls: false
         self.wait(ready, 90, f"node {NODE} Ready and untainted", proc=proc)
 
     # -------------------------------------------------------------------------- install
-    def install(self, driver_libdir, quantum, factor, simulate=False):
-        """kubectl apply -k of an overlay of the project's manifests (see the module doc)."""
+    def install(self, driver_libdir, quantum, factor, simulate=False, extra=None):
+        """kubectl apply -k of an overlay of the project's manifests (see the module doc); EXTRA
+        (a function of this node) adds resources and patches (scenario 7: the activator)."""
         d = self.p("deploy")
         shutil.rmtree(f"{d}/manifests", ignore_errors=True)
         shutil.copytree(os.path.join(self.repo, "manifests"), f"{d}/manifests")
@@ -339,6 +340,10 @@ serializeImagePulls: false
                 "patches": [
                     {"target": {"kind": "DaemonSet", "name": "kybernate-agent"}, "patch": json.dumps(agent)},
                     {"target": {"kind": "Deployment", "name": "kybernate-scheduler"}, "patch": json.dumps(sched)}]}
+        if extra:
+            add = extra(self)
+            kust["resources"] += add.get("resources", [])
+            kust["patches"] += add.get("patches", [])
         # JSON is YAML: kustomize reads it as kustomization.yaml.
         with open(f"{d}/overlay/kustomization.yaml", "w") as f:
             json.dump(kust, f, indent=1)

@@ -9,6 +9,8 @@ Scenarios (cluster_scenarios.py), each an automated check:
   1 preemption by suspension          2 the same with kube-scheduler's default preemption (a Job)
   3 time slicing of three pods         4 agent SIGKILL while pods are suspended
   5 deleting a suspended pod returns its host memory
+  7 scale to zero: cold start vs wake from suspension through kybernate-activator
+    (cluster_wake.py; not in the default list: --scenarios 7)
 
 Everything measured goes to $OUT/results.json as it comes; at the end cluster_report.py writes
 $OUT/results.md from it. The exit status is 1 when any check failed (or the run broke off), 0
@@ -30,6 +32,7 @@ import cluster_images  # noqa: E402
 import cluster_node  # noqa: E402
 import cluster_report  # noqa: E402
 import cluster_scenarios  # noqa: E402
+import cluster_wake  # noqa: E402
 
 AP = argparse.ArgumentParser()
 AP.add_argument("--bin", required=True, help="folder with every program (kyb's links, containerd, runc, pause)")
@@ -39,13 +42,15 @@ AP.add_argument("--work", default="/tmp/kyb")
 AP.add_argument("--out", required=True)
 AP.add_argument("--python", default="python3", help="the Python with PyTorch the pods run (host tree)")
 AP.add_argument("--deadline", type=float, default=540, help="seconds; then the run stops and reports")
-AP.add_argument("--scenarios", default="1,2,4,6,3", help="6 (restore guard) runs inside 4")
+AP.add_argument("--scenarios", default="1,2,4,6,3", help="6 (restore guard) runs inside 4; 7 (scale to zero) on its own")
 AP.add_argument("--quantum", default="12s")
 AP.add_argument("--factor", default="3")
 AP.add_argument("--keep", action="store_true", help="leave the cluster running")
 AP.add_argument("--simulate-agent", action="store_true",
                 help="rehearsal without a GPU: the agent simulates the node's GPUs (the scenarios still need a real one)")
 ARGS = AP.parse_args()
+WAKE = "7" in ARGS.scenarios.split(",")
+RUN = dict(cluster_scenarios.RUN, **{"7": cluster_wake.s7})
 
 T0 = time.time()
 OUT = ARGS.out
@@ -239,13 +244,14 @@ def setup(node, gpu):
     kyb = os.path.realpath(os.path.join(node.bin, "kybernate-agent"))
     tars = [cluster_images.pause_image(imgdir, os.path.join(node.bin, "pause")),
             cluster_images.go_image(imgdir, "kybernate-agent", kyb),
-            cluster_images.go_image(imgdir, "kybernate-scheduler", kyb),
+            cluster_images.go_image(imgdir, "kybernate-scheduler", kyb, links=["kybernate-activator"]),
             cluster_images.host_python_image(imgdir)]
     node.import_images(s["snapshotter"], tars)
     node.kubelet()
     log("node Ready")
     s["agent_simulated"] = ARGS.simulate_agent
-    node.install(libdir or "/usr/lib", ARGS.quantum, ARGS.factor, simulate=ARGS.simulate_agent)
+    node.install(libdir or "/usr/lib", ARGS.quantum, ARGS.factor, simulate=ARGS.simulate_agent,
+                 extra=cluster_wake.overlay if WAKE else None)
     node.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cluster_scenarios.NS}})
     t = time.time()
 
@@ -290,6 +296,25 @@ def smoke(node, binds, python, gpu):
         node.api("DELETE", f"/api/v1/namespaces/{cluster_scenarios.NS}/pods/smoke?gracePeriodSeconds=0", ok404=True)
 
 
+def wake_rehearsal(node, binds, python, weights):
+    """No GPU: scenario 7's activator and CPU model server (cluster_wake.rehearse), with recorders."""
+    recs = [Recorder(node, f"/api/v1/namespaces/{cluster_scenarios.NS}/pods", "pods"),
+            Recorder(node, f"/apis/kybernate.io/v1alpha1/namespaces/{cluster_scenarios.NS}/gpucheckpoints", "gpucheckpoints")]
+    for r in recs:
+        r.start()
+    ctx = cluster_scenarios.Ctx(node=node, gpu=None, pods=recs[0], cps=recs[1], sampler=None, binds=binds, python=python,
+                                R=R, log=log, check=check, save=save, remaining=remaining, refs=None, work=ARGS.work,
+                                scenarios=["7"], weights=weights)
+    try:
+        cluster_wake.rehearse(ctx)
+    except Exception as e:  # noqa: BLE001 - reported; the run fails at "no GPU" next
+        check("s7", "rehearsal completed", False, f"{type(e).__name__}: {e}")
+        R["errors"].append(traceback.format_exc())
+    finally:
+        for r in recs:
+            r.stop = True
+
+
 def gpunode_ready(node):
     gn = node.api("GET", f"/apis/kybernate.io/v1alpha1/gpunodes/{cluster_node.NODE}", ok404=True)
     if gn and any(c["type"] == "Ready" and c["status"] == "True" for c in gn.get("status", {}).get("conditions", [])):
@@ -322,8 +347,10 @@ def main():
         if gpu:
             sampler = Sampler()
             sampler.start()
-            refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
+            if {"1", "3", "4"} & set(ARGS.scenarios.split(",")):
+                refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
             grow = grow_host_memory(int(0.62 * gpu["memory_bytes"]))
+        weights = cluster_wake.prepare(ARGS.work, ARGS.python, ARGS.repo, bool(gpu), log) if WAKE else None
         binds, py = cluster_images.host_mounts(ARGS.python, torch=bool(gpu))
         R["setup"]["python"], R["setup"]["host_mounts"] = py, binds
         setup(node, gpu)
@@ -333,6 +360,8 @@ def main():
         check("setup", "control plane, node, kybernate-scheduler and kybernate-agent up (kubectl apply -k)", True,
               f"agent and scheduler Ready {R['setup']['components_ready_s']}s after apply")
         smoke(node, binds, py["python"], bool(gpu))
+        if not gpu and WAKE:
+            wake_rehearsal(node, binds, py["python"], weights)
         if not gpu:
             raise RuntimeError("no GPU: the scenarios need one (the setup above ran without it)")
         pods = Recorder(node, f"/api/v1/namespaces/{cluster_scenarios.NS}/pods", "pods")
@@ -342,15 +371,15 @@ def main():
             r.start()
         ctx = cluster_scenarios.Ctx(node=node, gpu=gpu, pods=pods, cps=cps, sampler=sampler, binds=binds,
                                     python=py["python"], R=R, log=log, check=check, save=save, remaining=remaining,
-                                    refs=refs, work=ARGS.work, scenarios=ARGS.scenarios.split(","))
+                                    refs=refs, work=ARGS.work, scenarios=ARGS.scenarios.split(","), weights=weights)
         for sc in ARGS.scenarios.split(","):
-            if sc not in cluster_scenarios.RUN:
+            if sc not in RUN:
                 continue
             if remaining() < 30:
                 check(f"s{sc}", "ran", False, "no time left before the deadline")
                 continue
             try:
-                cluster_scenarios.RUN[sc](ctx)
+                RUN[sc](ctx)
             except Exception as e:  # noqa: BLE001 - one scenario's failure does not stop the others
                 check(f"s{sc}", "completed", False, f"{type(e).__name__}: {e}")
                 R["errors"].append(traceback.format_exc())

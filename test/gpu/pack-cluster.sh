@@ -4,7 +4,7 @@
 #
 #   kyb.xz              one multi-call binary (test/gpu/cluster/multicall): etcd, kube-apiserver,
 #                       kube-controller-manager, kube-scheduler, kubelet, kubectl, kybernate-scheduler,
-#                       kybernate-agent, containerd-shim-kybernate-v1, ctr-import; Kubernetes and etcd
+#                       kybernate-agent, kybernate-activator, containerd-shim-kybernate-v1, ctr-import; Kubernetes and etcd
 #                       at the versions hack/lib.sh names, this tree for the rest. Separate binaries
 #                       would not fit the 64 MiB; linked once, shared dependencies are stored once
 #   containerd.xz       containerd 1.7 (the module go.mod pins) with CRI, without aufs, btrfs,
@@ -22,7 +22,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=hack/lib.sh
 source "$root/hack/lib.sh"
 dst=${GPU_CLUSTER_CARRY:-$root/.gpubin/cluster}
-build=$KYBERNATE_CACHE_DIR/build/gpu-cluster
+# Its own build folder per checkout (GPU_CLUSTER_BUILD): the build module names this tree.
+build=${GPU_CLUSTER_BUILD:-$KYBERNATE_CACHE_DIR/build/gpu-cluster}
 mkdir -p "$dst" "$build"
 
 # ---------------------------------------------------------------- the multi-call binary
@@ -107,10 +108,12 @@ if [[ ! -s $pki/kubelet.crt ]]; then
 fi
 
 # ------------------------------------------------------------------ scripts and manifests
-rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu"
+rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu" "$dst/repo/test/modelserver"
 cp -r "$root/manifests" "$dst/repo/"
 cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,report_common.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
+cp -f "$root"/test/gpu/cluster_wake.py "$dst/repo/test/gpu/"
+cp -f "$root"/test/modelserver/modelserver.py "$dst/repo/test/modelserver/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
 echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"
 ls -l "$dst"

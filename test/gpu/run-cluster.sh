@@ -47,7 +47,7 @@ for b in kyb containerd runc pause; do
 done
 wait
 for p in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kybernate-scheduler \
-	kybernate-agent containerd-shim-kybernate-v1 containerd-shim-runc-v2 ctr-import; do
+	kybernate-agent kybernate-activator containerd-shim-kybernate-v1 containerd-shim-runc-v2 ctr-import; do
 	ln "$work/bin/kyb" "$work/bin/$p"
 done
 if ! ldconfig -p | grep -q 'libseccomp\.so\.2 '; then

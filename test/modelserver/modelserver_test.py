@@ -77,5 +77,19 @@ class CPUModelServerTest(unittest.TestCase):
         self.assertEqual(e.exception.code, 400)
 
 
+class GenerateOnlyTest(unittest.TestCase):
+    def test_writes_the_file_once_and_exits(self):
+        with tempfile.TemporaryDirectory() as d:
+            w = os.path.join(d, "w.bin")
+            cmd = [sys.executable, os.path.join(HERE, "modelserver.py"), "--generate-only", "--gib", "0.002", "--weights", w]
+            first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout)
+            self.assertEqual(first["event"], "generated")
+            self.assertEqual(os.path.getsize(w), int(0.002 * (1 << 30)))
+            self.assertFalse(os.path.exists(w + ".tmp"))
+            # A file of the right size is kept: a server started later writes nothing.
+            again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout)
+            self.assertEqual(again["generate_s"], 0.0)
+
+
 if __name__ == "__main__":
     unittest.main()

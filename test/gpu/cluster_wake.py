@@ -1,0 +1,499 @@
+"""Scenario 7 of cluster_suite.py: scale to zero (issue 24), on the real node.
+
+kybernate-activator is installed as a user installs it (`kubectl apply -k manifests/activator/`,
+here through the suite's overlay: host network and ports, as for the scheduler). A model server
+(test/modelserver/modelserver.py, --device cuda, the host's Python and PyTorch as every pod of
+the suite) sits behind an ExternalName Service that names the activator, with
+kybernate.io/idle-after. For N = 8 and 32 GiB of weights it measures:
+
+  cold start  pod created -> first successful response through the activator (the request is
+              sent right after the pod is created and held by the activator until the pod is
+              ready; a 503 after --hold-timeout is retried and counted)
+  wake        after the pod went idle and was suspended (GPUCheckpoint Suspend, reason Idle;
+              NVML shows its memory freed): request sent -> first successful response; split
+              into asking (activator stamps kybernate.io/wake-requested), resume (resume
+              controller + agent, the Resume GPUCheckpoint), readiness (the pod's state Running
+              again) and proxy (the held request forwarded and answered)
+
+The weights files are written on the host before anything is timed (prepare(), started with
+the bring-up, flushed to disk); the model server finds them and writes nothing (its `ready`
+line says generate_s 0, a check). The files are in the host's page cache when the pods read
+them: the cold start's most favourable case.
+
+Clients reach the activator on its host port with the Service's name as Host header: the
+machine has no kube-proxy and no cluster DNS, so `<service>.<namespace>` does not resolve there.
+
+Without a GPU (the rehearsal) rehearse() runs the CPU model server behind the activator, to
+show the activator, its image, RBAC and routing work before the GPU run.
+"""
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+
+import cluster_scenarios as cs
+
+NS = cs.NS
+GIB = 1 << 30
+PORT, METRICS = 19480, 19465  # the activator's proxy and /metrics, /healthz, /readyz (host network)
+SIZES = (8, 32)
+IDLE_AFTER = "4s"
+WORK_GIB = 0.5
+WAKES = {8: 3, 32: 2}  # wakes per size, fewer when time is short
+RESERVE_S = 150  # time the 32 GiB size needs (cold start and two wakes), kept when the 8 GiB one repeats its wake
+SC = "s7"
+DISK_WAKE = ("not run: the storage tiers (kybernate.io/sleep: Disk) run with the simulated agent only; on a real node "
+             "a container spilled to disk would have to be restored in place by the shim, which does not exist yet "
+             "(docs/scale-to-zero.md, Sleeping on disk)")
+
+
+# ------------------------------------------------------------------------ install hooks
+def overlay(node):
+    """What cluster_node.install adds to its overlay: manifests/activator and a patch with the
+    same changes the scheduler gets (host network, the API server at 127.0.0.1, ports)."""
+    d = node.p("deploy")
+    cmd = node.container(f"{d}/manifests/activator/deployment.yaml")["command"]
+    probe = {"httpGet": {"path": "/readyz", "port": METRICS}, "periodSeconds": 1}
+    env = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+           {"name": "KUBERNETES_SERVICE_PORT", "value": str(node_api_port())}]
+    patch = [
+        {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
+        {"op": "add", "path": "/spec/template/spec/dnsPolicy", "value": "ClusterFirstWithHostNet"},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
+            cmd, {"--bind-address": f":{PORT}", "--metrics-bind-address": f":{METRICS}"})},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/ports", "value": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS, "protocol": "TCP"}]},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/livenessProbe",
+         "value": {"httpGet": {"path": "/healthz", "port": METRICS}}},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe", "value": probe},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env", "value": env},
+    ]
+    return {"resources": ["../manifests/activator"],
+            "patches": [{"target": {"kind": "Deployment", "name": "kybernate-activator"}, "patch": json.dumps(patch)}]}
+
+
+def node_api_port():
+    import cluster_node
+    return cluster_node.PORTS["apiserver"]
+
+
+def with_flags(cmd, values):
+    import cluster_node
+    return cluster_node.with_flags(cmd, values)
+
+
+def prepare(work, python, repo, gpu, log):
+    """Starts writing the weights files (in the background, during the bring-up): both at once
+    when the disk has room for them, else the first only (the next is written after the size
+    before it, outside any timing). Returns the state s7 reads."""
+    d = os.path.join(work, "weights")
+    os.makedirs(d, exist_ok=True)
+    sizes = SIZES if gpu else (0.0625,)
+    free = shutil.disk_usage(d).free
+    together = free >= (sum(sizes) + 6) * GIB
+    w = {"dir": d, "sizes": list(sizes), "together": together, "free_gib": round(free / GIB, 1), "procs": {},
+         "script": os.path.join(repo, "test", "modelserver", "modelserver.py"), "python": python, "log": log}
+    for n in (sizes if together else sizes[:1]):
+        _generate(w, n)
+    log(f"s7: writing weights {', '.join(str(n) for n in w['procs'])} GiB in {d} ({w['free_gib']} GiB free"
+        f"{'' if together else '; one at a time'})")
+    return w
+
+
+def _generate(w, n):
+    f = open(os.path.join(w["dir"], f"generate-{n}.log"), "w")
+    w["procs"][n] = (time.time(), subprocess.Popen(
+        [w["python"], w["script"], "--generate-only", "--gib", str(n), "--weights", weights_path(w, n)],
+        stdout=f, stderr=subprocess.STDOUT))
+
+
+def weights_path(w, n):
+    return os.path.join(w["dir"], f"w{n}.bin")
+
+
+def wait_weights(ctx, n):
+    """Waits until the weights of size N are written and flushed; every generation has ended
+    before anything is timed (no disk writes during a measurement)."""
+    w = ctx.weights
+    if n not in w["procs"]:
+        _generate(w, n)
+    t = time.time()
+    out = {}
+    for m, (t0, p) in list(w["procs"].items()):
+        try:
+            rc = p.wait(timeout=max(1, min(600, ctx.remaining())))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise TimeoutError(f"writing the {m} GiB weights: not before the deadline")
+        if rc != 0:
+            raise RuntimeError(f"writing the {m} GiB weights failed (rc {rc}); see {w['dir']}/generate-{m}.log")
+        line = open(os.path.join(w["dir"], f"generate-{m}.log")).read().strip().splitlines()[-1]
+        out[m] = json.loads(line)
+    return out, round(time.time() - t, 1)
+
+
+# ----------------------------------------------------------------------------- objects
+def service(name, port):
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS, "labels": {"scenario": SC},
+                         "annotations": {"kybernate.io/backend-selector": f"app={name}",
+                                         "kybernate.io/backend-port": str(port)}},
+            "spec": {"type": "ExternalName", "externalName": "kybernate-activator.kybernate-system.svc.cluster.local"}}
+
+
+def model_pod(ctx, name, gib, port, gpu):
+    """The model server's pod: the host's Python tree read-only (as the suite's other pods),
+    modelserver.py and the weights folder by hostPath, readiness on /health every second."""
+    mounts = [{"name": f"host{i}", "mountPath": b, "readOnly": True} for i, b in enumerate(ctx.binds)]
+    vols = [{"name": f"host{i}", "hostPath": {"path": b, "type": "Directory"}} for i, b in enumerate(ctx.binds)]
+    mounts += [{"name": "server", "mountPath": "/modelserver", "readOnly": True},
+               {"name": "weights", "mountPath": "/weights", "readOnly": True}]
+    vols += [{"name": "server", "hostPath": {"path": os.path.dirname(ctx.weights["script"]), "type": "Directory"}},
+             {"name": "weights", "hostPath": {"path": ctx.weights["dir"], "type": "Directory"}}]
+    env = {"PYTHONUNBUFFERED": "1", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+    ann = {"kybernate.io/idle-after": IDLE_AFTER, "kybernate.io/sleep": "HostMemory"}
+    c = {"name": "server", "image": "docker.io/kybernate/host-python:dev", "imagePullPolicy": "Never",
+         "command": [ctx.python, "/modelserver/modelserver.py", "--gib", str(gib), "--weights", f"/weights/w{gib}.bin",
+                     "--device", "cuda" if gpu else "cpu", "--work-gib", str(WORK_GIB), "--port", str(port)],
+         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}] +
+                [{"name": k, "value": v} for k, v in env.items()],
+         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+         "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 1, "failureThreshold": 1},
+         "volumeMounts": mounts}
+    spec = {"schedulerName": "kybernate-scheduler", "runtimeClassName": "kybernate",
+            "priorityClassName": "kybernate-interactive-high", "restartPolicy": "Never", "hostNetwork": True,
+            "enableServiceLinks": False, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 5,
+            "containers": [c], "volumes": vols}
+    if gpu:
+        # Weights, working memory, CUDA context and PyTorch's allocator.
+        ann["kybernate.io/gpu-memory"] = f"{int((gib + WORK_GIB + 3) * 1024)}Mi"
+        c["resources"] = {"limits": {"kybernate.io/gpu": "1"}}
+    else:
+        # Rehearsal without a GPU: no GPU asked for, placed by kube-scheduler, never put to sleep.
+        spec["schedulerName"] = "default-scheduler"
+        del ann["kybernate.io/idle-after"], ann["kybernate.io/sleep"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": name, "scenario": SC}, "annotations": ann},
+            "spec": spec}
+
+
+# ------------------------------------------------------------------------------ client
+def ask(host, timeout, tokens=4):
+    """One completion through the activator: (status, body, time the answer was read)."""
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "wake up", "max_tokens": tokens}),
+                     headers={"Host": host, "Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = r.read().decode(errors="replace")
+        return r.status, body, time.time()
+    finally:
+        conn.close()
+
+
+def until_ok(ctx, host, timeout):
+    """Asks until an answer 200 comes; every other answer (a 503 after the hold timeout, a
+    refused connection) is kept and asked again. Returns (time of the 200, body, others)."""
+    end = time.time() + min(timeout, max(5, ctx.remaining()))
+    others = []
+    while time.time() < end:
+        try:
+            st, body, t = ask(host, max(5, end - time.time()))
+        except OSError as e:
+            others.append({"t": round(time.time(), 3), "error": f"{type(e).__name__}: {e}"[:200]})
+            time.sleep(0.2)
+            continue
+        if st == 200:
+            return t, json.loads(body), others
+        others.append({"t": round(t, 3), "status": st, "body": body[:300]})
+        time.sleep(0.2)
+    raise TimeoutError(f"{host}: no answer 200 within {timeout:.0f}s; last answers {others[-3:]}")
+
+
+def wait_route(ctx, host):
+    """Waits until the activator knows the Service (503 'no pod matches' instead of 404)."""
+    end = time.time() + 60
+    last = None
+    while time.time() < end:
+        try:
+            st, body, _ = ask(host, 10)
+            last = (st, body[:200])
+            if st == 503 and "no pod matches" in body:
+                return last
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.3)
+    raise TimeoutError(f"the activator did not route {host} within 60 s: {last}")
+
+
+def activator_ready(ctx, timeout=90):
+    t = time.time()
+
+    def up():
+        d = ctx.node.api("GET", "/apis/apps/v1/namespaces/kybernate-system/deployments/kybernate-activator", ok404=True)
+        return d and d.get("status", {}).get("readyReplicas") == 1
+    ctx.node.wait(up, min(timeout, max(5, ctx.remaining())), "kybernate-activator Ready")
+    return round(time.time() - t, 1)
+
+
+# --------------------------------------------------------------------------- timelines
+def first_pod_event(ctx, name, pred, after):
+    e = cs.first_event(ctx.pods, name, pred, after)
+    return e["t"] if e else None
+
+
+def ready(o):
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (o or {}).get("status", {}).get("conditions", []))
+
+
+def cold_split(ctx, name, t_create, t_ok):
+    rel = lambda t: round(t - t_create, 2) if t else None
+    return {"bound": rel(first_pod_event(ctx, name, lambda o: o["spec"].get("nodeName"), t_create)),
+            "container_running": rel(first_pod_event(ctx, name, cs.running, t_create)),
+            "ready": rel(first_pod_event(ctx, name, ready, t_create)),
+            "answered": rel(t_ok)}
+
+
+def wake_split(ctx, name, t_req, t_ok, before):
+    """Times after the request: wake asked (annotation stamped), Resume created and Succeeded,
+    state Running again, answered; and the split resume / readiness / proxy."""
+    def stamped(o):
+        v = o["metadata"].get("annotations", {}).get("kybernate.io/wake-requested")
+        return v and v != before
+    t_stamp = first_pod_event(ctx, name, stamped, t_req - 0.5)
+    res = [c for c in cs.checkpoints(ctx, name, "Resume") if c["_first"] >= t_req - 0.5]
+    t_cp, t_done, m = None, None, None
+    if res:
+        cp = res[0]
+        t_cp = cp["_first"]
+        done = next((e for e in ctx.cps.events if e["name"] == cp["metadata"]["name"] and
+                     e["obj"].get("status", {}).get("phase") == "Succeeded"), None)
+        t_done = done["t"] if done else None
+        m = cs.moved(done["obj"] if done else cp)
+    t_run = first_pod_event(ctx, name, lambda o: cs.state(o) in ("", "Running"), t_stamp or t_req)
+    rel = lambda t: round(t - t_req, 3) if t else None
+    out = {"wake_asked": rel(t_stamp), "resume_created": rel(t_cp), "resume_succeeded": rel(t_done),
+           "state_running": rel(t_run), "answered": rel(t_ok), "resumes": len(res), "resume": m}
+    if t_stamp and t_done and t_run:
+        out["split_s"] = {"ask": round(t_stamp - t_req, 3), "resume": round(t_done - t_stamp, 3),
+                          "readiness": round(max(0.0, t_run - t_done), 3),
+                          "proxy": round(t_ok - max(t_run, t_done), 3)}
+    return out
+
+
+def server_ready_line(ctx, name):
+    logs = ctx.node.kubectl("logs", "-n", NS, name, check=False, timeout=20)
+    for line in logs.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("event") == "ready":
+            return d
+    return None
+
+
+def server_pid(name):
+    want = f"POD_NAME={name}".encode()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if b"modelserver.py" in open(f"/proc/{d}/cmdline", "rb").read() and \
+                    want in open(f"/proc/{d}/environ", "rb").read().split(b"\0"):
+                return int(d)
+        except OSError:
+            continue
+    return None
+
+
+def nvml_after(ctx, t, n=4, timeout=10):
+    """N NVML samples taken after T."""
+    end = time.time() + timeout
+    while time.time() < end:
+        s = [x for x in ctx.sampler.samples if x["t"] >= t]
+        if len(s) >= n:
+            return s[:n]
+        time.sleep(0.25)
+    return [x for x in ctx.sampler.samples if x["t"] >= t]
+
+
+# ---------------------------------------------------------------------------- scenario
+def cold_start(ctx, R, name, gib, port, gpu):
+    """Creates the Service and the pod; the first request goes out right after the pod's creation."""
+    host = f"{name}.{NS}"
+    cs.create(ctx, service(name, port), "services")
+    R["route_before_pod"] = wait_route(ctx, host)
+    t_create = cs.create(ctx, model_pod(ctx, name, gib, port, gpu))
+    t_ok, body, others = until_ok(ctx, host, 420)
+    R["cold_start_s"] = round(t_ok - t_create, 2)
+    R["cold_split_s"] = cold_split(ctx, name, t_create, t_ok)
+    R["cold_retries"] = others
+    R["weights_checksum"], R["answer"] = body.get("weights"), body.get("text")
+    line = server_ready_line(ctx, name) or {}
+    R["server_ready_line"] = line
+    ctx.log(f"s7 {gib} GiB: cold start {R['cold_start_s']} s {R['cold_split_s']}; server {line}")
+    ctx.check(SC, f"{gib} GiB cold start: pod created -> first answer 200 through the activator",
+              True, f"{R['cold_start_s']} s; {R['cold_split_s']}; {len(others)} other answers before it")
+    ctx.check(SC, f"{gib} GiB: the weights were written before the timed start (the server wrote none: generate_s 0)",
+              line.get("generate_s") == 0, f"server's ready line: {line}")
+    return host
+
+
+def sleep_once(ctx, R, name, gib, after):
+    """Waits for the idle suspension and checks NVML while the pod sleeps."""
+    cp = cs.wait_cp(ctx, name, "Suspend", 180, after=after)
+    m = cs.moved(cp)
+    done = next((e["t"] for e in ctx.cps.events if e["name"] == cp["metadata"]["name"] and
+                 e["obj"].get("status", {}).get("phase") == "Succeeded"), cp["_last"])
+    pid = server_pid(name)
+    win = nvml_after(ctx, done)
+    used = min((s["used"] for s in win), default=None)
+    freed = used is not None and used < 2 * GIB and all(pid not in [p for p, _ in s["procs"]] for s in win)
+    sl = {"suspend": m, "idle_to_suspend_s": round(cp["_first"] - after, 2), "nvml_used_gib_asleep": cs.gib(used),
+          "pid": pid, "rss_asleep_gib": cs.gib(cs.rss(pid)) if pid else None, "freed": freed}
+    ctx.log(f"s7 {gib} GiB: asleep: {sl}")
+    return sl, done
+
+
+def wake_once(ctx, R, name, host, gib):
+    before = (ctx.pods.latest.get(name) or {}).get("metadata", {}).get("annotations", {}).get("kybernate.io/wake-requested")
+    t_req = time.time()
+    t_ok, body, others = until_ok(ctx, host, 300)
+    # The answer is computed on the GPU from what the server loaded: the same text as before
+    # the sleep means its GPU memory came back intact.
+    w = {"wake_s": round(t_ok - t_req, 3), "other_answers": others,
+         "same_answer": body.get("text") == R["answer"] and body.get("weights") == R["weights_checksum"]}
+    # The recorders may see the last events a moment after the answer.
+    ctx.pods.wait_for(lambda l: cs.state(l.get(name)) in ("", "Running"), 10, f"{name} Running")
+    w.update(wake_split(ctx, name, t_req, t_ok, before))
+    ctx.log(f"s7 {gib} GiB: wake {w['wake_s']} s {w.get('split_s')}")
+    return w, t_ok
+
+
+def one_size(ctx, gib, port, gpu, reserve=0):
+    R = ctx.R["scenarios"][SC].setdefault("sizes", {}).setdefault(str(gib), {"gib": gib})
+    gen, waited = wait_weights(ctx, gib)
+    R["weights"] = {"file": weights_path(ctx.weights, gib), "generated": gen.get(gib), "waited_s": waited}
+    name = f"llm-{gib}".replace(".", "-")
+    host = cold_start(ctx, R, name, gib, port, gpu)
+    if not gpu:
+        return
+    pid = server_pid(name)
+    awake = nvml_after(ctx, time.time(), 2)
+    R["nvml_used_gib_awake"] = cs.gib(max((s["used"] for s in awake), default=None))
+    R["pid"] = pid
+    R["wakes"] = []
+    t_last = time.time()
+    cycle = None
+    wakes = WAKES.get(gib, 2)
+    for i in range(wakes):
+        if i and cycle and ctx.remaining() < cycle * 1.3 + 30 + reserve:
+            R["wakes_skipped"] = f"{wakes - i} wakes left out: {ctx.remaining():.0f} s before the deadline"
+            break
+        t_cycle = time.time()
+        sl, _ = sleep_once(ctx, R, name, gib, t_last)
+        w, t_last = wake_once(ctx, R, name, host, gib)
+        w["sleep"] = sl
+        R["wakes"].append(w)
+        ctx.save()
+        cycle = time.time() - t_cycle
+    wakes = [w["wake_s"] for w in R["wakes"]]
+    R["wake_median_s"] = round(statistics.median(wakes), 3) if wakes else None
+    R["ratio"] = round(R["cold_start_s"] / R["wake_median_s"], 1) if wakes else None
+    sleeps = [w["sleep"] for w in R["wakes"]]
+    ctx.check(SC, f"{gib} GiB: idle -> put to sleep (GPUCheckpoint Suspend, reason Idle) and NVML shows its GPU "
+                  "memory freed (its pid gone, GPU < 2 GiB used)",
+              sleeps and all(s["suspend"]["reason"] == "Idle" and s["freed"] for s in sleeps),
+              "; ".join(f"{s['suspend']['reason']} {s['suspend']['s']} s {s['suspend']['gbps']} GB/s, "
+                        f"GPU {s['nvml_used_gib_asleep']} GiB" for s in sleeps) or "no sleep")
+    ctx.check(SC, f"{gib} GiB: every wake answered 200 through one Resume, with the answer given before the sleep "
+                  "(computed on the GPU: its memory intact)",
+              wakes and all(w["same_answer"] and w["resumes"] == 1 for w in R["wakes"]),
+              "; ".join(f"{w['wake_s']} s, resumes {w['resumes']}, same answer {w['same_answer']}, "
+                        f"{len(w['other_answers'])} other answers" for w in R["wakes"]))
+    ctx.check(SC, f"{gib} GiB: wake from suspension >= 10x faster than the cold start",
+              R["ratio"] is not None and R["ratio"] >= 10,
+              f"cold {R['cold_start_s']} s / wake {R['wake_median_s']} s (median of {len(wakes)}) = {R['ratio']}x")
+
+
+def s7(ctx):
+    R = ctx.R["scenarios"].setdefault(SC, {"title": "Scale to zero: cold start vs wake from suspension"})
+    R.update({"idle_after": IDLE_AFTER, "work_gib": WORK_GIB, "activator_port": PORT, "disk_wake": DISK_WAKE,
+              "weights_together": ctx.weights["together"], "disk_free_gib": ctx.weights["free_gib"]})
+    R["activator_ready_s"] = activator_ready(ctx)
+    if ctx.refs is not None and ctx.refs.poll() is None:
+        # Another scenario's reference runs would share the GPU with the timed starts.
+        t = time.time()
+        ctx.refs.wait(timeout=max(1, min(300, ctx.remaining())))
+        R["waited_for_references_s"] = round(time.time() - t, 1)
+    sizes = ctx.weights["sizes"]
+    for i, gib in enumerate(sizes):
+        port = 19800 + i
+        try:
+            one_size(ctx, gib, port, True, RESERVE_S if i + 1 < len(sizes) else 0)
+        finally:
+            cs.cleanup(ctx)
+            if not ctx.weights["together"] and os.path.exists(weights_path(ctx.weights, gib)):
+                os.remove(weights_path(ctx.weights, gib))  # room for the next size's file
+            ctx.save()
+
+
+def rehearse(ctx):
+    """Without a GPU: the activator Ready, routing by Host, and the CPU model server answering
+    through it (cold start measured, nothing put to sleep). Labelled a rehearsal in the report."""
+    R = ctx.R["scenarios"].setdefault(SC, {"title": "Scale to zero (rehearsal without a GPU: CPU model server, no sleep)"})
+    R["rehearsal"] = True
+    R["activator_ready_s"] = activator_ready(ctx)
+    ctx.check(SC, "kybernate-activator Ready (kubectl apply -k manifests/activator via the overlay)", True,
+              f"{R['activator_ready_s']} s")
+    try:
+        one_size(ctx, ctx.weights["sizes"][0], 19800, False)
+    finally:
+        cs.cleanup(ctx)
+
+
+# ------------------------------------------------------------------------------ report
+def report(s7):
+    """The Markdown section of scenario 7 (cluster_report.py), from results.json."""
+    if not s7:
+        return []
+    v = lambda x, u="": "–" if x is None else f"{x}{u}"
+    out = [f"## Scenario 7: {s7.get('title')}", ""]
+    if s7.get("rehearsal"):
+        out += ["Rehearsal without a GPU: the CPU model server behind the activator, nothing put to sleep.", ""]
+    out += [f"Model server test/modelserver/modelserver.py behind kybernate-activator (ExternalName Service, "
+            f"`kybernate.io/idle-after: {s7.get('idle_after')}`, `kybernate.io/sleep: HostMemory`), "
+            f"{s7.get('work_gib')} GiB of working memory beside the weights. The weights files were written on the "
+            "host before the timed starts (not part of the cold start) and were in the page cache when read. "
+            "Requests go to the activator's host port with the Service as Host header.", "",
+            "| weights | cold start | wakes (request -> answer) | median wake | cold / wake |", "|---|---|---|---|---|"]
+    sizes = s7.get("sizes") or {}
+    for k, r in sizes.items():
+        out.append(f"| {k} GiB | {v(r.get('cold_start_s'), ' s')} | "
+                   f"{', '.join(str(w['wake_s']) + ' s' for w in r.get('wakes') or []) or '–'} | "
+                   f"{v(r.get('wake_median_s'), ' s')} | {v(r.get('ratio'), 'x')} |")
+    out += ["", "| weights | cold start: bound / container running / ready / answered (s after creation) | "
+            "model server: load / CUDA init / warm-up / ready after its start |", "|---|---|---|"]
+    for k, r in sizes.items():
+        c, l = r.get("cold_split_s") or {}, r.get("server_ready_line") or {}
+        out.append(f"| {k} GiB | {v(c.get('bound'))} / {v(c.get('container_running'))} / {v(c.get('ready'))} / "
+                   f"{v(c.get('answered'))} | {v(l.get('load_s'))} / {v(l.get('cuda_init_s'))} / {v(l.get('warm_up_s'))} / "
+                   f"{v(l.get('ready_s'))} s |")
+    rows = [(k, i, w) for k, r in sizes.items() for i, w in enumerate(r.get("wakes") or [])]
+    if rows:
+        out += ["", "| weights | wake | ask / resume / readiness / proxy (s) | agent's resume | asleep: suspend, GPU used |",
+                "|---|---|---|---|---|"]
+        for k, i, w in rows:
+            sp, m, sl = w.get("split_s") or {}, w.get("resume") or {}, w.get("sleep") or {}
+            su = sl.get("suspend") or {}
+            out.append(f"| {k} GiB | {i + 1}: {w['wake_s']} s | {v(sp.get('ask'))} / {v(sp.get('resume'))} / "
+                       f"{v(sp.get('readiness'))} / {v(sp.get('proxy'))} | {v(m.get('s'), ' s')}, "
+                       f"{v(m.get('bytes') and round(m['bytes'] / 1e9, 2), ' GB')}, {v(m.get('gbps'), ' GB/s')} | "
+                       f"{v(su.get('s'), ' s')} ({v(su.get('gbps'), ' GB/s')}), {v(sl.get('nvml_used_gib_asleep'), ' GiB')} |")
+    out += ["", f"Wake from a disk image: {s7.get('disk_wake', '–')}.", ""]
+    return out
