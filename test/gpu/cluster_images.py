@@ -102,8 +102,9 @@ def go_image(out_dir, name, binary, links=()):
     def fill(t):
         _add_file(t, name, binary)
         for link in links:
+            # containerd's unpack applies a hard link's mode to the file it shares: 0755 too.
             ti = tarfile.TarInfo(link)
-            ti.type, ti.linkname, ti.mtime = tarfile.LNKTYPE, name, 0
+            ti.type, ti.linkname, ti.mode, ti.mtime = tarfile.LNKTYPE, name, 0o755, 0
             t.addfile(ti)
         for d in ("tmp", "run", "run/kybernate"):
             _add_dir(t, d, 0o1777 if d == "tmp" else 0o755)

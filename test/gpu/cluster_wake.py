@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import time
 
+import cluster_node
 import cluster_scenarios as cs
 
 NS = cs.NS
@@ -58,11 +59,11 @@ def overlay(node):
     cmd = node.container(f"{d}/manifests/activator/deployment.yaml")["command"]
     probe = {"httpGet": {"path": "/readyz", "port": METRICS}, "periodSeconds": 1}
     env = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-           {"name": "KUBERNETES_SERVICE_PORT", "value": str(node_api_port())}]
+           {"name": "KUBERNETES_SERVICE_PORT", "value": str(cluster_node.PORTS["apiserver"])}]
     patch = [
         {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
         {"op": "add", "path": "/spec/template/spec/dnsPolicy", "value": "ClusterFirstWithHostNet"},
-        {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
+        {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": cluster_node.with_flags(
             cmd, {"--bind-address": f":{PORT}", "--metrics-bind-address": f":{METRICS}"})},
         {"op": "replace", "path": "/spec/template/spec/containers/0/ports", "value": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
@@ -74,16 +75,6 @@ def overlay(node):
     ]
     return {"resources": ["../manifests/activator"],
             "patches": [{"target": {"kind": "Deployment", "name": "kybernate-activator"}, "patch": json.dumps(patch)}]}
-
-
-def node_api_port():
-    import cluster_node
-    return cluster_node.PORTS["apiserver"]
-
-
-def with_flags(cmd, values):
-    import cluster_node
-    return cluster_node.with_flags(cmd, values)
 
 
 def prepare(work, python, repo, gpu, log):
@@ -164,6 +155,12 @@ def model_pod(ctx, name, gib, port, gpu):
          "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
          "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 1, "failureThreshold": 1},
          "volumeMounts": mounts}
+    sim = getattr(ctx, "simulated", False)
+    if sim:
+        # Rehearsal: the agent's GPUs are simulated. The pod asks for one, so the scheduler,
+        # the activator and the (simulated) agent do everything they do for a GPU pod, but its
+        # process is the CPU server under runc (the shim would expose GPUs that do not exist).
+        c["command"][c["command"].index("cuda")] = "cpu"
     spec = {"schedulerName": "kybernate-scheduler", "runtimeClassName": "kybernate",
             "priorityClassName": "kybernate-interactive-high", "restartPolicy": "Never", "hostNetwork": True,
             "enableServiceLinks": False, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 5,
@@ -172,6 +169,8 @@ def model_pod(ctx, name, gib, port, gpu):
         # Weights, working memory, CUDA context and PyTorch's allocator.
         ann["kybernate.io/gpu-memory"] = f"{int((gib + WORK_GIB + 3) * 1024)}Mi"
         c["resources"] = {"limits": {"kybernate.io/gpu": "1"}}
+        if sim:
+            del spec["runtimeClassName"]
     else:
         # Rehearsal without a GPU: no GPU asked for, placed by kube-scheduler, never put to sleep.
         spec["schedulerName"] = "default-scheduler"
@@ -278,10 +277,13 @@ def wake_split(ctx, name, t_req, t_ok, before):
     rel = lambda t: round(t - t_req, 3) if t else None
     out = {"wake_asked": rel(t_stamp), "resume_created": rel(t_cp), "resume_succeeded": rel(t_done),
            "state_running": rel(t_run), "answered": rel(t_ok), "resumes": len(res), "resume": m}
-    if t_stamp and t_done and t_run:
-        out["split_s"] = {"ask": round(t_stamp - t_req, 3), "resume": round(t_done - t_stamp, 3),
-                          "readiness": round(max(0.0, t_run - t_done), 3),
-                          "proxy": round(t_ok - max(t_run, t_done), 3)}
+    if t_stamp and t_cp and t_run:
+        # ask: the activator stamps the pod; resume: the resume controller creates the Resume
+        # (controller) and the agent restores until the pod is Running again (the pod's Ready
+        # condition stays True while it sleeps: its server answers /health without the GPU);
+        # proxy: the activator sees it Running, forwards the held request, the model answers.
+        out["split_s"] = {"ask": round(t_stamp - t_req, 3), "controller": round(t_cp - t_stamp, 3),
+                          "resume": round(t_run - t_stamp, 3), "proxy": round(t_ok - t_run, 3)}
     return out
 
 
@@ -351,7 +353,7 @@ def sleep_once(ctx, R, name, gib, after):
     done = next((e["t"] for e in ctx.cps.events if e["name"] == cp["metadata"]["name"] and
                  e["obj"].get("status", {}).get("phase") == "Succeeded"), cp["_last"])
     pid = server_pid(name)
-    win = nvml_after(ctx, done)
+    win = nvml_after(ctx, done) if ctx.sampler else []  # none with the simulated agent
     used = min((s["used"] for s in win), default=None)
     freed = used is not None and used < 2 * GIB and all(pid not in [p for p, _ in s["procs"]] for s in win)
     sl = {"suspend": m, "idle_to_suspend_s": round(cp["_first"] - after, 2), "nvml_used_gib_asleep": cs.gib(used),
@@ -368,8 +370,12 @@ def wake_once(ctx, R, name, host, gib):
     # the sleep means its GPU memory came back intact.
     w = {"wake_s": round(t_ok - t_req, 3), "other_answers": others,
          "same_answer": body.get("text") == R["answer"] and body.get("weights") == R["weights_checksum"]}
-    # The recorders may see the last events a moment after the answer.
+    # The suite's watches may see the last events a moment after the answer.
     ctx.pods.wait_for(lambda l: cs.state(l.get(name)) in ("", "Running"), 10, f"{name} Running")
+    try:
+        cs.wait_cp(ctx, name, "Resume", 30, after=t_req - 0.5)
+    except (TimeoutError, RuntimeError) as e:
+        w["resume_error"] = str(e)[:300]
     w.update(wake_split(ctx, name, t_req, t_ok, before))
     ctx.log(f"s7 {gib} GiB: wake {w['wake_s']} s {w.get('split_s')}")
     return w, t_ok
@@ -380,11 +386,12 @@ def one_size(ctx, gib, port, gpu, reserve=0):
     gen, waited = wait_weights(ctx, gib)
     R["weights"] = {"file": weights_path(ctx.weights, gib), "generated": gen.get(gib), "waited_s": waited}
     name = f"llm-{gib}".replace(".", "-")
+    sim = getattr(ctx, "simulated", False)
     host = cold_start(ctx, R, name, gib, port, gpu)
     if not gpu:
         return
     pid = server_pid(name)
-    awake = nvml_after(ctx, time.time(), 2)
+    awake = nvml_after(ctx, time.time(), 2) if ctx.sampler else []
     R["nvml_used_gib_awake"] = cs.gib(max((s["used"] for s in awake), default=None))
     R["pid"] = pid
     R["wakes"] = []
@@ -406,17 +413,18 @@ def one_size(ctx, gib, port, gpu, reserve=0):
     R["wake_median_s"] = round(statistics.median(wakes), 3) if wakes else None
     R["ratio"] = round(R["cold_start_s"] / R["wake_median_s"], 1) if wakes else None
     sleeps = [w["sleep"] for w in R["wakes"]]
-    ctx.check(SC, f"{gib} GiB: idle -> put to sleep (GPUCheckpoint Suspend, reason Idle) and NVML shows its GPU "
+    pre = "SIMULATED agent, no NVML: " if sim else ""
+    ctx.check(SC, pre + f"{gib} GiB: idle -> put to sleep (GPUCheckpoint Suspend, reason Idle) and NVML shows its GPU "
                   "memory freed (its pid gone, GPU < 2 GiB used)",
-              sleeps and all(s["suspend"]["reason"] == "Idle" and s["freed"] for s in sleeps),
+              sleeps and all(s["suspend"]["reason"] == "Idle" and (s["freed"] or sim) for s in sleeps),
               "; ".join(f"{s['suspend']['reason']} {s['suspend']['s']} s {s['suspend']['gbps']} GB/s, "
                         f"GPU {s['nvml_used_gib_asleep']} GiB" for s in sleeps) or "no sleep")
-    ctx.check(SC, f"{gib} GiB: every wake answered 200 through one Resume, with the answer given before the sleep "
+    ctx.check(SC, pre + f"{gib} GiB: every wake answered 200 through one Resume, with the answer given before the sleep "
                   "(computed on the GPU: its memory intact)",
               wakes and all(w["same_answer"] and w["resumes"] == 1 for w in R["wakes"]),
               "; ".join(f"{w['wake_s']} s, resumes {w['resumes']}, same answer {w['same_answer']}, "
                         f"{len(w['other_answers'])} other answers" for w in R["wakes"]))
-    ctx.check(SC, f"{gib} GiB: wake from suspension >= 10x faster than the cold start",
+    ctx.check(SC, pre + f"{gib} GiB: wake from suspension >= 10x faster than the cold start",
               R["ratio"] is not None and R["ratio"] >= 10,
               f"cold {R['cold_start_s']} s / wake {R['wake_median_s']} s (median of {len(wakes)}) = {R['ratio']}x")
 
@@ -444,15 +452,26 @@ def s7(ctx):
 
 
 def rehearse(ctx):
-    """Without a GPU: the activator Ready, routing by Host, and the CPU model server answering
-    through it (cold start measured, nothing put to sleep). Labelled a rehearsal in the report."""
-    R = ctx.R["scenarios"].setdefault(SC, {"title": "Scale to zero (rehearsal without a GPU: CPU model server, no sleep)"})
-    R["rehearsal"] = True
+    """Without a GPU (the agent's GPUs simulated): the activator Ready, routing by Host, and the
+    whole path of the scenario with the CPU model server, whose pod asks for a simulated GPU:
+    cold start, idle sleep and wakes carried out by the SIMULATED agent (the process is never
+    suspended; no NVML). Labelled a rehearsal in the report; its figures are not measurements."""
+    R = ctx.R["scenarios"].setdefault(SC, {"title": "Scale to zero (rehearsal without a GPU: CPU model server, "
+                                                    "SIMULATED agent)"})
+    R.update({"rehearsal": True, "idle_after": IDLE_AFTER, "work_gib": WORK_GIB, "disk_wake": DISK_WAKE})
+    ctx.simulated = True
+    # The simulated agent makes the GPUs of a node from its labels: one H100 here.
+    node = cluster_node.NODE
+    ctx.node.api("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {
+        "kybernate.io/gpu-model": "NVIDIA-H100-80GB-HBM3", "kybernate.io/gpu-count": "1"}}},
+        ctype="application/merge-patch+json")
+    ctx.node.wait(lambda: ctx.node.api("GET", f"/api/v1/nodes/{node}")["status"].get("allocatable", {})
+                  .get("kybernate.io/gpu", "0") != "0", 60, "the node advertises a simulated kybernate.io/gpu")
     R["activator_ready_s"] = activator_ready(ctx)
     ctx.check(SC, "kybernate-activator Ready (kubectl apply -k manifests/activator via the overlay)", True,
               f"{R['activator_ready_s']} s")
     try:
-        one_size(ctx, ctx.weights["sizes"][0], 19800, False)
+        one_size(ctx, ctx.weights["sizes"][0], 19800, True)
     finally:
         cs.cleanup(ctx)
 
@@ -465,7 +484,8 @@ def report(s7):
     v = lambda x, u="": "–" if x is None else f"{x}{u}"
     out = [f"## Scenario 7: {s7.get('title')}", ""]
     if s7.get("rehearsal"):
-        out += ["Rehearsal without a GPU: the CPU model server behind the activator, nothing put to sleep.", ""]
+        out += ["Rehearsal without a GPU: the CPU model server behind the activator; sleeps and wakes carried out by "
+                "the SIMULATED agent (the process was never suspended). Its figures are not measurements.", ""]
     out += [f"Model server test/modelserver/modelserver.py behind kybernate-activator (ExternalName Service, "
             f"`kybernate.io/idle-after: {s7.get('idle_after')}`, `kybernate.io/sleep: HostMemory`), "
             f"{s7.get('work_gib')} GiB of working memory beside the weights. The weights files were written on the "
@@ -486,13 +506,17 @@ def report(s7):
                    f"{v(l.get('ready_s'))} s |")
     rows = [(k, i, w) for k, r in sizes.items() for i, w in enumerate(r.get("wakes") or [])]
     if rows:
-        out += ["", "| weights | wake | ask / resume / readiness / proxy (s) | agent's resume | asleep: suspend, GPU used |",
+        out += ["", "Wake split, from the times the suite's watches saw the events: ask (request -> the activator "
+                "stamped `kybernate.io/wake-requested`), resume (stamp -> the pod's state Running again: resume "
+                "controller, of which the part until the Resume GPUCheckpoint existed is shown apart, and agent), "
+                "proxy (-> the answer: the activator forwards the held request, the model computes it).", "",
+                "| weights | wake | ask / resume (controller) / proxy (s) | agent's resume | asleep: suspend, GPU used |",
                 "|---|---|---|---|---|"]
         for k, i, w in rows:
             sp, m, sl = w.get("split_s") or {}, w.get("resume") or {}, w.get("sleep") or {}
             su = sl.get("suspend") or {}
-            out.append(f"| {k} GiB | {i + 1}: {w['wake_s']} s | {v(sp.get('ask'))} / {v(sp.get('resume'))} / "
-                       f"{v(sp.get('readiness'))} / {v(sp.get('proxy'))} | {v(m.get('s'), ' s')}, "
+            out.append(f"| {k} GiB | {i + 1}: {w['wake_s']} s | {v(sp.get('ask'))} / {v(sp.get('resume'))} "
+                       f"({v(sp.get('controller'))}) / {v(sp.get('proxy'))} | {v(m.get('s'), ' s')}, "
                        f"{v(m.get('bytes') and round(m['bytes'] / 1e9, 2), ' GB')}, {v(m.get('gbps'), ' GB/s')} | "
                        f"{v(su.get('s'), ' s')} ({v(su.get('gbps'), ' GB/s')}), {v(sl.get('nvml_used_gib_asleep'), ' GiB')} |")
     out += ["", f"Wake from a disk image: {s7.get('disk_wake', '–')}.", ""]

@@ -36,7 +36,7 @@ class WakeSplitTest(unittest.TestCase):
         ctx = types.SimpleNamespace(pods=pods, cps=cps)
         got = cluster_wake.wake_split(ctx, "llm-8", 100.0, 103.2, "2026-12-07T08:00:00Z")
         self.assertEqual(got["resumes"], 1)
-        self.assertEqual(got["split_s"], {"ask": 0.2, "resume": 2.5, "readiness": 0.2, "proxy": 0.3})
+        self.assertEqual(got["split_s"], {"ask": 0.2, "controller": 0.2, "resume": 2.7, "proxy": 0.3})
         self.assertEqual(got["resume"]["s"], 2.15)
         self.assertEqual(got["answered"], 3.2)
 
@@ -69,12 +69,12 @@ class ReportTest(unittest.TestCase):
     def test_ratio_and_disk_wake_shown(self):
         s7 = {"title": "t", "idle_after": "4s", "work_gib": 0.5, "disk_wake": "not run: why",
               "sizes": {"8": {"cold_start_s": 30.0, "wake_median_s": 2.0, "ratio": 15.0,
-                              "wakes": [{"wake_s": 2.0, "split_s": {"ask": 0.1, "resume": 1.5, "readiness": 0.2, "proxy": 0.2},
+                              "wakes": [{"wake_s": 2.0, "split_s": {"ask": 0.1, "controller": 0.1, "resume": 1.5, "proxy": 0.2},
                                          "resume": {"s": 1.4, "bytes": 1e10, "gbps": 7.1},
                                          "sleep": {"suspend": {"s": 6.0, "gbps": 1.7}, "nvml_used_gib_asleep": 0.47}}]}}}
         md = "\n".join(cluster_wake.report(s7))
         self.assertIn("| 8 GiB | 30.0 s | 2.0 s | 2.0 s | 15.0x |", md)
-        self.assertIn("0.1 / 1.5 / 0.2 / 0.2", md)
+        self.assertIn("0.1 / 1.5 (0.1) / 0.2", md)
         self.assertIn("Wake from a disk image: not run: why.", md)
         self.assertEqual(cluster_wake.report(None), [])
 
