@@ -100,7 +100,8 @@ class CUDAModel:
         self.work = torch.empty(int(work_gib * (1 << 30)), dtype=torch.uint8, device="cuda")
         n = 1024
         self.a = self.weights[: n * n * 2].view(torch.float16).view(n, n).nan_to_num().clamp(-1, 1)
-        self.checksum = hashlib.sha256(self.weights[: 1 << 20].cpu().numpy().tobytes()).hexdigest()[:16]
+        # The same checksum as the CPU variant's, without numpy (PyTorch does not need it).
+        self.checksum = hashlib.sha256(bytes(self.weights[: 1 << 20].cpu().tolist())).hexdigest()[:16]
 
     def warm_up(self):
         for _ in range(10):
