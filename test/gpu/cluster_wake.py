@@ -450,6 +450,12 @@ def s7(ctx):
             ctx.R["errors"].append(traceback.format_exc())
         finally:
             cs.cleanup(ctx)
+            # Pods are deleted with grace 0: the next size starts once this server's process ended.
+            name = f"llm-{gib}"
+            try:
+                ctx.node.wait(lambda: server_pid(name) is None, 60, f"{name}'s process gone")
+            except TimeoutError as e:
+                ctx.log(str(e))
             if not ctx.weights["together"] and os.path.exists(weights_path(ctx.weights, gib)):
                 os.remove(weights_path(ctx.weights, gib))  # room for the next size's file
             ctx.save()
