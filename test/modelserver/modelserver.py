@@ -47,7 +47,7 @@ def generate(path, gib, seed):
     while len(block) < BLOCK:
         h.update(b"w")
         block += h.digest()
-    block = bytes(block[:BLOCK])
+    block = memoryview(bytes(block[:BLOCK]))
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         left = size
@@ -55,7 +55,11 @@ def generate(path, gib, seed):
         while left > 0:
             n = min(BLOCK, left)
             # Each block differs in its first 8 bytes, so no two pages are alike.
-            f.write(i.to_bytes(8, "little") + block[8:n] if n >= 8 else block[:n])
+            if n >= 8:
+                f.write(i.to_bytes(8, "little"))
+                f.write(block[8:n])
+            else:
+                f.write(block[:n])
             left -= n
             i += 1
     os.replace(tmp, path)
