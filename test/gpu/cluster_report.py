@@ -3,7 +3,7 @@ in it is typed by hand. `python3 cluster_report.py results.json > results.md` re
 import json
 import sys
 
-import cluster_wake
+import cluster_wake_report
 from report_common import get as _get
 from report_common import v as _v
 
@@ -77,7 +77,7 @@ def render(R):
                 f"| memory taken by a process outside Kybernate | {_v(s6.get('outside_process_gib'), ' GiB')} |",
                 f"| while it held the memory | {s6.get('while_held')} |",
                 f"| resumed after it ended | {_v(s6.get('resumed_after_s'), ' s')} |", ""]
-    out += cluster_wake.report(sc.get("s7"))
+    out += cluster_wake_report.report(sc.get("s7"))
     out += ["## Checks", "", "| scenario | check | result | detail |", "|---|---|---|---|"]
     for c in R.get("checks", []):
         d = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:400]

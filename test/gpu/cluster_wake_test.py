@@ -8,6 +8,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_wake  # noqa: E402
+import cluster_wake_report  # noqa: E402
 
 
 def pod(t, state="", wake=None):
@@ -72,11 +73,11 @@ class ReportTest(unittest.TestCase):
                               "wakes": [{"wake_s": 2.0, "split_s": {"ask": 0.1, "controller": 0.1, "resume": 1.5, "proxy": 0.2},
                                          "resume": {"s": 1.4, "bytes": 1e10, "gbps": 7.1},
                                          "sleep": {"suspend": {"s": 6.0, "gbps": 1.7}, "nvml_used_gib_asleep": 0.47}}]}}}
-        md = "\n".join(cluster_wake.report(s7))
+        md = "\n".join(cluster_wake_report.report(s7))
         self.assertIn("| 8 GiB | 30.0 s | 2.0 s | 2.0 s | 15.0x |", md)
         self.assertIn("0.1 / 1.5 (0.1) / 0.2", md)
         self.assertIn("Wake from a disk image: not run: why.", md)
-        self.assertEqual(cluster_wake.report(None), [])
+        self.assertEqual(cluster_wake_report.report(None), [])
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu" "$dst/repo/test/modelserver"
 cp -r "$root/manifests" "$dst/repo/"
 cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,report_common.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
-cp -f "$root"/test/gpu/cluster_wake.py "$dst/repo/test/gpu/"
+cp -f "$root"/test/gpu/{cluster_wake.py,cluster_wake_report.py} "$dst/repo/test/gpu/"
 cp -f "$root"/test/modelserver/modelserver.py "$dst/repo/test/modelserver/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
 echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"
