@@ -103,13 +103,17 @@ func New(cfg Config, clk clock.PassiveClock) (*Window, error) {
 	return &Window{cfg: cfg, clock: clk, write: writeSysfs}, nil
 }
 
-// Current reads a setting: the word in brackets of "always [madvise] never".
+// Current reads a setting: the word in brackets of "always [madvise] never", or the only word of
+// a file that holds nothing else.
 func Current(dir, name string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
 		return "", fmt.Errorf("reading thp setting %s: %w", name, err)
 	}
 	s := string(b)
+	if f := strings.Fields(s); len(f) == 1 && !strings.ContainsAny(s, "[]") {
+		return f[0], nil // a plain file standing in for sysfs (dry runs) holds the value alone
+	}
 	i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']')
 	if i < 0 || j < i+2 {
 		return "", fmt.Errorf("thp setting %s: no value in brackets in %q", name, strings.TrimSpace(s))

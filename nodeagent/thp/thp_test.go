@@ -79,6 +79,7 @@ func TestCurrent(t *testing.T) {
 		{content: "[always] madvise never", want: "always"},
 		{content: "always defer defer+madvise [madvise] never\n", want: "madvise"},
 		{content: "always madvise never\n", wantErr: true},
+		{content: "madvise\n", want: "madvise"},
 		{content: "[]", wantErr: true},
 	} {
 		dir := t.TempDir()

@@ -190,7 +190,7 @@ class Agent:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:
-                self.p.wait(timeout=10)
+                self.p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(timeout=5)
@@ -294,6 +294,7 @@ def probe_bystander(b, sampler, window, c):
         time.sleep(0.5)
     c["bystander"] = b.alloc(ARGS.bystander_mib)
     c["bystander"]["enabled_then"] = THP.read("enabled")
+    c["bystander"]["suspend_still_running"] = "suspend" not in c
 
 
 # -------------------------------------------------------------------------------------- phases
@@ -529,7 +530,7 @@ def main():
     R["thp"] = {"dir": THP.dir, "fake": THP.fake, "original": original, "settings_at_start": THP.settings()}
     signal.signal(signal.SIGTERM, on_alarm)
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(max(1, int(left() - ARGS.reserve / 2)))
+    signal.alarm(max(1, int(left() - 20)))  # stopping the agent and the workers, THP and the report take < 15 s
     bystander = None
     try:
         phase("meta", meta)

@@ -33,6 +33,9 @@ for line in sys.stdin:
 """
 
 
+CHOICES = {"enabled": ["always", "madvise", "never"], "defrag": ["always", "defer", "defer+madvise", "madvise", "never"]}
+
+
 class THP:
     """The THP settings in dir (sysfs, or a fake folder that emulates it)."""
 
@@ -42,9 +45,9 @@ class THP:
     @staticmethod
     def make_fake(dir):
         os.makedirs(os.path.join(dir, "khugepaged"), exist_ok=True)
-        for name, text in (("enabled", "always [madvise] never"), ("defrag", "always defer defer+madvise [madvise] never")):
+        for name in ("enabled", "defrag"):
             with open(os.path.join(dir, name), "w") as f:
-                f.write(text + "\n")
+                f.write(" ".join("[madvise]" if w == "madvise" else w for w in CHOICES[name]) + "\n")
         for name, v in (("pages_collapsed", 0), ("full_scans", 0), ("defrag", 1), ("scan_sleep_millisecs", 10000)):
             with open(os.path.join(dir, "khugepaged", name), "w") as f:
                 f.write(f"{v}\n")
@@ -63,8 +66,7 @@ class THP:
     def write(self, name, value):
         path = os.path.join(self.dir, name)
         if self.fake:  # the kernel's behaviour: the written choice becomes the bracketed one
-            with open(path) as f:
-                words = f.read().replace("[", "").replace("]", "").split()
+            words = CHOICES[name.split("/")[-1]]
             if value not in words:
                 raise OSError(f"{path}: invalid value {value!r}")
             text = " ".join(f"[{w}]" if w == value else w for w in words)

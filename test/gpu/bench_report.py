@@ -166,12 +166,13 @@ def variants(R):
         L.append(f"| {g:g} GiB | {f(sa)} / {f(sb)} / {f(sc)} | {f(ratio(sb, sa))} | {f(ratio(sc, sa))} | "
                  f"{f(ra)} / {f(rb)} / {f(rc_)} | {f(ratio(rb, ra))} | {f(ratio(rc_, ra))} |")
     L += ["", "Effect on other processes: a bystander maps and touches anonymous memory while the largest checkpoint runs.", "",
-          "| variant | THP enabled then | mapped MiB | of it in huge pages MiB |", "|---|---|---|---|"]
+          "| variant | THP enabled then | during the checkpoint | mapped MiB | of it in huge pages MiB |", "|---|---|---|---|---|"]
     for key, v in (R.get("variants") or {}).items():
         for c in v["cycles"]:
             b = c.get("bystander")
             if b:
-                L.append(f"| {key} | {b.get('enabled_then')} | {b['mib']} | {b['anon_huge_mib']:.0f} |")
+                during = {True: "yes", False: "NO (it had ended)"}.get(b.get("suspend_still_running"), rc.DASH)
+                L.append(f"| {key} | {b.get('enabled_then')} | {during} | {b['mib']} | {b['anon_huge_mib']:.0f} |")
     return L + [""]
 
 

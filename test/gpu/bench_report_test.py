@@ -49,7 +49,7 @@ def fabricated():
          "agents": [{"label": "a-default", "cmd": "--node-name gpu-node", "start_s": 1.2, "metrics": ["kybernate_agent_thp_window_open 0"]}],
          "skipped": [], "errors": []}
     R["variants"]["a"]["cycles"][1]["bystander"] = {"mib": 512, "anon_huge_mib": 0, "enabled_then": "madvise"}
-    R["variants"]["b"]["cycles"][1]["bystander"] = {"mib": 512, "anon_huge_mib": 510, "enabled_then": "always"}
+    R["variants"]["b"]["cycles"][1]["bystander"] = {"mib": 512, "anon_huge_mib": 510, "enabled_then": "always", "suspend_still_running": True}
     return R
 
 
@@ -64,7 +64,7 @@ class BenchReport(unittest.TestCase):
         text = bench_report.render(R)
         self.assertIn("**ALL CHECKS PASSED**", text)
         self.assertIn("| 8 GiB | 2.40 / 3.70 / 3.60 | 1.54 | 1.50 |", text)
-        self.assertIn("| b | always | 512 | 510 |", text)
+        self.assertIn("| b | always | yes | 512 | 510 |", text)
 
     def test_window_below_the_goal_fails(self):
         R = fabricated()
