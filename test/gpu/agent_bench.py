@@ -546,6 +546,11 @@ def main():
         for p in S.CHILDREN:
             if p.poll() is None:
                 p.kill()
+        for p in S.CHILDREN:
+            try:
+                p.wait(timeout=5)  # out of their cgroups before those are removed
+            except subprocess.TimeoutExpired:
+                pass
         if bystander:
             bystander.stop()
         for n, v in original.items():
@@ -555,7 +560,7 @@ def main():
                 except OSError as e:
                     err("restoring THP", e)
         R["thp"]["at_end"] = {n: THP.read(n) for n in ("enabled", "defrag")}
-        for d in CGROUP_DIRS:
+        for d in sorted(set(CGROUP_DIRS), key=lambda d: -d.count("/")):  # deepest first: the shared parents last
             try:
                 os.rmdir(d)
             except OSError:
