@@ -159,7 +159,8 @@ class Agent:
             args += ["--simulate", "--simulate-node-selector", "type=kwok"]
         self.info = {"label": label, "cmd": " ".join(args[1:])}
         R["agents"].append(self.info)
-        logf = open(os.path.join(ARGS.out, f"agent-{len(R['agents'])}-{label}.log"), "w")
+        self.log_path = os.path.join(ARGS.out, f"agent-{len(R['agents'])}-{label}.log")
+        logf = open(self.log_path, "w")
         t = time.time()
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         S.CHILDREN.append(self.p)
@@ -176,6 +177,7 @@ class Agent:
         else:
             raise TimeoutError(f"agent {label} not healthy within 60s")
         self.info["start_s"] = round(time.time() - t, 2)
+        AGENT[0] = self
         if ARGS.dry_run:
             wait_simulated()
         log("agent", label, "up in", self.info["start_s"], "s")
@@ -216,6 +218,21 @@ def wait_simulated():
 
 
 WORKERS = {}
+AGENT = [None]  # the agent running now
+
+
+def engine_s(name, action):
+    """The engine's own duration of the pod's last suspend or resume, from the agent's log line
+    ("Suspended pod" / "Resumed pod" ... duration=): the gRPC call less it is the API and gRPC work."""
+    word = {"suspend": '"Suspended pod"', "resume": '"Resumed pod"'}[action]
+    try:
+        with open(AGENT[0].log_path) as f:
+            lines = [l for l in f if word in l and f'pod="{NS}/{name}"' in l]
+    except (OSError, AttributeError):
+        return None
+    if not lines or "duration=" not in lines[-1]:
+        return None
+    return bench_report.dur_s(lines[-1].rsplit("duration=", 1)[1].split()[0].strip('"'))
 
 
 # ---------------------------------------------------------------------------------- operations
@@ -231,7 +248,7 @@ def grpc(action, name):
     res = j["response"].get("result") or {}
     steps = {s["name"]: bench_report.dur_s(s.get("duration")) for s in res.get("steps") or []}
     return {"path": "grpc", "bytes": int(res.get("bytes", 0)), "call_s": round(j["wall_s"], 4), "process_s": round(t1 - t0, 4),
-            "steps_s": steps, "t0": t0, "t1": t1}
+            "steps_s": steps, "engine_s": engine_s(name, action), "t0": t0, "t1": t1}
 
 
 def raw(action, w):

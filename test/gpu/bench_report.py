@@ -206,17 +206,22 @@ def overhead(R):
 def restore_1gib(R):
     r1 = rc.get(R, "restore_1gib", "cycles") or []
     L = ["## 6. Resume of a 1 GiB pod, split", "",
-         "`outside the driver` is the call's time less its Restore and Unlock steps: the agent's per-call work. "
-         "raw runs in a fresh process (cuInit included in its process time, not in the call).", "",
-         "| path | n | call s (median) | Restore s | Unlock s | outside the driver s | process s (with start, cuInit for raw) |",
-         "|---|---|---|---|---|---|---|"]
+         "Medians. `outside the driver` is the call's time less its Restore and Unlock steps: the agent's per-call work, "
+         "of it `in the engine` (finding the processes, GPU list, restore guard's NVML read; from the agent's log line) and "
+         "`API and gRPC` (the pod's GET, state patches, Events, the call itself). raw runs in a fresh process "
+         "(its start and cuInit are in its process time, not in the call).", "",
+         "| path | n | call s | Restore s | Unlock s | outside the driver s | of it in the engine s | of it API and gRPC s | process s |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for path in ("raw", "grpc"):
         calls = [c["resume"] for c in r1 if c["via"] == path]
-        outside = [c["call_s"] - sum(v for v in (c.get("steps_s") or {}).values() if v) for c in calls]
+        drv = [sum(v for v in (c.get("steps_s") or {}).values() if v) for c in calls]
+        outside = [c["call_s"] - d for c, d in zip(calls, drv)]
+        eng = [c["engine_s"] - d if c.get("engine_s") is not None else None for c, d in zip(calls, drv)]
+        api = [c["call_s"] - c["engine_s"] if c.get("engine_s") is not None else None for c in calls]
         L.append(f"| {path} | {len(calls)} | {f(med([c['call_s'] for c in calls]), '{:.4f}')} | "
                  f"{f(med([(c.get('steps_s') or {}).get('Restore') for c in calls]), '{:.4f}')} | "
                  f"{f(med([(c.get('steps_s') or {}).get('Unlock') for c in calls]), '{:.4f}')} | {f(med(outside), '{:.4f}')} | "
-                 f"{f(med([c['process_s'] for c in calls]), '{:.4f}')} |")
+                 f"{f(med(eng), '{:.4f}')} | {f(med(api), '{:.4f}')} | {f(med([c['process_s'] for c in calls]), '{:.4f}')} |")
     return L + [""]
 
 

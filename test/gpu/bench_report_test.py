@@ -11,7 +11,8 @@ GIB = 1 << 30
 
 
 def op(nbytes, seconds, steps, t0=0.0):
-    return {"path": "grpc", "bytes": nbytes, "call_s": seconds, "process_s": seconds + 0.02, "steps_s": steps, "t0": t0, "t1": t0 + seconds}
+    return {"path": "grpc", "bytes": nbytes, "call_s": seconds, "process_s": seconds + 0.02, "steps_s": steps, "engine_s": seconds - 0.005,
+            "t0": t0, "t1": t0 + seconds}
 
 
 def cycle(gib, ckpt_gbps, restore_gbps, via="grpc", window=False, orig="madvise"):
@@ -65,6 +66,7 @@ class BenchReport(unittest.TestCase):
         self.assertIn("**ALL CHECKS PASSED**", text)
         self.assertIn("| 8 GiB | 2.40 / 3.70 / 3.60 | 1.54 | 1.50 |", text)
         self.assertIn("| b | always | yes | 512 | 510 |", text)
+        self.assertIn("| grpc | 3 | 0.2147 | 0.2047 | 0.0010 | 0.0090 | 0.0040 | 0.0050 | 0.2347 |", text)
 
     def test_window_below_the_goal_fails(self):
         R = fabricated()
