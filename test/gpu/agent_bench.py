@@ -221,12 +221,12 @@ WORKERS = {}
 AGENT = [None]  # the agent running now
 
 
-def engine_s(name, action):
+def engine_s(name, action, log_path=None):
     """The engine's own duration of the pod's last suspend or resume, from the agent's log line
     ("Suspended pod" / "Resumed pod" ... duration=): the gRPC call less it is the API and gRPC work."""
     word = {"suspend": '"Suspended pod"', "resume": '"Resumed pod"'}[action]
     try:
-        with open(AGENT[0].log_path) as f:
+        with open(log_path or AGENT[0].log_path) as f:
             lines = [l for l in f if word in l and f'pod="{NS}/{name}"' in l]
     except (OSError, AttributeError):
         return None
@@ -258,14 +258,20 @@ def raw(action, w):
     t0 = time.time()
     rc, out, er = S.run([os.path.join(ARGS.bin, "cuda-test"), action, "--pid", str(w.pid), "--json"], timeout=max(30, int(left())))
     t1 = time.time()
+    res = raw_result(action, rc, out, er)
+    res.update(process_s=round(t1 - t0, 4), t0=t0, t1=t1)
+    return res
+
+
+def raw_result(action, rc, out, er):
+    """cuda-test's JSON lines -> the call (the driver's steps as cuda-test timed them, total_ms)."""
     recs = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     last = next((r for r in reversed(recs) if r.get("event") == action), {})
-    if rc != 0 or not last.get("ok"):
-        raise RuntimeError(f"cuda-test {action} pid {w.pid}: rc={rc} {er.strip()[-400:]} {last}")
-    ms = {k: last.get(k) for k in ("lock_ms", "checkpoint_ms", "restore_ms", "unlock_ms", "total_ms")}
-    ms = {k: float(v) for k, v in ms.items() if v is not None}
-    steps = {n.split("_")[0].capitalize(): v / 1000 for n, v in ms.items() if n != "total_ms"}
-    return {"path": "raw", "call_s": round(ms["total_ms"] / 1000, 4), "process_s": round(t1 - t0, 4), "steps_s": steps, "t0": t0, "t1": t1}
+    if rc != 0 or not last.get("ok") or last.get("total_ms") is None:
+        raise RuntimeError(f"cuda-test {action}: rc={rc} {er.strip()[-400:]} {last}")
+    ms = {k: float(last[k]) for k in ("lock_ms", "checkpoint_ms", "restore_ms", "unlock_ms") if last.get(k) is not None}
+    steps = {n.split("_")[0].capitalize(): v / 1000 for n, v in ms.items()}
+    return {"path": "raw", "call_s": round(float(last["total_ms"]) / 1000, 4), "steps_s": steps, "state": last.get("state")}
 
 
 def move(via, action, w):
