@@ -235,6 +235,19 @@ def engine_s(name, action, log_path=None):
     return bench_report.dur_s(lines[-1].rsplit("duration=", 1)[1].split()[0].strip('"'))
 
 
+def engine_end(name, action, log_path=None):
+    """When the engine finished the pod's last suspend or resume: the klog time of day of its line,
+    in seconds (comparable with other lines of the same log only)."""
+    word = {"suspend": '"Suspended pod"', "resume": '"Resumed pod"'}[action]
+    try:
+        with open(log_path or AGENT[0].log_path) as f:
+            lines = [l for l in f if word in l and f'pod="{NS}/{name}"' in l]
+        h, m, sec = lines[-1].split()[1].split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (OSError, AttributeError, IndexError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------------------------- operations
 
 
@@ -248,7 +261,7 @@ def grpc(action, name):
     res = j["response"].get("result") or {}
     steps = {s["name"]: bench_report.dur_s(s.get("duration")) for s in res.get("steps") or []}
     return {"path": "grpc", "bytes": int(res.get("bytes", 0)), "call_s": round(j["wall_s"], 4), "process_s": round(t1 - t0, 4),
-            "steps_s": steps, "engine_s": engine_s(name, action), "t0": t0, "t1": t1}
+            "steps_s": steps, "engine_s": engine_s(name, action), "engine_end": engine_end(name, action), "t0": t0, "t1": t1}
 
 
 def raw(action, w):

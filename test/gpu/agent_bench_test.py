@@ -41,6 +41,7 @@ class EngineSeconds(unittest.TestCase):
         self.assertAlmostEqual(agent_bench.engine_s("r1", "resume", f.name), 0.108496796)
         self.assertAlmostEqual(agent_bench.engine_s("r1", "suspend", f.name), 0.2715)
         self.assertIsNone(agent_bench.engine_s("k0", "resume", f.name))
+        self.assertAlmostEqual(agent_bench.engine_end("r1", "resume", f.name), 8 * 3600 + 2 * 60 + 40.952585)
 
 
 if __name__ == "__main__":

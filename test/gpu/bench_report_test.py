@@ -12,7 +12,7 @@ GIB = 1 << 30
 
 def op(nbytes, seconds, steps, t0=0.0):
     return {"path": "grpc", "bytes": nbytes, "call_s": seconds, "process_s": seconds + 0.02, "steps_s": steps, "engine_s": seconds - 0.005,
-            "t0": t0, "t1": t0 + seconds}
+            "engine_end": 1000 + t0 + seconds - 0.001, "t0": t0, "t1": t0 + seconds}
 
 
 def cycle(gib, ckpt_gbps, restore_gbps, via="grpc", window=False, orig="madvise"):
@@ -87,7 +87,14 @@ class BenchReport(unittest.TestCase):
         R = fabricated()
         run = R["concurrency"]["b"]["runs"][1]
         run["suspend"][1] = op(4 * GIB, 1.0, {}, 2.5)  # started after the first ended
-        self.assertEqual(failed(R), [("2 concurrency", "b: k=2 suspends in flight at once")])
+        self.assertEqual(failed(R), [("2 concurrency", "b: k=2 suspends in flight at once"),
+                                     ("2 concurrency", "b: k=2 suspends inside the engine at once (agent log)")])
+
+    def test_suspends_the_engine_ran_one_after_the_other_fail(self):
+        R = fabricated()
+        first, second = R["concurrency"]["b"]["runs"][1]["suspend"]
+        second["engine_s"] = 0.05  # the engine's part began after the first had ended
+        self.assertEqual(failed(R), [("2 concurrency", "b: k=2 suspends inside the engine at once (agent log)")])
 
     def test_overhead_above_five_percent_fails(self):
         R = fabricated()
