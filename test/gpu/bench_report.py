@@ -253,7 +253,7 @@ def render(R):
     L[2:2] = [rc.verdict_line(cs, R.get("errors")), ""]
     L += variants(R) + concurrency(R) + overhead(R) + restore_1gib(R) + agents(R)
     L += ["## Checks", ""] + rc.checks_table(cs) + [""]
-    if R.get("skipped"):
-        L += ["## Skipped", ""] + [f"- {s}" for s in R["skipped"]] + [""]
+    if R.get("skipped") or R.get("skipped_optional"):
+        L += ["## Skipped", ""] + [f"- {s}" for s in R.get("skipped") or []] + [f"- {s} (optional: no check fails)" for s in R.get("skipped_optional") or []] + [""]
     L += rc.errors_section(R.get("errors"))
     return "\n".join(L) + "\n"
