@@ -151,6 +151,13 @@ func (w *Window) Open(ctx context.Context) (closeFn func(), err error) {
 // open changes the settings; w.mu is held.
 func (w *Window) open(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
+	if len(w.saved) > 0 {
+		// The last close could not put the values back: they are still the ones to restore
+		// (and in the state file); this window's close tries again.
+		w.opened = w.clock.Now()
+		windowOpens.WithLabelValues("changed").Inc()
+		return nil
+	}
 	saved := map[string]string{}
 	for _, name := range w.settings() {
 		cur, err := Current(w.cfg.Dir, name)

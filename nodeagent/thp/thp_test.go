@@ -298,3 +298,33 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// A close that cannot put the values back keeps them: the next window's close does.
+func TestWindowRetriesAFailedClose(t *testing.T) {
+	dir := fakeSysfs(t, "always [madvise] never", "[madvise]")
+	w, state := newWindow(t, dir, map[string]string{Enabled: "always"})
+	c, err := w.Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.write = func(string, string, string) error { return syscall.EBUSY }
+	c()
+	if got := current(t, dir, Enabled); got != "always" {
+		t.Fatalf("enabled after a failed close = %q, want always (the write failed)", got)
+	}
+	if _, err := os.Stat(filepath.Join(state, stateFile)); err != nil {
+		t.Errorf("the state file must stay after a failed close: %v", err)
+	}
+	w.write = kernelWrite
+	c, err = w.Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c()
+	if got := current(t, dir, Enabled); got != "madvise" {
+		t.Errorf("enabled after the next window = %q, want madvise", got)
+	}
+	if _, err := os.Stat(filepath.Join(state, stateFile)); !os.IsNotExist(err) {
+		t.Errorf("state file after the retried close: %v, want none", err)
+	}
+}
