@@ -195,12 +195,17 @@ def ask(host, timeout, tokens=4):
         conn.close()
 
 
-def until_ok(ctx, host, timeout):
+def until_ok(ctx, host, timeout, pod=None):
     """Asks until an answer 200 comes; every other answer (a 503 after the hold timeout, a
-    refused connection) is kept and asked again. Returns (time of the 200, body, others)."""
+    refused connection) is kept and asked again, unless POD ended (its log tail is in the
+    error). Returns (time of the 200, body, others)."""
     end = time.time() + min(timeout, max(5, ctx.remaining()))
     others = []
     while time.time() < end:
+        o = ctx.pods.latest.get(pod) if pod else None
+        if o and cs.phase(o) in ("Failed", "Succeeded"):
+            tail = ctx.node.kubectl("logs", "-n", NS, pod, check=False, timeout=20)[-1200:]
+            raise RuntimeError(f"pod {pod} ended: {cs.pod_why(o)[:600]}; its log ends: {tail!r}")
         try:
             st, body, t = ask(host, max(5, end - time.time()))
         except OSError as e:
@@ -332,7 +337,7 @@ def cold_start(ctx, R, name, gib, port, gpu):
     cs.create(ctx, service(name, port), "services")
     R["route_before_pod"] = wait_route(ctx, host)
     t_create = cs.create(ctx, model_pod(ctx, name, gib, port, gpu))
-    t_ok, body, others = until_ok(ctx, host, 420)
+    t_ok, body, others = until_ok(ctx, host, 420, name)
     R["cold_start_s"] = round(t_ok - t_create, 2)
     # The suite's watch may see the pod Ready a moment after the answer.
     try:
@@ -371,7 +376,7 @@ def sleep_once(ctx, R, name, gib, after):
 def wake_once(ctx, R, name, host, gib):
     before = (ctx.pods.latest.get(name) or {}).get("metadata", {}).get("annotations", {}).get("kybernate.io/wake-requested")
     t_req = time.time()
-    t_ok, body, others = until_ok(ctx, host, 300)
+    t_ok, body, others = until_ok(ctx, host, 300, name)
     # The answer is computed on the GPU from what the server loaded: the same text as before
     # the sleep means its GPU memory came back intact.
     w = {"wake_s": round(t_ok - t_req, 3), "other_answers": others,

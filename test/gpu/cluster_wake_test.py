@@ -49,6 +49,15 @@ class WakeSplitTest(unittest.TestCase):
         self.assertNotIn("split_s", got)
 
 
+class UntilOkTest(unittest.TestCase):
+    def test_a_pod_that_ended_stops_the_asking_with_its_log(self):
+        failed = {"metadata": {"name": "llm-8"}, "status": {"phase": "Failed"}}
+        ctx = types.SimpleNamespace(pods=types.SimpleNamespace(latest={"llm-8": failed}), remaining=lambda: 100,
+                                    node=types.SimpleNamespace(kubectl=lambda *a, **k: "CUDA error: out of memory\n"))
+        with self.assertRaisesRegex(RuntimeError, "pod llm-8 ended: phase Failed.*out of memory"):
+            cluster_wake.until_ok(ctx, "llm-8.gpu-test", 60, "llm-8")
+
+
 class OverlayTest(unittest.TestCase):
     def test_activator_patch_keeps_the_manifest_flags_and_moves_the_ports(self):
         repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
