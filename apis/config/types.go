@@ -77,6 +77,11 @@ type ControllerConfiguration struct {
 	// restored on another node.
 	DisableMigration bool
 
+	// DisableSpreading keeps pods that share a GPU's compute where they are while another GPU
+	// of their node is unused. Spreading needs the resume controller, which brings the moved
+	// pod back: with DisableResume it is off too.
+	DisableSpreading bool
+
 	// MigrationMinWait is how long a pod stays suspended before it may be moved to another
 	// node.
 	MigrationMinWait metav1.Duration

@@ -37,11 +37,12 @@ func TestDecodeControllerConfiguration(t *testing.T) {
 		{name: "defaults", data: head},
 		{
 			name: "set",
-			data: head + "leaderElection:\n  leaderElect: false\n  resourceNamespace: ops\ndisableMigration: true\ntimeSliceQuantum: 5s\n",
+			data: head + "leaderElection:\n  leaderElect: false\n  resourceNamespace: ops\ndisableMigration: true\ndisableSpreading: true\ntimeSliceQuantum: 5s\n",
 			want: func(c *config.ControllerConfiguration) {
 				c.LeaderElection.LeaderElect = false
 				c.LeaderElection.ResourceNamespace = "ops"
 				c.DisableMigration = true
+				c.DisableSpreading = true
 				c.TimeSliceQuantum.Duration = 5 * time.Second
 			},
 		},

@@ -59,7 +59,7 @@ func SetDefaults_ControllerConfiguration(obj *ControllerConfiguration) {
 	durationDefault(&le.LeaseDuration, DefaultLeaseDuration)
 	durationDefault(&le.RenewDeadline, DefaultRenewDeadline)
 	durationDefault(&le.RetryPeriod, DefaultRetryPeriod)
-	for _, b := range []**bool{&obj.DisableResume, &obj.DisableTimeSlicing, &obj.DisableMigration} {
+	for _, b := range []**bool{&obj.DisableResume, &obj.DisableTimeSlicing, &obj.DisableMigration, &obj.DisableSpreading} {
 		if *b == nil {
 			*b = ptr.To(false)
 		}

@@ -236,6 +236,7 @@ type stats struct {
 	busyGPUSeconds, contendedGPUSeconds float64
 	lostSeconds                         float64
 	moves, failedSuspensions            int
+	spreadMoves                         int
 	moveGPUSeconds                      float64
 	jainSum, jainWeight                 float64
 	drained                             float64 // when nothing waited any more
