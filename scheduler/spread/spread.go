@@ -8,9 +8,10 @@
 // finished), that packing only slows the pods down: pods resident together on one GPU share its
 // compute while another GPU stands idle. The controller acts only on a settled node: no pod
 // waits there for GPU memory (suspended to make room or for a turn, nominated to the node, or
-// a preemptor waiting for its victims), no move of the agent is in flight there, and the node
-// is not cordoned. A GPU is unused when no pod holds it (resident or suspended), no other
-// process's memory is on it, and the program's ledger holds no placement there.
+// a preemptor waiting for its victims), no move of the agent is in flight there, no placement
+// of the program (a bind, a resume, a restore) is still held in its ledger for a pod there,
+// and the node is not cordoned. A GPU is unused when no pod holds it (resident or suspended)
+// and no other process's memory is on it.
 //
 // The move is a suspension through a GPUCheckpoint (action Suspend, reason Spread) that the
 // node's agent carries out; the resume controller then resumes the pod onto the emptiest GPU
@@ -48,6 +49,10 @@ import (
 
 // EventSpreading is the reason of the Event on a pod the controller moves.
 const EventSpreading = "Spreading"
+
+// heldRecheck is when a node is looked at again after a pod was passed over because the ledger
+// still held a placement of it.
+const heldRecheck = time.Second
 
 // Controller moves pods off shared GPUs onto unused GPUs of their node.
 type Controller struct {

@@ -197,6 +197,11 @@ func TestSync(t *testing.T) {
 			l.Reserve(gpupod.OwnerScheduler, p, time.Minute)
 		}},
 	}, {
+		name: "a pod placed a moment ago (the ledger holds it): nothing moves for now",
+		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("big", "40Gi", 0), running("small", "20Gi", 0)}, ledger: func(l *gpupod.Ledger) {
+			l.Reserve(gpupod.OwnerScheduler, running("small", "20Gi", 0), time.Minute)
+		}},
+	}, {
 		name:  "a pod larger than the free GPU stays",
 		setup: setup{gn: gpuNode(80, 40), pods: []*v1.Pod{running("a", "50Gi", 0), running("b", "30Gi", 0)}},
 		want:  []string{"b"},

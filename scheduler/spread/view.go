@@ -23,7 +23,7 @@ type view struct {
 	sharing []int
 	// unsettled says why nothing spreads on the node now; "" when the node is settled.
 	unsettled string
-	// recheck is when a pod's kybernate.io/min-runtime ends (zero: none pending).
+	// recheck is when a pod that may not move yet may (zero: none).
 	recheck time.Time
 }
 
@@ -68,6 +68,12 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 	if err != nil || d.Count == 0 {
 		return ""
 	}
+	if _, _, held := c.ledger.Placed(pod.UID); held {
+		// Placed a moment ago (bound, resumed, restored): the resume controller would not bring
+		// a pod of the node back before that reservation ends, and no event says when it does.
+		v.recheckAt(now.Add(heldRecheck))
+		return "the placement of pod " + klog.KObj(pod).String() + " is not settled yet"
+	}
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
 	for _, ck := range cks {
 		if !ended(ck) {
@@ -109,7 +115,7 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 }
 
 // movable reports whether a running pod may move now: it may be suspended, its
-// kybernate.io/min-runtime has passed (else v.recheck says when it will have), and no
+// kybernate.io/min-runtime has passed (else v.recheck says when to look again), and no
 // spreading suspension of it failed during its stay on its GPU.
 func (c *Controller) movable(v *view, pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) bool {
 	if !gpupod.TakesTurns(pod) || pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning {
@@ -126,12 +132,17 @@ func (c *Controller) movable(v *view, pod *v1.Pod, cks []*kv1.GPUCheckpoint, now
 		minRuntime = d
 	}
 	if until := gpupod.ResidentSince(pod).Add(minRuntime); now.Before(until) {
-		if v.recheck.IsZero() || until.Before(v.recheck) {
-			v.recheck = until
-		}
+		v.recheckAt(until)
 		return false
 	}
 	return true
+}
+
+// recheckAt makes the node be looked at again at t at the latest.
+func (v *view) recheckAt(t time.Time) {
+	if v.recheck.IsZero() || t.Before(v.recheck) {
+		v.recheck = t
+	}
 }
 
 // waits reports whether a suspended pod waits for GPU memory on its node: the resume
