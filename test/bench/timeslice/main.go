@@ -2,19 +2,21 @@
 // GPU jobs run under several policies, with the figures printed as a Markdown report.
 //
 //   - kybernate: the system's policy, by the rules of plugins/checkpointpreemption and the
-//     resume, time-slice and migration controllers: a higher-priority job suspends
+//     resume, time-slice, migration and spreading controllers: a higher-priority job suspends
 //     lower-priority ones at once; equal-priority jobs take turns of timeslice.Quantum (the
 //     configured quantum, at least 10x the job's last measured suspend+resume once it has been
 //     moved both ways), the waiting job with the least GPU time next (timeslice.NextFirst);
 //     suspended jobs resume onto any GPU of their node, and move to another node once they have
-//     waited migrationMinWait and longer than migrate.Estimate of their memory. Each move takes
-//     its time at the measured driver rates; a share of suspensions fails (-suspend-failures):
-//     the move's time is spent, the job stays on its GPU with its turn renewed
-//     (timeslice.Usage.TurnRenewed), a preemptor looks for other victims.
-//   - kybernate+spread: the same, and a job that shares its GPU's compute moves onto a GPU
-//     nothing uses (suspend and resume on its node, else a migration): a rule of this model
-//     that the controllers do not have yet.
-//   - kybernate-no-migration: the system with disableMigration.
+//     waited migrationMinWait and longer than migrate.Estimate of their memory; on a node where
+//     nothing waits or moves, a job that shares its GPU's compute moves onto a GPU nothing uses
+//     (gpupod.Spread, the spreading controller's code: a suspend and a resume there). Each move
+//     takes its time at the measured driver rates; a share of suspensions fails
+//     (-suspend-failures): the move's time is spent, the job stays on its GPU with its turn
+//     renewed (timeslice.Usage.TurnRenewed), a preemptor looks for other victims.
+//   - kybernate+spread-across: the same, spreading onto unused GPUs of other nodes too (a
+//     checkpoint and a restore there): a rule of this model that the controllers do not have.
+//   - kybernate-no-spreading: the system with disableSpreading.
+//   - kybernate-no-migration: the system with disableMigration (spreading on a node goes on).
 //   - kill: the default scheduler's preemption: a higher-priority job deletes lower-priority
 //     ones, which restart from their last application checkpoint (work since then is lost);
 //     equal priorities wait.
