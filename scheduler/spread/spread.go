@@ -1,7 +1,8 @@
 // Package spread is the controller in kybernate-scheduler that spreads pods over their node's
 // GPUs: a pod that shares its GPU's compute with other resident pods moves onto a GPU of its
 // node that nothing uses, by the rule of gpupod.Spread (the cheapest move first: the pod with
-// the fewest bytes).
+// the fewest bytes), when the node's host memory can hold the pod's memory between the suspend
+// and the resume (GPUNode status.hostMemory.parkableBytes).
 //
 // GPUShare and the resume controller bin-pack (MostAllocated), so that large GPUs stay whole
 // for large pods. Once nothing waits on the node any more (the queue has drained, pods have
@@ -184,8 +185,16 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		logger.V(5).Info("Node not settled: nothing spreads", "node", node, "why", v.unsettled)
 		return nil
 	}
+	// The memory of a moving pod waits in host memory between its suspend and its resume.
+	parkable := gn.Status.HostMemory.ParkableBytes
 	for _, m := range gpupod.Spread(v.gpus, v.pods, false) {
-		from := v.pods[m.Pod].GPU
+		from, bytes := v.pods[m.Pod].GPU, v.pods[m.Pod].Bytes
+		if bytes > parkable {
+			logger.V(4).Info("Not spreading: the node cannot park the pod's memory", "pod", klog.KObj(v.owners[m.Pod]), "node", node,
+				"bytes", bytes, "parkable", parkable)
+			continue
+		}
+		parkable -= bytes
 		if err := c.move(ctx, v.owners[m.Pod], v.uuids[from], v.uuids[m.GPU], v.sharing[from]); err != nil {
 			return err
 		}

@@ -28,6 +28,7 @@ var now = time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 func gpuNode(sizesGiB ...int64) *kv1.GPUNode {
 	gn := &kv1.GPUNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
 	gn.Spec.SlotsPerGPU = ptr.To[int32](4)
+	gn.Status.HostMemory.ParkableBytes = 1024 * gi
 	for i, s := range sizesGiB {
 		gn.Status.GPUs = append(gn.Status.GPUs, kv1.GPUStatus{UUID: fmt.Sprintf("GPU-%d", i), Index: int32(i), Model: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: s * gi})
 	}
@@ -201,6 +202,13 @@ func TestSync(t *testing.T) {
 		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("big", "40Gi", 0), running("small", "20Gi", 0)}, ledger: func(l *gpupod.Ledger) {
 			l.Reserve(gpupod.OwnerScheduler, running("small", "20Gi", 0), time.Minute)
 		}},
+	}, {
+		name: "host memory too small to park the pod between suspend and resume: nothing moves",
+		setup: setup{gn: func() *kv1.GPUNode {
+			gn := gpuNode(80, 80)
+			gn.Status.HostMemory.ParkableBytes = 10 * gi
+			return gn
+		}(), pods: []*v1.Pod{running("a", "20Gi", 0), running("b", "30Gi", 0)}},
 	}, {
 		name:  "a pod larger than the free GPU stays",
 		setup: setup{gn: gpuNode(80, 40), pods: []*v1.Pod{running("a", "50Gi", 0), running("b", "30Gi", 0)}},
