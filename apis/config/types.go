@@ -82,6 +82,11 @@ type ControllerConfiguration struct {
 	// pod back: with DisableResume it is off too.
 	DisableSpreading bool
 
+	// SpreadingDelay is how long a node's pods must have stayed where they are (resident, no
+	// move of theirs ended since) before one of them moves onto an unused GPU: a burst of
+	// placements is not undone at once, and the next pods may still need whole GPUs.
+	SpreadingDelay metav1.Duration
+
 	// MigrationMinWait is how long a pod stays suspended before it may be moved to another
 	// node.
 	MigrationMinWait metav1.Duration

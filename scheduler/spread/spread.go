@@ -11,7 +11,8 @@
 // waits there for GPU memory (suspended to make room or for a turn, nominated to the node, or
 // a preemptor waiting for its victims), no move of the agent is in flight there, no placement
 // of the program (a bind, a resume, a restore) is still held in its ledger for a pod there,
-// and the node is not cordoned. A GPU is unused when no pod holds it (resident or suspended)
+// every pod there has stayed where it is for spreadingDelay (resident that long, no move of
+// it ended since), and the node is not cordoned. A GPU is unused when no pod holds it (resident or suspended)
 // and no other process's memory is on it.
 //
 // The move is a suspension through a GPUCheckpoint (action Suspend, reason Spread) that the
@@ -69,7 +70,9 @@ type Controller struct {
 	ledger *gpupod.Ledger
 	// defaultMinRuntime applies to pods without kybernate.io/min-runtime.
 	defaultMinRuntime time.Duration
-	now               func() time.Time
+	// delay is how long the node's pods must have stayed where they are (spreadingDelay).
+	delay time.Duration
+	now   func() time.Time
 }
 
 // New wires the controller to informers that the caller starts and to the program's ledger of
@@ -89,6 +92,7 @@ func New(kybernate versioned.Interface, pods coreinformers.PodInformer, nodes co
 		recorder:          recorder,
 		ledger:            ledger,
 		defaultMinRuntime: cfg.DefaultMinRuntime.Duration,
+		delay:             cfg.SpreadingDelay.Duration,
 		now:               time.Now,
 	}
 	c.queue = skeleton.Queue("kybernate-spread", "Spreading pods failed", c.sync)

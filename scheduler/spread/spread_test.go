@@ -210,6 +210,27 @@ func TestSync(t *testing.T) {
 			return gn
 		}(), pods: []*v1.Pod{running("a", "20Gi", 0), running("b", "30Gi", 0)}},
 	}, {
+		name: "spreadingDelay: a pod placed 10s ago keeps the node as it is",
+		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("big", "40Gi", 0), func() *v1.Pod {
+			p := running("small", "20Gi", 0)
+			p.Status.StartTime = &metav1.Time{Time: now.Add(-10 * time.Second)}
+			return p
+		}()}, cfg: config.ControllerConfiguration{SpreadingDelay: metav1.Duration{Duration: 30 * time.Second}}},
+	}, {
+		name: "spreadingDelay: a move of a pod of the node ended 10s ago",
+		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("big", "40Gi", 0), running("small", "20Gi", 0)},
+			cks: []*kv1.GPUCheckpoint{func() *kv1.GPUCheckpoint {
+				ck := suspension("big", kv1.ReasonManual, kv1.PhaseFailed)
+				ck.Status.CompletionTime = &metav1.Time{Time: now.Add(-10 * time.Second)}
+				return ck
+			}()},
+			cfg: config.ControllerConfiguration{SpreadingDelay: metav1.Duration{Duration: 30 * time.Second}}},
+	}, {
+		name: "spreadingDelay passed: the smaller moves",
+		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("big", "40Gi", 0), running("small", "20Gi", 0)},
+			cfg: config.ControllerConfiguration{SpreadingDelay: metav1.Duration{Duration: 30 * time.Second}}},
+		want: []string{"small"},
+	}, {
 		name:  "a pod larger than the free GPU stays",
 		setup: setup{gn: gpuNode(80, 40), pods: []*v1.Pod{running("a", "50Gi", 0), running("b", "30Gi", 0)}},
 		want:  []string{"b"},
@@ -232,13 +253,24 @@ func TestSync(t *testing.T) {
 	}
 }
 
-// A pod inside its min-runtime brings the node back when it ends.
-func TestSyncRechecksAtMinRuntime(t *testing.T) {
+// A pod inside its min-runtime, or a node inside its spreadingDelay, brings the node back when
+// it ends.
+func TestSyncRechecks(t *testing.T) {
 	pods := []*v1.Pod{running("a", "20Gi", 0), withAnnotation(running("b", "20Gi", 0), kv1.AnnotationMinRuntime, "90m")}
 	pods[0].Annotations[kv1.AnnotationMinRuntime] = "2h"
 	_, _, c := run(t, setup{gn: gpuNode(80, 80), pods: pods})
 	v := c.view(gpuNode(80, 80), pods, nil, now)
 	if want := now.Add(30 * time.Minute); !v.recheck.Equal(want) {
 		t.Errorf("recheck at %s, want %s (the earlier end of a min-runtime)", v.recheck, want)
+	}
+}
+
+func TestSyncRechecksAtSpreadingDelay(t *testing.T) {
+	pods := []*v1.Pod{running("a", "20Gi", 0), running("b", "20Gi", 0)}
+	pods[1].Status.StartTime = &metav1.Time{Time: now.Add(-10 * time.Second)}
+	_, _, c := run(t, setup{gn: gpuNode(80, 80), pods: pods, cfg: config.ControllerConfiguration{SpreadingDelay: metav1.Duration{Duration: 30 * time.Second}}})
+	v := c.view(gpuNode(80, 80), pods, nil, now)
+	if want := now.Add(20 * time.Second); !v.recheck.Equal(want) || v.unsettled == "" {
+		t.Errorf("recheck at %s (unsettled %q), want %s, when b has been resident for spreadingDelay", v.recheck, v.unsettled, want)
 	}
 }

@@ -80,6 +80,12 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 			return "a move of pod " + klog.KObj(pod).String() + " is in flight"
 		}
 	}
+	for _, ck := range cks {
+		if until := completed(ck).Add(c.delay); now.Before(until) {
+			v.recheckAt(until)
+			return "a move of pod " + klog.KObj(pod).String() + " ended less than " + c.delay.String() + " ago"
+		}
+	}
 	uuids := gpupod.AssignedGPUs(pod)
 	state := gpupod.StateOf(pod)
 	switch {
@@ -96,6 +102,10 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 	}
 	if state != kv1.PodRunning {
 		return ""
+	}
+	if until := gpupod.ResidentSince(pod).Add(c.delay); now.Before(until) {
+		v.recheckAt(until)
+		return "pod " + klog.KObj(pod).String() + " is on its GPU for less than " + c.delay.String()
 	}
 	movable := len(uuids) == 1 && c.movable(v, pod, cks, now)
 	for _, u := range uuids {
@@ -165,6 +175,13 @@ func waits(pod *v1.Pod, cks []*kv1.GPUCheckpoint) bool {
 		return gpupod.WakePending(pod, last.CreationTimestamp.Time)
 	}
 	return false
+}
+
+func completed(ck *kv1.GPUCheckpoint) time.Time {
+	if ck.Status.CompletionTime != nil {
+		return ck.Status.CompletionTime.Time
+	}
+	return started(ck)
 }
 
 func started(ck *kv1.GPUCheckpoint) time.Time {

@@ -17,6 +17,7 @@ const (
 	DefaultTimeSliceMinQuantumFactor   int32               = 10
 	DefaultMigrationMinWait                                = 30 * time.Second
 	DefaultMigrationBytesPerSecond     int64               = 1 << 30
+	DefaultSpreadingDelay                                  = 30 * time.Second
 	DefaultLeaseName                                       = "kybernate-resume-controller"
 	DefaultLeaseNamespace                                  = "kybernate-system"
 	DefaultLeaseDuration                                   = 15 * time.Second
@@ -70,6 +71,7 @@ func SetDefaults_ControllerConfiguration(obj *ControllerConfiguration) {
 		obj.TimeSliceMinQuantumFactor = ptr.To(DefaultTimeSliceMinQuantumFactor)
 	}
 	durationDefault(&obj.MigrationMinWait, DefaultMigrationMinWait)
+	durationDefault(&obj.SpreadingDelay, DefaultSpreadingDelay)
 	if obj.MigrationBytesPerSecond == nil {
 		obj.MigrationBytesPerSecond = ptr.To(DefaultMigrationBytesPerSecond)
 	}

@@ -86,6 +86,7 @@ func TestSetDefaultsControllerConfiguration(t *testing.T) {
 		TimeSliceMinQuantumFactor: ptr.To[int32](10),
 		DisableMigration:          ptr.To(false),
 		DisableSpreading:          ptr.To(false),
+		SpreadingDelay:            &metav1.Duration{Duration: 30 * time.Second},
 		MigrationMinWait:          &metav1.Duration{Duration: 30 * time.Second},
 		MigrationBytesPerSecond:   ptr.To[int64](1 << 30),
 	}

@@ -61,6 +61,7 @@ type options struct {
 	// suspendFailures is the share of suspensions that fail (the agent rolls back; the job
 	// stays on its GPU).
 	suspendFailures float64
+	spreadingDelay  time.Duration
 }
 
 // defaults fills what the flags left unset.
@@ -101,6 +102,7 @@ func main() {
 		return nil
 	})
 	flag.Float64Var(&o.suspendFailures, "suspend-failures", 0.02, "share of suspensions that fail and are rolled back")
+	flag.DurationVar(&o.spreadingDelay, "spreading-delay", 30*time.Second, "spreadingDelay: how long a node's jobs stay where they are before one spreads onto an unused GPU")
 	flag.Parse()
 	o.defaults()
 
@@ -262,6 +264,7 @@ func run(o options, trace []spec, p policy) result {
 	}}
 	s.args.MigrationMinWait = metav1.Duration{Duration: 30 * time.Second}
 	s.args.MigrationBytesPerSecond = 1 << 30
+	s.args.SpreadingDelay = metav1.Duration{Duration: o.spreadingDelay}
 	s.failures = rand.New(rand.NewPCG(o.seed, 7))
 	for n := range o.nodes {
 		for range o.gpus {
@@ -501,9 +504,10 @@ func report(w *os.File, o options, trace []spec, results []result) {
 		"Suspend %.1f GB/s, resume %.1f GB/s per process (measured on H200, driver 580), each move charged its time; %.0f%% of suspensions fail "+
 		"(rolled back after their time, the job keeps its GPU for a renewed turn); quantum %s, floor %dx the last measured suspend+resume; "+
 		"migration once a job waited 30 s and longer than its memory takes at 1 GiB/s, image transfer %.2f GB/s; "+
+		"spreading once a node's jobs stayed where they are for %s; "+
 		"jobs write their own checkpoint every %s (what kill-preemption restarts from).\n\n",
 		strings.Join(os.Args[1:], " "), o.nodes, o.gpus, o.gpuGiB, joinSizes(o.sizes), o.load, count[prioNormal], count[prioLow], count[prioHigh], o.hours, work/3600,
-		o.checkpointGBps, o.restoreGBps, 100*o.suspendFailures, o.quantum, o.factor, o.migrateGBps, o.appCheckpoint)
+		o.checkpointGBps, o.restoreGBps, 100*o.suspendFailures, o.quantum, o.factor, o.migrateGBps, o.spreadingDelay, o.appCheckpoint)
 	fmt.Fprintln(w, "| policy | GPU busy while jobs wait | Jain fairness of GPU time (equal priority, hourly) | mean JCT h | p95 JCT h | high-priority mean / p95 extra time min | GPU-hours lost | moves (failed) | GPU time moving memory | all done after h |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {

@@ -10,7 +10,7 @@ import (
 // disabled, and failed suspensions lose nothing.
 func TestPolicies(t *testing.T) {
 	o := options{nodes: 1, gpus: 4, gpuGiB: 80, load: 3, hours: 6, seed: 7, quantum: time.Minute,
-		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute, suspendFailures: 0.1}
+		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute, suspendFailures: 0.1, spreadingDelay: 30 * time.Second}
 	o.defaults()
 	trace := makeTrace(o)
 	byName := map[string]result{}

@@ -120,15 +120,21 @@ func (s *sim) migrate() {
 // controller's rule (gpupod.Spread, the same code): on its node a suspend and a resume onto the
 // other GPU; with acrossNodes, from another node a checkpoint and a restore there (what the
 // controllers do not do). As the controller: a GPU is unused when no job holds memory there,
-// on a node where no job moves and none waits.
+// on a node where no job moves, none waits, and every resident job has been on its GPU for
+// spreadingDelay.
 func (s *sim) spread(acrossNodes bool) {
 	settled := make([]bool, s.o.nodes)
 	for n := range settled {
 		settled[n] = true
 	}
+	delay := s.args.SpreadingDelay.Seconds()
 	for _, j := range s.jobs {
 		if j.state == movingIn || j.state == movingOut || j.state == suspended {
 			settled[j.node] = false
+		}
+		if j.state == resident && s.t < j.turnAt+delay {
+			settled[j.node] = false
+			s.nextTurn = math.Min(s.nextTurn, j.turnAt+delay)
 		}
 		if j.state == pending && j.nominated >= 0 {
 			settled[j.nominated] = false

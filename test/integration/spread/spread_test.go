@@ -33,6 +33,8 @@ const (
 	restoreRate    = 1000e9
 	// timeout bounds each wait for the scheduler, a move of the agent, or an Event.
 	timeout = time.Minute
+	// delay is the controllers' spreadingDelay here (shipped: 30s).
+	delay = 2 * time.Second
 )
 
 func TestMain(m *testing.M) {
@@ -54,7 +56,7 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		c.StartKybernate(t, map[string]int32{class: 100}, nil,
+		c.StartKybernate(t, map[string]int32{class: 100}, map[string]string{"spreadingDelay: 30s": "spreadingDelay: " + delay.String()},
 			"--slots-per-gpu", fmt.Sprint(slots),
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "250ms")
@@ -93,6 +95,26 @@ func firstGPU(h *framework.History, name string) string {
 	return ""
 }
 
+// firstResident is when the history first shows the pod on a GPU.
+func firstResident(h *framework.History, name string) time.Time {
+	for _, c := range h.PodVersions(name) {
+		if residentOn(c.Pod) != "" {
+			return c.Time
+		}
+	}
+	return time.Time{}
+}
+
+// spreadAt is when the history first shows the pod's Suspend GPUCheckpoint with reason Spread.
+func spreadAt(h *framework.History, name string) time.Time {
+	for _, c := range h.Checkpoints() {
+		if ck := c.Checkpoint; ck.Spec.PodName == name && ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonSpread {
+			return c.Time
+		}
+	}
+	return time.Time{}
+}
+
 // spreads lists the pods of the Suspend GPUCheckpoints with reason Spread in the history, in
 // order of creation, each once.
 func spreads(h *framework.History) []string {
@@ -115,8 +137,8 @@ func create(t *testing.T, e env, p *v1.Pod) {
 	}
 }
 
-// Two pods bin-packed onto one of two GPUs: the smaller moves onto the unused GPU (a suspend
-// and a resume there), the larger never moves, the moved pod's progress stands still while it
+// Two pods bin-packed onto one of two GPUs: once they have stayed there for spreadingDelay, the
+// smaller moves onto the unused GPU (a suspend and a resume there), the larger never moves, the moved pod's progress stands still while it
 // is suspended and goes on after. With every GPU taken nothing spreads; when a GPU frees again,
 // the smaller of the two pods that share the other moves onto it.
 func TestSpreadOntoUnusedGPU(t *testing.T) {
@@ -150,6 +172,11 @@ func TestSpreadOntoUnusedGPU(t *testing.T) {
 	}
 	if got := spreads(h); !slices.Equal(got, []string{"small"}) {
 		t.Errorf("pods suspended to spread: %v, want [small] (the fewest bytes)", got)
+	}
+	// Not before the node's pods stayed where they were for spreadingDelay (the API's time
+	// stamps the controller reads have whole seconds: one second of slack).
+	if waited := spreadAt(h, "small").Sub(firstResident(h, "small")); waited < delay-time.Second {
+		t.Errorf("small was suspended to spread %s after it was placed, want spreadingDelay (%s) at least", waited, delay)
 	}
 	if got, want := h.StatesOf("small"), []kv1.PodGPUState{kv1.PodRunning, kv1.PodSuspending, kv1.PodSuspended, kv1.PodResuming, kv1.PodRunning}; !slices.Equal(got, want) {
 		t.Errorf("states of small: %v, want %v", got, want)
