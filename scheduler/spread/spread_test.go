@@ -154,6 +154,13 @@ func TestSync(t *testing.T) {
 		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("a", "20Gi", 0), running("b", "30Gi", 0)},
 			cks: []*kv1.GPUCheckpoint{suspension("b", kv1.ReasonTimeSlice, kv1.PhaseInProgress)}},
 	}, {
+		name: "a pod being deleted: nothing moves until it is gone",
+		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("a", "20Gi", 0), running("b", "30Gi", 0), func() *v1.Pod {
+			p := running("c", "10Gi", 0)
+			p.DeletionTimestamp = &metav1.Time{Time: now}
+			return p
+		}()}},
+	}, {
 		name:  "a pod between states: nothing moves",
 		setup: setup{gn: gpuNode(80, 80), pods: []*v1.Pod{running("a", "20Gi", 0), withState(running("b", "30Gi", 0), kv1.PodResuming)}},
 	}, {

@@ -68,6 +68,10 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 	if err != nil || d.Count == 0 {
 		return ""
 	}
+	if pod.DeletionTimestamp != nil {
+		// Its GPUs free once it is gone: the node is looked at again then.
+		return "pod " + klog.KObj(pod).String() + " is being deleted"
+	}
 	if _, _, held := c.ledger.Placed(pod.UID); held {
 		// Placed a moment ago (bound, resumed, restored): the resume controller would not bring
 		// a pod of the node back before that reservation ends, and no event says when it does.
@@ -128,7 +132,7 @@ func (c *Controller) add(v *view, byUUID map[string]int, pod *v1.Pod, now time.T
 // kybernate.io/min-runtime has passed (else v.recheck says when to look again), and no
 // spreading suspension of it failed during its stay on its GPU.
 func (c *Controller) movable(v *view, pod *v1.Pod, cks []*kv1.GPUCheckpoint, now time.Time) bool {
-	if !gpupod.TakesTurns(pod) || pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning {
+	if !gpupod.TakesTurns(pod) || pod.Status.Phase != v1.PodRunning {
 		return false
 	}
 	name := checkpointName(pod)
