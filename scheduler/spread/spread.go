@@ -10,11 +10,10 @@
 // compute while another GPU stands idle. The controller acts only on a settled node: no pod
 // waits there for GPU memory (suspended to make room or for a turn, nominated to the node, or
 // a preemptor waiting for its victims), no move of the agent is in flight there, no pod there
-// is being deleted, no placement
-// of the program (a bind, a resume, a restore) is still held in its ledger for a pod there,
-// every pod there has stayed where it is for spreadingDelay (resident that long, no move of
-// it ended since), and the node is not cordoned. A GPU is unused when no pod holds it (resident or suspended)
-// and no other process's memory is on it.
+// is being deleted, no placement of the program (a bind, a resume, a restore) is still held in
+// its ledger for a pod there, every pod there has stayed where it is for spreadingDelay
+// (resident that long, no move of it ended since), and the node is not cordoned. A GPU is
+// unused when no pod holds it (resident or suspended) and no other process's memory is on it.
 //
 // The move is a suspension through a GPUCheckpoint (action Suspend, reason Spread) that the
 // node's agent carries out; the resume controller then resumes the pod onto the emptiest GPU
