@@ -396,7 +396,10 @@ def main():
         R["passed"] = ok
         save()
         with open(os.path.join(OUT, "results.md"), "w") as f:
-            f.write(cluster_report.render(R))
+            # Rendered from the file, not from R: the report is then exactly what
+            # `cluster_report.py results.json` renders (key order included).
+            with open(os.path.join(OUT, "results.json")) as j:
+                f.write(cluster_report.render(json.load(j)))
         log("ALL CHECKS PASSED" if ok else f"FAILED: {sum(not c['ok'] for c in R['checks'])} of {len(R['checks'])} checks")
         if node and not ARGS.keep:
             node.stop()
