@@ -69,7 +69,7 @@ var killPolicy = policy{name: "kill", description: "kill-preemption (default sch
 
 // The system's policy as the controllers of this commit implement it, and variants of it.
 var (
-	kybernatePolicy = policy{name: "kybernate", description: "Kybernate as built: suspension instead of deletion, equal priorities take turns, migration to other nodes, pods spread onto unused GPUs of their node", step: func(s *sim) {
+	kybernatePolicy = policy{name: "kybernate", description: "Kybernate as built: suspension instead of deletion, equal priorities take turns, migration to other nodes, pods spread onto unused GPUs of their node (the spreading controller's rule, gpupod.Spread)", step: func(s *sim) {
 		kybernateStep(s)
 		s.migrate()
 		s.spread(false)
