@@ -51,5 +51,10 @@ set +e
 SUITE_TIMEOUT=$((deadline + 5)) AGENT_SUITE=agent_bench.py AGENT_WORK=${AGENT_WORK:-/tmp/kyb-agent-bench} \
 	timeout --signal=TERM --kill-after=5 $((deadline + 15)) bash "$here/run-agent.sh" "$@"
 rc=$?
+# At most 8 files come back from the lent machine: the logs go into one tarball, so that
+# results.json and the report always come back (the first H100 run lost its results.json).
+out=${OUT:-$here/results/out}
+(cd "$out" && shopt -s nullglob && logs=(*.log *.log.tail) && ((${#logs[@]})) &&
+	tar -cJf logs.tar.xz "${logs[@]}" && rm -f "${logs[@]}") || true
 set -e
 exit "$rc"
