@@ -31,11 +31,7 @@ func DiskTierRoot(dir string) string { return filepath.Join(dir, dirImages) }
 
 // imageID names the image of a pod: its namespace and name with its UID.
 func imageID(pod *v1.Pod) storage.ImageID {
-	name := pod.Name
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	return storage.ImageID{Namespace: pod.Namespace, Name: name + "-" + string(pod.UID)}
+	return ImageOf(pod.Namespace, pod.Name, string(pod.UID))
 }
 
 // Spill writes the parked memory of a suspended pod into the disk tier and ends its processes.
