@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -388,8 +390,8 @@ func (c *Containers) Release(ctx context.Context, pod PodRef, dir string, restor
 	return nil
 }
 
-// SpilledDir is where Fetch decrypts the pod's image: in its namespace's folder under the
-// checkpoint folder, where the shim restores from.
+// SpilledDir is where Fetch decrypts the image for the pod's container: in its namespace's
+// folder under the checkpoint folder, where the shim restores from.
 func (c *Containers) SpilledDir(pod PodRef) (string, error) {
 	if c.ImageRoot == "" {
 		return "", errors.New("no checkpoint folder (--checkpoint-dir): the shim restores only from images under it")
@@ -398,7 +400,11 @@ func (c *Containers) SpilledDir(pod PodRef) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(ns, "spilled-"+ImageOf(pod.Namespace, pod.Name, pod.UID).Name), nil
+	if errs := validation.IsDNS1123Label(pod.Container); len(errs) > 0 {
+		return "", fmt.Errorf("container name %q: %s", pod.Container, strings.Join(errs, "; "))
+	}
+	// Per container: a restore of one does not touch the folder of another being restored.
+	return filepath.Join(ns, "spilled-"+ImageOf(pod.Namespace, pod.Name, pod.UID).Name+"-"+pod.Container), nil
 }
 
 // lock holds the image against other moves; a second one fails with ContainerBusy.
