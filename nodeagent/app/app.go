@@ -281,6 +281,14 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		}
 		a.images.set(o.NodeName, &controller.ContainerdImages{Checkpointer: srvNode.Checkpoints, Model: model})
 	}
+	if o.Tiers.DiskDir != "" {
+		if srvNode.Checkpoints == nil {
+			return nil, fmt.Errorf("--disk-tier-dir: containers cannot be spilled on this node: containerd is not reachable at %s", o.ContainerdSocket)
+		}
+		if srvNode.Tiers, err = a.containerTiers(ctx, srvNode.Checkpoints); err != nil {
+			return nil, err
+		}
+	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)
 	return a, nil
