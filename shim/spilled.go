@@ -110,8 +110,15 @@ func (s *Service) fetchSpilled(ctx context.Context, id string, a map[string]stri
 	defer cancel()
 	resp, err := s.agent.FetchSpilled(actx, cfg.AgentSocket, &agentv1.FetchSpilledRequest{Pod: ref, ContainerId: id})
 	if err != nil {
+		// The agent could not be asked, or it could not bring the image back (a corrupt image
+		// stays refused until it is repaired or deleted).
+		var kind error = errdefs.ErrUnavailable
+		switch status.Code(err) {
+		case codes.DataLoss, codes.FailedPrecondition, codes.InvalidArgument:
+			kind = errdefs.ErrFailedPrecondition
+		}
 		return nil, fmt.Errorf("asking the node agent at %s whether pod %s/%s has a spilled image of container %s: %v; the container is not created, so that a spilled one does not start afresh: %w",
-			cfg.AgentSocket, ref.GetNamespace(), ref.GetName(), ref.GetContainer(), err, errdefs.ErrUnavailable)
+			cfg.AgentSocket, ref.GetNamespace(), ref.GetName(), ref.GetContainer(), err, kind)
 	}
 	if resp.GetImageDir() == "" {
 		return nil, nil

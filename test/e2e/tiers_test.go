@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -96,6 +98,14 @@ func newTierEnv(t *testing.T) *tierEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	client := agentv1.NewNodeAgentServiceClient(conn)
+	// The shims refuse to create a container of a Kybernate pod while the agent cannot say
+	// whether it was spilled: wait until it serves (an empty question is refused once it does).
+	wctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := client.FetchSpilled(wctx, &agentv1.FetchSpilledRequest{}, grpc.WaitForReady(true)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("the test agent does not serve: %v", err)
+	}
 	s3, err := storage.NewS3(store.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +114,7 @@ func newTierEnv(t *testing.T) *tierEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tierEnv{checkpointEnv: &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn)}, diskDir: diskDir, s3: s3, disk: disk}
+	return &tierEnv{checkpointEnv: &checkpointEnv{env: e, agent: client}, diskDir: diskDir, s3: s3, disk: disk}
 }
 
 // diskTierRoot is where the disk tier under --disk-tier-dir dir keeps its images (package tier,
@@ -236,5 +246,70 @@ func assertEncrypted(t *testing.T, dir, token string) {
 	})
 	if err != nil || n == 0 {
 		t.Fatalf("image on disk %s: %d files, %v", dir, n, err)
+	}
+}
+
+// A spilled image changed on disk is refused when the container is created again: the create
+// fails with an error naming the file, nothing is deleted, and once the file is as it was the
+// next create restores the counter at N+1.
+func TestSpilledImageTamperedIsRefused(t *testing.T) {
+	e := newTierEnv(t)
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Minute)
+	defer cancel()
+	id := storage.ImageID{Namespace: "ml", Name: "train-uid-train"}
+	opts := ctrOpts{labels: podLabels("train", "counter"), annotations: kybernatePod("train", "counter"), env: []string{"COUNTER_INTERVAL=0.05", "COUNTER_TOKEN=1"}}
+	orig := e.mustRun("counter", opts)
+	orig.counting(t, 3)
+	token := orig.token(t)
+	if _, err := e.agent.Spill(ctx, &agentv1.SpillRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train", Container: "counter"}, Tier: "Disk"}); err != nil {
+		t.Fatalf("spill to disk: %v", err)
+	}
+	orig.waitExit(t)
+	last := orig.count(t)
+
+	// The largest file of the image: CRIU's pages.
+	files, err := filepath.Glob(filepath.Join(diskTierRoot(e.diskDir), "ml", id.Name, "files", "*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("files of the image on disk: %v, %v", files, err)
+	}
+	victim, size := "", int64(-1)
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil && st.Size() > size {
+			victim, size = f, st.Size()
+		}
+	}
+	good, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good...)
+	bad[len(bad)/2] ^= 0x40
+	if err := os.WriteFile(victim, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = e.run("counter-2", opts)
+	if err == nil || !strings.Contains(err.Error(), filepath.Base(victim)) || !strings.Contains(err.Error(), "image corrupt") ||
+		!strings.Contains(err.Error(), "the container is not created") {
+		t.Fatalf("create from a tampered image: %v; want a refusal naming %s", err, filepath.Base(victim))
+	}
+	t.Logf("refused: %v", err)
+	if ok, err := storage.Exists(ctx, e.disk, id); !ok || err != nil {
+		t.Fatalf("the image was deleted after the refusal (%v)", err)
+	}
+	if entries, _ := filepath.Glob(filepath.Join(imagesRoot, "ml", "spilled-*")); len(entries) != 0 {
+		t.Errorf("decrypted files of a refused image in the checkpoint folder: %v", entries)
+	}
+
+	if err := os.WriteFile(victim, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restored := e.mustRun("counter-3", opts)
+	restored.counting(t, last+2)
+	if first, _ := strconv.Atoi(restored.stdout.lines()[0]); first != last+1 {
+		t.Errorf("restored counter started at %d, want %d", first, last+1)
+	}
+	if got := restored.token(t); got != token {
+		t.Errorf("restored counter's token %s, want %s", got, token)
 	}
 }
