@@ -352,10 +352,7 @@ func (c *Containers) where(ctx context.Context, id storage.ImageID) (kv1.Storage
 }
 
 func (c *Containers) fetchFailed(from kv1.StorageTier, err error) error {
-	cause := ContainerFetchFailed
-	if errors.Is(err, storage.ErrCorrupt) || errors.Is(err, storage.ErrWrongKey) {
-		cause = ContainerImageCorrupt
-	}
+	cause := readCause(err)
 	metrics.TierMoveFailures.WithLabelValues(string(from), metrics.TierGPU, string(cause)).Inc()
 	return &ContainerError{Cause: cause, Err: fmt.Errorf("%w; the image is kept in %s", err, from)}
 }

@@ -133,6 +133,9 @@ type entry struct {
 	vram, size, stored int64
 	// simulated: the image was written by a simulated node.
 	simulated bool
+	// model is the GPU model the spill's checkpoint recorded; empty for an entry a restarted
+	// agent took over.
+	model string
 	keyID     string
 	// since is when the memory arrived in tier.
 	since time.Time

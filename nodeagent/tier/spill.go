@@ -123,7 +123,7 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 			gpus = append(gpus, p.GPU)
 		}
 	}
-	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
+	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, model: img.Image.GPUModel, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
 		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
 }
 
