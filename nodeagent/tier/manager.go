@@ -136,7 +136,7 @@ type entry struct {
 	// model is the GPU model the spill's checkpoint recorded; empty for an entry a restarted
 	// agent took over.
 	model string
-	keyID     string
+	keyID string
 	// since is when the memory arrived in tier.
 	since time.Time
 	// parked are the processes as they were parked (footprints: what a restore needs free);
