@@ -65,6 +65,19 @@ add_libs() {
   done < <(ldd "$2" | grep -o '/[^ ]*')
 }
 
+# add_driver_deps ROOTFS BINARY: copies the glibc libraries that the NVIDIA driver's libcuda.so.1
+# and libnvidia-ml.so.1 load (libm, libdl, libpthread, librt) from beside BINARY's libc. The
+# driver's folder that the NVIDIA container toolkit (or a hostPath) brings into the container holds
+# only the driver's own libraries; without these, dlopen of the driver fails on libm.so.6.
+add_driver_deps() {
+  local rootfs="$1" libc dir lib
+  libc="$(ldd "$2" | grep -o '/[^ ]*/libc\.so\.6')"
+  dir="$(dirname "${libc}")"
+  for lib in libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1; do
+    cp -L "${dir}/${lib}" "${rootfs}${dir}/${lib}"
+  done
+}
+
 # sha FILE: the hex sha256 of FILE.
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -114,6 +127,7 @@ build_image() {
       # cgo: the agent loads NVML and the CUDA driver with dlopen, so it runs on glibc.
       gobuild ./nodeagent/cmd/kybernate-agent "${rootfs}/kybernate-agent"
       add_libs "${rootfs}" "${rootfs}/kybernate-agent"
+      add_driver_deps "${rootfs}" "${rootfs}/kybernate-agent"
       mkdir -p "${rootfs}/tmp" "${rootfs}/run/kybernate"
       chmod 1777 "${rootfs}/tmp"
       pack "${name}" "${rootfs}" '["/kybernate-agent"]'

@@ -95,14 +95,27 @@ def build(out_tar, ref, fill, entrypoint):
     return out_tar
 
 
-def go_image(out_dir, name, binary):
-    """kybernate-agent or kybernate-scheduler: BINARY as /NAME with the libraries it links."""
+def driver_deps(libdir):
+    """The libraries outside LIBDIR that the driver's libcuda.so.1 and libnvidia-ml.so.1 load
+    (libm, libdl, librt, libpthread of glibc): the agent image must hold them, since the driver's
+    folder mounted into it holds only the driver's own libraries."""
+    deps = set()
+    for lib in ("libcuda.so.1", "libnvidia-ml.so.1"):
+        path = os.path.join(libdir, lib)
+        if os.path.exists(path):
+            deps.update(l for l in _libs(path) if os.path.dirname(os.path.realpath(l)) != os.path.realpath(libdir))
+    return sorted(deps)
+
+
+def go_image(out_dir, name, binary, extra_libs=()):
+    """kybernate-agent or kybernate-scheduler: BINARY as /NAME with the libraries it links, and
+    EXTRA_LIBS at their host paths."""
     def fill(t):
         _add_file(t, name, binary)
         for d in ("tmp", "run", "run/kybernate"):
             _add_dir(t, d, 0o1777 if d == "tmp" else 0o755)
         dirs = set()
-        for lib in _libs(binary):
+        for lib in sorted(set(_libs(binary)) | set(extra_libs)):
             parts = os.path.dirname(lib).strip("/").split("/")
             for i in range(1, len(parts) + 1):
                 d = "/".join(parts[:i])

@@ -69,7 +69,10 @@ def render(R):
             f"{_v(s5.get('rss_suspended_gib'), ' GiB')} |",
             f"| node MemAvailable before / after the deletion | {_v(s5.get('mem_available_before_gib'), ' GiB')} / "
             f"{_v(s5.get('mem_available_after_gib'), ' GiB')} |",
-            f"| process gone after the delete | {_v(s5.get('process_gone_s'), ' s')} |", ""]
+            f"| process gone after the delete | {_v(s5.get('process_gone_s'), ' s')} |"]
+    if "memory_returned_s" in s5:
+        out += [f"| its memory back in MemAvailable after the delete | {_v(s5.get('memory_returned_s'), ' s')} |"]
+    out += [""]
     s6 = sc.get("s6", {})
     if s6:
         out += ["| restore guard | |", "|---|---|",

@@ -238,7 +238,8 @@ def setup(node, gpu):
     os.makedirs(imgdir, exist_ok=True)
     kyb = os.path.realpath(os.path.join(node.bin, "kybernate-agent"))
     tars = [cluster_images.pause_image(imgdir, os.path.join(node.bin, "pause")),
-            cluster_images.go_image(imgdir, "kybernate-agent", kyb),
+            cluster_images.go_image(imgdir, "kybernate-agent", kyb,
+                                    cluster_images.driver_deps(libdir) if libdir else ()),
             cluster_images.go_image(imgdir, "kybernate-scheduler", kyb),
             cluster_images.host_python_image(imgdir)]
     node.import_images(s["snapshotter"], tars)
@@ -261,7 +262,13 @@ def setup(node, gpu):
     s["components_ready_s"] = round(time.time() - t, 1)
     log(f"kybernate-scheduler and kybernate-agent Ready {s['components_ready_s']}s after kubectl apply")
     if gpu:
-        gn = node.wait(lambda: gpunode_ready(node), 60, "GPUNode Ready")
+        try:
+            gn = node.wait(lambda: gpunode_ready(node), 60, "GPUNode Ready")
+        except TimeoutError as e:
+            gn = node.api("GET", f"/apis/kybernate.io/v1alpha1/gpunodes/{cluster_node.NODE}", ok404=True) or {}
+            conds = [(c["type"], c["status"], c.get("reason"), c.get("message"))
+                     for c in gn.get("status", {}).get("conditions", [])]
+            raise TimeoutError(f"{e}; its conditions: {conds}") from None
         s["gpunode"] = gn.get("status", {})
         alloc = node.api("GET", f"/api/v1/nodes/{cluster_node.NODE}")["status"]["allocatable"]
         s["allocatable_kybernate_gpu"] = alloc.get("kybernate.io/gpu")
@@ -389,7 +396,10 @@ def main():
         R["passed"] = ok
         save()
         with open(os.path.join(OUT, "results.md"), "w") as f:
-            f.write(cluster_report.render(R))
+            # Rendered from the file, not from R: the report is then exactly what
+            # `cluster_report.py results.json` renders (key order included).
+            with open(os.path.join(OUT, "results.json")) as j:
+                f.write(cluster_report.render(json.load(j)))
         log("ALL CHECKS PASSED" if ok else f"FAILED: {sum(not c['ok'] for c in R['checks'])} of {len(R['checks'])} checks")
         if node and not ARGS.keep:
             node.stop()
