@@ -393,6 +393,10 @@ func (c *Containers) SpilledDir(pod PodRef) (string, error) {
 	if c.ImageRoot == "" {
 		return "", errors.New("no checkpoint folder (--checkpoint-dir): the shim restores only from images under it")
 	}
+	id := ImageOf(pod.Namespace, pod.Name, pod.UID)
+	if err := id.Validate(); err != nil {
+		return "", err
+	}
 	ns, err := image.NamespaceDir(c.ImageRoot, pod.Namespace)
 	if err != nil {
 		return "", err
@@ -401,7 +405,7 @@ func (c *Containers) SpilledDir(pod PodRef) (string, error) {
 		return "", fmt.Errorf("container name %q: %s", pod.Container, strings.Join(errs, "; "))
 	}
 	// Per container: a restore of one does not touch the folder of another being restored.
-	return filepath.Join(ns, "spilled-"+ImageOf(pod.Namespace, pod.Name, pod.UID).Name+"-"+pod.Container), nil
+	return filepath.Join(ns, "spilled-"+id.Name+"-"+pod.Container), nil
 }
 
 // lock holds the image against other moves; a second one fails with ContainerBusy.

@@ -251,3 +251,24 @@ func dirExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// The folder Fetch decrypts into and Release deletes is built from a gRPC request: whatever
+// the request says, it is a folder of its own directly in its namespace's folder under the
+// checkpoint folder, or an error.
+func FuzzSpilledDir(f *testing.F) {
+	f.Add("ml", "train", "uid-train", "trainer")
+	f.Add("ml", "x/../../../etc", "u", "c")
+	f.Add("ml", "..", "..", "..")
+	f.Add("../ml", "train", "u", "c/../..")
+	root := filepath.Join(f.TempDir(), "images")
+	c := &Containers{ImageRoot: root}
+	f.Fuzz(func(t *testing.T, ns, name, uid, container string) {
+		dir, err := c.SpilledDir(PodRef{Namespace: ns, Name: name, UID: uid, Container: container})
+		if err != nil {
+			return
+		}
+		if filepath.Dir(dir) != filepath.Join(root, ns) || !strings.HasPrefix(filepath.Base(dir), "spilled-") || filepath.Clean(dir) != dir {
+			t.Errorf("SpilledDir(%q, %q, %q, %q) = %s: not a folder of its own in %s", ns, name, uid, container, dir, filepath.Join(root, ns))
+		}
+	})
+}
