@@ -30,6 +30,9 @@ type tierEnv struct {
 	diskDir string
 	s3      *storage.S3
 	disk    *storage.Disk
+	// proc is the running test agent, agentArgs what starts it.
+	proc      *exec.Cmd
+	agentArgs []string
 }
 
 // startObjectStore builds weed (up to date in the cache after the first build) and starts a
@@ -81,15 +84,12 @@ func newTierEnv(t *testing.T) *tierEnv {
 	diskDir := filepath.Join(dir, "tiers")
 	// The shims ask the agent on their agentSocket.
 	sock := shimAgentSocket
-	agent := exec.Command(agentBin, "--containerd-socket", socket, "--namespace", e.ns, "--socket", sock, "--checkpoint-dir", imagesRoot,
-		"--disk-tier-dir", diskDir, "--image-key-file", keyFile, "--object-store-env", store.EnvFile())
-	agent.Stdout, agent.Stderr = os.Stderr, os.Stderr
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
+	te := &tierEnv{diskDir: diskDir, agentArgs: []string{"--containerd-socket", socket, "--namespace", e.ns, "--socket", sock, "--checkpoint-dir", imagesRoot,
+		"--disk-tier-dir", diskDir, "--image-key-file", keyFile, "--object-store-env", store.EnvFile()}}
+	te.startAgent(t)
 	t.Cleanup(func() {
-		_ = agent.Process.Signal(syscall.SIGTERM)
-		if err := agent.Wait(); err != nil {
+		_ = te.proc.Process.Signal(syscall.SIGTERM)
+		if err := te.proc.Wait(); err != nil {
 			t.Errorf("agent: %v", err)
 		}
 	})
@@ -98,14 +98,8 @@ func newTierEnv(t *testing.T) *tierEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	client := agentv1.NewNodeAgentServiceClient(conn)
-	// The shims refuse to create a container of a Kybernate pod while the agent cannot say
-	// whether it was spilled: wait until it serves (an empty question is refused once it does).
-	wctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if _, err := client.FetchSpilled(wctx, &agentv1.FetchSpilledRequest{}, grpc.WaitForReady(true)); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("the test agent does not serve: %v", err)
-	}
+	te.checkpointEnv = &checkpointEnv{env: e, agent: agentv1.NewNodeAgentServiceClient(conn)}
+	te.waitAgent(t)
 	s3, err := storage.NewS3(store.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +108,37 @@ func newTierEnv(t *testing.T) *tierEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tierEnv{checkpointEnv: &checkpointEnv{env: e, agent: client}, diskDir: diskDir, s3: s3, disk: disk}
+	te.s3, te.disk = s3, disk
+	return te
+}
+
+// startAgent starts the test agent.
+func (e *tierEnv) startAgent(t *testing.T) {
+	t.Helper()
+	e.proc = exec.Command(agentBin, e.agentArgs...)
+	e.proc.Stdout, e.proc.Stderr = os.Stderr, os.Stderr
+	if err := e.proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// killAgent kills the test agent with SIGKILL, as a node loses its agent.
+func (e *tierEnv) killAgent(t *testing.T) {
+	t.Helper()
+	_ = e.proc.Process.Kill()
+	_ = e.proc.Wait()
+}
+
+// waitAgent waits until the agent serves. The shims refuse to create a container of a
+// Kybernate pod while the agent cannot say whether it was spilled; an empty question is
+// refused once it serves.
+func (e *tierEnv) waitAgent(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := e.agent.FetchSpilled(ctx, &agentv1.FetchSpilledRequest{}, grpc.WaitForReady(true)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("the test agent does not serve: %v", err)
+	}
 }
 
 // diskTierRoot is where the disk tier under --disk-tier-dir dir keeps its images (package tier,
@@ -153,7 +177,8 @@ func (c *ctr) token(t *testing.T) string {
 }
 
 // A counter spilled RAM -> disk -> object storage (a real SeaweedFS) through the agent's Spill,
-// then created again in its pod as the kubelet would after it ended: the shim asks the agent,
+// then created again in its pod as the kubelet would after it ended: refused while the node has
+// no agent (killed), then, with the next agent, the shim asks it,
 // which fetches the image from SeaweedFS, verifies and decrypts it, and the shim restores the
 // container from it with CRIU. The restored process goes on at N+1 with the token it drew
 // before the spill (the same process, not a new start), and the stored images are deleted.
@@ -201,8 +226,21 @@ func TestSpillToObjectStoreAndRestore(t *testing.T) {
 		t.Error("the disk copy was kept after the move to the object store")
 	}
 
+	// The node loses its agent: the kubelet's create of the container is refused (a fresh start
+	// would lose the counter), nothing is deleted. The next agent serves the restore.
+	e.killAgent(t)
+	if _, err := e.run("counter-2", ctrOpts{labels: podLabels("train", "counter"), annotations: kybernatePod("train", "counter")}); err == nil ||
+		!strings.Contains(err.Error(), "the container is not created") {
+		t.Fatalf("create while the agent is down: %v, want a refusal", err)
+	}
+	if ok, err := storage.Exists(ctx, e.s3, id); !ok || err != nil {
+		t.Fatalf("the image in SeaweedFS is gone after the refused create: %v", err)
+	}
+	e.startAgent(t)
+	e.waitAgent(t)
+
 	// The kubelet creates the container again in the same pod.
-	restored := e.mustRun("counter-2", ctrOpts{labels: podLabels("train", "counter"), annotations: kybernatePod("train", "counter"),
+	restored := e.mustRun("counter-3", ctrOpts{labels: podLabels("train", "counter"), annotations: kybernatePod("train", "counter"),
 		env: []string{"COUNTER_TCP=1", "COUNTER_INTERVAL=0.05", "COUNTER_TOKEN=1"}})
 	restored.counting(t, last+3)
 	first, err := strconv.Atoi(restored.stdout.lines()[0])
