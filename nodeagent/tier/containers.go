@@ -246,6 +246,11 @@ func (c *Containers) upload(ctx context.Context, pod PodRef) (Spilled, error) {
 		metrics.TierMoveFailures.WithLabelValues(metrics.TierDisk, metrics.TierObjectStore, string(ContainerFetchFailed)).Inc()
 		return Spilled{}, cfail(ContainerFetchFailed, "uploading to object storage; the image stays on disk: %w", err)
 	}
+	// The node remembers that the image is there, so that a container's create asks the object
+	// store only for a pod it spilled; before the disk copy goes.
+	if err := c.markUploaded(id); err != nil {
+		return Spilled{}, cfail(ContainerStore, "uploaded, but recording it on the node failed; the image stays on disk: %w", err)
+	}
 	if err := storage.Delete(ctx, c.Disk, id); err != nil {
 		klog.FromContext(ctx).Info("Image uploaded, but deleting its disk copy failed", "image", id.String(), "err", err)
 	}
@@ -331,24 +336,54 @@ func (c *Containers) Fetch(ctx context.Context, pod PodRef) (Fetched, error) {
 	return out, nil
 }
 
-// where is the tier holding the pod's complete image, "" when none does.
+// where is the tier holding the pod's complete image, "" when none does. Only the node's own
+// disk is read: the object store is asked only for an image this node moved there (its
+// mark), so that an unreachable object store does not hold up the creation of every other
+// container.
 func (c *Containers) where(ctx context.Context, id storage.ImageID) (kv1.StorageTier, error) {
-	for _, t := range []struct {
-		name kv1.StorageTier
-		tier storage.Tier
-	}{{kv1.TierDisk, c.Disk}, {kv1.TierObjectStore, c.Objects}} {
-		if t.tier == nil {
-			continue
-		}
-		ok, err := storage.Exists(ctx, t.tier, id)
-		if err != nil {
-			return "", c.fetchFailed(t.name, fmt.Errorf("looking for the image of the pod: %w", err))
-		}
-		if ok {
-			return t.name, nil
-		}
+	ok, err := storage.Exists(ctx, c.Disk, id)
+	if err != nil {
+		return "", c.fetchFailed(kv1.TierDisk, fmt.Errorf("looking for the image of the pod: %w", err))
 	}
-	return "", nil
+	if ok {
+		return kv1.TierDisk, nil
+	}
+	if _, err := os.Stat(c.uploadedMark(id)); errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	} else if err != nil {
+		return "", c.fetchFailed(kv1.TierDisk, err)
+	}
+	if c.Objects == nil {
+		return "", c.fetchFailed(kv1.TierObjectStore, fmt.Errorf("image %s was moved to an object store (%s), but the agent has none (--object-store-secret)", id, c.uploadedMark(id)))
+	}
+	if ok, err := storage.Exists(ctx, c.Objects, id); err != nil {
+		return "", c.fetchFailed(kv1.TierObjectStore, fmt.Errorf("looking for the image of the pod: %w", err))
+	} else if !ok {
+		return "", c.fetchFailed(kv1.TierObjectStore, fmt.Errorf("image %s was moved to %s, but it is not there: the pod's memory is lost; delete %s to let the container start afresh",
+			id, c.Objects, c.uploadedMark(id)))
+	}
+	return kv1.TierObjectStore, nil
+}
+
+// Marks of the images this node moved to the object store, under DiskDir.
+const dirUploaded = "uploaded"
+
+func (c *Containers) uploadedMark(id storage.ImageID) string {
+	return filepath.Join(c.DiskDir, dirUploaded, id.Namespace, id.Name)
+}
+
+// markUploaded records, durably, that the image is in the object store.
+func (c *Containers) markUploaded(id storage.ImageID) error {
+	p := c.uploadedMark(id)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteString(c.location(kv1.TierObjectStore, id) + "\n")
+	return errors.Join(werr, f.Sync(), f.Close())
 }
 
 func (c *Containers) fetchFailed(from kv1.StorageTier, err error) error {
@@ -378,6 +413,9 @@ func (c *Containers) Release(ctx context.Context, pod PodRef, dir string, restor
 		errs = append(errs, storage.Delete(ctx, c.Disk, id))
 		if c.Objects != nil {
 			errs = append(errs, storage.Delete(ctx, c.Objects, id))
+		}
+		if err := os.Remove(c.uploadedMark(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
 		}
 		klog.FromContext(ctx).V(2).Info("Container restored from its spilled image; the image is deleted", "pod", klog.KRef(pod.Namespace, pod.Name), "image", id.String())
 	}

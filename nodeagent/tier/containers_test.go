@@ -272,3 +272,39 @@ func FuzzSpilledDir(f *testing.F) {
 		}
 	})
 }
+
+// The object store is asked only for images this node moved there: with it down, containers of
+// pods that were never spilled are created as usual, a spilled one is refused and kept; an
+// image gone from the object store is refused naming the mark that lets it start afresh.
+func TestContainersFetchAsksObjectStoreOnlyForItsImages(t *testing.T) {
+	f := newContainers(t)
+	ctx := t.Context()
+	f.objects.down = true
+	other := PodRef{Namespace: "ml", Name: "other", UID: "uid-other", Container: "main"}
+	if got, err := f.c.Fetch(ctx, other); err != nil || got.Dir != "" {
+		t.Errorf("fetch of a pod never spilled with the object store down: %+v, %v; want none", got, err)
+	}
+	f.objects.down = false
+	if _, err := f.c.Spill(ctx, PodRef{Namespace: "ml", Name: "train"}, kv1.TierObjectStore, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.objects.down = true
+	if _, err := f.c.Fetch(ctx, trainer); ContainerCauseOf(err) != ContainerFetchFailed {
+		t.Errorf("fetch of a spilled pod with the object store down: %v, want FetchFailed", err)
+	}
+	f.objects.down = false
+	id := ImageOf("ml", "train", "uid-train")
+	if err := storage.Delete(ctx, f.objects, id); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.c.Fetch(ctx, trainer)
+	if err == nil || !strings.Contains(err.Error(), "is not there") || !strings.Contains(err.Error(), filepath.Join(f.c.DiskDir, "uploaded", "ml", id.Name)) {
+		t.Fatalf("fetch of an image gone from the object store: %v, want a refusal naming the mark", err)
+	}
+	if err := os.Remove(filepath.Join(f.c.DiskDir, "uploaded", "ml", id.Name)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.c.Fetch(ctx, trainer); err != nil || got.Dir != "" {
+		t.Errorf("fetch after the mark was deleted: %+v, %v; want none (a fresh start)", got, err)
+	}
+}
