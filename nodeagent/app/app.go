@@ -117,6 +117,9 @@ type agent struct {
 	nvml           *lazyNVML  // on a GPU node
 	tierNodes      *tierNodes
 	tiers          *tier.Manager // with --parked-memory-high-water
+	// sweeper deletes the spilled images of pods that are gone on a real node with
+	// --disk-tier-dir (a Manager without nodes to run the policy on).
+	sweeper *tier.Manager
 	// recover takes over the node's suspended pods at start (on a GPU node with a driver).
 	recover func(ctx context.Context)
 
@@ -408,6 +411,10 @@ func (a *agent) run(ctx context.Context) error {
 			"diskTierIdle", a.o.Tiers.DiskIdle, "diskTierHighWater", a.o.Tiers.DiskHighWater.String(), "objectStore", a.o.ObjectStoreSecret != "",
 			"sweepInterval", a.o.Tiers.SweepInterval, "orphanGrace", a.o.Tiers.OrphanGrace)
 		wg.Go(func() { a.tiers.Run(runCtx) })
+	}
+	if a.sweeper != nil {
+		// No node is the policy's here: only the sweep of images whose pod is gone runs.
+		wg.Go(func() { a.sweeper.Run(runCtx) })
 	}
 	if a.o.CheckpointDir != "" {
 		gc := imagegc.New(imagegc.Config{Root: a.o.CheckpointDir, TTL: a.o.ImageTTL, Interval: a.o.ImageGCInterval}, a.kube,

@@ -245,6 +245,10 @@ func (o *Options) validateContainerTiers() error {
 	if o.Tiers.KeySecret == "" {
 		errs = append(errs, errors.New("--image-key-secret: spilled images are encrypted with a key per namespace and need the Secret's name"))
 	}
+	if o.Tiers.SweepInterval <= 0 || o.Tiers.OrphanGrace <= 0 || o.Tiers.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("--tier-sweep-interval=%s, --tier-orphan-grace=%s, --tier-interval=%s: want positive durations (the images of pods that are gone are swept)",
+			o.Tiers.SweepInterval, o.Tiers.OrphanGrace, o.Tiers.Interval))
+	}
 	return errors.Join(errs...)
 }
 

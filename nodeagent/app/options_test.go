@@ -36,6 +36,8 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "tier policy on a real node", args: []string{"--node-name=n", "--parked-memory-high-water=60%", "--disk-tier-dir=/t"},
 			wantErr: "the automatic tier policy runs with --simulate only"},
 		{name: "container tiers on a real node", args: []string{"--node-name=n", "--disk-tier-dir=/t", "--checkpoint-dir=/c", "--object-store-secret=a/b"}},
+		{name: "container tiers sweep", args: []string{"--node-name=n", "--disk-tier-dir=/t", "--checkpoint-dir=/c", "--tier-orphan-grace=0s"},
+			wantErr: "--tier-orphan-grace=0s"},
 		{name: "container tiers without checkpoint dir", args: []string{"--node-name=n", "--disk-tier-dir=/t"}, wantErr: "needs --checkpoint-dir"},
 		{name: "container tiers relative", args: []string{"--node-name=n", "--disk-tier-dir=t", "--checkpoint-dir=/c"}, wantErr: "--disk-tier-dir=\"t\": want an absolute folder"},
 		{name: "container tiers without containerd", args: []string{"--node-name=n", "--disk-tier-dir=/t", "--checkpoint-dir=/c", "--containerd-socket="},

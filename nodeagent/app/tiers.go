@@ -115,13 +115,19 @@ func (a *agent) containerTiers(ctx context.Context, cp *checkpoint.Checkpointer)
 	if err != nil {
 		return nil, fmt.Errorf("--disk-tier-dir: %w", err)
 	}
-	c := &tier.Containers{Checkpointer: cp, Disk: disk, Keys: tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret},
-		DiskDir: o.Tiers.DiskDir, ImageRoot: o.CheckpointDir, Timeout: o.Tiers.MoveTimeout}
+	keys := tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}
+	c := &tier.Containers{Checkpointer: cp, Disk: disk, Keys: keys, DiskDir: o.Tiers.DiskDir, ImageRoot: o.CheckpointDir, Timeout: o.Tiers.MoveTimeout}
 	if o.ObjectStoreSecret != "" {
-		if c.Objects, err = a.objectStore(ctx); err != nil {
+		s3, err := a.objectStore(ctx)
+		if err != nil {
 			return nil, err
 		}
+		c.Objects = s3
 	}
+	// The images of pods deleted while spilled are swept as on simulated nodes: a Manager
+	// whose node list stays empty runs no policy, only the sweep.
+	a.sweeper = tier.New(o.Tiers, a.tierNodes, disk, c.Objects, keys, a.kube, a.kyb, a.podFactory.Core().V1().Pods().Lister(),
+		a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
 	klog.FromContext(ctx).Info("Storage tiers for containers on (Spill, FetchSpilled, ReleaseSpilled); the automatic policy runs with --simulate only",
 		"diskTierDir", o.Tiers.DiskDir, "objectStore", o.ObjectStoreSecret != "", "checkpointDir", o.CheckpointDir)
 	return c, nil
