@@ -262,6 +262,8 @@ func summarize(w *Why) string {
 			where = " (its GPU memory in storage tier " + string(t) + ")"
 		}
 		return "Asleep" + where + ": no request for its " + kv1.AnnotationIdleAfter + "; kybernate-activator wakes it on the next request"
+	case w.Suspension != nil && w.Suspension.Reason == kv1.ReasonSpread:
+		return "Suspended to move it off a shared GPU onto an unused GPU of node " + orDash(w.Node) + "; the resume controller brings it back there"
 	case w.Suspension != nil && w.Suspension.Preemptor != nil && w.Suspension.Reason == kv1.ReasonPreemption:
 		return fmt.Sprintf("Suspended for higher-priority pod %s/%s; resumes when its node has room (number %d in the queue)",
 			w.Suspension.Preemptor.Namespace, w.Suspension.Preemptor.Name, position(w))

@@ -178,7 +178,8 @@ echo "== GPUCheckpoints: what moved, how much, how long"
   -o custom-columns='NAME:.metadata.name,ACTION:.spec.action,REASON:.spec.reason,PHASE:.status.phase,BYTES:.status.bytesMoved,STEPS:.status.steps[*].name,DURATIONS:.status.steps[*].duration'
 echo
 echo "== Events of the suspended pod, oldest first"
-victim=$("${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" -o jsonpath='{.items[0].spec.podName}')
+# The preemption's victim (act 1's pods may have been spread onto unused GPUs too: reason Spread).
+victim=$("${KUBECTL}" get gpucheckpoints -n "${NAMESPACE}" -o jsonpath='{.items[?(@.spec.reason=="Preemption")].spec.podName}' | awk '{print $1}')
 [[ -n "${victim}" ]] && events_in_order "${NAMESPACE}" "${victim}"
 echo
 echo "Everything above is simulated: the GPUNodes say Simulated=True and no real GPU was touched."

@@ -77,6 +77,16 @@ type ControllerConfiguration struct {
 	// restored on another node.
 	DisableMigration bool
 
+	// DisableSpreading keeps pods that share a GPU's compute where they are while another GPU
+	// of their node is unused. Spreading needs the resume controller, which brings the moved
+	// pod back: with DisableResume it is off too.
+	DisableSpreading bool
+
+	// SpreadingDelay is how long a node's pods must have stayed where they are (resident, no
+	// move of theirs ended since) before one of them moves onto an unused GPU: a burst of
+	// placements is not undone at once, and the next pods may still need whole GPUs.
+	SpreadingDelay metav1.Duration
+
 	// MigrationMinWait is how long a pod stays suspended before it may be moved to another
 	// node.
 	MigrationMinWait metav1.Duration

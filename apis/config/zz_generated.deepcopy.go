@@ -58,6 +58,7 @@ func (in *ControllerConfiguration) DeepCopyInto(out *ControllerConfiguration) {
 	out.LeaderElection = in.LeaderElection
 	out.DefaultMinRuntime = in.DefaultMinRuntime
 	out.TimeSliceQuantum = in.TimeSliceQuantum
+	out.SpreadingDelay = in.SpreadingDelay
 	out.MigrationMinWait = in.MigrationMinWait
 	return
 }

@@ -51,6 +51,7 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/server"
 	"github.com/kybernate/kybernate/nodeagent/sim"
 	"github.com/kybernate/kybernate/nodeagent/status"
+	"github.com/kybernate/kybernate/nodeagent/thp"
 	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
@@ -69,6 +70,10 @@ With --simulate one agent serves many kwok nodes with simulated GPUs; nothing to
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options) error {
 	engine.RegisterMetrics()
+	thp.RegisterMetrics()
+	if err := o.startTHP(ctx); err != nil {
+		return err
+	}
 
 	kube, kyb, err := o.Clients("kybernate-agent")
 	if err != nil {

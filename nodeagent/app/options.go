@@ -18,6 +18,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/status"
+	"github.com/kybernate/kybernate/nodeagent/thp"
 	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
@@ -46,6 +47,15 @@ type Options struct {
 	RestoreRetries int
 	RestoreMargin  resource.Quantity
 	Workers        int
+
+	// THPWindow opens a transparent huge page window around checkpoints (package thp);
+	// THPWindowDefrag is the defrag value in the window (empty: defrag is left alone).
+	THPWindow       bool
+	THPWindowDefrag string
+	THPDir          string
+	StateDir        string
+	// hugePages is the window startTHP made; nil without --thp-window.
+	hugePages *thp.Window
 
 	// Tiers is the storage tier policy; ObjectStoreSecret names the object store's Secret
 	// (namespace/name), empty for none.
@@ -83,6 +93,8 @@ func NewOptions() *Options {
 		RestoreRetries:         3,
 		RestoreMargin:          *resource.NewQuantity(engine.DefaultRestoreMargin, resource.BinarySI),
 		Workers:                16,
+		THPDir:                 thp.DefaultDir,
+		StateDir:               "/run/kybernate",
 		SimulateNodeSelector:   "type=kwok",
 		SimulateProgressPeriod: 2 * time.Second,
 		// Measured on H200, driver 580: checkpoint ~2.2 GB/s, restore ~6 GB/s.
@@ -133,6 +145,13 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"before their checkpoint. Below it the agent refuses the restore (InsufficientGPUMemory, retryable) without calling the driver: "+
 		"a restore the driver refuses for lack of memory destroys the process's GPU state.")
 	fs.IntVar(&o.Workers, "checkpoint-workers", o.Workers, "GPUCheckpoints carried out in parallel (each moves one pod).")
+	fs.BoolVar(&o.THPWindow, "thp-window", o.THPWindow, "Set the node's transparent huge pages (--thp-dir/enabled) to always while checkpoints run, and back afterwards: "+
+		"the driver's checkpoint buffers then get huge pages (checkpoint ~1.5x, restore ~1.3x faster), but so does every other process that maps "+
+		"anonymous memory during the window. Concurrent checkpoints share one window; the previous values are kept in --state-dir and put back at start "+
+		"by an agent that follows one that died with the window open.")
+	fs.StringVar(&o.THPWindowDefrag, "thp-window-defrag", o.THPWindowDefrag, "With --thp-window: the value of --thp-dir/defrag in the window (e.g. defer+madvise); empty leaves defrag alone.")
+	fs.StringVar(&o.THPDir, "thp-dir", o.THPDir, "The kernel's transparent huge page settings (sysfs).")
+	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Folder for the agent's own state that must outlive it but not the boot (the THP window's previous settings).")
 
 	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: GPU memory of suspended pods parked in host memory per node above which the least recently suspended "+
 		"pods are spilled to --disk-tier-dir (and before a suspend that would pass it): a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
@@ -193,6 +212,13 @@ func (o *Options) Validate() error {
 	}
 	if o.Workers < 1 {
 		errs = append(errs, fmt.Errorf("--checkpoint-workers=%d: want at least 1", o.Workers))
+	}
+	if o.THPWindow {
+		if err := o.thpConfig().Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--thp-window: %w", err))
+		}
+	} else if o.THPWindowDefrag != "" {
+		errs = append(errs, errors.New("--thp-window-defrag needs --thp-window"))
 	}
 	if o.SimulateCheckpointRate.Sign() <= 0 || o.SimulateRestoreRate.Sign() <= 0 {
 		errs = append(errs, errors.New("--simulate-checkpoint-rate and --simulate-restore-rate must be positive"))
@@ -261,7 +287,25 @@ func (o *Options) engineConfig() engine.Config {
 		RetryBackoff:      time.Second,
 		HostMemoryReserve: o.HostMemoryReserve.Value(),
 		RestoreMargin:     o.RestoreMargin.Value(),
+		HugePages:         o.hugePageWindow(),
 	}
+}
+
+// hugePageWindow is the engines' window: nil (not a nil *thp.Window) without one.
+func (o *Options) hugePageWindow() engine.HugePageWindow {
+	if o.hugePages == nil {
+		return nil
+	}
+	return o.hugePages
+}
+
+// thpConfig is the huge page window from the flags.
+func (o *Options) thpConfig() thp.Config {
+	values := map[string]string{thp.Enabled: "always"}
+	if o.THPWindowDefrag != "" {
+		values[thp.Defrag] = o.THPWindowDefrag
+	}
+	return thp.Config{Dir: o.THPDir, StateDir: o.StateDir, Values: values}
 }
 
 // maxRestoreMargin bounds --restore-margin: more would keep every pod from resuming on most

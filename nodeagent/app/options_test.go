@@ -51,6 +51,10 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "disk mark bad", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--disk-tier-high-water=0%"}, wantErr: "invalid argument"},
 		{name: "disk mark without tiers", args: []string{"--simulate", "--disk-tier-high-water=500Gi"}, wantErr: "need --parked-memory-high-water"},
 		{name: "orphan grace", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--tier-orphan-grace=0s"}, wantErr: "--tier-orphan-grace"},
+		{name: "thp window", args: []string{"--node-name=n", "--thp-window", "--thp-window-defrag=defer+madvise"}},
+		{name: "thp defrag without window", args: []string{"--node-name=n", "--thp-window-defrag=defer"}, wantErr: "--thp-window-defrag needs --thp-window"},
+		{name: "thp defrag two words", args: []string{"--node-name=n", "--thp-window", "--thp-window-defrag=defer madvise"}, wantErr: "want one word"},
+		{name: "thp window without state dir", args: []string{"--node-name=n", "--thp-window", "--state-dir="}, wantErr: "--thp-window: the thp folder and the state folder are required"},
 		{name: "tier backoff", args: []string{"--simulate", "--parked-memory-high-water=1Gi", "--disk-tier-dir=/t", "--tier-max-backoff=1s"},
 			wantErr: "--tier-max-backoff"},
 	}

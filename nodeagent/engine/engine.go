@@ -73,6 +73,15 @@ type Config struct {
 	// RestoreMargin is free GPU memory a restore must leave beyond the processes' footprint
 	// (the restore guard).
 	RestoreMargin int64
+	// HugePages, when set, is held open around the checkpoint calls (package thp: the node's
+	// transparent huge pages set to always while the driver fills the host buffers).
+	HugePages HugePageWindow
+}
+
+// HugePageWindow is a node setting held for the duration of checkpoints; concurrent holders
+// share it. Open fails without changing anything; the checkpoint then runs without it.
+type HugePageWindow interface {
+	Open(ctx context.Context) (closeFn func(), err error)
 }
 
 // Step is one timed step of an operation.
@@ -328,6 +337,8 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 	res.Steps = append(res.Steps, Step{Name: StepLock, Duration: e.clock.Since(t)})
 
 	t = e.clock.Now()
+	closeWindow := e.openHugePages(ctx)
+	defer closeWindow()
 	for i, pr := range running {
 		err := e.call(ctx, e.cfg.StepTimeout, "checkpoint", pr.PID, func() error { return e.driver.CheckpointProcessCheckpoint(pr.PID) })
 		if err == nil {
@@ -343,12 +354,29 @@ func (e *Engine) Suspend(ctx context.Context, pod podmap.PodRef, lockTimeout tim
 		logger.V(2).Info("Suspend failed at checkpoint; rolled back", "pid", pr.PID, "err", err, "rollbackErr", rbErr)
 		return Result{}, fail(CauseCheckpointFailed, rbErr == nil, joinRollback(err, rbErr))
 	}
+	closeWindow()
 	res.Steps = append(res.Steps, Step{Name: StepCheckpoint, Duration: e.clock.Since(t), Bytes: need})
 	res.Bytes = need
 	res.Parked = slices.Clone(running)
 	e.set(func() { p.parked = running })
 	logger.V(2).Info("Suspended pod", "bytes", need, "processes", len(running), "duration", e.clock.Since(start))
 	return res, nil
+}
+
+// openHugePages opens the huge page window for a checkpoint, when one is configured; the
+// returned function closes it (once, however often it is called). A window that cannot open
+// costs speed, not the suspend.
+func (e *Engine) openHugePages(ctx context.Context) func() {
+	if e.cfg.HugePages == nil {
+		return func() {}
+	}
+	closeFn, err := e.cfg.HugePages.Open(ctx)
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Opening the huge page window failed; checkpointing without it")
+		return func() {}
+	}
+	var once sync.Once
+	return func() { once.Do(closeFn) }
 }
 
 func (e *Engine) unlockAll(ctx context.Context, procs []Process) error {

@@ -1,5 +1,5 @@
 // Package controllers starts Kybernate's scheduler-side controllers (resume, time slicing,
-// migration) under one leader election, from an explicit, validated ControllerConfiguration.
+// migration, spreading) under one leader election, from an explicit, validated ControllerConfiguration.
 // kybernate-scheduler calls Start from its own wiring (scheduler/app) on kube-scheduler's
 // informer factory; another program, such as an extender that runs without Kybernate's
 // plugins, calls it the same way. Nothing here starts as a side effect of a plugin.
@@ -30,6 +30,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/migrate"
 	"github.com/kybernate/kybernate/scheduler/resume"
+	"github.com/kybernate/kybernate/scheduler/spread"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
 
@@ -121,6 +122,14 @@ func New(deps Deps, cfg *config.ControllerConfiguration) (*Manager, error) {
 			return nil, fmt.Errorf("migration controller: %w", err)
 		}
 		m.controllers = append(m.controllers, named{"migrate", 1, c})
+	}
+	// The resume controller brings a spread pod back: without it, nothing spreads.
+	if !cfg.DisableSpreading && !cfg.DisableResume {
+		c, err := spread.New(deps.Kybernate, pods, nodes, gpuNodes, checkpoints, deps.Recorder, *cfg, deps.Ledger)
+		if err != nil {
+			return nil, fmt.Errorf("spreading controller: %w", err)
+		}
+		m.controllers = append(m.controllers, named{"spread", 1, c})
 	}
 	registerMetrics(gpuNodes.Lister())
 	return m, nil
@@ -233,4 +242,5 @@ func registerMetrics(gpuNodes listers.GPUNodeLister) {
 	})
 	timeslice.RegisterMetrics()
 	migrate.RegisterMetrics()
+	spread.RegisterMetrics()
 }

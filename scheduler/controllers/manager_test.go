@@ -28,19 +28,21 @@ func deps() Deps {
 // Each controller is on or off by the configuration alone.
 func TestNewEnabled(t *testing.T) {
 	tests := []struct {
-		name                       string
-		resume, timeSlice, migrate bool
-		want                       []string
+		name                               string
+		resume, timeSlice, migrate, spread bool
+		want                               []string
 	}{
-		{name: "defaults", want: []string{"resume", "timeslice", "migrate"}},
-		{name: "no migration", migrate: true, want: []string{"resume", "timeslice"}},
+		{name: "defaults", want: []string{"resume", "timeslice", "migrate", "spread"}},
+		{name: "no migration", migrate: true, want: []string{"resume", "timeslice", "spread"}},
+		{name: "no spreading", spread: true, want: []string{"resume", "timeslice", "migrate"}},
+		{name: "no resume: nothing would bring a spread pod back", resume: true, want: []string{"timeslice", "migrate"}},
 		{name: "time slicing only", resume: true, migrate: true, want: []string{"timeslice"}},
-		{name: "none", resume: true, timeSlice: true, migrate: true, want: []string{}},
+		{name: "none", resume: true, timeSlice: true, migrate: true, spread: true, want: []string{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := configscheme.DefaultControllerConfiguration()
-			cfg.DisableResume, cfg.DisableTimeSlicing, cfg.DisableMigration = tt.resume, tt.timeSlice, tt.migrate
+			cfg.DisableResume, cfg.DisableTimeSlicing, cfg.DisableMigration, cfg.DisableSpreading = tt.resume, tt.timeSlice, tt.migrate, tt.spread
 			m, err := New(deps(), cfg)
 			if err != nil {
 				t.Fatal(err)

@@ -6,7 +6,9 @@
 // time-slice turn (reason TimeSlice), or put to sleep for idleness (reason Idle) and since asked
 // by the activator to wake (kybernate.io/wake-requested), and resumes, highest priority first, among equals the one
 // that has received the least GPU time, then the first suspended, each that fits: on its own GPUs when
-// they have room, otherwise on any free GPUs of its node (the agent remaps the process). GPUs
+// they have room, otherwise on any free GPUs of its node (the agent remaps the process). A pod
+// that the spreading controller suspended to move it off a shared GPU (reason Spread) comes
+// back onto the emptiest GPU of its node that holds it (LeastAllocated). GPUs
 // that a nominated preemptor will need are held back. A resume is requested like a suspension,
 // through a GPUCheckpoint that the node agent carries out; before it, the controller moves the
 // pod's kybernate.io/gpus to the target GPUs and marks it Resuming, so the scheduler counts the
@@ -315,12 +317,19 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 		}
 		from := gpupod.AssignedGPUs(cand.pod)
 		target := from
-		if acc.FitsSlotHeld(cand.demand, from) {
+		// A pod suspended to spread comes back onto the emptiest GPU that holds it (the unused
+		// one it was suspended for, if nothing took it meanwhile), not where it shared.
+		spread := cand.suspension.Spec.Reason == kv1.ReasonSpread
+		if !spread && acc.FitsSlotHeld(cand.demand, from) {
 			acc.Use(cand.demand, from)
 		} else {
 			// Its slots move with it to other GPUs of the node.
 			acc.Release(from)
-			if target = acc.Choose(cand.demand, c.strategy); target == nil {
+			strategy := c.strategy
+			if spread {
+				strategy = config.LeastAllocated
+			}
+			if target = acc.Choose(cand.demand, strategy); target == nil {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
 				if cand.woken {
@@ -417,7 +426,7 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 // comesBack reports whether the controller brings a pod back from this suspension.
 func comesBack(pod *v1.Pod, suspension *kv1.GPUCheckpoint) bool {
 	switch suspension.Spec.Reason {
-	case kv1.ReasonPreemption, kv1.ReasonTimeSlice:
+	case kv1.ReasonPreemption, kv1.ReasonTimeSlice, kv1.ReasonSpread:
 		return true
 	case kv1.ReasonIdle:
 		return gpupod.WakePending(pod, suspension.CreationTimestamp.Time)

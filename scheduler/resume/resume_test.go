@@ -215,6 +215,27 @@ func TestSync(t *testing.T) {
 			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-1")}, Resumed: map[string]string{"low": "GPU-1"}},
 		},
 		{
+			name: "suspended to spread: back onto the unused GPU, though its own has room",
+			gn:   gpuNode(2, 80, 80),
+			pods: []*v1.Pod{
+				pod("moved", 1, "20Gi", 0, kv1.PodSuspended),
+				pod("stays", 1, "40Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("moved", kv1.ReasonSpread, time.Second)},
+			want: outcome{Patched: map[string]map[string]string{"moved": resuming("GPU-1")}, Resumed: map[string]string{"moved": "GPU-1"}},
+		},
+		{
+			name: "suspended to spread, the unused GPU taken since: the emptiest GPU that holds it",
+			gn:   gpuNode(2, 80, 80),
+			pods: []*v1.Pod{
+				pod("moved", 1, "20Gi", 0, kv1.PodSuspended),
+				pod("stays", 1, "40Gi", 0, ""),
+				pod("new", 1, "50Gi", 1, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("moved", kv1.ReasonSpread, time.Second)},
+			want: outcome{Patched: map[string]map[string]string{"moved": resuming("GPU-0")}, Resumed: map[string]string{"moved": ""}},
+		},
+		{
 			name: "no room anywhere",
 			gn:   gpuNode(2, 80),
 			pods: []*v1.Pod{

@@ -225,15 +225,30 @@ func (c *Controller) runningMember(pod *v1.Pod, now time.Time) *member {
 	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: u, quantum: Quantum(c.args, pod, u)}
 }
 
-// inMove reports whether a pod is between two states: a move of the agent in flight, or a
-// state between running and suspended.
+// inMove reports whether a pod is between two states: a move of the agent in flight, a state
+// between running and suspended, or suspended to be spread onto another GPU of the node (the
+// resume controller brings it back at once).
 func (c *Controller) inMove(pod *v1.Pod) bool {
-	switch kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) {
+	state := kv1.PodGPUState(pod.Annotations[kv1.AnnotationState])
+	switch state {
 	case "", kv1.PodRunning, kv1.PodSuspended:
 	default:
 		return true
 	}
-	return slices.ContainsFunc(index.Checkpoints(c.checkpoints, string(pod.UID)), func(ck *kv1.GPUCheckpoint) bool { return !ended(ck) })
+	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
+	if slices.ContainsFunc(cks, func(ck *kv1.GPUCheckpoint) bool { return !ended(ck) }) {
+		return true
+	}
+	if state != kv1.PodSuspended {
+		return false
+	}
+	var last *kv1.GPUCheckpoint
+	for _, ck := range cks {
+		if ck.Spec.Action == kv1.ActionSuspend && ck.Status.Phase == kv1.PhaseSucceeded && (last == nil || started(ck).After(started(last))) {
+			last = ck
+		}
+	}
+	return last != nil && last.Spec.Reason == kv1.ReasonSpread
 }
 
 // suspendedMember returns a pod suspended to make room (reason TimeSlice or Preemption) as a

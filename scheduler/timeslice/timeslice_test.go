@@ -543,6 +543,23 @@ func TestSyncKeepsTheLabelOfAPodInAMove(t *testing.T) {
 	}
 }
 
+// A pod suspended to spread onto another GPU of its node (the resume controller brings it back
+// at once) is in a move too: it keeps its label and takes no turn.
+func TestSyncKeepsTheLabelOfASpreadPod(t *testing.T) {
+	spread := suspended(running("a", 1, "60Gi", 0, time.Hour))
+	spread.Labels = map[string]string{kv1.LabelTimeSlice: kv1.TimeSliceRunning}
+	other := running("b", 1, "60Gi", 1, 2*time.Hour)
+	other.Labels = map[string]string{kv1.LabelTimeSlice: kv1.TimeSliceRunning}
+	got := runSync(t, gpuNode(4, 80, 80), []*v1.Pod{spread, other},
+		[]*kv1.GPUCheckpoint{moved("a", kv1.ActionSuspend, kv1.ReasonSpread, 2*time.Second, time.Second)})
+	if diff := cmp.Diff(map[string]string{"b": "<removed>"}, got.Labels); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+	if len(got.Suspended) != 0 {
+		t.Errorf("suspended %v, want no turn for a pod suspended to spread", got.Suspended)
+	}
+}
+
 func TestTurnName(t *testing.T) {
 	start := time.Unix(1700000000, 0)
 	if got := turnName(&v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "Train-1"}}, start); got != "train-1-turn-1700000000" {

@@ -305,7 +305,8 @@ def place_in_pod_cgroup(pid, uid, cid):
     os.makedirs(os.path.join(root, str(pid)), exist_ok=True)
     with open(os.path.join(root, str(pid), "cgroup"), "w") as f:
         f.write(f"0::/{rel}\n")
-    os.symlink("/proc/meminfo", os.path.join(root, "meminfo"))
+    if not os.path.lexists(os.path.join(root, "meminfo")):  # one --proc-root for several workers (agent_bench.py)
+        os.symlink("/proc/meminfo", os.path.join(root, "meminfo"))
     return {"how": f"FAKE --proc-root {root} (no writable cgroup2: {'; '.join(tried)})", "path": rel,
             "proc_cgroup": f"0::/{rel}"}, root, []
 

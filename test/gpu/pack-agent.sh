@@ -4,6 +4,7 @@
 #
 #   etcd.xz kube-apiserver.xz kubectl.xz   control plane, from .cache/bin (hack/build-controlplane.sh)
 #   kybernate-agent.xz agentctl.xz         built here (x86-64; the agent needs cgo)
+#   cuda-test.xz                           the raw driver path of run-agent-bench.sh (cgo)
 #   pki/                                   CA, apiserver serving cert, admin client cert
 #                                          (O=system:masters), service-account key pair
 #
@@ -13,13 +14,14 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 dst=$root/.gpubin/agent-run
-cache=$root/.cache/bin
+cache=${KYBERNATE_CACHE_DIR:-$root/.cache}/bin
 mkdir -p "$dst" "$root/.gpubin/build"
 
 (
 	cd "$root"
 	CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o .gpubin/build/kybernate-agent ./nodeagent/cmd/kybernate-agent
 	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o .gpubin/build/agentctl ./test/gpu/agentctl
+	CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -o .gpubin/build/cuda-test ./cuda/cmd/cuda-test
 )
 
 # pack SRC: SRC -> $dst/NAME.xz unless that is newer.
@@ -31,7 +33,7 @@ pack() {
 	xz -T2 -6 -c "$src" >"$out.tmp"
 	mv -f "$out.tmp" "$out"
 }
-for b in "$cache/etcd" "$cache/kube-apiserver" "$cache/kubectl" "$root/.gpubin/build/kybernate-agent" "$root/.gpubin/build/agentctl"; do
+for b in "$cache/etcd" "$cache/kube-apiserver" "$cache/kubectl" "$root/.gpubin/build/kybernate-agent" "$root/.gpubin/build/agentctl" "$root/.gpubin/build/cuda-test"; do
 	pack "$b"
 done
 

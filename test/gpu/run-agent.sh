@@ -62,6 +62,10 @@ unpack() { # NAME
 for b in etcd kube-apiserver kubectl kybernate-agent agentctl; do
 	unpack "$b" &
 done
+# cuda-test: the raw driver path of the bench (older packs lack it).
+if [[ -f $pack/cuda-test.xz ]]; then
+	unpack cuda-test &
+fi
 wait
 log "unpacked $(du -sh "$bin" | cut -f1) (xz: $(command -v xz || echo 'none, python lzma'))"
 
@@ -133,10 +137,11 @@ timeout 60 "${kubectl[@]}" apply --server-side -f "$root/manifests/crds" >&2
 timeout 60 "${kubectl[@]}" wait --for=condition=Established --timeout=50s crd --all >&2
 
 # -------------------------------------------------------------------------- the suite
+# AGENT_SUITE picks the script: agent_suite.py (default) or agent_bench.py (run-agent-bench.sh).
 export PYTHONUNBUFFERED=1
 set +e
 timeout --signal=TERM --kill-after=15 "${SUITE_TIMEOUT:-420}" \
-	python3 "$here/agent_suite.py" --bin "$bin" --kubeconfig "$kc" --work "$work" --out "$out" "$@"
+	python3 "$here/${AGENT_SUITE:-agent_suite.py}" --bin "$bin" --kubeconfig "$kc" --work "$work" --out "$out" "$@"
 rc=$?
 set -e
 cp "$work/logs/agent.log" "$out/agent.log" 2>/dev/null || true

@@ -26,6 +26,7 @@ func TestDecodeControllerConfiguration(t *testing.T) {
 		TimeSliceMinQuantumFactor: 10,
 		MigrationMinWait:          metav1.Duration{Duration: 30 * time.Second},
 		MigrationBytesPerSecond:   1 << 30,
+		SpreadingDelay:            metav1.Duration{Duration: 30 * time.Second},
 	}
 	const head = "apiVersion: config.kybernate.io/v1\nkind: ControllerConfiguration\n"
 	tests := []struct {
@@ -37,11 +38,13 @@ func TestDecodeControllerConfiguration(t *testing.T) {
 		{name: "defaults", data: head},
 		{
 			name: "set",
-			data: head + "leaderElection:\n  leaderElect: false\n  resourceNamespace: ops\ndisableMigration: true\ntimeSliceQuantum: 5s\n",
+			data: head + "leaderElection:\n  leaderElect: false\n  resourceNamespace: ops\ndisableMigration: true\ndisableSpreading: true\nspreadingDelay: 0s\ntimeSliceQuantum: 5s\n",
 			want: func(c *config.ControllerConfiguration) {
 				c.LeaderElection.LeaderElect = false
 				c.LeaderElection.ResourceNamespace = "ops"
 				c.DisableMigration = true
+				c.DisableSpreading = true
+				c.SpreadingDelay.Duration = 0
 				c.TimeSliceQuantum.Duration = 5 * time.Second
 			},
 		},

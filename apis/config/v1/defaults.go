@@ -17,6 +17,7 @@ const (
 	DefaultTimeSliceMinQuantumFactor   int32               = 10
 	DefaultMigrationMinWait                                = 30 * time.Second
 	DefaultMigrationBytesPerSecond     int64               = 1 << 30
+	DefaultSpreadingDelay                                  = 30 * time.Second
 	DefaultLeaseName                                       = "kybernate-resume-controller"
 	DefaultLeaseNamespace                                  = "kybernate-system"
 	DefaultLeaseDuration                                   = 15 * time.Second
@@ -59,7 +60,7 @@ func SetDefaults_ControllerConfiguration(obj *ControllerConfiguration) {
 	durationDefault(&le.LeaseDuration, DefaultLeaseDuration)
 	durationDefault(&le.RenewDeadline, DefaultRenewDeadline)
 	durationDefault(&le.RetryPeriod, DefaultRetryPeriod)
-	for _, b := range []**bool{&obj.DisableResume, &obj.DisableTimeSlicing, &obj.DisableMigration} {
+	for _, b := range []**bool{&obj.DisableResume, &obj.DisableTimeSlicing, &obj.DisableMigration, &obj.DisableSpreading} {
 		if *b == nil {
 			*b = ptr.To(false)
 		}
@@ -70,6 +71,7 @@ func SetDefaults_ControllerConfiguration(obj *ControllerConfiguration) {
 		obj.TimeSliceMinQuantumFactor = ptr.To(DefaultTimeSliceMinQuantumFactor)
 	}
 	durationDefault(&obj.MigrationMinWait, DefaultMigrationMinWait)
+	durationDefault(&obj.SpreadingDelay, DefaultSpreadingDelay)
 	if obj.MigrationBytesPerSecond == nil {
 		obj.MigrationBytesPerSecond = ptr.To(DefaultMigrationBytesPerSecond)
 	}

@@ -85,12 +85,15 @@ func TestSetDefaultsControllerConfiguration(t *testing.T) {
 		TimeSliceQuantum:          &metav1.Duration{Duration: time.Minute},
 		TimeSliceMinQuantumFactor: ptr.To[int32](10),
 		DisableMigration:          ptr.To(false),
+		DisableSpreading:          ptr.To(false),
+		SpreadingDelay:            &metav1.Duration{Duration: 30 * time.Second},
 		MigrationMinWait:          &metav1.Duration{Duration: 30 * time.Second},
 		MigrationBytesPerSecond:   ptr.To[int64](1 << 30),
 	}
 	set := defaults
 	set.TimeSliceQuantum = &metav1.Duration{Duration: 10 * time.Minute}
 	set.DisableMigration = ptr.To(true)
+	set.DisableSpreading = ptr.To(true)
 	set.MigrationMinWait = &metav1.Duration{}
 	set.LeaderElection.ResourceNamespace = "ops"
 	tests := []struct {
@@ -105,6 +108,7 @@ func TestSetDefaultsControllerConfiguration(t *testing.T) {
 				LeaderElection:   ControllerLeaderElection{ResourceNamespace: "ops"},
 				TimeSliceQuantum: &metav1.Duration{Duration: 10 * time.Minute},
 				DisableMigration: ptr.To(true),
+				DisableSpreading: ptr.To(true),
 				MigrationMinWait: &metav1.Duration{},
 			},
 			want: set,

@@ -72,6 +72,15 @@ type ControllerConfiguration struct {
 	// restored on another node. Default false.
 	DisableMigration *bool `json:"disableMigration,omitempty"`
 
+	// disableSpreading keeps pods that share a GPU's compute where they are while another GPU
+	// of their node is unused (docs/time-slicing.md#spreading). Spreading needs the resume
+	// controller: with disableResume it is off too. Default false.
+	DisableSpreading *bool `json:"disableSpreading,omitempty"`
+
+	// spreadingDelay is how long a node's pods must have stayed where they are (resident, no
+	// move of theirs ended since) before one of them moves onto an unused GPU. Default 30s.
+	SpreadingDelay *metav1.Duration `json:"spreadingDelay,omitempty"`
+
 	// migrationMinWait is how long a pod stays suspended before it may be moved to another
 	// node. Default 30s.
 	MigrationMinWait *metav1.Duration `json:"migrationMinWait,omitempty"`

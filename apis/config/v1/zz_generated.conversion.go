@@ -136,6 +136,12 @@ func autoConvert_v1_ControllerConfiguration_To_config_ControllerConfiguration(in
 	if err := metav1.Convert_Pointer_bool_To_bool(&in.DisableMigration, &out.DisableMigration, s); err != nil {
 		return err
 	}
+	if err := metav1.Convert_Pointer_bool_To_bool(&in.DisableSpreading, &out.DisableSpreading, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_Pointer_v1_Duration_To_v1_Duration(&in.SpreadingDelay, &out.SpreadingDelay, s); err != nil {
+		return err
+	}
 	if err := metav1.Convert_Pointer_v1_Duration_To_v1_Duration(&in.MigrationMinWait, &out.MigrationMinWait, s); err != nil {
 		return err
 	}
@@ -170,6 +176,12 @@ func autoConvert_config_ControllerConfiguration_To_v1_ControllerConfiguration(in
 		return err
 	}
 	if err := metav1.Convert_bool_To_Pointer_bool(&in.DisableMigration, &out.DisableMigration, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_bool_To_Pointer_bool(&in.DisableSpreading, &out.DisableSpreading, s); err != nil {
+		return err
+	}
+	if err := metav1.Convert_v1_Duration_To_Pointer_v1_Duration(&in.SpreadingDelay, &out.SpreadingDelay, s); err != nil {
 		return err
 	}
 	if err := metav1.Convert_v1_Duration_To_Pointer_v1_Duration(&in.MigrationMinWait, &out.MigrationMinWait, s); err != nil {

@@ -101,6 +101,16 @@ func (in *ControllerConfiguration) DeepCopyInto(out *ControllerConfiguration) {
 		*out = new(bool)
 		**out = **in
 	}
+	if in.DisableSpreading != nil {
+		in, out := &in.DisableSpreading, &out.DisableSpreading
+		*out = new(bool)
+		**out = **in
+	}
+	if in.SpreadingDelay != nil {
+		in, out := &in.SpreadingDelay, &out.SpreadingDelay
+		*out = new(metav1.Duration)
+		**out = **in
+	}
 	if in.MigrationMinWait != nil {
 		in, out := &in.MigrationMinWait, &out.MigrationMinWait
 		*out = new(metav1.Duration)

@@ -76,6 +76,9 @@ func ValidateControllerConfiguration(cfg *config.ControllerConfiguration) error 
 	if d := cfg.MigrationMinWait.Duration; d < 0 {
 		errs = append(errs, field.Invalid(field.NewPath("migrationMinWait"), d.String(), "must not be negative"))
 	}
+	if d := cfg.SpreadingDelay.Duration; d < 0 {
+		errs = append(errs, field.Invalid(field.NewPath("spreadingDelay"), d.String(), "must not be negative"))
+	}
 	if r := cfg.MigrationBytesPerSecond; r < 1<<20 {
 		errs = append(errs, field.Invalid(field.NewPath("migrationBytesPerSecond"), r, "must be at least 1048576 (1 MiB/s)"))
 	}

@@ -128,6 +128,7 @@ func TestValidateControllerConfiguration(t *testing.T) {
 			TimeSliceMinQuantumFactor: 10,
 			MigrationMinWait:          metav1.Duration{Duration: 30 * time.Second},
 			MigrationBytesPerSecond:   1 << 30,
+			SpreadingDelay:            metav1.Duration{Duration: 30 * time.Second},
 		}
 	}
 	le := field.NewPath("leaderElection")
@@ -183,6 +184,11 @@ func TestValidateControllerConfiguration(t *testing.T) {
 			name:   "negative migration wait",
 			mutate: func(c *config.ControllerConfiguration) { c.MigrationMinWait.Duration = -time.Second },
 			want:   field.ErrorList{field.Invalid(field.NewPath("migrationMinWait"), nil, "")},
+		},
+		{
+			name:   "negative spreading delay",
+			mutate: func(c *config.ControllerConfiguration) { c.SpreadingDelay.Duration = -time.Second },
+			want:   field.ErrorList{field.Invalid(field.NewPath("spreadingDelay"), nil, "")},
 		},
 		{
 			name:   "migration rate too low",

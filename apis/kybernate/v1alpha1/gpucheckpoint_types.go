@@ -22,7 +22,7 @@ const (
 
 // CheckpointReason is why a GPUCheckpoint was made.
 // +enum
-// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual;Idle
+// +kubebuilder:validation:Enum=Preemption;TimeSlice;Migration;Manual;Idle;Spread
 type CheckpointReason string
 
 const (
@@ -34,6 +34,10 @@ const (
 	// request for its kybernate.io/idle-after, and the pod comes back only when a request
 	// asks for it (kybernate.io/wake-requested).
 	ReasonIdle CheckpointReason = "Idle"
+	// ReasonSpread moves a pod that shares its GPU's compute with other resident pods onto an
+	// unused GPU of its node: the spreading controller suspends it and the resume controller
+	// brings it back onto the emptiest GPU that holds it.
+	ReasonSpread CheckpointReason = "Spread"
 )
 
 // CheckpointPhase is where a GPUCheckpoint stands.

@@ -2,19 +2,21 @@
 // GPU jobs run under several policies, with the figures printed as a Markdown report.
 //
 //   - kybernate: the system's policy, by the rules of plugins/checkpointpreemption and the
-//     resume, time-slice and migration controllers: a higher-priority job suspends
+//     resume, time-slice, migration and spreading controllers: a higher-priority job suspends
 //     lower-priority ones at once; equal-priority jobs take turns of timeslice.Quantum (the
 //     configured quantum, at least 10x the job's last measured suspend+resume once it has been
 //     moved both ways), the waiting job with the least GPU time next (timeslice.NextFirst);
 //     suspended jobs resume onto any GPU of their node, and move to another node once they have
-//     waited migrationMinWait and longer than migrate.Estimate of their memory. Each move takes
-//     its time at the measured driver rates; a share of suspensions fails (-suspend-failures):
-//     the move's time is spent, the job stays on its GPU with its turn renewed
-//     (timeslice.Usage.TurnRenewed), a preemptor looks for other victims.
-//   - kybernate+spread: the same, and a job that shares its GPU's compute moves onto a GPU
-//     nothing uses (suspend and resume on its node, else a migration): a rule of this model
-//     that the controllers do not have yet.
-//   - kybernate-no-migration: the system with disableMigration.
+//     waited migrationMinWait and longer than migrate.Estimate of their memory; on a node where
+//     nothing waits or moves, a job that shares its GPU's compute moves onto a GPU nothing uses
+//     (gpupod.Spread, the spreading controller's code: a suspend and a resume there). Each move
+//     takes its time at the measured driver rates; a share of suspensions fails
+//     (-suspend-failures): the move's time is spent, the job stays on its GPU with its turn
+//     renewed (timeslice.Usage.TurnRenewed), a preemptor looks for other victims.
+//   - kybernate+spread-across: the same, spreading onto unused GPUs of other nodes too (a
+//     checkpoint and a restore there): a rule of this model that the controllers do not have.
+//   - kybernate-no-spreading: the system with disableSpreading.
+//   - kybernate-no-migration: the system with disableMigration (spreading on a node goes on).
 //   - kill: the default scheduler's preemption: a higher-priority job deletes lower-priority
 //     ones, which restart from their last application checkpoint (work since then is lost);
 //     equal priorities wait.
@@ -59,6 +61,7 @@ type options struct {
 	// suspendFailures is the share of suspensions that fail (the agent rolls back; the job
 	// stays on its GPU).
 	suspendFailures float64
+	spreadingDelay  time.Duration
 }
 
 // defaults fills what the flags left unset.
@@ -99,6 +102,7 @@ func main() {
 		return nil
 	})
 	flag.Float64Var(&o.suspendFailures, "suspend-failures", 0.02, "share of suspensions that fail and are rolled back")
+	flag.DurationVar(&o.spreadingDelay, "spreading-delay", 30*time.Second, "spreadingDelay: how long a node's jobs stay where they are before one spreads onto an unused GPU")
 	flag.Parse()
 	o.defaults()
 
@@ -236,6 +240,7 @@ type stats struct {
 	busyGPUSeconds, contendedGPUSeconds float64
 	lostSeconds                         float64
 	moves, failedSuspensions            int
+	spreadMoves                         int
 	moveGPUSeconds                      float64
 	jainSum, jainWeight                 float64
 	drained                             float64 // when nothing waited any more
@@ -259,6 +264,7 @@ func run(o options, trace []spec, p policy) result {
 	}}
 	s.args.MigrationMinWait = metav1.Duration{Duration: 30 * time.Second}
 	s.args.MigrationBytesPerSecond = 1 << 30
+	s.args.SpreadingDelay = metav1.Duration{Duration: o.spreadingDelay}
 	s.failures = rand.New(rand.NewPCG(o.seed, 7))
 	for n := range o.nodes {
 		for range o.gpus {
@@ -498,9 +504,10 @@ func report(w *os.File, o options, trace []spec, results []result) {
 		"Suspend %.1f GB/s, resume %.1f GB/s per process (measured on H200, driver 580), each move charged its time; %.0f%% of suspensions fail "+
 		"(rolled back after their time, the job keeps its GPU for a renewed turn); quantum %s, floor %dx the last measured suspend+resume; "+
 		"migration once a job waited 30 s and longer than its memory takes at 1 GiB/s, image transfer %.2f GB/s; "+
+		"spreading once a node's jobs stayed where they are for %s; "+
 		"jobs write their own checkpoint every %s (what kill-preemption restarts from).\n\n",
 		strings.Join(os.Args[1:], " "), o.nodes, o.gpus, o.gpuGiB, joinSizes(o.sizes), o.load, count[prioNormal], count[prioLow], count[prioHigh], o.hours, work/3600,
-		o.checkpointGBps, o.restoreGBps, 100*o.suspendFailures, o.quantum, o.factor, o.migrateGBps, o.appCheckpoint)
+		o.checkpointGBps, o.restoreGBps, 100*o.suspendFailures, o.quantum, o.factor, o.migrateGBps, o.spreadingDelay, o.appCheckpoint)
 	fmt.Fprintln(w, "| policy | GPU busy while jobs wait | Jain fairness of GPU time (equal priority, hourly) | mean JCT h | p95 JCT h | high-priority mean / p95 extra time min | GPU-hours lost | moves (failed) | GPU time moving memory | all done after h |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {

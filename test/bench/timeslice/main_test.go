@@ -6,10 +6,11 @@ import (
 )
 
 // A small trace under each policy: every job finishes, only kill-preemption loses work,
-// Kybernate moves memory while the others never do, and failed suspensions lose nothing.
+// Kybernate moves memory while the others never do, spreads pods onto unused GPUs unless
+// disabled, and failed suspensions lose nothing.
 func TestPolicies(t *testing.T) {
-	o := options{nodes: 1, gpus: 2, gpuGiB: 80, load: 3, hours: 6, seed: 7, quantum: time.Minute,
-		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute, suspendFailures: 0.1}
+	o := options{nodes: 1, gpus: 4, gpuGiB: 80, load: 3, hours: 6, seed: 7, quantum: time.Minute,
+		checkpointGBps: 2.2, restoreGBps: 6, migrateGBps: 1.25, appCheckpoint: 30 * time.Minute, suspendFailures: 0.1, spreadingDelay: 30 * time.Second}
 	o.defaults()
 	trace := makeTrace(o)
 	byName := map[string]result{}
@@ -31,7 +32,7 @@ func TestPolicies(t *testing.T) {
 	if byName["kill"].stats.lostSeconds <= 0 {
 		t.Error("kill-preemption lost no work: the trace has no preemption")
 	}
-	for _, name := range []string{"kybernate", "kybernate+spread", "kybernate-no-migration", "fifo"} {
+	for _, name := range []string{"kybernate", "kybernate+spread-across", "kybernate-no-spreading", "kybernate-no-migration", "fifo"} {
 		if lost := byName[name].stats.lostSeconds; lost != 0 {
 			t.Errorf("%s lost %.0f s of work", name, lost)
 		}
@@ -41,6 +42,11 @@ func TestPolicies(t *testing.T) {
 	}
 	if byName["kybernate"].stats.moves == 0 || byName["fifo"].stats.moves != 0 {
 		t.Errorf("moves: kybernate %d, fifo %d", byName["kybernate"].stats.moves, byName["fifo"].stats.moves)
+	}
+	// Spreading is the controllers' rule (gpupod.Spread): the system's row spreads, the row
+	// with disableSpreading does not.
+	if byName["kybernate"].stats.spreadMoves == 0 || byName["kybernate-no-spreading"].stats.spreadMoves != 0 {
+		t.Errorf("spreading moves: kybernate %d, with spreading disabled %d", byName["kybernate"].stats.spreadMoves, byName["kybernate-no-spreading"].stats.spreadMoves)
 	}
 	if k, f := byName["kybernate"].stats, byName["fifo"].stats; k.jainSum/k.jainWeight <= f.jainSum/f.jainWeight {
 		t.Errorf("time slicing is not fairer than FIFO: Jain %.3f vs %.3f", k.jainSum/k.jainWeight, f.jainSum/f.jainWeight)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"cmp"
+	"fmt"
 	"math"
 	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/scheduler/migrate"
 	"github.com/kybernate/kybernate/scheduler/timeslice"
 )
@@ -65,22 +67,29 @@ var killPolicy = policy{name: "kill", description: "kill-preemption (default sch
 	}
 }}
 
-// The system's policy as the controllers of this commit implement it, and the same with the
-// spreading rule of the model (rebalance), which the controllers do not have yet.
+// The system's policy as the controllers of this commit implement it, and variants of it.
 var (
-	kybernatePolicy = policy{name: "kybernate", description: "Kybernate as built: suspension instead of deletion, equal priorities take turns, migration to other nodes", step: func(s *sim) {
+	kybernatePolicy = policy{name: "kybernate", description: "Kybernate as built: suspension instead of deletion, equal priorities take turns, migration to other nodes, pods spread onto unused GPUs of their node (the spreading controller's rule, gpupod.Spread)", step: func(s *sim) {
+		kybernateStep(s)
+		s.migrate()
+		s.spread(false)
+	}}
+	spreadAcrossPolicy = policy{name: "kybernate+spread-across", description: "Kybernate spreading onto unused GPUs of other nodes too (a migration; a rule of this model, the controllers spread on a node only)", step: func(s *sim) {
+		kybernateStep(s)
+		s.migrate()
+		s.spread(true)
+	}}
+	noSpreadPolicy = policy{name: "kybernate-no-spreading", description: "Kybernate with spreading disabled (disableSpreading)", step: func(s *sim) {
 		kybernateStep(s)
 		s.migrate()
 	}}
-	spreadPolicy = policy{name: "kybernate+spread", description: "Kybernate with jobs spread onto unused GPUs (rule of this model; not in the controllers yet)", step: func(s *sim) {
+	noMigrationPolicy = policy{name: "kybernate-no-migration", description: "Kybernate with migration disabled (disableMigration)", step: func(s *sim) {
 		kybernateStep(s)
-		s.migrate()
-		s.rebalance(true)
+		s.spread(false)
 	}}
-	noMigrationPolicy = policy{name: "kybernate-no-migration", description: "Kybernate with migration disabled (disableMigration)", step: kybernateStep}
 )
 
-var policies = []policy{kybernatePolicy, spreadPolicy, noMigrationPolicy, killPolicy, fifoPolicy}
+var policies = []policy{kybernatePolicy, spreadAcrossPolicy, noSpreadPolicy, noMigrationPolicy, killPolicy, fifoPolicy}
 
 // migrate moves suspended jobs whose node has no room to a GPU of another node, by the
 // migration controller's rule: once a job has waited migrationMinWait and moving its memory
@@ -107,61 +116,58 @@ func (s *sim) migrate() {
 	}
 }
 
-// rebalance moves a job that shares its GPU's compute onto a GPU that nothing uses: on its
-// node a suspend and a resume onto the other GPU, else (with migration) a checkpoint and a
-// restore on another node. Cheapest moves first.
-func (s *sim) rebalance(acrossNodes bool) {
-	jobs := make([]int, len(s.gpus))
-	busy := make([]bool, len(s.gpus))
+// spread moves jobs that share their GPU's compute onto GPUs nothing uses, by the spreading
+// controller's rule (gpupod.Spread, the same code): on its node a suspend and a resume onto the
+// other GPU; with acrossNodes, from another node a checkpoint and a restore there (what the
+// controllers do not do). As the controller: a GPU is unused when no job holds memory there,
+// on a node where no job moves, none waits, and every resident job has been on its GPU for
+// spreadingDelay.
+func (s *sim) spread(acrossNodes bool) {
+	settled := make([]bool, s.o.nodes)
+	for n := range settled {
+		settled[n] = true
+	}
+	delay := s.args.SpreadingDelay.Seconds()
 	for _, j := range s.jobs {
-		if j.gpu >= 0 {
-			busy[j.gpu] = true
-			if j.state == resident || j.state == movingIn {
-				jobs[j.gpu]++
-			}
+		if j.state == movingIn || j.state == movingOut || j.state == suspended {
+			settled[j.node] = false
+		}
+		if j.state == resident && s.t < j.turnAt+delay {
+			settled[j.node] = false
+			s.nextTurn = math.Min(s.nextTurn, j.turnAt+delay)
+		}
+		if j.state == pending && j.nominated >= 0 {
+			settled[j.nominated] = false
 		}
 	}
-	for g := range s.gpus {
-		if busy[g] {
+	gpus := make([]gpupod.SpreadGPU, len(s.gpus))
+	for g, gp := range s.gpus {
+		gpus[g] = gpupod.SpreadGPU{Node: fmt.Sprint(gp.node), Total: int64(s.o.gpuGiB * gib), Unused: settled[gp.node]}
+	}
+	var pods []gpupod.SpreadPod
+	var jobs []*job
+	for _, j := range s.jobs {
+		if j.gpu < 0 {
 			continue
 		}
-		var best *job
-		bestCost := math.Inf(1)
-		for _, j := range s.jobs {
-			if j.state != resident || jobs[j.gpu] < 2 || j.vram > s.o.gpuGiB*gib {
-				continue
-			}
-			same := s.gpus[j.gpu].node == s.gpus[g].node
-			if !same && !acrossNodes {
-				continue
-			}
-			cost := j.vram / (s.o.checkpointGBps * 1e9)
-			if !same {
-				cost = j.vram / (s.o.migrateGBps * 1e9)
-			}
-			cost += j.vram / (s.o.restoreGBps * 1e9)
-			if same {
-				cost -= 1e6 // on its node first
-			}
-			if cost < bestCost {
-				best, bestCost = j, cost
-			}
+		gpus[j.gpu].Unused = false
+		if j.state == resident || j.state == movingIn {
+			pods = append(pods, gpupod.SpreadPod{GPU: j.gpu, Bytes: int64(j.vram), Movable: j.state == resident})
+			jobs = append(jobs, j)
 		}
-		if best == nil {
-			continue
-		}
-		jobs[best.gpu]--
-		s.gpus[best.gpu].used -= best.vram
-		s.gpus[g].used += best.vram
-		busy[g] = true
-		jobs[g]++
-		if s.gpus[best.gpu].node == s.gpus[g].node {
-			best.moveEnd = s.t + math.Ceil(best.vram/(s.o.checkpointGBps*1e9)+best.vram/(s.o.restoreGBps*1e9))
+	}
+	for _, m := range gpupod.Spread(gpus, pods, acrossNodes) {
+		j, g := jobs[m.Pod], m.GPU
+		s.gpus[j.gpu].used -= j.vram
+		s.gpus[g].used += j.vram
+		if s.gpus[j.gpu].node == s.gpus[g].node {
+			j.moveEnd = s.t + math.Ceil(j.vram/(s.o.checkpointGBps*1e9)+j.vram/(s.o.restoreGBps*1e9))
 		} else {
-			best.moveEnd = s.t + math.Ceil(best.vram/(s.o.migrateGBps*1e9)+best.vram/(s.o.restoreGBps*1e9))
+			j.moveEnd = s.t + math.Ceil(j.vram/(s.o.migrateGBps*1e9)+j.vram/(s.o.restoreGBps*1e9))
 		}
-		best.gpu, best.node, best.state = g, s.gpus[g].node, movingIn
+		j.gpu, j.node, j.state = g, s.gpus[g].node, movingIn
 		s.stats.moves += 2
+		s.stats.spreadMoves++
 	}
 }
 

@@ -54,7 +54,9 @@ func setup(t *testing.T) *env {
 	c := framework.Get(t)
 	setupOnce.Do(func() {
 		agentPort, schedPort := freePort(t), freePort(t)
-		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, nil,
+		// The plugin's tests move pods by hand between the GPUs the scheduler packed them on:
+		// the spreading controller would move them too.
+		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{"disableSpreading: false": "disableSpreading: true"},
 			"--slots-per-gpu", fmt.Sprint(slotsPerGPU), "--simulate-checkpoint-rate", "20G", "--simulate-restore-rate", "40G",
 			// A checkpoint folder, so that the image collector runs and serves its metrics.
 			"--checkpoint-dir", checkpointDir(t), "--image-gc-interval", "1s",

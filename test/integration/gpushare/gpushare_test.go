@@ -48,7 +48,11 @@ func setup(t *testing.T) (*framework.Cluster, versioned.Interface) {
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
 		c.StartSimulatedAgent(t, "--slots-per-gpu", fmt.Sprint(slotsPerGPU))
-		c.Start(t, "kybernate-scheduler", "--config", c.WriteSchedulerConfig(t, schedulerConfig), "--secure-port", "0", "--v=3")
+		// The tests count where the scheduler placed pods: the spreading controller would move
+		// bin-packed pods onto unused GPUs afterwards.
+		controllers := c.WriteControllerConfig(t, "apiVersion: config.kybernate.io/v1\nkind: ControllerConfiguration\ndisableSpreading: true\n")
+		c.Start(t, "kybernate-scheduler", "--config", c.WriteSchedulerConfig(t, schedulerConfig), "--controllers-config", controllers,
+			"--secure-port", "0", "--v=3")
 		setupOK = true
 	})
 	if !setupOK {

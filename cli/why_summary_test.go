@@ -23,3 +23,10 @@ func TestSummarizeIdleSleepOnDisk(t *testing.T) {
 		t.Errorf("summarize(idle sleep on disk) = %q", got)
 	}
 }
+
+func TestSummarizeSpread(t *testing.T) {
+	w := &Why{Name: "train", Node: "n1", State: string(kv1.PodSuspended), Suspension: &CheckpointView{Reason: kv1.ReasonSpread}}
+	if got := summarize(w); !strings.HasPrefix(got, "Suspended to move it off a shared GPU onto an unused GPU of node n1") {
+		t.Errorf("summarize(spread) = %q", got)
+	}
+}
