@@ -23,10 +23,15 @@ type starter struct {
 	taskAPI.TaskService
 	started []string
 	killed  []*taskAPI.KillRequest
+	// fail makes runc restore fail.
+	fail bool
 }
 
 func (s *starter) Start(_ context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	s.started = append(s.started, r.ID)
+	if s.fail {
+		return nil, errors.New("criu restore failed")
+	}
 	return &taskAPI.StartResponse{Pid: 42}, nil
 }
 
@@ -72,7 +77,7 @@ func TestStartRestoresGPUMemory(t *testing.T) {
 			cfg := spec.Default()
 			cfg.AgentSocket = "/run/test/agent.sock"
 			cfg.AgentTimeout.Duration = 50 * time.Millisecond
-			s := New(in, nil, nil, agent)
+			s := New(in, nil, nil, &fakeAgent{restore: agent})
 			s.restores["c1"] = restore{cfg: cfg, gpu: req}
 			_, err := s.Start(t.Context(), &taskAPI.StartRequest{ID: "c1"})
 			if tt.wantErr == "" && err != nil {

@@ -37,8 +37,6 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
@@ -87,7 +85,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return New(inner, spec.LoadConfigFromEnv, spec.HostDevices{}, AgentRestore), nil
+			return New(inner, spec.LoadConfigFromEnv, spec.HostDevices{}, SocketAgent{}), nil
 		},
 	})
 }
@@ -97,7 +95,7 @@ type Service struct {
 	taskAPI.TaskService
 	config  func() (spec.Config, error)
 	devices spec.Devices
-	agent   RestoreFunc
+	agent   Agent
 
 	mu sync.Mutex
 	// restores are the containers created for a restore, by id: their Start runs CRIU.
@@ -110,29 +108,18 @@ type restore struct {
 	// gpu is the agent's Restore request when the image holds GPU memory: it is sent after
 	// runc restore.
 	gpu *agentv1.RestoreRequest
+	// spilled is the agent's spilled image the container is restored from, released after
+	// the start; nil for kybernate.io/restore-from.
+	spilled *agentv1.ReleaseSpilledRequest
 }
-
-// RestoreFunc calls the node agent's Restore on its socket.
-type RestoreFunc func(ctx context.Context, socket string, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error)
 
 var _ taskAPI.TaskService = (*Service)(nil)
 
 // New wraps inner. config loads the settings when a container needs them (a broken settings
-// file fails only GPU and restore containers); devices reads the host's device nodes; agent
-// calls the node agent's Restore for images with GPU memory.
-func New(inner taskAPI.TaskService, config func() (spec.Config, error), devices spec.Devices, agent RestoreFunc) *Service {
+// file fails only containers with kybernate.io/ annotations); devices reads the host's device
+// nodes; agent is the node agent's API: the GPU memory of restored images, spilled images.
+func New(inner taskAPI.TaskService, config func() (spec.Config, error), devices spec.Devices, agent Agent) *Service {
 	return &Service{TaskService: inner, config: config, devices: devices, agent: agent, restores: map[string]restore{}}
-}
-
-// AgentRestore is the RestoreFunc on the agent's unix socket. The agent serves root peers only;
-// shims run as root.
-func AgentRestore(ctx context.Context, socket string, req *agentv1.RestoreRequest) (*agentv1.RestoreResponse, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	return agentv1.NewNodeAgentServiceClient(conn).Restore(ctx, req)
 }
 
 // RegisterTTRPC serves the wrapper, not the inner service.
@@ -149,6 +136,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errdefs.ToGRPC(err)
 	}
 	resp, err := s.TaskService.Create(ctx, r)
+	if err != nil && rs != nil {
+		s.releaseSpilled(ctx, r.ID, rs, false)
+	}
 	if err == nil && rs != nil {
 		s.mu.Lock()
 		s.restores[r.ID] = *rs
@@ -178,9 +168,10 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	defer cancel()
 	resp, err := s.TaskService.Start(cctx, r)
 	if err != nil && cctx.Err() != nil {
-		return nil, errdefs.ToGRPCf(errdefs.ErrUnavailable, "restore did not finish within %s (criuTimeout): %v", cfg.CRIUTimeout.Duration, err)
+		err = errdefs.ToGRPCf(errdefs.ErrUnavailable, "restore did not finish within %s (criuTimeout): %v", cfg.CRIUTimeout.Duration, err)
 	}
 	if err != nil || rs.gpu == nil {
+		s.releaseSpilled(ctx, r.ID, &rs, err == nil)
 		return resp, err
 	}
 
@@ -188,7 +179,8 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	actx, acancel := context.WithTimeout(ctx, cfg.AgentTimeout.Duration)
 	defer acancel()
 	start := time.Now()
-	ares, aerr := s.agent(actx, cfg.AgentSocket, rs.gpu)
+	ares, aerr := s.agent.Restore(actx, cfg.AgentSocket, rs.gpu)
+	s.releaseSpilled(ctx, r.ID, &rs, aerr == nil)
 	if aerr == nil {
 		logger.WithField("gpus", ares.GetResult().GetGpus()).WithField("bytes", ares.GetResult().GetBytes()).
 			WithField("duration", time.Since(start)).Info("kybernate: gpu memory restored by the agent")
@@ -273,7 +265,8 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*r
 	if sp.Annotations[criContainerType] == criContainerTypeSandbox {
 		return nil, nil
 	}
-	if gpus == "" && restoreFrom == "" {
+	spillable := restoreFrom == "" && spilledPod(sp.Annotations) != nil
+	if gpus == "" && restoreFrom == "" && !spillable {
 		return nil, nil
 	}
 	cfg, err := s.config()
@@ -291,18 +284,35 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*r
 		}
 		logger.WithField("gpus", uuids).WithField("deviceNodes", cfg.DeviceNodes).Info("kybernate: gpus exposed")
 	}
+	var spilled *agentv1.ReleaseSpilledRequest
+	if spillable {
+		if spilled, err = s.fetchSpilled(ctx, r.ID, sp.Annotations, cfg); err != nil {
+			return nil, err
+		}
+		if spilled != nil {
+			restoreFrom = spilled.GetImageDir()
+		} else if gpus == "" {
+			return nil, nil // nothing to change: as any container
+		}
+	}
 	var rs *restore
 	if restoreFrom != "" {
 		if rs, err = s.prepareRestore(r, &sp, restoreFrom, uuids, cfg); err != nil {
+			s.releaseSpilled(ctx, r.ID, &restore{cfg: cfg, spilled: spilled}, false)
 			return nil, err
 		}
-		logger.WithField("image", restoreFrom).WithField("gpuMemory", rs.gpu != nil).Info("kybernate: container is restored from a checkpoint image")
+		rs.spilled = spilled
+		logger.WithField("image", restoreFrom).WithField("gpuMemory", rs.gpu != nil).WithField("spilled", spilled != nil).
+			Info("kybernate: container is restored from a checkpoint image")
 	}
 	out, err := json.Marshal(&sp)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = writeFile(path, out)
 	}
-	if err := writeFile(path, out); err != nil {
+	if err != nil {
+		if rs != nil {
+			s.releaseSpilled(ctx, r.ID, rs, false)
+		}
 		return nil, fmt.Errorf("writing the bundle's spec: %w", err)
 	}
 	return rs, nil

@@ -122,6 +122,9 @@ type agent struct {
 	nvml           *lazyNVML  // on a GPU node
 	tierNodes      *tierNodes
 	tiers          *tier.Manager // with --parked-memory-high-water
+	// sweeper deletes the spilled images of pods that are gone on a real node with
+	// --disk-tier-dir (a Manager without nodes to run the policy on).
+	sweeper *tier.Manager
 	// recover takes over the node's suspended pods at start (on a GPU node with a driver).
 	recover func(ctx context.Context)
 
@@ -286,6 +289,14 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		}
 		a.images.set(o.NodeName, &controller.ContainerdImages{Checkpointer: srvNode.Checkpoints, Model: model})
 	}
+	if o.Tiers.DiskDir != "" {
+		if srvNode.Checkpoints == nil {
+			return nil, fmt.Errorf("--disk-tier-dir: containers cannot be spilled on this node: containerd is not reachable at %s", o.ContainerdSocket)
+		}
+		if srvNode.Tiers, err = a.containerTiers(ctx, srvNode.Checkpoints); err != nil {
+			return nil, err
+		}
+	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)
 	return a, nil
@@ -405,6 +416,10 @@ func (a *agent) run(ctx context.Context) error {
 			"diskTierIdle", a.o.Tiers.DiskIdle, "diskTierHighWater", a.o.Tiers.DiskHighWater.String(), "objectStore", a.o.ObjectStoreSecret != "",
 			"sweepInterval", a.o.Tiers.SweepInterval, "orphanGrace", a.o.Tiers.OrphanGrace)
 		wg.Go(func() { a.tiers.Run(runCtx) })
+	}
+	if a.sweeper != nil {
+		// No node is the policy's here: only the sweep of images whose pod is gone runs.
+		wg.Go(func() { a.sweeper.Run(runCtx) })
 	}
 	if a.o.CheckpointDir != "" {
 		gc := imagegc.New(imagegc.Config{Root: a.o.CheckpointDir, TTL: a.o.ImageTTL, Interval: a.o.ImageGCInterval}, a.kube,

@@ -239,10 +239,43 @@ func (o *Options) validateTiers() error {
 		}
 	}
 	if o.Tiers.Enabled() && !o.Simulate {
-		errs = append(errs, errors.New("--parked-memory-high-water: on a real node a spilled pod's container must be restored in place by the shim, which is not built yet; "+
-			"the storage tiers run with --simulate only"))
+		errs = append(errs, errors.New("--parked-memory-high-water: the automatic tier policy runs with --simulate only: on a real node the kubelet restarts a spilled "+
+			"container at once and the shim restores it from its image, so the agent would have to hold that restore back until the pod's Resume, which it does not yet; "+
+			"--disk-tier-dir alone gives a real node the agent's Spill, FetchSpilled and ReleaseSpilled"))
+	}
+	if !o.Simulate && !o.Tiers.Enabled() && o.Tiers.DiskDir != "" {
+		return errors.Join(append(errs, o.validateContainerTiers())...)
 	}
 	return errors.Join(append(errs, o.Tiers.Validate(o.ObjectStoreSecret != ""))...)
+}
+
+// validateContainerTiers checks the flags of a real node's storage tiers without the policy:
+// the agent's Spill and the shim's FetchSpilled (package tier, Containers).
+func (o *Options) validateContainerTiers() error {
+	var errs []error
+	if !filepath.IsAbs(o.Tiers.DiskDir) {
+		errs = append(errs, fmt.Errorf("--disk-tier-dir=%q: want an absolute folder on the node", o.Tiers.DiskDir))
+	}
+	if o.ContainerdSocket == "" {
+		errs = append(errs, errors.New("--disk-tier-dir on a real node spills containers through containerd: --containerd-socket is required"))
+	}
+	if o.CheckpointDir == "" {
+		errs = append(errs, errors.New("--disk-tier-dir on a real node needs --checkpoint-dir: the shim restores spilled containers only from images under it"))
+	}
+	if o.Tiers.DiskHighWater.IsSet() {
+		errs = append(errs, errors.New("--disk-tier-high-water needs --parked-memory-high-water (the policy)"))
+	}
+	if o.Tiers.MoveTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--tier-move-timeout=%s: want a positive duration", o.Tiers.MoveTimeout))
+	}
+	if o.Tiers.KeySecret == "" {
+		errs = append(errs, errors.New("--image-key-secret: spilled images are encrypted with a key per namespace and need the Secret's name"))
+	}
+	if o.Tiers.SweepInterval <= 0 || o.Tiers.OrphanGrace <= 0 || o.Tiers.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("--tier-sweep-interval=%s, --tier-orphan-grace=%s, --tier-interval=%s: want positive durations (the images of pods that are gone are swept)",
+			o.Tiers.SweepInterval, o.Tiers.OrphanGrace, o.Tiers.Interval))
+	}
+	return errors.Join(errs...)
 }
 
 // engineConfig is the checkpoint engine's configuration from the flags.

@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/storage"
 	"github.com/kybernate/kybernate/nodeagent/tier"
 )
@@ -100,6 +101,36 @@ func (a *agent) newTiers(ctx context.Context) (*tier.Manager, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// containerTiers are a real node's storage tiers without the policy: the disk tier under
+// --disk-tier-dir and, with --object-store-secret, the object store, for the agent's Spill and
+// the shim's FetchSpilled and ReleaseSpilled.
+func (a *agent) containerTiers(ctx context.Context, cp *checkpoint.Checkpointer) (*tier.Containers, error) {
+	o := a.o
+	if err := os.MkdirAll(tier.DiskTierRoot(o.Tiers.DiskDir), 0o700); err != nil {
+		return nil, fmt.Errorf("--disk-tier-dir: %w", err)
+	}
+	disk, err := storage.NewDisk(tier.DiskTierRoot(o.Tiers.DiskDir))
+	if err != nil {
+		return nil, fmt.Errorf("--disk-tier-dir: %w", err)
+	}
+	keys := tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}
+	c := &tier.Containers{Checkpointer: cp, Disk: disk, Keys: keys, DiskDir: o.Tiers.DiskDir, ImageRoot: o.CheckpointDir, Timeout: o.Tiers.MoveTimeout}
+	if o.ObjectStoreSecret != "" {
+		s3, err := a.objectStore(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.Objects = s3
+	}
+	// The images of pods deleted while spilled are swept as on simulated nodes: a Manager
+	// whose node list stays empty runs no policy, only the sweep.
+	a.sweeper = tier.New(o.Tiers, a.tierNodes, disk, c.Objects, keys, a.kube, a.kyb, a.podFactory.Core().V1().Pods().Lister(),
+		a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
+	klog.FromContext(ctx).Info("Storage tiers for containers on (Spill, FetchSpilled, ReleaseSpilled); the automatic policy runs with --simulate only",
+		"diskTierDir", o.Tiers.DiskDir, "objectStore", o.ObjectStoreSecret != "", "checkpointDir", o.CheckpointDir)
+	return c, nil
 }
 
 // objectStore reads --object-store-secret and connects to the store it names.

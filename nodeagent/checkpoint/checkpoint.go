@@ -119,6 +119,11 @@ type Request struct {
 	LeaveRunning bool
 	// LockTimeout bounds the CUDA lock of a container with GPUs; zero: the engine's.
 	LockTimeout time.Duration
+	// Keep, when set, runs once the image is complete and before the container is stopped or
+	// thawed, with the container still frozen: it takes the image somewhere safe (the storage
+	// tiers encrypt it onto disk). An error rolls the checkpoint back: the container runs on as
+	// before and the image folder is deleted.
+	Keep func(ctx context.Context, dir string) error
 }
 
 // Step names besides the engine's.
@@ -128,6 +133,7 @@ const (
 	StepMetadata = "Metadata"
 	StepStop     = "Stop"
 	StepResume   = "Resume"
+	StepKeep     = "Keep"
 )
 
 // Result is what a checkpoint wrote.
@@ -281,6 +287,14 @@ func (r *run) checkpoint(ctx context.Context) (Result, error) {
 	}
 	r.res.Metadata = m
 	r.step(StepMetadata, start, 0)
+	if r.req.Keep != nil {
+		start = r.c.clock.Now()
+		if err := r.req.Keep(ctx, r.req.ImageDir); err != nil {
+			cause := diskFullOr(r.req.ImageDir, CauseImageDir, &err)
+			return r.rollback(ctx, cause, fmt.Errorf("keeping the image: %w", err))
+		}
+		r.step(StepKeep, start, 0)
+	}
 	if err := r.finish(dctx); err != nil {
 		return Result{}, err
 	}

@@ -99,10 +99,12 @@ func TestCheckpoint(t *testing.T) {
 		gpus         bool
 		suspended    bool
 		leaveRunning bool
-		failing      string
-		wantCalls    []string
-		wantCause    Cause
-		wantMsg      string
+		// keep: the request has a Keep step (recorded as the call "Keep").
+		keep      bool
+		failing   string
+		wantCalls []string
+		wantCause Cause
+		wantMsg   string
 	}{
 		{name: "move", wantCalls: []string{"Pause", "Dump", "Stop"}},
 		{name: "copy", leaveRunning: true, wantCalls: []string{"Pause", "Dump", "Resume"}},
@@ -116,6 +118,12 @@ func TestCheckpoint(t *testing.T) {
 		{name: "gpu lock fails", gpus: true, failing: "Suspend", wantCalls: []string{"Suspend"}, wantCause: CauseGPU, wantMsg: "moving gpu memory to host memory"},
 		{name: "freeze fails", gpus: true, failing: "Pause", wantCalls: []string{"Suspend", "Pause", "ResumeGPU"}, wantCause: CauseUnsupported},
 		{name: "stop fails", failing: "Stop", wantCalls: []string{"Pause", "Dump", "Stop", "Resume"}, wantCause: CauseInternal},
+		{name: "move kept before the stop", keep: true, wantCalls: []string{"Pause", "Dump", "Keep", "Stop"}},
+		{name: "gpu move kept before the stop", gpus: true, keep: true, wantCalls: []string{"Suspend", "Pause", "Dump", "Keep", "Stop"}},
+		{name: "keep fails: the container runs on", keep: true, failing: "Keep", wantCalls: []string{"Pause", "Dump", "Keep", "Resume"},
+			wantCause: CauseImageDir, wantMsg: "keeping the image: Keep exploded"},
+		{name: "keep fails with gpus: memory back", gpus: true, keep: true, failing: "Keep", wantCalls: []string{"Suspend", "Pause", "Dump", "Keep", "Resume", "ResumeGPU"},
+			wantCause: CauseImageDir},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +143,16 @@ func TestCheckpoint(t *testing.T) {
 			c := New(Config{Node: "n1"}, rt, gpus, versions, clk)
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "img")
-			res, err := c.Checkpoint(t.Context(), Request{Pod: image.Pod{Namespace: "ml", Name: "train"}, Container: "trainer", ImageDir: dir, LeaveRunning: tt.leaveRunning})
+			req := Request{Pod: image.Pod{Namespace: "ml", Name: "train"}, Container: "trainer", ImageDir: dir, LeaveRunning: tt.leaveRunning}
+			if tt.keep {
+				req.Keep = func(_ context.Context, kept string) error {
+					if _, err := image.Verify(kept); err != nil {
+						t.Errorf("Keep got an incomplete image: %v", err)
+					}
+					return rt.call("Keep")
+				}
+			}
+			res, err := c.Checkpoint(t.Context(), req)
 			if diff := cmp.Diff(tt.wantCalls, rt.calls); diff != "" {
 				t.Errorf("calls (-want +got):\n%s", diff)
 			}

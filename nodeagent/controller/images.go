@@ -171,8 +171,15 @@ func (o *Operator) Checkpoint(ctx context.Context, pod *v1.Pod, dir string) (Ima
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodCheckpointing, ""); err != nil {
 		return ImageResult{}, err
 	}
-	o.recorder.Eventf(pod, v1.EventTypeNormal, EventCheckpointing, "Checkpointing into %s", dir)
-	res, err := imgs.Checkpoint(ctx, pod, dir)
+	var res ImageResult
+	if tier, spilled := o.tierOf(pod); spilled {
+		// Its processes are gone: the image is the one the tier holds.
+		o.recorder.Eventf(pod, v1.EventTypeNormal, EventCheckpointing, "Checkpointing into %s from the pod's image in tier %s", dir, tier)
+		res, err = o.tiers.Export(ctx, pod, dir)
+	} else {
+		o.recorder.Eventf(pod, v1.EventTypeNormal, EventCheckpointing, "Checkpointing into %s", dir)
+		res, err = imgs.Checkpoint(ctx, pod, dir)
+	}
 	o.changed(pod.Spec.NodeName)
 	if err != nil {
 		serr := o.setState(ctx, pod, kv1.PodCheckpointing, kv1.PodSuspended, "")

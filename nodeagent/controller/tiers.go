@@ -26,6 +26,9 @@ type Tiers interface {
 	// MakeRoom moves suspended pods of node out of host memory until need more bytes fit
 	// under the policy's mark.
 	MakeRoom(ctx context.Context, node string, need int64) (bool, error)
+	// Export writes the checkpoint image of such a pod into dir, from its tier; the pod stays
+	// where it is.
+	Export(ctx context.Context, pod *v1.Pod, dir string) (ImageResult, error)
 }
 
 // SetTiers gives the Operator the storage tiers. Call it before the controller runs.

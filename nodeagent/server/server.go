@@ -1,8 +1,9 @@
 // Package server is the agent's gRPC API (apis/agent/v1 NodeAgentService) on a unix socket
 // (mode 0600) that serves root peers (and the agent's own user) only: GetInventory, Suspend,
-// Resume and Checkpoint for the kybernate CLI, tests and the migration; Restore for the
-// containerd shim (GPU memory of a container restored from an image onto this node's GPUs). Errors become gRPC
-// status codes here and nowhere else.
+// Resume, Checkpoint and Spill for the kybernate CLI, tests and the migration; Restore,
+// FetchSpilled and ReleaseSpilled for the containerd shim (GPU memory of a container restored
+// from an image onto this node's GPUs; a spilled container's image brought back for its
+// restore). Errors become gRPC status codes here and nowhere else.
 package server
 
 import (
@@ -39,6 +40,7 @@ import (
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/inventory"
 	agentstatus "github.com/kybernate/kybernate/nodeagent/status"
+	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
 // NodeMetadataKey is the gRPC metadata key that picks the node for GetInventory on an agent
@@ -55,6 +57,9 @@ type Node struct {
 	// Checkpoints writes checkpoint images; nil where the agent cannot (no containerd,
 	// simulated nodes).
 	Checkpoints *checkpoint.Checkpointer
+	// Tiers moves containers' checkpoint images between the storage tiers; nil without a disk
+	// tier (--disk-tier-dir) or on simulated nodes.
+	Tiers *tier.Containers
 }
 
 // Nodes are the nodes the agent serves.

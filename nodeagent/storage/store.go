@@ -29,6 +29,22 @@ func Stat(ctx context.Context, t Tier, id ImageID, key Key) (Manifest, error) {
 	return m, nil
 }
 
+// Exists reports whether t holds a complete image under id (its manifest), without reading it:
+// a caller that has no key yet learns whether it needs one.
+func Exists(ctx context.Context, t Tier, id ImageID) (bool, error) {
+	if err := id.Validate(); err != nil {
+		return false, err
+	}
+	_, err := t.Stat(ctx, id.manifestKey())
+	if errors.Is(err, ErrObjectNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: image %s: %w", t, id, err)
+	}
+	return true, nil
+}
+
 // readManifest reads the manifest without its MAC check (Copy moves images without keys).
 func readManifest(ctx context.Context, t Tier, id ImageID) (Manifest, error) {
 	m, _, err := readManifestData(ctx, t, id)

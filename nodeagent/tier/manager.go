@@ -23,9 +23,12 @@
 // TierMoveFailed) and the agent's tier metrics.
 //
 // Ending a spilled pod's processes and restoring them from the image in place is what the
-// node gives (Node.End, controller.Images): the simulated nodes of --simulate have both; on a
-// real node the container would have to be restored in place by the shim, which does not
-// exist yet, so the agent runs the policy only with --simulate.
+// node gives (Node.End, controller.Images): the simulated nodes of --simulate have both, and
+// the policy runs there only. On a real node, Containers moves a container's image down the
+// tiers on request (the agent's Spill RPC) and brings it back for the shim, which restores the
+// container from it when it is created again (FetchSpilled, ReleaseSpilled); the policy does not
+// drive it there, because the kubelet creates an ended container again at once and the hand-over
+// to the pod's Resume is not built.
 package tier
 
 import (
@@ -130,7 +133,10 @@ type entry struct {
 	vram, size, stored int64
 	// simulated: the image was written by a simulated node.
 	simulated bool
-	keyID     string
+	// model is the GPU model the spill's checkpoint recorded; empty for an entry a restarted
+	// agent took over.
+	model string
+	keyID string
 	// since is when the memory arrived in tier.
 	since time.Time
 	// parked are the processes as they were parked (footprints: what a restore needs free);

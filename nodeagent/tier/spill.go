@@ -31,11 +31,7 @@ func DiskTierRoot(dir string) string { return filepath.Join(dir, dirImages) }
 
 // imageID names the image of a pod: its namespace and name with its UID.
 func imageID(pod *v1.Pod) storage.ImageID {
-	name := pod.Name
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	return storage.ImageID{Namespace: pod.Namespace, Name: name + "-" + string(pod.UID)}
+	return ImageOf(pod.Namespace, pod.Name, string(pod.UID))
 }
 
 // Spill writes the parked memory of a suspended pod into the disk tier and ends its processes.
@@ -127,7 +123,7 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 			gpus = append(gpus, p.GPU)
 		}
 	}
-	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
+	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, model: img.Image.GPUModel, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
 		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
 }
 

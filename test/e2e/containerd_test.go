@@ -54,6 +54,9 @@ var (
 	// agent (--checkpoint-dir): containers restore only from images of their pod's namespace
 	// under it.
 	imagesRoot string
+	// shimAgentSocket is where the shims find the agent (their agentSocket): the test agent of
+	// the tests that need the shim to call it listens there.
+	shimAgentSocket string
 )
 
 func TestMain(m *testing.M) {
@@ -80,8 +83,9 @@ func run(m *testing.M) int {
 		os.Setenv("PATH", filepath.Join(p, "criu", "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
 	imagesRoot = filepath.Join(dir, "images")
+	shimAgentSocket = filepath.Join(dir, "agent.sock")
 	shimConfig := filepath.Join(dir, "shim.yaml")
-	if err := os.WriteFile(shimConfig, []byte("checkpointDir: "+imagesRoot+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(shimConfig, []byte("checkpointDir: "+imagesRoot+"\nagentSocket: "+shimAgentSocket+"\n"), 0o600); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

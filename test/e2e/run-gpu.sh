@@ -67,7 +67,10 @@ export KYBERNATE_E2E_PREBUILT=$work/prebuilt KYBERNATE_CACHE_DIR=$work/root/.cac
 } >"$log"
 cd "$work/root/test/e2e" || exit 1
 t0=$SECONDS
-timeout 270 ./e2e.test -test.v -test.count=1 -test.timeout 260s "$@" >>"$log" 2>&1
+# The storage tier tests need SeaweedFS's weed (164 MB), which the 64 MiB carry cannot hold:
+# they are left out here, by name, and run where the suite is built (make test-e2e).
+echo "# left out: TestSpill* (no object store in the carry)" >>"$log"
+timeout 270 ./e2e.test -test.v -test.count=1 -test.timeout 260s -test.skip '^TestSpill' "$@" >>"$log" 2>&1
 rc=$?
 echo "# e2e.test exit status $rc after $((SECONDS - t0))s" >>"$log"
 mkdir -p "$out/logs"

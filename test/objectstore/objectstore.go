@@ -43,20 +43,32 @@ func Start(ctx context.Context, root, dir string) (*Server, error) {
 		return nil, fmt.Errorf("hack/seaweedfs-up.sh: %w\n%s", err, out)
 	}
 	s := &Server{root: root, Dir: dir}
-	env, err := readEnv(filepath.Join(dir, "s3.env"))
+	cfg, err := ReadConfig(filepath.Join(dir, "s3.env"))
 	if err != nil {
 		s.Stop()
 		return nil, err
 	}
-	s.Config = storage.S3Config{
+	s.Config = cfg
+	return s, nil
+}
+
+// EnvFile is the file of a server's folder that says how to reach it (hack/seaweedfs-up.sh).
+func (s *Server) EnvFile() string { return filepath.Join(s.Dir, "s3.env") }
+
+// ReadConfig reads how to reach a server from the s3.env hack/seaweedfs-up.sh wrote.
+func ReadConfig(path string) (storage.S3Config, error) {
+	env, err := readEnv(path)
+	if err != nil {
+		return storage.S3Config{}, err
+	}
+	return storage.S3Config{
 		Endpoint:        env["S3_ENDPOINT"],
 		Bucket:          env["S3_BUCKET"],
 		Region:          env["S3_REGION"],
 		PathStyle:       true,
 		AccessKeyID:     env["S3_ACCESS_KEY_ID"],
 		SecretAccessKey: env["S3_SECRET_ACCESS_KEY"],
-	}
-	return s, nil
+	}, nil
 }
 
 // Stop stops the server; its folder stays.
