@@ -16,6 +16,7 @@
 #   KYBERNATE_ETCD_PORT, KYBERNATE_ETCD_PEER_PORT, KYBERNATE_APISERVER_PORT,
 #   KYBERNATE_CONTROLLER_MANAGER_PORT, KYBERNATE_SCHEDULER_PORT
 #                               fixed ports instead of free ones
+#   KYBERNATE_APISERVER_PROFILING true serves kube-apiserver's /debug/pprof (default false)
 #   KYBERNATE_CLUSTER_OWNER_PID stop the cluster when this process exits (tests)
 set -euo pipefail
 
@@ -211,7 +212,7 @@ start_apiserver() {
     --kubelet-certificate-authority="${PKI}/ca.crt" \
     --kubelet-preferred-address-types=InternalIP,Hostname \
     --endpoint-reconciler-type=none \
-    --profiling=false
+    --profiling="${KYBERNATE_APISERVER_PROFILING:-false}"
   await kube-apiserver
 }
 

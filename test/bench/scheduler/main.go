@@ -86,7 +86,7 @@ func run() int {
 	flag.BoolVar(&o.keepCluster, "keep-cluster", false, "leave the cluster running")
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "use the running bench cluster of this admin kubeconfig (left running) instead of starting one")
 	flag.DurationVar(&o.profileFor, "cpuprofile-duration", 30*time.Second, "length of the CPU profile, from the start of the repetition")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler (this tree) during its first repetition here")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler (this tree) during its first repetition here, and one of kube-apiserver over the same time to this path + .apiserver")
 	flag.StringVar(&o.baselineRef, "baseline-ref", "", "also measure kybernate-scheduler built from this git commit (a temporary git worktree)")
 	flag.StringVar(&o.baselineBinary, "baseline-binary", "", "also measure this kybernate-scheduler binary as the baseline (instead of -baseline-ref)")
 	flag.StringVar(&o.out, "out", "", "results file (default: test/bench/results/scheduler-<date>.md under -root; - for none)")
@@ -193,7 +193,8 @@ func cluster(ctx context.Context, o options) (string, func(), error) {
 		return o.kubeconfig, func() {}, nil
 	}
 	env := append(os.Environ(), "KYBERNATE_CLUSTER_DIR="+o.clusterDir,
-		fmt.Sprintf("KYBERNATE_NODES=%d", o.nodes), fmt.Sprintf("KYBERNATE_GPUS_PER_NODE=%d", o.gpusPerNode))
+		fmt.Sprintf("KYBERNATE_NODES=%d", o.nodes), fmt.Sprintf("KYBERNATE_GPUS_PER_NODE=%d", o.gpusPerNode),
+		fmt.Sprintf("KYBERNATE_APISERVER_PROFILING=%t", o.cpuProfile != "")) // its profile beside the scheduler's
 	up := exec.CommandContext(ctx, filepath.Join(o.root, "hack", "cluster-up.sh"))
 	up.Env, up.Stderr = env, os.Stderr
 	started := time.Now()

@@ -52,18 +52,28 @@ func measureContender(ctx context.Context, client kubernetes.Interface, kc versi
 	if err != nil {
 		return result{}, err
 	}
-	profiled := make(chan error, 1)
+	profiled := make(chan error, 2)
 	if profile != "" {
 		go func() { profiled <- in.metrics.profileCPU(ctx, o.profileFor, profile) }()
+		go func() {
+			// A cluster started without its profiling (-kubeconfig) still gives the scheduler's.
+			if err := profileAPIServer(ctx, client, o.profileFor, profile+".apiserver"); err != nil {
+				fmt.Fprintf(os.Stderr, "no profile of kube-apiserver: %v\n", err)
+			}
+			profiled <- nil
+		}()
 	} else {
+		profiled <- nil
 		profiled <- nil
 	}
 	r, err := measure(ctx, client, o, ns, c.scheduler, c.gpu)
 	if err != nil {
 		return r, err
 	}
-	if err := <-profiled; err != nil {
-		return r, fmt.Errorf("profiling: %w", err)
+	for range 2 {
+		if err := <-profiled; err != nil {
+			return r, fmt.Errorf("profiling: %w", err)
+		}
 	}
 	after, err := in.metrics.scrape(ctx, want...)
 	if err != nil {

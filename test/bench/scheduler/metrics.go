@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
 )
 
 // series names a histogram of kube-scheduler's /metrics: its name and the labels it must have.
@@ -205,6 +207,17 @@ func (e endpoint) profileCPU(ctx context.Context, d time.Duration, path string) 
 		return err
 	}
 	return f.Close()
+}
+
+// profileAPIServer writes a CPU profile of kube-apiserver over d into path (its /debug/pprof,
+// through the admin client): the scheduler under test shares the machine's cores with it.
+func profileAPIServer(ctx context.Context, client kubernetes.Interface, d time.Duration, path string) error {
+	body, err := client.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").
+		Param("seconds", fmt.Sprint(int(d.Seconds()))).DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("kube-apiserver: %w", err)
+	}
+	return os.WriteFile(path, body, 0o644)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
