@@ -31,6 +31,7 @@ import (
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/plugins/checkpointpreemption"
+	"github.com/kybernate/kybernate/plugins/gpufit"
 	"github.com/kybernate/kybernate/plugins/gpushare"
 	"github.com/kybernate/kybernate/scheduler/controllers"
 )
@@ -46,6 +47,8 @@ func Plugins(ledger *gpupod.Ledger, shared *connect.Shared) frameworkruntime.Reg
 	return frameworkruntime.Registry{
 		gpushare.Name:             gpushare.NewFactory(ledger, shared),
 		checkpointpreemption.Name: checkpointpreemption.NewShared(shared),
+		// NodeResourcesFit without kybernate.io/gpu, which GPUShare accounts.
+		gpufit.Name: gpufit.New,
 		// Gangs of GPU pods that must start together (needs scheduler-plugins' PodGroup CRD).
 		coscheduling.Name: coscheduling.New,
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/kybernate/kybernate/apis/kybernate/connect"
 	"github.com/kybernate/kybernate/gpupod"
+	"github.com/kybernate/kybernate/plugins/gpufit"
 )
 
 // stand-in implements every extension point our plugins implement, so the framework places it
@@ -71,8 +72,12 @@ func TestShippedProfile(t *testing.T) {
 	}
 
 	registry := frameworkplugins.NewInTreeRegistry()
-	for name := range Plugins(gpupod.NewLedger(), &connect.Shared{}) {
+	for name, factory := range Plugins(gpupod.NewLedger(), &connect.Shared{}) {
 		name := name
+		if name == gpufit.Name {
+			registry[name] = factory // the real one: it needs nothing but its args
+			continue
+		}
 		if name == "CheckpointPreemption" {
 			registry[name] = func(context.Context, runtime.Object, framework.Handle) (framework.Plugin, error) {
 				return &postFilterStandIn{name: name}, nil
@@ -126,8 +131,14 @@ func TestShippedProfile(t *testing.T) {
 			t.Errorf("GPUShare is not enabled at %s: %v", point, names(list))
 		}
 	}
-	// The default plugins stay, so non-GPU constraints keep working for our pods.
-	for _, want := range []string{"NodeResourcesFit", "NodeAffinity", "TaintToleration", "PodTopologySpread", "InterPodAffinity"} {
+	// The default plugins stay, so non-GPU constraints keep working for our pods; NodeResourcesFit
+	// as NodeResourcesFitGPU (the two keep their state under one key: never both).
+	for _, p := range plugins.Filter.Enabled {
+		if p.Name == "NodeResourcesFit" {
+			t.Error("NodeResourcesFit runs beside NodeResourcesFitGPU")
+		}
+	}
+	for _, want := range []string{gpufit.Name, "NodeAffinity", "TaintToleration", "PodTopologySpread", "InterPodAffinity"} {
 		found := false
 		for _, p := range plugins.Filter.Enabled {
 			found = found || p.Name == want

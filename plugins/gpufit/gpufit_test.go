@@ -1,0 +1,155 @@
+package gpufit
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	plfeature "k8s.io/kubernetes/pkg/scheduler/framework/plugins/feature"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/noderesources"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+)
+
+// node has 4 CPUs and advertises gpus kybernate.io/gpu (none: the agent did not patch it yet).
+func node(gpus string) *framework.NodeInfo {
+	alloc := v1.ResourceList{v1.ResourceCPU: resource.MustParse("4"), v1.ResourceMemory: resource.MustParse("8Gi"),
+		v1.ResourcePods: resource.MustParse("110")}
+	if gpus != "" {
+		alloc[kv1.ResourceGPU] = resource.MustParse(gpus)
+	}
+	ni := framework.NewNodeInfo()
+	ni.SetNode(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Status: v1.NodeStatus{Allocatable: alloc, Capacity: alloc}})
+	return ni
+}
+
+func pod(cpu string, gpus string) *v1.Pod {
+	r := v1.ResourceRequirements{Requests: v1.ResourceList{v1.ResourceCPU: resource.MustParse(cpu)}}
+	if gpus != "" {
+		r.Limits = v1.ResourceList{kv1.ResourceGPU: resource.MustParse(gpus)}
+		r.Requests[kv1.ResourceGPU] = resource.MustParse(gpus)
+	}
+	return &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: "u"},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: r}}}}
+}
+
+func newFit(t testing.TB) *Fit {
+	t.Helper()
+	f, err := NewWithArgs(context.Background(), DefaultArgs(), nil, plfeature.Features{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func inTree(t testing.TB) framework.Plugin {
+	t.Helper()
+	p, err := noderesources.NewFit(context.Background(), DefaultArgs(), nil, plfeature.Features{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type filterer interface {
+	framework.PreFilterPlugin
+	framework.FilterPlugin
+}
+
+func filter(t testing.TB, p filterer, pod *v1.Pod, ni *framework.NodeInfo) *fwk.Status {
+	t.Helper()
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(context.Background(), state, pod, []fwk.NodeInfo{ni}); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	return p.Filter(context.Background(), state, pod, ni)
+}
+
+// The in-tree plugin rejects a GPU pod on a node that advertises too few kybernate.io/gpu; this
+// one leaves that to GPUShare and checks the rest as before.
+func TestFilter(t *testing.T) {
+	f := newFit(t)
+	for _, tc := range []struct {
+		name        string
+		pod         *v1.Pod
+		node        *framework.NodeInfo
+		inTree, fit string // "" for success, else a reason the status holds
+	}{
+		{"GPU pod, node without kybernate.io/gpu", pod("1", "1"), node(""), "Insufficient kybernate.io/gpu", ""},
+		{"GPU pod, node with kybernate.io/gpu", pod("1", "1"), node("16"), "", ""},
+		{"GPU pod, too much CPU", pod("8", "1"), node("16"), "Insufficient cpu", "Insufficient cpu"},
+		{"pod without GPU, too much CPU", pod("8", ""), node(""), "Insufficient cpu", "Insufficient cpu"},
+		{"pod without GPU", pod("1", ""), node(""), "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			check := func(who string, s *fwk.Status, want string) {
+				if want == "" {
+					if !s.IsSuccess() {
+						t.Errorf("%s: %v, want success", who, s)
+					}
+					return
+				}
+				if s.IsSuccess() || !strings.Contains(strings.Join(s.Reasons(), ";"), want) {
+					t.Errorf("%s: %v, want %q", who, s, want)
+				}
+			}
+			check("in-tree", filter(t, inTree(t).(filterer), tc.pod, tc.node), tc.inTree)
+			check(Name, filter(t, f, tc.pod, tc.node), tc.fit)
+		})
+	}
+}
+
+// The scheduler's pod is shared: the plugin must not change it.
+func TestPreFilterKeepsThePod(t *testing.T) {
+	p := pod("1", "1")
+	filter(t, newFit(t), p, node(""))
+	if _, ok := p.Spec.Containers[0].Resources.Requests[kv1.ResourceGPU]; !ok {
+		t.Error("PreFilter removed kybernate.io/gpu from the scheduler's pod")
+	}
+	if got := withoutGPU(pod("1", "")); got == nil {
+		t.Error("withoutGPU returned nil")
+	}
+	noGPU := pod("1", "")
+	if withoutGPU(noGPU) != noGPU {
+		t.Error("a pod without kybernate.io/gpu was copied")
+	}
+}
+
+func TestNewArgs(t *testing.T) {
+	if _, err := New(context.Background(), nil, nil); err != nil {
+		t.Errorf("no args: %v", err)
+	}
+	if _, err := New(context.Background(), &runtime.Unknown{Raw: []byte(`{"ignoredResources":["x"]}`)}, nil); err == nil {
+		t.Error("args accepted; the plugin takes none")
+	}
+}
+
+// BenchmarkFilter is one node's Filter of a GPU pod, as the scheduler runs it on hundreds of
+// nodes per cycle: the in-tree plugin validates the extended resource's name every time.
+func BenchmarkFilter(b *testing.B) {
+	ni := node("16")
+	p := pod("100m", "1")
+	for _, bc := range []struct {
+		name string
+		pl   filterer
+	}{{"in-tree NodeResourcesFit", inTree(b).(filterer)}, {Name, newFit(b)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			state := framework.NewCycleState()
+			if _, s := bc.pl.PreFilter(context.Background(), state, p, []fwk.NodeInfo{ni}); !s.IsSuccess() {
+				b.Fatal(s)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if s := bc.pl.Filter(context.Background(), state, p, ni); !s.IsSuccess() {
+					b.Fatal(s)
+				}
+			}
+		})
+	}
+}
