@@ -57,6 +57,10 @@ type Ledger struct {
 	// changes counts the changes of all nodes: a node's version is the count at its latest
 	// change, so a node that lost its entry and got a new one never repeats a version.
 	changes uint64
+	// nextEnd is no later than the earliest end of the held reservations (zero: none ends by
+	// time): purge scans them only once it has passed. Every pod event of the informer
+	// purges, and a burst of placements holds hundreds of reservations.
+	nextEnd time.Time
 	clock   clock.PassiveClock
 }
 
@@ -129,6 +133,7 @@ func (l *Ledger) Reserve(owner string, placed *v1.Pod, ttl time.Duration) {
 	}
 	nr.pods[placed.UID] = r
 	l.changed(nr)
+	l.ends(r.end())
 }
 
 // Release forgets the pod's reservation.
@@ -190,6 +195,7 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 	case r.seen.IsZero() && shows(pod, r.pod):
 		r.seen = now
 		l.changed(l.byNode[r.pod.Spec.NodeName])
+		l.ends(r.end())
 	}
 }
 
@@ -297,12 +303,26 @@ func live(r *reservation, now time.Time) bool {
 	return end.IsZero() || now.Before(end)
 }
 
-// purge drops reservations that are no longer live; l.mu is held.
+// purge drops reservations that are no longer live; l.mu is held. Until nextEnd has passed,
+// every reservation is live: nothing to scan.
 func (l *Ledger) purge(now time.Time) {
+	if l.nextEnd.IsZero() || now.Before(l.nextEnd) {
+		return
+	}
+	l.nextEnd = time.Time{}
 	for uid, r := range l.byPod {
 		if !live(r, now) {
 			l.drop(uid)
+			continue
 		}
+		l.ends(r.end())
+	}
+}
+
+// ends records that a held reservation stops counting at end (zero: never); l.mu is held.
+func (l *Ledger) ends(end time.Time) {
+	if !end.IsZero() && (l.nextEnd.IsZero() || end.Before(l.nextEnd)) {
+		l.nextEnd = end
 	}
 }
 
