@@ -1,0 +1,256 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
+	"github.com/kybernate/kybernate/test/integration/framework"
+)
+
+const (
+	// modelServerImage is test/modelserver on Debian's python3 (hack/images.sh).
+	modelServerImage = "kybernate/modelserver-cpu:dev"
+	// heldRequests arrive, concurrently, while the model server sleeps.
+	heldRequests = 50
+)
+
+// Scale to zero on the real node: the CPU model server of test/modelserver runs as a real
+// process under our shim, behind the kybernate-activator binary; idle, it is put to sleep;
+// heldRequests requests that arrive while it sleeps are held, and after the wake each is
+// answered exactly once by the same process (its pid and the token it drew at start), which
+// counts what it answered.
+func TestScaleToZeroCPU(t *testing.T) {
+	c := framework.Get(t)
+	node := c.RealNode(t)
+	if !t.Run("install", func(t *testing.T) { testInstall(t, c, node) }) {
+		return
+	}
+	c.Script(t, "hack/images.sh", "--import", "modelserver-cpu")
+	ctx := t.Context()
+	ns := c.CreateNamespace(t)
+	h := c.Record(t, ns)
+	proxy, metrics := freeAddr(t), freeAddr(t)
+	c.Start(t, "kybernate-activator", "--kubeconfig", c.Kubeconfig, "--bind-address", proxy, "--metrics-bind-address", metrics,
+		"--interval", "200ms", "--hold-timeout", "90s", "--wake-timeout", "60s", "--retry-after", "3s", "--v=4")
+	waitHTTP(t, "http://"+metrics+"/readyz")
+
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "llm", Namespace: ns, Annotations: map[string]string{
+			kv1.AnnotationBackendSelector: "app=llm", kv1.AnnotationBackendPort: "8000",
+		}},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeExternalName, ExternalName: "kybernate-activator.kybernate-system.svc.cluster.local"},
+	}
+	if _, err := c.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := modelServerPod(ns, "llm", node)
+	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready := framework.WaitForPod(ctx, t, c.Client, ns, pod.Name, 2*time.Minute, "Running and Ready", func(p *v1.Pod) bool {
+		return p.Status.Phase == v1.PodRunning && podIsReady(p)
+	})
+	if shim := shimOf(t, ready); shim != shimBinary {
+		t.Errorf("the model server is a child of %q, want %s", shim, shimBinary)
+	}
+	host := "llm." + ns
+	first := complete(t, proxy, host, "first")
+	if first.status != http.StatusOK {
+		t.Fatalf("first request: %d %s", first.status, first.body)
+	}
+	t.Logf("model server pid %d, token %s", first.PID, first.Token)
+
+	// Idle: the activator puts it to sleep.
+	start := time.Now()
+	asleep := h.WaitPod(t, pod.Name, 2*time.Minute, "put to sleep (Suspended)", func(p *v1.Pod) bool {
+		return gpupod.StateOf(p) == kv1.PodSuspended
+	})
+	t.Logf("asleep %s after the first answer (state %s)", time.Since(start).Round(100*time.Millisecond), gpupod.StateOf(asleep))
+
+	// While it sleeps, heldRequests requests at once; each is held, then answered once.
+	answers := make([]answer, heldRequests)
+	var wg sync.WaitGroup
+	sent := time.Now()
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i] = complete(t, proxy, host, fmt.Sprintf("held-%d", i))
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d held requests answered within %s of being sent", heldRequests, time.Since(sent).Round(100*time.Millisecond))
+	for i, a := range answers {
+		if a.status != http.StatusOK {
+			t.Errorf("held request %d: %d %s", i, a.status, a.body)
+			continue
+		}
+		if a.PID != first.PID || a.Token != first.Token {
+			t.Errorf("held request %d answered by pid %d token %s, want the process that slept: pid %d token %s", i, a.PID, a.Token, first.PID, first.Token)
+		}
+	}
+
+	// The server's own count: the first request and each held one, once; nothing else.
+	awake := framework.WaitForPod(ctx, t, c.Client, ns, pod.Name, time.Minute, "awake", func(p *v1.Pod) bool {
+		return gpupod.StateOf(p) == kv1.PodRunning && podIsReady(p)
+	})
+	st := serverStats(t, awake.Status.PodIP)
+	if st.PID != first.PID || st.Token != first.Token {
+		t.Errorf("after the wake the server is pid %d token %s, want pid %d token %s (a restart, not a wake)", st.PID, st.Token, first.PID, first.Token)
+	}
+	if st.Completions != heldRequests+1 {
+		t.Errorf("the server answered %d completions, want %d (the first and %d held)", st.Completions, heldRequests+1, heldRequests)
+	}
+	for i := range heldRequests {
+		if n := st.IDs[fmt.Sprintf("held-%d", i)]; n != 1 {
+			t.Errorf("held request %d answered %d times by the server, want once", i, n)
+		}
+	}
+	for _, cs := range awake.Status.ContainerStatuses {
+		if cs.RestartCount != 0 {
+			t.Errorf("container %s restarted %d times", cs.Name, cs.RestartCount)
+		}
+	}
+	if states := h.StatesOf(pod.Name); !containsInOrder(states, kv1.PodSuspended, kv1.PodRunning) {
+		t.Errorf("the pod's states %v, want it Suspended, then Running", states)
+	}
+}
+
+// modelServerPod is a pod of kybernate-scheduler on node running the CPU model server with
+// 16 MiB of weights, ready once loaded; it sleeps after 3 s without a request.
+func modelServerPod(ns, name, node string) *v1.Pod {
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": "llm"},
+			Annotations: map[string]string{kv1.AnnotationIdleAfter: "3s"}},
+		Spec: v1.PodSpec{
+			SchedulerName:                 schedulerName,
+			RuntimeClassName:              ptr.To(runtimeClass),
+			NodeSelector:                  map[string]string{v1.LabelHostname: node},
+			TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []v1.Container{{
+				Name:            "server",
+				Image:           modelServerImage,
+				ImagePullPolicy: v1.PullNever,
+				Args:            []string{"--gib", "0.015625", "--weights", "/tmp/weights.bin", "--device", "cpu", "--port", "8000"},
+				Ports:           []v1.ContainerPort{{Name: "http", ContainerPort: 8000}},
+				ReadinessProbe: &v1.Probe{
+					ProbeHandler:  v1.ProbeHandler{HTTPGet: &v1.HTTPGetAction{Path: "/health", Port: intstr.FromInt32(8000)}},
+					PeriodSeconds: 1,
+				},
+			}},
+		},
+	}
+}
+
+// answer is a completion's HTTP status and body, and the process that answered.
+type answer struct {
+	status int
+	body   string
+	PID    int    `json:"pid"`
+	Token  string `json:"token"`
+}
+
+// complete posts a completion with id to the activator for host.
+func complete(t *testing.T, proxy, host, id string) answer {
+	body, _ := json.Marshal(map[string]any{"prompt": "hi", "max_tokens": 4, "id": id})
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+proxy+"/v1/completions", bytes.NewReader(body))
+	if err != nil {
+		return answer{body: err.Error()}
+	}
+	req.Host = host
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		return answer{body: err.Error()}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, body: string(raw)}
+	if err != nil {
+		a.body += " (" + err.Error() + ")"
+	} else if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(raw, &a); err != nil {
+			a.status, a.body = 0, fmt.Sprintf("answer %q: %v", raw, err)
+		}
+	}
+	return a
+}
+
+// stats is the model server's GET /stats.
+type stats struct {
+	PID         int            `json:"pid"`
+	Token       string         `json:"token"`
+	Completions int            `json:"completions"`
+	IDs         map[string]int `json:"ids"`
+}
+
+// serverStats asks the model server itself, at its pod IP, what it has answered.
+func serverStats(t *testing.T, podIP string) stats {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + net.JoinHostPort(podIP, "8000") + "/stats")
+	if err != nil {
+		t.Fatalf("model server stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var st stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("model server stats: %v", err)
+	}
+	return st
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	framework.WaitFor(t.Context(), t, time.Minute, url+" answering 200", func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func podIsReady(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.PodReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// containsInOrder reports whether states holds want, in this order (not necessarily adjacent).
+func containsInOrder(states []kv1.PodGPUState, want ...kv1.PodGPUState) bool {
+	i := 0
+	for _, s := range states {
+		if i < len(want) && s == want[i] {
+			i++
+		}
+	}
+	return i == len(want)
+}
