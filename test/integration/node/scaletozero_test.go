@@ -41,6 +41,8 @@ func TestScaleToZeroCPU(t *testing.T) {
 		return
 	}
 	c.Script(t, "hack/images.sh", "--import", "modelserver-cpu")
+	// The agent freezes a pod without GPUs through the node's containerd.
+	useNodeContainerd(t, c)
 	ctx := t.Context()
 	ns := c.CreateNamespace(t)
 	h := c.Record(t, ns)
