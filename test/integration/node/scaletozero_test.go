@@ -8,6 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,7 +79,8 @@ func TestScaleToZeroCPU(t *testing.T) {
 	if first.status != http.StatusOK {
 		t.Fatalf("first request: %d %s", first.status, first.body)
 	}
-	t.Logf("model server pid %d, token %s", first.PID, first.Token)
+	proc := podProcess(t, ready)
+	t.Logf("model server pid %d (%d on the host), token %s", first.PID, proc, first.Token)
 
 	// Idle: the activator puts it to sleep.
 	start := time.Now()
@@ -83,6 +88,10 @@ func TestScaleToZeroCPU(t *testing.T) {
 		return gpupod.StateOf(p) == kv1.PodSuspended
 	})
 	t.Logf("asleep %s after the first answer (state %s)", time.Since(start).Round(100*time.Millisecond), gpupod.StateOf(asleep))
+	// Asleep is frozen: the process is in a frozen cgroup.
+	if !frozen(t, proc) {
+		t.Errorf("the model server (pid %d) sleeps, but its cgroup is not frozen", proc)
+	}
 
 	// While it sleeps, heldRequests requests at once; each is held, then answered once.
 	answers := make([]answer, heldRequests)
@@ -123,6 +132,13 @@ func TestScaleToZeroCPU(t *testing.T) {
 			t.Errorf("held request %d answered %d times by the server, want once", i, n)
 		}
 	}
+	if p := podProcess(t, awake); p != proc {
+		t.Errorf("after the wake the pod's process is pid %d on the host, want %d", p, proc)
+	}
+	if frozen(t, proc) {
+		t.Errorf("the model server (pid %d) is awake, but its cgroup is still frozen", proc)
+	}
+	checkSleepAndWake(t, c, h, ns, pod.Name, sent)
 	for _, cs := range awake.Status.ContainerStatuses {
 		if cs.RestartCount != 0 {
 			t.Errorf("container %s restarted %d times", cs.Name, cs.RestartCount)
@@ -131,6 +147,106 @@ func TestScaleToZeroCPU(t *testing.T) {
 	if states := h.StatesOf(pod.Name); !containsInOrder(states, kv1.PodSuspended, kv1.PodRunning) {
 		t.Errorf("the pod's states %v, want it Suspended, then Running", states)
 	}
+}
+
+// checkSleepAndWake checks what the sleep and the wake left: the agent froze the pod for a
+// Suspend of reason Idle, a Resume asked for after the held requests were sent thawed it, and
+// the activator reported the wake with the requests it held.
+func checkSleepAndWake(t *testing.T, c *framework.Cluster, h *framework.History, ns, pod string, sent time.Time) {
+	t.Helper()
+	var sleep, resume *kv1.GPUCheckpoint
+	for _, ck := range h.LatestCheckpoints() {
+		switch {
+		case ck.Spec.PodName != pod:
+		case ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle:
+			sleep = ck
+		case ck.Spec.Action == kv1.ActionResume:
+			resume = ck
+		}
+	}
+	switch {
+	case sleep == nil:
+		t.Errorf("no Suspend of reason Idle of %s", pod)
+	case sleep.Status.Phase != kv1.PhaseSucceeded || !strings.Contains(sleep.Status.Message, "froze"):
+		t.Errorf("sleep %s: %s (%s), want Succeeded, the containers frozen", sleep.Name, sleep.Status.Phase, sleep.Status.Message)
+	default:
+		t.Logf("sleep %s: %s", sleep.Name, sleep.Status.Message)
+	}
+	switch {
+	case resume == nil:
+		t.Errorf("no Resume of %s", pod)
+	case resume.Status.Phase != kv1.PhaseSucceeded:
+		t.Errorf("wake %s: %s (%s), want Succeeded", resume.Name, resume.Status.Phase, resume.Status.Message)
+	case resume.CreationTimestamp.Time.Before(sent.Truncate(time.Second)):
+		t.Errorf("wake %s asked for at %s, before the held requests were sent (%s)", resume.Name, resume.CreationTimestamp, sent)
+	default:
+		t.Logf("wake %s: %s", resume.Name, resume.Status.Message)
+	}
+	framework.WaitFor(t.Context(), t, 30*time.Second, "the Woken event of "+pod, func(ctx context.Context) (bool, error) {
+		evs, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod + ",reason=Woken"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, err
+		}
+		t.Logf("Woken: %s", evs.Items[0].Message)
+		return true, nil
+	})
+}
+
+// podProcess is the host pid of the pod's container process (not its pause process).
+func podProcess(t *testing.T, pod *v1.Pod) int {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cg := range procs {
+		data, err := os.ReadFile(cg)
+		if err != nil || !strings.Contains(string(data), "pod"+string(pod.UID)) {
+			continue
+		}
+		pid := filepath.Base(filepath.Dir(cg))
+		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) == "pause" {
+			continue
+		}
+		n, err := strconv.Atoi(pid)
+		if err == nil {
+			return n
+		}
+	}
+	t.Fatalf("no process of pod %s/%s on this host", pod.Namespace, pod.Name)
+	return 0
+}
+
+// frozen reports whether pid's cgroup is frozen: cgroup v1's freezer.state FROZEN, or v2's
+// cgroup.events "frozen 1".
+func frozen(t *testing.T, pid int) bool {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		switch {
+		case parts[1] == "freezer":
+			state, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/freezer", parts[2], "freezer.state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(state)) == "FROZEN"
+		case parts[0] == "0" && parts[1] == "":
+			events, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", parts[2], "cgroup.events"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.Contains(string(events), "frozen 1")
+		}
+	}
+	t.Fatalf("pid %d: no freezer cgroup in %q", pid, data)
+	return false
 }
 
 // modelServerPod is a pod of kybernate-scheduler on node running the CPU model server with
