@@ -167,7 +167,7 @@ func checkSleepAndWake(t *testing.T, c *framework.Cluster, h *framework.History,
 	switch {
 	case sleep == nil:
 		t.Errorf("no Suspend of reason Idle of %s", pod)
-	case sleep.Status.Phase != kv1.PhaseSucceeded || !strings.Contains(sleep.Status.Message, "froze"):
+	case sleep.Status.Phase != kv1.PhaseSucceeded || !strings.Contains(sleep.Status.Message, "Freeze "):
 		t.Errorf("sleep %s: %s (%s), want Succeeded, the containers frozen", sleep.Name, sleep.Status.Phase, sleep.Status.Message)
 	default:
 		t.Logf("sleep %s: %s", sleep.Name, sleep.Status.Message)
@@ -175,8 +175,8 @@ func checkSleepAndWake(t *testing.T, c *framework.Cluster, h *framework.History,
 	switch {
 	case resume == nil:
 		t.Errorf("no Resume of %s", pod)
-	case resume.Status.Phase != kv1.PhaseSucceeded:
-		t.Errorf("wake %s: %s (%s), want Succeeded", resume.Name, resume.Status.Phase, resume.Status.Message)
+	case resume.Status.Phase != kv1.PhaseSucceeded || !strings.Contains(resume.Status.Message, "Thaw "):
+		t.Errorf("wake %s: %s (%s), want Succeeded, the containers thawed", resume.Name, resume.Status.Phase, resume.Status.Message)
 	case resume.CreationTimestamp.Time.Before(sent.Truncate(time.Second)):
 		t.Errorf("wake %s asked for at %s, before the held requests were sent (%s)", resume.Name, resume.CreationTimestamp, sent)
 	default:
