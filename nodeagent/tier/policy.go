@@ -32,10 +32,7 @@ func SpillPlan(pods []Parked, need, mark int64) ([]types.UID, bool) {
 	}
 	order := slices.Clone(pods)
 	slices.SortStableFunc(order, func(a, b Parked) int {
-		if c := a.Since.Compare(b.Since); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.UID, b.UID)
+		return oldestFirst(a.Since, a.UID, b.Since, b.UID)
 	})
 	var out []types.UID
 	for _, p := range order {
@@ -70,16 +67,21 @@ func UploadsDue(images []OnDisk, now time.Time, idle time.Duration) []types.UID 
 		return now.Sub(i.Since) < idle || now.Before(i.NotBefore)
 	})
 	slices.SortStableFunc(due, func(a, b OnDisk) int {
-		if c := a.Since.Compare(b.Since); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.UID, b.UID)
+		return oldestFirst(a.Since, a.UID, b.Since, b.UID)
 	})
 	out := make([]types.UID, len(due))
 	for i := range due {
 		out[i] = due[i].UID
 	}
 	return out
+}
+
+// oldestFirst orders by time, then by UID for a stable order among equal times.
+func oldestFirst(aSince time.Time, aUID types.UID, bSince time.Time, bUID types.UID) int {
+	if c := aSince.Compare(bSince); c != 0 {
+		return c
+	}
+	return cmp.Compare(aUID, bUID)
 }
 
 // Backoff is the wait after the n-th failed move in a row (n >= 1): base doubled n-1 times, at

@@ -1,7 +1,6 @@
 package tier
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -57,10 +56,7 @@ func PressurePlan(images []Stored, now time.Time, used, mark int64) ([]types.UID
 	}
 	order := slices.DeleteFunc(slices.Clone(images), func(i Stored) bool { return now.Before(i.NotBefore) || i.Bytes <= 0 })
 	slices.SortStableFunc(order, func(a, b Stored) int {
-		if c := a.Since.Compare(b.Since); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.UID, b.UID)
+		return oldestFirst(a.Since, a.UID, b.Since, b.UID)
 	})
 	var out []types.UID
 	for _, i := range order {

@@ -33,7 +33,7 @@ var cases = map[string][]string{
 	// A registry of one's own, other args, node placement; no metrics, no RuntimeClass or PriorityClasses.
 	"custom": {"--set", "scheduler.image.repository=registry.example.com/kybernate-scheduler", "--set", "scheduler.image.tag=v0.1.0",
 		"--set", "agent.image.repository=registry.example.com/kybernate-agent", "--set", "agent.image.tag=v0.1.0",
-		"--set", "scheduler.extraArgs={--kube-api-qps=100}", "--set", "agent.slotsPerGPU=4", "--set", "agent.checkpointDir=",
+		"--set", "scheduler.extraArgs={--kube-api-qps=100}", "--set", "agent.slotsPerGPU=4", "--set", "agent.checkpointDir=", "--set", "agent.thpWindow=true",
 		"--set", "agent.nodeSelector.pool=gpu", "--set", "agent.tolerations[0].key=dedicated", "--set", "agent.tolerations[0].operator=Exists",
 		"--set", "metrics.enabled=false", "--set", "runtimeClass.create=false", "--set", "priorityClasses.create=false",
 		"--set-string", "agent.resources.limits.memory=1Gi",
