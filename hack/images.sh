@@ -13,6 +13,9 @@
 #                                                                     image (test/images/pause)
 #   busybox              docker.io/kybernate/busybox:dev              Debian's busybox-static, for
 #                                                                     test workloads
+#   modelserver-cpu      docker.io/kybernate/modelserver-cpu:dev      the CPU model server of
+#                                                                     test/modelserver on Debian's
+#                                                                     python3 (standard library only)
 #
 # Usage: hack/images.sh [--import | --no-import] [IMAGE...]   (default: every image)
 #   --import     import into the node's containerd; fail when the node does not run
@@ -27,13 +30,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IMPORT=auto
-ALL=(kybernate-agent kybernate-scheduler pause busybox)
+ALL=(kybernate-agent kybernate-scheduler pause busybox modelserver-cpu)
 images=()
 for arg in "$@"; do
   case "${arg}" in
     --import) IMPORT=always ;;
     --no-import) IMPORT=never ;;
-    kybernate-agent | kybernate-scheduler | pause | busybox) images+=("${arg}") ;;
+    kybernate-agent | kybernate-scheduler | pause | busybox | modelserver-cpu) images+=("${arg}") ;;
     *) die "usage: $0 [--import | --no-import] [${ALL[*]}]" ;;
   esac
 done
@@ -161,6 +164,26 @@ build_image() {
         [[ "${applet}" == busybox ]] || ln -sf busybox "${rootfs}/bin/${applet}"
       done
       pack "${name}" "${rootfs}" '["/bin/sh"]'
+      ;;
+    modelserver-cpu)
+      # Debian's python3 with its standard library (without the tests, the build files and
+      # the GUI), the shared libraries it and its extension modules load, and the server.
+      local python stdlib so
+      python="$(readlink -f /usr/bin/python3)"
+      [[ -x "${python}" && "${python}" == /usr/bin/python3.* ]] || die "modelserver-cpu image: no Debian python3 at /usr/bin/python3 (apt-get install python3)"
+      stdlib="/usr/lib/$(basename "${python}")"
+      mkdir -p "${rootfs}/usr/bin" "${rootfs}/usr/lib" "${rootfs}/tmp" "${rootfs}/srv"
+      chmod 1777 "${rootfs}/tmp"
+      cp -L "${python}" "${rootfs}${python}"
+      ln -s "$(basename "${python}")" "${rootfs}/usr/bin/python3"
+      add_libs "${rootfs}" "${python}"
+      tar -C /usr/lib --exclude='__pycache__' --exclude="$(basename "${stdlib}")/test" --exclude="$(basename "${stdlib}")/config-*" \
+        --exclude="$(basename "${stdlib}")/idlelib" --exclude="$(basename "${stdlib}")/tkinter" \
+        --exclude="$(basename "${stdlib}")/dist-packages" --exclude="$(basename "${stdlib}")/site-packages" \
+        -cf - "$(basename "${stdlib}")" | tar -C "${rootfs}/usr/lib" -xf -
+      for so in "${rootfs}${stdlib}"/lib-dynload/*.so; do add_libs "${rootfs}" "${so}"; done
+      cp "${KYBERNATE_ROOT}/test/modelserver/modelserver.py" "${rootfs}/srv/modelserver.py"
+      pack "${name}" "${rootfs}" '["/usr/bin/python3", "-u", "/srv/modelserver.py"]'
       ;;
   esac
   rm -rf "${rootfs}"

@@ -114,6 +114,7 @@ type agent struct {
 	ckptFactory    externalversions.SharedInformerFactory
 	engines        *engineSet
 	images         *imageSet
+	freezers       *freezerSet
 	controller     *controller.Controller
 	server         *server.Server
 	broadcaster    record.EventBroadcaster
@@ -133,6 +134,7 @@ type agent struct {
 
 func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb versioned.Interface, nodeName string) *agent {
 	a := &agent{o: o, kube: kube, kyb: kyb, engines: &engineSet{m: map[string]*engine.Engine{}}, images: &imageSet{m: map[string]controller.Images{}},
+		freezers:  &freezerSet{m: map[string]controller.Freezer{}},
 		tierNodes: &tierNodes{m: map[string]tier.Node{}}}
 	var nodeOpts, podOpts []informers.SharedInformerOption
 	var gnOpts []externalversions.SharedInformerOption
@@ -169,6 +171,7 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 	if o.CheckpointDir != "" {
 		op.SetImages(a.images, o.CheckpointDir)
 	}
+	op.SetFreezers(a.freezers)
 	ckpts := a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints()
 	a.controller = controller.New(controller.Config{LockTimeout: o.LockTimeout}, kube, kyb, ckpts.Lister(),
 		a.podFactory.Core().V1().Pods().Lister(), op, clock.RealClock{})
@@ -263,6 +266,8 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		node.Busy = e.Busy
 	}
 	if runtime != nil {
+		// Pods without GPUs are suspended by freezing their containers (docs/scale-to-zero.md).
+		a.freezers.set(o.NodeName, controller.ContainerdFreezer{Runtime: runtime})
 		var gpus checkpoint.GPUs
 		if srvNode.Engine != nil {
 			gpus = srvNode.Engine

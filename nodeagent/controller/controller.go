@@ -227,7 +227,7 @@ func (c *Controller) finishedAlready(ctx context.Context, ck *kv1.GPUCheckpoint)
 func (c *Controller) admit(ctx context.Context, ck *kv1.GPUCheckpoint) (*v1.Pod, error) {
 	ns := ck.Namespace
 	if n := ck.Status.NodeName; n != "" {
-		if _, ours := c.op.engines.Engine(n); !ours {
+		if _, ours := c.op.engines.Engine(n); !ours && !c.op.freezes(n) {
 			return nil, nil // another agent has taken it on
 		}
 	}
@@ -241,7 +241,7 @@ func (c *Controller) admit(ctx context.Context, ck *kv1.GPUCheckpoint) (*v1.Pod,
 	if pod.Spec.NodeName == "" {
 		return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is not bound to a node", ns, pod.Name))
 	}
-	if _, ok := c.op.engines.Engine(pod.Spec.NodeName); !ok {
+	if !c.op.serves(pod, pod.Spec.NodeName) {
 		if ck.Status.NodeName != "" {
 			if _, mine := c.op.engines.Engine(ck.Status.NodeName); mine {
 				return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is on node %s, not on node %s where this action started", ns, pod.Name, pod.Spec.NodeName, ck.Status.NodeName))

@@ -96,6 +96,8 @@ type Operator struct {
 	imageRoot string
 	// tiers keep suspended pods' memory below host memory; nil without a tier policy.
 	tiers Tiers
+	// freezers suspend pods without GPUs (freeze.go); nil without.
+	freezers Freezers
 }
 
 // NewOperator returns an Operator. changed may be nil.
@@ -185,6 +187,9 @@ func uuidList(u []cuda.UUID) string {
 
 // Suspend moves the pod's GPU memory to host memory. lockTimeout 0 is the engine's default.
 func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Duration) (engine.Result, error) {
+	if f, ok := o.freezer(pod); ok {
+		return o.suspendFrozen(ctx, pod, f)
+	}
 	e, _, err := o.prepare(pod, kv1.PodRunning, kv1.PodSuspending)
 	if err != nil {
 		return engine.Result{}, err
@@ -236,6 +241,9 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 // Resume puts the pod's GPU memory back, onto targets (UUIDs, one per GPU of the pod) when
 // given. When the pod moves, its kybernate.io/gpus annotation is updated.
 func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (engine.Result, error) {
+	if f, ok := o.freezer(pod); ok {
+		return o.resumeFrozen(ctx, pod, f, targets)
+	}
 	e, from, err := o.prepare(pod, kv1.PodSuspended, kv1.PodResuming)
 	if err != nil {
 		return engine.Result{}, err

@@ -199,6 +199,8 @@ type candidate struct {
 	// woken is true for a pod put to sleep for idleness that a request asked to wake: it may
 	// suspend lower-priority pods to come back, as a new pod of its priority could.
 	woken bool
+	// noGPUs is true for a pod without GPUs: nothing to place, it comes back at once.
+	noGPUs bool
 }
 
 // sync resumes what fits on one node.
@@ -230,8 +232,9 @@ func (c *Controller) sync(ctx context.Context, node string) error {
 		c.queue.AddAfter(node, retryAt.Sub(c.now()))
 	}
 	logger.V(4).Info("Looking for pods to resume", "node", node, "pods", len(onNode), "candidates", len(candidates))
-	if len(candidates) == 0 {
-		return nil
+	candidates, err = c.resumeWithoutGPUs(ctx, candidates)
+	if err != nil || len(candidates) == 0 {
+		return err
 	}
 	slices.SortFunc(candidates, func(a, b candidate) int {
 		return timeslice.NextFirst(corev1helpers.PodPriority(a.pod), corev1helpers.PodPriority(b.pod),
@@ -363,7 +366,9 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 		return cand, wait, false
 	}
 	d, err := gpupod.PodDemand(pod)
-	if err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count {
+	// A pod without GPUs (which the agent suspends by freezing its containers) needs no room.
+	noGPUs := err == nil && d.Count == 0 && len(gpupod.AssignedGPUs(pod)) == 0
+	if !noGPUs && (err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count) {
 		return cand, wait, false
 	}
 	cks := index.Checkpoints(c.checkpoints, string(pod.UID))
@@ -420,7 +425,7 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	// The pod needs its footprint before the suspend free, when that is more than it declared.
 	d = d.AtLeast(suspension.Status.GPUFootprint())
 	return candidate{pod: pod, demand: d, suspension: suspension, attempt: attempt, gpuTime: gpuTime,
-		woken: suspension.Spec.Reason == kv1.ReasonIdle}, wait, true
+		woken: suspension.Spec.Reason == kv1.ReasonIdle, noGPUs: noGPUs}, wait, true
 }
 
 // comesBack reports whether the controller brings a pod back from this suspension.
@@ -496,12 +501,31 @@ func (c *Controller) resume(ctx context.Context, cand candidate, from, target []
 		return fmt.Errorf("requesting the resume of pod %s: %w", klog.KObj(pod), err)
 	}
 	where := "its GPUs " + strings.Join(target, ",")
-	if !slices.Equal(from, target) {
+	switch {
+	case cand.noGPUs:
+		where = "no GPUs (the pod has none)"
+	case !slices.Equal(from, target):
 		where = fmt.Sprintf("GPUs %s (it was on %s)", strings.Join(target, ","), strings.Join(from, ","))
 	}
 	logger.V(2).Info("Resuming pod", "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "from", from, "to", target, "attempt", cand.attempt+1)
 	c.recorder.Eventf(pod, ck, v1.EventTypeNormal, "Resuming", "Resume", "GPU memory free on node %s: resuming onto %s", pod.Spec.NodeName, where)
 	return nil
+}
+
+// resumeWithoutGPUs resumes the candidates without GPUs, which need no room, and returns the
+// others.
+func (c *Controller) resumeWithoutGPUs(ctx context.Context, candidates []candidate) ([]candidate, error) {
+	rest := candidates[:0:0]
+	for _, cand := range candidates {
+		if !cand.noGPUs {
+			rest = append(rest, cand)
+			continue
+		}
+		if err := c.resume(ctx, cand, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	return rest, nil
 }
 
 func resumeName(pod *v1.Pod, suspension *kv1.GPUCheckpoint, attempt int) string {

@@ -53,6 +53,17 @@ func pod(name string, prio int32, mem string, gpu int, state kv1.PodGPUState) *v
 	return p
 }
 
+// cpuOnly makes p a pod without GPUs: no GPU asked for, none assigned.
+func cpuOnly(p *v1.Pod) *v1.Pod {
+	for i := range p.Spec.Containers {
+		delete(p.Spec.Containers[i].Resources.Requests, kv1.ResourceGPU)
+		delete(p.Spec.Containers[i].Resources.Limits, kv1.ResourceGPU)
+	}
+	delete(p.Annotations, kv1.AnnotationGPUs)
+	delete(p.Annotations, kv1.AnnotationGPUMemory)
+	return p
+}
+
 // suspension is the Succeeded Suspend GPUCheckpoint of a pod, completed ago before now.
 func suspension(podName string, reason kv1.CheckpointReason, ago time.Duration) *kv1.GPUCheckpoint {
 	ck := &kv1.GPUCheckpoint{
@@ -272,6 +283,23 @@ func TestSync(t *testing.T) {
 			pods: []*v1.Pod{wake(pod("llm", 1, "40Gi", 0, kv1.PodSuspended), time.Second)},
 			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
 			want: outcome{Patched: map[string]map[string]string{"llm": resuming("GPU-0")}, Resumed: map[string]string{"llm": ""}},
+		},
+		{
+			name: "pod without GPUs asleep, a wake asked for: resumed at once, on a full node too",
+			gn:   gpuNode(1, 80),
+			pods: []*v1.Pod{
+				wake(cpuOnly(pod("llm", 1, "", 0, kv1.PodSuspended)), time.Second),
+				pod("full", 100, "80Gi", 0, kv1.PodRunning),
+			},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{"llm": resuming("")}, Resumed: map[string]string{"llm": ""}},
+		},
+		{
+			name: "pod without GPUs asleep, no wake asked for: stays",
+			gn:   gpuNode(1, 80),
+			pods: []*v1.Pod{cpuOnly(pod("llm", 1, "", 0, kv1.PodSuspended))},
+			cks:  []*kv1.GPUCheckpoint{asleep(suspension("llm", kv1.ReasonIdle, time.Minute))},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
 		},
 		{
 			name: "woken pod without room: a lower-priority pod is suspended for it",

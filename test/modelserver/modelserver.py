@@ -16,7 +16,12 @@ Endpoints:
   POST /v1/completions      {"prompt": "...", "max_tokens": N, "stream": false|true}
                             -> {"text": ..., "tokens": N, "weights": "<checksum>"}; with
                             "stream": true, server-sent events, one per token, each flushed,
-                            then "data: [DONE]"
+                            then "data: [DONE]"; an optional "id" is counted (see /stats)
+  GET  /stats               {"pid": ..., "token": ..., "completions": N, "ids": {id: times answered}}:
+                            what this process answered since it started; the token is random at
+                            start, so a restarted server (same pid in a new container) differs
+Every completion's answer names the process too ("pid", "token"): a test tells a wake (the same
+process) from a restart.
 Each token is a step of work on the loaded weights (a slice on the CPU, a matrix product on
 the GPU), so a suspended process cannot answer.
 """
@@ -135,6 +140,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if self.path == "/stats":
+            with self.server.lock:
+                stats = {"pid": os.getpid(), "token": self.server.token, "completions": self.server.completions,
+                         "ids": dict(self.server.ids)}
+            return self.reply(200, json.dumps(stats))
         if self.path != "/health":
             return self.reply(404, '{"error": "not found"}')
         if self.server.model is None:
@@ -153,12 +163,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             tokens = int(req.get("max_tokens", 8))
             if not 0 < tokens <= 4096:
                 raise ValueError("max_tokens must be 1..4096")
-        except (ValueError, TypeError) as e:
+            rid = req.get("id")
+            if rid is not None and not isinstance(rid, str):
+                raise ValueError("id must be a string")
+        except (ValueError, TypeError, AttributeError) as e:
             return self.reply(400, json.dumps({"error": "bad request: %s" % e}))
         with self.server.lock:  # one forward pass at a time, as on one GPU
+            self.server.completions += 1
+            if rid is not None:
+                self.server.ids[rid] = self.server.ids.get(rid, 0) + 1
             if not req.get("stream"):
                 text = " ".join(model.token(i) for i in range(tokens))
-                return self.reply(200, json.dumps({"text": text, "tokens": tokens, "weights": model.checksum}))
+                return self.reply(200, json.dumps({"text": text, "tokens": tokens, "weights": model.checksum,
+                                                   "pid": os.getpid(), "token": self.server.token}))
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
@@ -204,8 +221,10 @@ def main(argv=None):
     server = http.server.ThreadingHTTPServer((a.host, a.port), Handler)
     server.model = None
     server.lock = threading.Lock()
+    server.token = os.urandom(8).hex()
+    server.completions, server.ids = 0, {}
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    log("listening", port=server.server_address[1], device=a.device, gib=a.gib)
+    log("listening", port=server.server_address[1], device=a.device, gib=a.gib, pid=os.getpid(), token=server.token)
 
     gen_s = generate(a.weights, a.gib, a.seed)
     t = time.monotonic()

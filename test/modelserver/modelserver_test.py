@@ -71,7 +71,26 @@ class CPUModelServerTest(unittest.TestCase):
         self.assertEqual([json.loads(l[6:])["index"] for l in lines[:3]], [0, 1, 2])
         self.assertEqual(lines[3], "data: [DONE]")
 
+    def stats(self):
+        return json.loads(urllib.request.urlopen(self.url("/stats"), timeout=5).read())
+
+    def test_stats_count_answers_by_id(self):
+        before = self.stats()
+        got = json.loads(self.post({"prompt": "hi", "max_tokens": 2, "id": "a"}).read())
+        self.post({"prompt": "hi", "max_tokens": 2, "id": "a"}).read()
+        self.post({"prompt": "hi", "max_tokens": 2, "id": "b", "stream": True}).read()
+        after = self.stats()
+        self.assertEqual(after["completions"] - before["completions"], 3)
+        self.assertEqual(after["ids"]["a"] - before["ids"].get("a", 0), 2)
+        self.assertEqual(after["ids"]["b"] - before["ids"].get("b", 0), 1)
+        # The answer and the stats name the same process, the one that logged it at start.
+        self.assertEqual((got["pid"], got["token"]), (after["pid"], after["token"]))
+        self.assertEqual((after["pid"], after["token"]), (self.proc.pid, self.events[0]["token"]))
+
     def test_bad_request(self):
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            self.post({"max_tokens": 2, "id": 7})
+        self.assertEqual(e.exception.code, 400)
         with self.assertRaises(urllib.error.HTTPError) as e:
             self.post({"max_tokens": 0})
         self.assertEqual(e.exception.code, 400)
