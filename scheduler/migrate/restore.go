@@ -80,6 +80,14 @@ func (c *Controller) restoreFailed(ctx context.Context, pod, repl *v1.Pod, ck, r
 	if restore != nil && restore.Status.Phase == kv1.PhaseFailed {
 		msg = restore.Status.Message
 	}
+	if repl == nil {
+		// A restore refused at once can be seen before the pod informer shows the replacement
+		// created just before it: ask the API server, or the replacement would stay behind.
+		var err error
+		if repl, err = c.liveReplacement(ctx, pod, replName); err != nil {
+			return err
+		}
+	}
 	if repl != nil {
 		ruid := repl.UID
 		if err := c.client.CoreV1().Pods(ns).Delete(ctx, repl.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &ruid}}); err != nil && !apierrors.IsNotFound(err) {
@@ -94,6 +102,22 @@ func (c *Controller) restoreFailed(ctx context.Context, pod, repl *v1.Pod, ck, r
 		target, replName, pod.Spec.NodeName, ck.Status.ImageLocation, msg)
 	migrations.WithLabelValues("RestoreFailed").Inc()
 	return c.markResult(ctx, ck, kv1.MigrationFailed)
+}
+
+// liveReplacement is the replacement named replName as the API server has it, nil when there
+// is none or the pod of that name is not this pod's replacement.
+func (c *Controller) liveReplacement(ctx context.Context, pod *v1.Pod, replName string) (*v1.Pod, error) {
+	repl, err := c.client.CoreV1().Pods(pod.Namespace).Get(ctx, replName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading replacement %s/%s after its restore failed: %w", pod.Namespace, replName, err)
+	}
+	if repl.Annotations[kv1.AnnotationMigratedFrom] != gpupod.FormatMigratedFrom(pod) {
+		return nil, nil
+	}
+	return repl, nil
 }
 
 // placeReplacement creates the replacement of a checkpointed pod on a node with room for what
