@@ -61,7 +61,10 @@ func setup(t *testing.T) env {
 	c := framework.Get(t)
 	kc := c.Kybernate(t)
 	setupOnce.Do(func() {
-		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, nil,
+		// The tests name the victims of a preemption by the suspensions they see: the spreading
+		// controller's moves onto unused GPUs (also a suspension and a resume, 30 s after the
+		// pods settled) would count as victims.
+		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{"disableSpreading: false": "disableSpreading: true"},
 			"--slots-per-gpu", fmt.Sprint(slotsPerGPU),
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "500ms")
