@@ -96,21 +96,7 @@ func New(kybernate versioned.Interface, pods coreinformers.PodInformer, nodes co
 		now:               time.Now,
 	}
 	c.queue = skeleton.Queue("kybernate-spread", "Spreading pods failed", c.sync)
-	queuePod := func(obj interface{}) {
-		if pod, ok := skeleton.Pod(obj); ok && skeleton.Node(pod) != "" {
-			c.queue.Add(skeleton.Node(pod))
-		}
-	}
-	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: queuePod,
-		UpdateFunc: func(old, obj interface{}) {
-			if o, p := old.(*v1.Pod), obj.(*v1.Pod); skeleton.GPUChange(o, p) {
-				queuePod(o)
-				queuePod(p)
-			}
-		},
-		DeleteFunc: queuePod,
-	}); err != nil {
+	if err := skeleton.QueueNodesOfPods(pods, c.queue); err != nil {
 		return nil, err
 	}
 	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{

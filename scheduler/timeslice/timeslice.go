@@ -84,21 +84,7 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		now:         time.Now,
 	}
 	c.queue = skeleton.Queue("kybernate-timeslice", "Rotating time-slice turns failed", c.sync)
-	queuePod := func(obj interface{}) {
-		if pod, ok := skeleton.Pod(obj); ok && skeleton.Node(pod) != "" {
-			c.queue.Add(skeleton.Node(pod))
-		}
-	}
-	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: queuePod,
-		UpdateFunc: func(old, obj interface{}) {
-			if o, p := old.(*v1.Pod), obj.(*v1.Pod); skeleton.GPUChange(o, p) {
-				queuePod(o)
-				queuePod(p)
-			}
-		},
-		DeleteFunc: queuePod,
-	}); err != nil {
+	if err := skeleton.QueueNodesOfPods(pods, c.queue); err != nil {
 		return nil, err
 	}
 	if _, err := checkpoints.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{

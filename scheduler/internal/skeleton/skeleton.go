@@ -32,6 +32,27 @@ func Queue(name, failure string, sync func(ctx context.Context, key string) erro
 	return keyqueue.New(name, failure, sync)
 }
 
+// QueueNodesOfPods queues the node (see Node) of every pod added or deleted, and the old and new
+// node of every pod whose update is a GPUChange.
+func QueueNodesOfPods(pods coreinformers.PodInformer, queue *keyqueue.Queue) error {
+	queuePod := func(obj interface{}) {
+		if pod, ok := Pod(obj); ok && Node(pod) != "" {
+			queue.Add(Node(pod))
+		}
+	}
+	_, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: queuePod,
+		UpdateFunc: func(old, obj interface{}) {
+			if o, p := old.(*v1.Pod), obj.(*v1.Pod); GPUChange(o, p) {
+				queuePod(o)
+				queuePod(p)
+			}
+		},
+		DeleteFunc: queuePod,
+	})
+	return err
+}
+
 // GPUChange reports whether an update of a pod can change what a node's GPUs hold or what the
 // controllers decide about it: its node or nominated node, its phase, its kybernate.io/state or
 // kybernate.io/gpus, or its deletion.
