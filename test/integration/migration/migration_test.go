@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -276,8 +277,23 @@ func TestMigrateToFreeNode(t *testing.T) {
 			t.Errorf("Restore %s is %s, want Succeeded", ck.Name, ck.Status.Phase)
 		}
 	}
-	if r.Annotations[kv1.AnnotationGPUs] == "" || !strings.Contains(e.events(t, ns, r.Name), migrate.EventMigrated) {
-		t.Errorf("replacement has GPUs %q and events %q, want GPUs and a %s event", r.Annotations[kv1.AnnotationGPUs], e.events(t, ns, r.Name), migrate.EventMigrated)
+	if r.Annotations[kv1.AnnotationGPUs] == "" {
+		t.Errorf("replacement has no GPUs")
+	}
+	e.waitEvent(t, ns, r.Name, migrate.EventMigrated)
+}
+
+// waitEvent waits for an Event of the given reason about the named pod. Events are recorded
+// asynchronously, so one may land after the state change it reports.
+func (e env) waitEvent(t *testing.T, ns, name, reason string) {
+	t.Helper()
+	var seen string
+	err := framework.Poll(t.Context(), 30*time.Second, func(context.Context) (bool, error) {
+		seen = e.events(t, ns, name)
+		return slices.Contains(strings.Split(seen, ","), reason), nil
+	})
+	if err != nil {
+		t.Errorf("%s's events %s, want %s (%v)", name, seen, reason, err)
 	}
 }
 
@@ -331,10 +347,7 @@ func TestMigrationFailures(t *testing.T) {
 			if train.Spec.NodeName != nodeA || train.DeletionTimestamp != nil {
 				t.Errorf("train on %s (deleting: %v), want suspended on %s", train.Spec.NodeName, train.DeletionTimestamp != nil, nodeA)
 			}
-			evs := e.events(t, ns, "train")
-			if !strings.Contains(evs, migrate.EventMigrationFailed) {
-				t.Errorf("train's events %s, want %s", evs, migrate.EventMigrationFailed)
-			}
+			e.waitEvent(t, ns, "train", migrate.EventMigrationFailed)
 		})
 	}
 }
