@@ -193,18 +193,20 @@ func TestManualSuspendResume(t *testing.T) {
 	if frozen := h.ProgressFrozenWhileSuspended(t, "worker"); frozen < parked || frozen > parked+time.Second {
 		t.Errorf("progress froze at %s while suspended, read as %s right after the suspension", frozen, parked)
 	}
-	events, err := c.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=worker"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Events are sent asynchronously: wait for both rather than list once.
 	seen := map[string]bool{}
-	for _, e := range events.Items {
-		seen[e.Reason] = true
-	}
-	for _, want := range []string{"Suspended", "Resumed"} {
-		if !seen[want] {
-			t.Errorf("no %s Event on the pod (have %v)", want, seen)
+	err = framework.Poll(t.Context(), 30*time.Second, func(ctx context.Context) (bool, error) {
+		events, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=worker"})
+		if err != nil {
+			return false, err
 		}
+		for _, e := range events.Items {
+			seen[e.Reason] = true
+		}
+		return seen["Suspended"] && seen["Resumed"], nil
+	})
+	if err != nil {
+		t.Errorf("want Suspended and Resumed Events on the pod, have %v (%v)", seen, err)
 	}
 }
 

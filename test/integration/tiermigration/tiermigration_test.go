@@ -204,18 +204,20 @@ func TestMigrateSpilledPod(t *testing.T) {
 		t.Errorf("the migration's image is not the simulated record: %v", err)
 	}
 	// The migration's checkpoint came from the tier, not from processes.
-	evs, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=train"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Events are sent asynchronously: wait for it rather than list once.
 	from := ""
-	for _, e := range evs.Items {
-		if e.Reason == "Checkpointing" {
+	err = framework.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		evs, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=train,reason=Checkpointing"})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
 			from = e.Message
 		}
-	}
-	if !strings.Contains(from, "from the pod's image in tier ObjectStore") {
-		t.Errorf("Checkpointing Event of train %q, want one from the object store", from)
+		return from != "", nil
+	})
+	if err != nil || !strings.Contains(from, "from the pod's image in tier ObjectStore") {
+		t.Errorf("Checkpointing Event of train %q, want one from the object store (%v)", from, err)
 	}
 	// Never two copies running: train stays suspended until its replacement runs.
 	running := map[string]bool{}
