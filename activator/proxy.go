@@ -89,5 +89,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer lease.Release()
+	fullDuplex(w)
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), leaseKey{}, lease)))
+}
+
+// fullDuplex keeps an HTTP/1 request's body open while the response is written, as HTTP/2
+// always does. By default the HTTP/1 server drains and closes what is left of the body when
+// the response header goes out; but the transport that forwards the body to the pod reads it
+// once more after its Content-Length bytes (to see EOF), and that read can come after the pod
+// has answered (a fast pod, a busy CPU). It then fails on the closed body, the transport closes
+// the pod's connection as a failed write, and the response being copied to the client breaks
+// off after its 200 header: the client reads a truncated body (golang/go#40747).
+func fullDuplex(w http.ResponseWriter) {
+	// HTTP/2 answers ErrNotSupported: it is full duplex already.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 }
