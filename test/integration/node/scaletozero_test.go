@@ -23,7 +23,6 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
-	"github.com/kybernate/kybernate/test/ci"
 	"github.com/kybernate/kybernate/test/integration/framework"
 )
 
@@ -40,11 +39,6 @@ const (
 // answered exactly once by the same process (its pid and the token it drew at start), which
 // counts what it answered.
 func TestScaleToZeroCPU(t *testing.T) {
-	if on, _ := strconv.ParseBool(os.Getenv("KYBERNATE_SCALETOZERO_CPU")); !on {
-		// In one CI-mode run 3 of the 50 held requests were answered 200 by a body that named no
-		// process; until that is explained the test runs on request (test/ci/allowed-skips.yaml).
-		ci.Skip(t, "TestScaleToZeroCPU runs with KYBERNATE_SCALETOZERO_CPU=true: quarantined, 3 of 50 held requests were once answered by a body naming no process")
-	}
 	c := framework.Get(t)
 	node := c.RealNode(t)
 	if !t.Run("install", func(t *testing.T) { testInstall(t, c, node) }) {
@@ -82,8 +76,8 @@ func TestScaleToZeroCPU(t *testing.T) {
 	}
 	host := "llm." + ns
 	first := complete(t, proxy, host, "first")
-	if first.status != http.StatusOK {
-		t.Fatalf("first request: %d %s", first.status, first.body)
+	if !first.ok() {
+		t.Fatalf("first request: %s", first)
 	}
 	proc := podProcess(t, ready)
 	t.Logf("model server pid %d (%d on the host), token %s", first.PID, proc, first.Token)
@@ -113,12 +107,11 @@ func TestScaleToZeroCPU(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d held requests answered within %s of being sent", heldRequests, time.Since(sent).Round(100*time.Millisecond))
 	for i, a := range answers {
-		if a.status != http.StatusOK {
-			t.Errorf("held request %d: %d %s", i, a.status, a.body)
-			continue
-		}
-		if a.PID != first.PID || a.Token != first.Token {
-			t.Errorf("held request %d answered by pid %d token %s, want the process that slept: pid %d token %s", i, a.PID, a.Token, first.PID, first.Token)
+		switch {
+		case !a.ok():
+			t.Errorf("held request %d: %s", i, a)
+		case a.PID != first.PID || a.Token != first.Token:
+			t.Errorf("held request %d answered by pid %d token %s, want the process that slept: pid %d token %s (%s)", i, a.PID, a.Token, first.PID, first.Token, a)
 		}
 	}
 
@@ -281,34 +274,54 @@ func modelServerPod(ns, name, node string) *v1.Pod {
 	}
 }
 
-// answer is a completion's HTTP status and body, and the process that answered.
+// answer is a completion's HTTP status and raw body, an error that ended it (sending it or
+// reading its body), and the process that answered as the body names it.
 type answer struct {
 	status int
 	body   string
+	err    error
 	PID    int    `json:"pid"`
 	Token  string `json:"token"`
 }
 
-// complete posts a completion with id to the activator for host.
+// String is the whole answer, raw body included, so that a bad one is explained by the log.
+func (a answer) String() string {
+	s := fmt.Sprintf("status %d, body %q", a.status, a.body)
+	if a.err != nil {
+		s += ", error: " + a.err.Error()
+	}
+	return s
+}
+
+// ok reports whether a is a completion named by a process: 200, read whole, a JSON object
+// with a pid and a token.
+func (a answer) ok() bool {
+	return a.status == http.StatusOK && a.err == nil && a.PID != 0 && a.Token != ""
+}
+
+// complete posts a completion with id to the activator for host. The answer keeps what came
+// back as it came, whatever it is.
 func complete(t *testing.T, proxy, host, id string) answer {
 	body, _ := json.Marshal(map[string]any{"prompt": "hi", "max_tokens": 4, "id": id})
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+proxy+"/v1/completions", bytes.NewReader(body))
 	if err != nil {
-		return answer{body: err.Error()}
+		return answer{err: err}
 	}
 	req.Host = host
 	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
 	if err != nil {
-		return answer{body: err.Error()}
+		return answer{err: err}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	a := answer{status: resp.StatusCode, body: string(raw)}
 	if err != nil {
-		a.body += " (" + err.Error() + ")"
-	} else if resp.StatusCode == http.StatusOK {
+		a.err = fmt.Errorf("reading the body (Content-Length %d, %d bytes read): %w", resp.ContentLength, len(raw), err)
+		return a
+	}
+	if resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(raw, &a); err != nil {
-			a.status, a.body = 0, fmt.Sprintf("answer %q: %v", raw, err)
+			a.err = fmt.Errorf("decoding the body: %w", err)
 		}
 	}
 	return a
