@@ -257,6 +257,8 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 	}
 	if err != nil {
 		logger.Error(err, "CUDA driver not usable: GPU inventory is reported, but suspend and resume are unavailable on this node")
+		// Actions on GPU pods here fail at once with this error instead of waiting for nobody.
+		a.controllerOperator().SetDriverUnavailable(o.NodeName, err.Error())
 	} else {
 		e := engine.New(drv, engine.InventoryFinder{Inventory: a.nvml, Pods: resolver}, hostMemory, engine.InventoryMemory{Inventory: a.nvml},
 			engine.SignalKiller{}, a.o.engineConfig(), clock.RealClock{})

@@ -242,6 +242,9 @@ func (c *Controller) admit(ctx context.Context, ck *kv1.GPUCheckpoint) (*v1.Pod,
 		return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is not bound to a node", ns, pod.Name))
 	}
 	if !c.op.serves(pod, pod.Spec.NodeName) {
+		if why, ok := c.op.driverUnavailable(pod); ok {
+			return nil, c.failNoDriver(ctx, ck, pod, why)
+		}
 		if ck.Status.NodeName != "" {
 			if _, mine := c.op.engines.Engine(ck.Status.NodeName); mine {
 				return nil, c.fail(ctx, ck, nil, ReasonInvalid, fmt.Sprintf("pod %s/%s is on node %s, not on node %s where this action started", ns, pod.Name, pod.Spec.NodeName, ck.Status.NodeName))

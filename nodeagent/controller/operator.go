@@ -98,6 +98,8 @@ type Operator struct {
 	tiers Tiers
 	// freezers suspend pods without GPUs (freeze.go); nil without.
 	freezers Freezers
+	// noDriver are this agent's nodes without a usable CUDA driver (nodriver.go).
+	noDriver driverProblems
 }
 
 // NewOperator returns an Operator. changed may be nil.
