@@ -315,3 +315,42 @@ func TestBadAnnotationsAreToldOnce(t *testing.T) {
 		t.Errorf("a pod with a bad idle-after was put to sleep: %v", got)
 	}
 }
+
+// A sleep that the node agent fails (here: its node has no usable CUDA driver) leaves the pod
+// awake: the requests held meanwhile go to it as soon as the failure is known, and the pod is
+// not put to sleep again before another idle-after has passed.
+func TestFailedSleepSendsHeldRequestsToThePod(t *testing.T) {
+	f := newFixture(t, service("ml", "llm", "app=llm", "8000"), llmPod(kv1.PodRunning, "5m"))
+	f.sync(t)
+	f.now = t0.Add(5 * time.Minute)
+	f.sync(t)
+	sleeps := f.created()
+	if len(sleeps) != 1 {
+		t.Fatalf("created %v, want one Idle suspension", sleeps)
+	}
+	sleep := sleeps[0].DeepCopy()
+	sleep.CreationTimestamp = metav1.NewTime(f.now)
+	f.add(sleep)
+	done := hold(t, f)
+	f.sync(t)
+	select {
+	case err := <-done:
+		t.Fatalf("a request held while the pod is being put to sleep was answered: %v", err)
+	default:
+	}
+	failed := sleep.DeepCopy()
+	completed := metav1.NewTime(f.now)
+	failed.Status = kv1.GPUCheckpointStatus{Phase: kv1.PhaseFailed, CompletionTime: &completed, Conditions: []metav1.Condition{{
+		Type: kv1.CheckpointComplete, Status: metav1.ConditionFalse, Reason: "DriverUnavailable",
+		Message: "the agent of node n1 cannot suspend pods with GPUs: its CUDA driver is not usable (cuInit: CUDA_ERROR_NO_DEVICE (100))"}}}
+	f.add(failed)
+	f.sync(t)
+	if err := <-done; err != nil {
+		t.Errorf("held request after the sleep failed: %v, want it sent to the pod, which is awake", err)
+	}
+	f.now = f.now.Add(time.Minute)
+	f.sync(t)
+	if n := len(f.created()); n != 1 {
+		t.Errorf("%d suspensions requested a minute after one failed, want still 1", n)
+	}
+}
