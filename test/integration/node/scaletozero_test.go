@@ -154,15 +154,21 @@ func TestScaleToZeroCPU(t *testing.T) {
 func checkSleepAndWake(t *testing.T, c *framework.Cluster, h *framework.History, ns, pod string, sent time.Time) {
 	t.Helper()
 	var sleep, resume *kv1.GPUCheckpoint
-	for _, ck := range h.LatestCheckpoints() {
-		switch {
-		case ck.Spec.PodName != pod:
-		case ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle:
-			sleep = ck
-		case ck.Spec.Action == kv1.ActionResume:
-			resume = ck
+	// The agent writes the pod's state before the GPUCheckpoint's final status: the pod may be
+	// Running again while the Resume is still InProgress. Wait until both have ended.
+	h.Wait(t, 30*time.Second, "the Idle suspension and the Resume of "+pod+" ended", func() bool {
+		sleep, resume = nil, nil
+		for _, ck := range h.LatestCheckpoints() {
+			switch {
+			case ck.Spec.PodName != pod:
+			case ck.Spec.Action == kv1.ActionSuspend && ck.Spec.Reason == kv1.ReasonIdle:
+				sleep = ck
+			case ck.Spec.Action == kv1.ActionResume:
+				resume = ck
+			}
 		}
-	}
+		return sleep != nil && resume != nil && ended(sleep) && ended(resume)
+	})
 	switch {
 	case sleep == nil:
 		t.Errorf("no Suspend of reason Idle of %s", pod)
@@ -189,6 +195,10 @@ func checkSleepAndWake(t *testing.T, c *framework.Cluster, h *framework.History,
 		t.Logf("Woken: %s", evs.Items[0].Message)
 		return true, nil
 	})
+}
+
+func ended(ck *kv1.GPUCheckpoint) bool {
+	return ck.Status.Phase == kv1.PhaseSucceeded || ck.Status.Phase == kv1.PhaseFailed
 }
 
 // podProcess is the host pid of the pod's container process (not its pause process).
