@@ -28,14 +28,19 @@ type accountings struct {
 	mu sync.RWMutex
 	// seq counts the GPUNode events of all nodes.
 	seq uint64
-	// events is the seq of each node's latest GPUNode event.
-	events map[string]uint64
 	// deleted is the seq of the latest deletion: the number of every node without an entry,
 	// so that an accounting read before a GPUNode went is not stored after it.
 	deleted uint64
-	byNode  map[string]*cachedAccounting
+	byNode  map[string]*nodeEntry
 	// builds counts the accountings computed, for tests.
 	builds uint64
+}
+
+// nodeEntry is a node's latest GPUNode event number and its kept accounting, if any: one map
+// look-up finds both.
+type nodeEntry struct {
+	events uint64
+	cached *cachedAccounting
 }
 
 type cachedAccounting struct {
@@ -56,10 +61,10 @@ type scored struct {
 }
 
 func newAccountings() *accountings {
-	return &accountings{events: map[string]uint64{}, byNode: map[string]*cachedAccounting{}}
+	return &accountings{byNode: map[string]*nodeEntry{}}
 }
 
-// get returns the node's cached accounting if no GPUNode event came after it was computed, and
+// get returns the node's kept accounting if no GPUNode event came after it was computed, and
 // the node's current event number for an accounting computed now.
 func (a *accountings) get(node string) (*cachedAccounting, uint64) {
 	if a == nil {
@@ -67,18 +72,14 @@ func (a *accountings) get(node string) (*cachedAccounting, uint64) {
 	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	events := a.number(node)
-	if c := a.byNode[node]; c != nil && c.events == events {
-		return c, events
+	e := a.byNode[node]
+	if e == nil {
+		return nil, a.deleted
 	}
-	return nil, events
-}
-
-func (a *accountings) number(node string) uint64 {
-	if n, ok := a.events[node]; ok {
-		return n
+	if e.cached != nil && e.cached.events == e.events {
+		return e.cached, e.events
 	}
-	return a.deleted
+	return nil, e.events
 }
 
 // put keeps an accounting unless a GPUNode event of its node came after it was read.
@@ -89,8 +90,12 @@ func (a *accountings) put(node string, c *cachedAccounting) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.builds++
-	if a.number(node) == c.events {
-		a.byNode[node] = c
+	e := a.byNode[node]
+	switch {
+	case e != nil && e.events == c.events:
+		e.cached = c
+	case e == nil && a.deleted == c.events:
+		a.byNode[node] = &nodeEntry{events: c.events, cached: c}
 	}
 }
 
@@ -99,8 +104,7 @@ func (a *accountings) gpuNodeEvent(node string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.seq++
-	a.events[node] = a.seq
-	delete(a.byNode, node)
+	a.byNode[node] = &nodeEntry{events: a.seq}
 }
 
 // forget drops a node whose GPUNode is gone.
@@ -109,7 +113,6 @@ func (a *accountings) forget(node string) {
 	defer a.mu.Unlock()
 	a.seq++
 	a.deleted = a.seq
-	delete(a.events, node)
 	delete(a.byNode, node)
 }
 
