@@ -48,16 +48,18 @@ type cachedAccounting struct {
 	generation int64
 	ledger     gpupod.NodeVersion
 	accounting *gpupod.Accounting
-	// scored is the score of the last demand Score asked for: the pods of a burst ask alike,
-	// and the accounting never changes.
-	scored atomic.Pointer[scored]
+	// verdict is what Filter and Score found for the last demand: the pods of a burst ask
+	// alike, and the accounting never changes.
+	verdict atomic.Pointer[verdict]
 }
 
-type scored struct {
+// verdict is a node's answer to one demand.
+type verdict struct {
 	demand   gpupod.Demand
 	strategy config.ScoringStrategyType
-	score    int64
-	ok       bool
+	possible bool  // the node could hold the demand if it were empty
+	fits     bool  // some of its GPUs hold the demand now
+	score    int64 // of the GPUs the demand would get, when it fits
 }
 
 func newAccountings() *accountings {
@@ -146,12 +148,15 @@ func (a *accountings) count() uint64 {
 	return a.builds
 }
 
-// chooseScore is the accounting's ChooseScore, remembered for the last demand.
-func (c *cachedAccounting) chooseScore(d gpupod.Demand, strategy config.ScoringStrategyType) (int64, bool) {
-	if s := c.scored.Load(); s != nil && s.demand == d && s.strategy == strategy {
-		return s.score, s.ok
+// judge returns the node's verdict on the demand, remembered for the last demand.
+func (c *cachedAccounting) judge(d gpupod.Demand, strategy config.ScoringStrategyType) *verdict {
+	if v := c.verdict.Load(); v != nil && v.demand == d && v.strategy == strategy {
+		return v
 	}
-	score, ok := c.accounting.ChooseScore(d, strategy)
-	c.scored.Store(&scored{demand: d, strategy: strategy, score: score, ok: ok})
-	return score, ok
+	v := &verdict{demand: d, strategy: strategy, possible: c.accounting.Possible(d)}
+	if v.possible {
+		v.score, v.fits = c.accounting.ChooseScore(d, strategy)
+	}
+	c.verdict.Store(v)
+	return v
 }
