@@ -41,6 +41,9 @@ func (m *Manager) Restore(ctx context.Context, node string, pod *v1.Pod, to []cu
 		return engine.Result{}, err
 	}
 	defer m.release(e)
+	if e.gate != nil {
+		return m.restoreContainer(ctx, e, pod)
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()
 	start := m.clock.Now()
@@ -136,6 +139,9 @@ func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	e, ok := m.held[pod.UID]
 	if ok && !e.busy {
 		delete(m.held, pod.UID)
+		if e.gate != nil && !e.gate.open {
+			close(e.gate.wake) // creates waiting for a resume end
+		}
 	}
 	delete(m.failedSleeps, pod.UID)
 	m.mu.Unlock()
