@@ -96,6 +96,13 @@ func spillAndResume(t *testing.T, c *framework.Cluster, h *framework.History, ns
 		t.Errorf("status.storage of the Suspend %+v, want tier Disk with the image's size", st)
 	}
 
+	// Read before the kubelet's retries: it keeps one dead container, and its log, per name.
+	frozenToken, n := tokenCountFrozen(ctx, t, c, created)
+	if frozenToken != token {
+		t.Fatalf("the spilled container's log has token %q, want %q", frozenToken, token)
+	}
+	t.Logf("the container was frozen at %d", n)
+
 	if refusals > 0 {
 		// The kubelet's creates are refused, naming the tier, at the intervals its back-off sets.
 		refused := waitForEvent(ctx, t, c, ns, pod.Name, "Failed", "is Suspended with its memory spilled to Disk", refusals, 4*time.Minute)
@@ -110,11 +117,6 @@ func spillAndResume(t *testing.T, c *framework.Cluster, h *framework.History, ns
 		cs := p.Status.ContainerStatuses[0]
 		t.Logf("while spilled: state %s, phase %s, restartCount %d, waiting %+v", gpupod.StateOf(p), p.Status.Phase, cs.RestartCount, cs.State.Waiting)
 	}
-	frozenToken, n := tokenCountFrozen(ctx, t, c, created)
-	if frozenToken != token {
-		t.Fatalf("the spilled container's log has token %q, want %q", frozenToken, token)
-	}
-	t.Logf("the container was frozen at %d", n)
 
 	start := time.Now()
 	resume := &kv1.GPUCheckpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-resume"},
