@@ -13,6 +13,7 @@ import (
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/metrics"
 )
 
 // On a real node a spill ends the pod's container, and the kubelet creates it again at once
@@ -108,6 +109,7 @@ func (m *Manager) Admit(ctx context.Context, pod PodRef) error {
 	case <-t.C():
 	case <-ctx.Done():
 	}
+	metrics.SpilledCreatesRefused.WithLabelValues(string(tier)).Inc()
 	return &ContainerError{Cause: ContainerNotYet, Err: fmt.Errorf(
 		"pod %s/%s is Suspended with its memory spilled to %s (image %s) since %s: its container is restored from that image when the pod is resumed "+
 			"(GPUCheckpoint action Resume), never started afresh; no resume came within %s, the kubelet tries again",

@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/component-base/metrics/testutil"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -20,6 +21,7 @@ import (
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/engine"
+	"github.com/kybernate/kybernate/nodeagent/metrics"
 	"github.com/kybernate/kybernate/nodeagent/storage"
 )
 
@@ -144,6 +146,11 @@ func TestRealNodeSpillRefusesCreates(t *testing.T) {
 	if st := ck.Status.Storage; st == nil || st.Tier != kv1.TierDisk || st.StoredBytes == 0 {
 		t.Errorf("status.storage %+v, want Disk", st)
 	}
+	metrics.Register()
+	before, err := testutil.GetCounterMetricValue(metrics.SpilledCreatesRefused.WithLabelValues(string(kv1.TierDisk)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range 2 {
 		res := f.fetch()
 		f.waitForTimers()
@@ -152,6 +159,9 @@ func TestRealNodeSpillRefusesCreates(t *testing.T) {
 		if ContainerCauseOf(r.err) != ContainerNotYet || !strings.Contains(r.err.Error(), "ml/train is Suspended with its memory spilled to Disk") {
 			t.Fatalf("create %d: %v, want refused as not resumed", i+1, r.err)
 		}
+	}
+	if after, _ := testutil.GetCounterMetricValue(metrics.SpilledCreatesRefused.WithLabelValues(string(kv1.TierDisk))); after-before != 2 {
+		t.Errorf("refused creates counted %v, want 2", after-before)
 	}
 	// The policy does not spill it twice, and the parked pod it holds is not counted again.
 	f.rt.calls = nil
