@@ -40,6 +40,10 @@ type realFixture struct {
 	pod    *v1.Pod
 	kyb    *kybfake.Clientset
 	events *record.FakeRecorder
+	// newManager makes the Manager of an agent over the fixture's node and tiers, the gate of
+	// its Containers.
+	newManager func() *Manager
+	ckIdx      cache.Indexer
 }
 
 func newRealFixture(t *testing.T) *realFixture {
@@ -66,15 +70,18 @@ func newRealFixture(t *testing.T) *realFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{HighWater: hw, DiskDir: cf.c.DiskDir, Interval: time.Second, MoveTimeout: time.Minute, RetryBackoff: time.Minute, MaxBackoff: 10 * time.Minute,
+	cfg := Config{HighWater: hw, DiskDir: cf.c.DiskDir, DiskIdle: 10 * time.Minute, Interval: time.Second, MoveTimeout: time.Minute, RetryBackoff: time.Minute, MaxBackoff: 10 * time.Minute,
 		CreateHold: createHold, RecreateTimeout: recreateTimeout, KeySecret: "kybernate-image-key"}
 	events := record.NewFakeRecorder(100)
 	n := Node{Containers: cf.c, Memory: func() int64 { return 100 * gib }, Parked: func(context.Context) ([]ParkedPod, error) {
 		return []ParkedPod{{Pod: pod, Bytes: 3 << 20}}, nil
 	}}
-	mgr := New(cfg, singleNode{n}, cf.c.Disk, cf.c.Objects, cf.c.Keys, kube, kyb, corelisters.NewPodLister(podIdx), listers.NewGPUCheckpointLister(ckIdx), events, clk)
-	cf.c.Gate = mgr
-	return &realFixture{containersFixture: cf, t: t, clk: clk, mgr: mgr, pod: pod, kyb: kyb, events: events}
+	newManager := func() *Manager {
+		mgr := New(cfg, singleNode{n}, cf.c.Disk, cf.c.Objects, cf.c.Keys, kube, kyb, corelisters.NewPodLister(podIdx), listers.NewGPUCheckpointLister(ckIdx), events, clk)
+		cf.c.Gate = mgr
+		return mgr
+	}
+	return &realFixture{containersFixture: cf, t: t, clk: clk, mgr: newManager(), pod: pod, kyb: kyb, events: events, newManager: newManager, ckIdx: ckIdx}
 }
 
 func (f *realFixture) event(reason string) string {
@@ -271,4 +278,64 @@ func TestRealNodeForgetEndsWaitingCreate(t *testing.T) {
 func storageExists(t *testing.T, c *Containers) (bool, error) {
 	t.Helper()
 	return storage.Exists(t.Context(), c.Disk, ImageOf("ml", "train", "uid-train"))
+}
+
+// After --disk-tier-idle the policy moves the image to object storage (the node records it, so
+// that the create looks there); a Resume restores the container from there.
+func TestRealNodeUploadThenResume(t *testing.T) {
+	f := newRealFixture(t)
+	f.spill()
+	f.clk.Step(10 * time.Minute)
+	f.mgr.Reconcile(t.Context())
+	if tier, _ := f.mgr.Holds(f.pod.UID); tier != kv1.TierObjectStore {
+		t.Fatalf("after 10m on disk the pod is in %s, want ObjectStore", tier)
+	}
+	if ok, err := storageExists(t, f.c); ok || err != nil {
+		t.Errorf("the disk copy is still there (%v)", err)
+	}
+	resumed := make(chan error, 1)
+	go func() {
+		_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)
+		resumed <- err
+	}()
+	f.waitForTimers()
+	r := <-f.fetch()
+	if r.err != nil || r.out.Tier != kv1.TierObjectStore || r.out.Dir == "" {
+		t.Fatalf("create after the resume: %+v, %v; want the image from the object store", r.out, r.err)
+	}
+	if err := f.c.Release(t.Context(), trainer, r.out.Dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-resumed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An agent that restarts while a container is spilled holds its creates again: the next
+// agent takes the pod over from its Suspend's status.storage.
+func TestRealNodeRecoverAfterRestart(t *testing.T) {
+	f := newRealFixture(t)
+	f.spill()
+	ck, err := f.kyb.KybernateV1alpha1().GPUCheckpoints("ml").Get(t.Context(), "train-suspend", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ckIdx.Update(ck); err != nil {
+		t.Fatal(err)
+	}
+	f.mgr = f.newManager()
+	f.mgr.Recover(t.Context())
+	if tier, held := f.mgr.Holds(f.pod.UID); !held || tier != kv1.TierDisk {
+		t.Fatalf("after the restart the pod is held in %q (%v), want Disk", tier, held)
+	}
+	f.rt.calls = nil
+	res := f.fetch()
+	f.waitForTimers()
+	f.clk.Step(createHold)
+	if r := <-res; ContainerCauseOf(r.err) != ContainerNotYet {
+		t.Errorf("create after the restart: %v, want refused", r.err)
+	}
+	if len(f.rt.calls) != 0 {
+		t.Errorf("the restarted agent touched the container: %v", f.rt.calls)
+	}
 }
