@@ -32,7 +32,8 @@ const spilledCreateHold = 15 * time.Second
 // with a reason that names the pod's tier, and the pod stays Suspended throughout (its whole
 // history audited), its Suspend's status.storage saying Disk. A Resume then lets the next create
 // restore the container: the same process (the token its shell drew at start) counts on at
-// N+1. The first pod is resumed after three refused creates (the Resume then waits for the
+// N+1; the token holds the shell's PID in the pod's PID namespace too, which the restore keeps.
+// The first pod is resumed after three refused creates (the Resume then waits for the
 // kubelet's back-off); the second at once after its spill, while the kubelet's first create
 // waits in the agent (--spilled-create-hold). Resume latencies and the kubelet's retries are
 // logged.
@@ -72,7 +73,9 @@ func spillAndResume(t *testing.T, c *framework.Cluster, h *framework.History, ns
 	pod := counterPod(ns, name, node)
 	// A kybernate.io/ annotation: the shim asks the agent at the container's create.
 	pod.Annotations = map[string]string{kv1.AnnotationPreemption: "Suspend"}
-	pod.Spec.Containers[0].Command = []string{"/bin/sh", "-c", "t=$(cat /proc/sys/kernel/random/uuid); i=0; while :; do i=$((i+1)); echo \"$t $i\"; sleep 1; done"}
+	// The token: a random uuid drawn at start, kept in the shell's memory only, and the
+	// shell's PID.
+	pod.Spec.Containers[0].Command = []string{"/bin/sh", "-c", "t=$(cat /proc/sys/kernel/random/uuid).pid$$; i=0; while :; do i=$((i+1)); echo \"$t $i\"; sleep 1; done"}
 	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
