@@ -158,8 +158,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.THPDir, "thp-dir", o.THPDir, "The kernel's transparent huge page settings (sysfs).")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Folder for the agent's own state that must outlive it but not the boot (the THP window's previous settings).")
 
-	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: GPU memory of suspended pods parked in host memory per node above which the least recently suspended "+
-		"pods are spilled to --disk-tier-dir (and before a suspend that would pass it): a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
+	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: memory of suspended pods parked in host memory per node (their GPU memory; on a real node also the resident memory of frozen pods "+
+		"without GPUs) above which the least recently suspended pods are spilled to --disk-tier-dir (and before a suspend that would pass it): "+
+		"a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
 	fs.StringVar(&o.Tiers.DiskDir, "disk-tier-dir", o.Tiers.DiskDir, "Storage tiers: absolute folder on the node for spilled images, encrypted (needed with --parked-memory-high-water).")
 	fs.DurationVar(&o.Tiers.DiskIdle, "disk-tier-idle", o.Tiers.DiskIdle, "Storage tiers: how long an image stays on disk before it moves to object storage (with --object-store-secret); 0 keeps images on disk.")
 	fs.Var(&o.Tiers.DiskHighWater, "disk-tier-high-water", "Storage tiers: used bytes of the filesystem holding --disk-tier-dir above which images move to object storage, "+
