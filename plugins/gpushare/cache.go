@@ -28,14 +28,19 @@ type accountings struct {
 	mu sync.RWMutex
 	// seq counts the GPUNode events of all nodes.
 	seq uint64
-	// events is the seq of each node's latest GPUNode event.
-	events map[string]uint64
 	// deleted is the seq of the latest deletion: the number of every node without an entry,
 	// so that an accounting read before a GPUNode went is not stored after it.
 	deleted uint64
-	byNode  map[string]*cachedAccounting
+	byNode  map[string]*nodeEntry
 	// builds counts the accountings computed, for tests.
 	builds uint64
+}
+
+// nodeEntry is a node's latest GPUNode event number and its kept accounting, if any: one map
+// look-up finds both.
+type nodeEntry struct {
+	events uint64
+	cached *cachedAccounting
 }
 
 type cachedAccounting struct {
@@ -43,23 +48,25 @@ type cachedAccounting struct {
 	generation int64
 	ledger     gpupod.NodeVersion
 	accounting *gpupod.Accounting
-	// scored is the score of the last demand Score asked for: the pods of a burst ask alike,
-	// and the accounting never changes.
-	scored atomic.Pointer[scored]
+	// verdict is what Filter and Score found for the last demand: the pods of a burst ask
+	// alike, and the accounting never changes.
+	verdict atomic.Pointer[verdict]
 }
 
-type scored struct {
+// verdict is a node's answer to one demand.
+type verdict struct {
 	demand   gpupod.Demand
 	strategy config.ScoringStrategyType
-	score    int64
-	ok       bool
+	possible bool  // the node could hold the demand if it were empty
+	fits     bool  // some of its GPUs hold the demand now
+	score    int64 // of the GPUs the demand would get, when it fits
 }
 
 func newAccountings() *accountings {
-	return &accountings{events: map[string]uint64{}, byNode: map[string]*cachedAccounting{}}
+	return &accountings{byNode: map[string]*nodeEntry{}}
 }
 
-// get returns the node's cached accounting if no GPUNode event came after it was computed, and
+// get returns the node's kept accounting if no GPUNode event came after it was computed, and
 // the node's current event number for an accounting computed now.
 func (a *accountings) get(node string) (*cachedAccounting, uint64) {
 	if a == nil {
@@ -67,18 +74,14 @@ func (a *accountings) get(node string) (*cachedAccounting, uint64) {
 	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	events := a.number(node)
-	if c := a.byNode[node]; c != nil && c.events == events {
-		return c, events
+	e := a.byNode[node]
+	if e == nil {
+		return nil, a.deleted
 	}
-	return nil, events
-}
-
-func (a *accountings) number(node string) uint64 {
-	if n, ok := a.events[node]; ok {
-		return n
+	if e.cached != nil && e.cached.events == e.events {
+		return e.cached, e.events
 	}
-	return a.deleted
+	return nil, e.events
 }
 
 // put keeps an accounting unless a GPUNode event of its node came after it was read.
@@ -89,8 +92,12 @@ func (a *accountings) put(node string, c *cachedAccounting) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.builds++
-	if a.number(node) == c.events {
-		a.byNode[node] = c
+	e := a.byNode[node]
+	switch {
+	case e != nil && e.events == c.events:
+		e.cached = c
+	case e == nil && a.deleted == c.events:
+		a.byNode[node] = &nodeEntry{events: c.events, cached: c}
 	}
 }
 
@@ -99,8 +106,7 @@ func (a *accountings) gpuNodeEvent(node string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.seq++
-	a.events[node] = a.seq
-	delete(a.byNode, node)
+	a.byNode[node] = &nodeEntry{events: a.seq}
 }
 
 // forget drops a node whose GPUNode is gone.
@@ -109,7 +115,6 @@ func (a *accountings) forget(node string) {
 	defer a.mu.Unlock()
 	a.seq++
 	a.deleted = a.seq
-	delete(a.events, node)
 	delete(a.byNode, node)
 }
 
@@ -143,12 +148,15 @@ func (a *accountings) count() uint64 {
 	return a.builds
 }
 
-// chooseScore is the accounting's ChooseScore, remembered for the last demand.
-func (c *cachedAccounting) chooseScore(d gpupod.Demand, strategy config.ScoringStrategyType) (int64, bool) {
-	if s := c.scored.Load(); s != nil && s.demand == d && s.strategy == strategy {
-		return s.score, s.ok
+// judge returns the node's verdict on the demand, remembered for the last demand.
+func (c *cachedAccounting) judge(d gpupod.Demand, strategy config.ScoringStrategyType) *verdict {
+	if v := c.verdict.Load(); v != nil && v.demand == d && v.strategy == strategy {
+		return v
 	}
-	score, ok := c.accounting.ChooseScore(d, strategy)
-	c.scored.Store(&scored{demand: d, strategy: strategy, score: score, ok: ok})
-	return score, ok
+	v := &verdict{demand: d, strategy: strategy, possible: c.accounting.Possible(d)}
+	if v.possible {
+		v.score, v.fits = c.accounting.ChooseScore(d, strategy)
+	}
+	c.verdict.Store(v)
+	return v
 }

@@ -241,7 +241,7 @@ func TestAccountingReadBeforeAnEventIsNotKept(t *testing.T) {
 	}
 }
 
-// TestScoreRemembersEachDemand: Score of a cached node gives for each demand what the
+// TestScoreRemembersEachDemand: Filter and Score of a cached node give for each demand what the
 // accounting computes, also when demands alternate and after the node changed.
 func TestScoreRemembersEachDemand(t *testing.T) {
 	gn := gpuNode("n", 80, 80)
@@ -265,6 +265,18 @@ func TestScoreRemembersEachDemand(t *testing.T) {
 	for range 3 {
 		if got := []int64{score(small), score(big)}; !slices.Equal(got, want) {
 			t.Fatalf("scores %v after alternating, want %v", got, want)
+		}
+	}
+	// Filter alternates too: a pod that fits, one the node can never hold, one that waits.
+	huge, _ := preFilter(t, pl, gpuPod("huge", 3, "").Obj())
+	both, _ := preFilter(t, pl, gpuPod("both", 2, "30Gi").Obj())
+	for range 2 {
+		var codes []fwk.Code
+		for _, state := range []*framework.CycleState{small, huge, both} {
+			codes = append(codes, pl.Filter(t.Context(), state, nil, ni).Code())
+		}
+		if want := []fwk.Code{fwk.Success, fwk.UnschedulableAndUnresolvable, fwk.Unschedulable}; !slices.Equal(codes, want) {
+			t.Fatalf("Filter codes %v, want %v", codes, want)
 		}
 	}
 	ni.AddPod(on(gpuPod("more", 1, "30Gi"), "n", 1))

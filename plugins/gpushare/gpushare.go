@@ -176,11 +176,11 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	if status != nil {
 		return status
 	}
-	gpus := c.accounting
-	if !gpus.Possible(s.demand) {
+	v := c.judge(s.demand, pl.strategy)
+	if !v.possible {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
 	}
-	if !gpus.FitsNow(s.demand) {
+	if !v.fits {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
 	return nil
@@ -206,7 +206,8 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if status != nil {
 		return 0, status
 	}
-	score, ok := c.chooseScore(s.demand, pl.strategy)
+	v := c.judge(s.demand, pl.strategy)
+	score, ok := v.score, v.fits
 	if !ok {
 		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}

@@ -29,16 +29,17 @@ apiserver_request_total{code="409",component="apiserver",dry_run="",group="kyber
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="binding",verb="POST",version="v1"} 7
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="LIST",version="v1"} 99
 apiserver_request_total_other{verb="PUT",resource="pods"} 5
+apiserver_watch_events_total{group="kybernate.io",resource="gpunodes",version="v1alpha1"} 120
 `
 	got, err := parseWrites(strings.NewReader(metrics))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := writes{"PUT gpunodes/status": 42, "POST pods/binding": 7}
+	want := writes{"PUT gpunodes/status": 42, "POST pods/binding": 7, "watch events gpunodes": 120}
 	if !maps.Equal(got, want) {
 		t.Errorf("parseWrites = %v, want %v", got, want)
 	}
-	if d := (writes{"PUT gpunodes/status": 50, "POST pods/binding": 7}).since(want); !maps.Equal(d, writes{"PUT gpunodes/status": 8}) {
+	if d := (writes{"PUT gpunodes/status": 50, "POST pods/binding": 7, "watch events gpunodes": 120}).since(want); !maps.Equal(d, writes{"PUT gpunodes/status": 8}) {
 		t.Errorf("since = %v, want only the 8 new status writes", d)
 	}
 }

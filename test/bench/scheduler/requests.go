@@ -14,8 +14,9 @@ import (
 )
 
 // writes counts kube-apiserver's write requests (POST, PUT, PATCH, DELETE) by verb and
-// resource ("PUT gpunodes/status"), from its apiserver_request_total counter: which writes a
-// contender's pods cause, and so what the API server, etcd and every watcher pay for.
+// resource ("PUT gpunodes/status"), from its apiserver_request_total counter, and the events it
+// sent to watchers by resource ("watch events pods"), from apiserver_watch_events_total: which
+// writes a contender's pods cause, and what every watcher decodes.
 type writes map[string]float64
 
 // scrapeWrites reads the write counters of kube-apiserver's /metrics.
@@ -27,33 +28,35 @@ func scrapeWrites(ctx context.Context, client kubernetes.Interface) (writes, err
 	return parseWrites(bytes.NewReader(body))
 }
 
-// parseWrites sums apiserver_request_total over codes and scopes per verb and resource.
+// parseWrites sums apiserver_request_total over codes and scopes per verb and resource, and
+// apiserver_watch_events_total per resource.
 func parseWrites(r io.Reader) (writes, error) {
 	w := writes{}
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
 	for s.Scan() {
 		line := s.Text()
-		if !strings.HasPrefix(line, "apiserver_request_total{") {
+		name, rest, ok := strings.Cut(line, "{")
+		end := strings.LastIndexByte(rest, '}')
+		if !ok || end < 0 || (name != "apiserver_request_total" && name != "apiserver_watch_events_total") {
 			continue
 		}
-		end := strings.LastIndexByte(line, '}')
-		if end < 0 {
-			continue
+		labels := promLabels(rest[:end])
+		key := "watch events " + labels["resource"]
+		if name == "apiserver_request_total" {
+			switch labels["verb"] {
+			case "POST", "PUT", "PATCH", "DELETE":
+			default:
+				continue
+			}
+			key = labels["verb"] + " " + labels["resource"]
+			if sub := labels["subresource"]; sub != "" {
+				key += "/" + sub
+			}
 		}
-		labels := promLabels(line[len("apiserver_request_total{"):end])
-		switch labels["verb"] {
-		case "POST", "PUT", "PATCH", "DELETE":
-		default:
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(line[end+1:]), 64)
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest[end+1:]), 64)
 		if err != nil {
-			return nil, fmt.Errorf("apiserver_request_total: %q: %w", line, err)
-		}
-		key := labels["verb"] + " " + labels["resource"]
-		if sub := labels["subresource"]; sub != "" {
-			key += "/" + sub
+			return nil, fmt.Errorf("%s: %q: %w", name, line, err)
 		}
 		w[key] += v
 	}
@@ -109,8 +112,9 @@ func writesReport(out io.Writer, cs []*contender, runs [][]result) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	fmt.Fprintln(out, "\nkube-apiserver write requests per pod placed (median over the repetitions; apiserver_request_total "+
-		"between the start of the creations and the last pod bound; kinds of at least 0.05 per pod):")
+	fmt.Fprintln(out, "\nkube-apiserver write requests and watch events sent per pod placed (median over the repetitions; "+
+		"apiserver_request_total and apiserver_watch_events_total between the start of the creations and the last pod bound; "+
+		"kinds of at least 0.05 per pod):")
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "| request | %s |\n|---|%s\n", strings.Join(labels(cs), " | "), strings.Repeat("---|", len(cs)))
 	for _, k := range keys {
