@@ -45,9 +45,33 @@ type gate struct {
 	wake chan struct{}
 	// done receives how the restore the open gate let through ended.
 	done chan bool
+	// gone is closed when the pod is deleted: a Resume waiting for its create ends.
+	gone chan struct{}
+	// woken, isGone: wake and gone are closed.
+	woken, isGone bool
 }
 
-func newGate() *gate { return &gate{wake: make(chan struct{})} }
+func newGate() *gate { return &gate{wake: make(chan struct{}), gone: make(chan struct{})} }
+
+// The gate's methods are called with Manager.mu held.
+
+// wakeAll ends the creates waiting at the gate.
+func (g *gate) wakeAll() {
+	if !g.woken {
+		g.woken = true
+		close(g.wake)
+	}
+}
+
+// podGone ends the waits of a deleted pod's gate: creates waiting for a Resume, and a Resume
+// waiting for a create.
+func (g *gate) podGone() {
+	g.wakeAll()
+	if !g.isGone {
+		g.isGone = true
+		close(g.gone)
+	}
+}
 
 // spillContainer spills a suspended pod of a real node: its container is checkpointed with
 // CRIU (frozen already when the pod has no GPUs), stored encrypted on disk and stopped. The
@@ -67,9 +91,11 @@ func (m *Manager) spillContainer(ctx context.Context, node string, n Node, pod *
 	out, err := n.Containers.SpillFrozen(ctx, PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID)})
 	if err != nil {
 		m.mu.Lock()
-		delete(m.held, pod.UID)
+		if m.held[pod.UID] == e {
+			delete(m.held, pod.UID)
+		}
+		e.gate.wakeAll()
 		m.mu.Unlock()
-		close(e.gate.wake)
 		m.recorder.Eventf(pod, v1.EventTypeWarning, EventTierMoveFailed, "Spill to disk failed (%s); the pod stays suspended in host memory: %v", ContainerCauseOf(err), err)
 		return fmt.Errorf("spilling pod %s/%s to disk: %w", pod.Namespace, pod.Name, err)
 	}
@@ -138,8 +164,8 @@ func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (
 	from := e.tier
 	m.mu.Lock()
 	e.gate.open, e.gate.done = true, make(chan bool, 1)
-	close(e.gate.wake)
-	done := e.gate.done
+	e.gate.wakeAll()
+	done, gone := e.gate.done, e.gate.gone
 	m.mu.Unlock()
 	t := m.clock.NewTimer(m.cfg.RecreateTimeout)
 	defer t.Stop()
@@ -149,6 +175,9 @@ func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (
 		if !ok {
 			err = errors.New("the shim could not restore the container from its image (its log and the kubelet's Events say why)")
 		}
+	case <-gone:
+		return engine.Result{}, &engine.Error{Op: "resume", Pod: pod.Namespace + "/" + pod.Name, Cause: engine.CauseWrongState,
+			Err: errors.New("the pod was deleted while its container was spilled")}
 	case <-t.C():
 		err = fmt.Errorf("the kubelet did not create the container within %s (its restart back-off is up to 5m)", m.cfg.RecreateTimeout)
 	case <-ctx.Done():

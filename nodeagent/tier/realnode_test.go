@@ -339,3 +339,22 @@ func TestRealNodeRecoverAfterRestart(t *testing.T) {
 		t.Errorf("the restarted agent touched the container: %v", f.rt.calls)
 	}
 }
+
+// A pod deleted while its Resume waits for the create: the Resume ends at once.
+func TestRealNodeForgetEndsWaitingResume(t *testing.T) {
+	f := newRealFixture(t)
+	f.spill()
+	resumed := make(chan error, 1)
+	go func() {
+		_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)
+		resumed <- err
+	}()
+	f.waitForTimers()
+	f.mgr.Forget(t.Context(), f.pod)
+	if err := <-resumed; err == nil || !strings.Contains(err.Error(), "deleted") {
+		t.Errorf("resume of a deleted pod: %v, want it ended", err)
+	}
+	if _, held := f.mgr.Holds(f.pod.UID); held {
+		t.Error("a deleted pod is still held")
+	}
+}

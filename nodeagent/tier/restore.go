@@ -137,11 +137,14 @@ func (m *Manager) deleteImage(ctx context.Context, e *entry) {
 func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	m.mu.Lock()
 	e, ok := m.held[pod.UID]
+	if ok && e.gate != nil {
+		e.gate.podGone() // creates waiting for a resume, or a resume waiting for a create, end
+		if e.busy {
+			delete(m.held, pod.UID) // the sweep deletes its images
+		}
+	}
 	if ok && !e.busy {
 		delete(m.held, pod.UID)
-		if e.gate != nil && !e.gate.open {
-			close(e.gate.wake) // creates waiting for a resume end
-		}
 	}
 	delete(m.failedSleeps, pod.UID)
 	m.mu.Unlock()
