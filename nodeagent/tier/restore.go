@@ -137,18 +137,17 @@ func (m *Manager) deleteImage(ctx context.Context, e *entry) {
 func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	m.mu.Lock()
 	e, ok := m.held[pod.UID]
+	free := ok && !e.busy
 	if ok && e.gate != nil {
 		e.gate.podGone() // creates waiting for a resume, or a resume waiting for a create, end
-		if e.busy {
-			delete(m.held, pod.UID) // the sweep deletes its images
-		}
+		delete(m.held, pod.UID) // when busy, the sweep deletes its images
 	}
-	if ok && !e.busy {
+	if free {
 		delete(m.held, pod.UID)
 	}
 	delete(m.failedSleeps, pod.UID)
 	m.mu.Unlock()
-	if ok && !e.busy {
+	if free {
 		m.deleteImage(ctx, e)
 		m.publish(e.node)
 	}
