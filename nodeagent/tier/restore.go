@@ -139,7 +139,7 @@ func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	e, ok := m.held[pod.UID]
 	free := ok && !e.busy
 	if ok && e.gate != nil {
-		e.gate.podGone() // creates waiting for a resume, or a resume waiting for a create, end
+		e.gate.podGone()        // creates waiting for a resume, or a resume waiting for a create, end
 		delete(m.held, pod.UID) // when busy, the sweep deletes its images
 	}
 	if free {
