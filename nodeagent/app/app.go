@@ -302,6 +302,9 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		if srvNode.Tiers, err = a.containerTiers(ctx, srvNode.Checkpoints); err != nil {
 			return nil, err
 		}
+		if a.tiers != nil {
+			a.tierNodes.set(o.NodeName, a.realTierNode(srvNode.Tiers, runtime))
+		}
 	}
 	a.reporter.Add(o.NodeName, node)
 	a.server = server.New(server.NodeMap{o.NodeName: srvNode}, a.controllerOperator(), server.APIPods{Client: kube}, o.HostMemoryReserve.Value(), false)
