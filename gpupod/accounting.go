@@ -120,13 +120,15 @@ func (g *gpu) compatible(d Demand) bool {
 
 // fits reports whether the GPU can take the demand now.
 func (g *gpu) fits(d Demand, slots int) bool {
-	if !g.compatible(d) || g.pods >= slots {
-		return false
-	}
+	return g.compatible(d) && g.pods < slots && g.hasRoom(d)
+}
+
+// hasRoom reports whether the GPU's free memory takes the demand, its headroom included.
+func (g *gpu) hasRoom(d Demand) bool {
 	if d.Whole() {
 		return g.used == 0
 	}
-	return d.Bytes <= g.free()
+	return d.Bytes+d.Headroom <= g.free()
 }
 
 // possible reports whether the node could hold the demand if it were empty.
@@ -265,7 +267,7 @@ func (a *Accounting) FitsSlotHeld(d Demand, uuids []string) bool {
 	}
 	for _, u := range uuids {
 		g := a.gpu(u)
-		if g == nil || !g.compatible(d) || (d.Whole() && g.used != 0) || (!d.Whole() && d.Bytes > g.free()) {
+		if g == nil || !g.compatible(d) || !g.hasRoom(d) {
 			return false
 		}
 	}

@@ -101,3 +101,34 @@ func TestChooseShortcutsAgree(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoringKeepsTheMargin: a restore fits only where the agent's restore margin stays free
+// beyond its memory, whichever way the fit is asked; a pod that starts afresh may fill the GPU.
+func TestRestoringKeepsTheMargin(t *testing.T) {
+	const gib = int64(1) << 30
+	const uuid = "GPU-00000000-0000-0000-0000-000000000001"
+	slots := int32(2)
+	gn := &kv1.GPUNode{Spec: kv1.GPUNodeSpec{SlotsPerGPU: &slots}, Status: kv1.GPUNodeStatus{
+		RestoreMarginBytes: 256 << 20,
+		GPUs:               []kv1.GPUStatus{{UUID: uuid, MemoryTotalBytes: 80 * gib}},
+	}}
+	resident := util.MakePod().Namespace("ml").Name("a").UID("a").GPU(1).GPUMemory("50Gi").Annotation(kv1.AnnotationGPUs, uuid).Obj()
+	acc := NewAccounting(gn, []*v1.Pod{resident})
+	fresh := Demand{Count: 1, Bytes: 30 * gib}
+	for _, tt := range []struct {
+		name string
+		d    Demand
+		want bool
+	}{
+		{name: "30Gi afresh", d: fresh, want: true},
+		{name: "30Gi restored", d: fresh.Restoring(gn), want: false},
+		{name: "29Gi restored", d: Demand{Count: 1, Bytes: 29 * gib}.Restoring(gn), want: true},
+	} {
+		got := []bool{acc.Fits(tt.d, []string{uuid}), acc.FitsSlotHeld(tt.d, []string{uuid}), acc.FitsNow(tt.d), acc.Choose(tt.d, config.MostAllocated) != nil}
+		for i, g := range got {
+			if g != tt.want {
+				t.Errorf("%s: fit %d of (Fits, FitsSlotHeld, FitsNow, Choose) = %v, want %v", tt.name, i, g, tt.want)
+			}
+		}
+	}
+}

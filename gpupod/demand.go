@@ -20,6 +20,18 @@ type Demand struct {
 	Bytes int64
 	// Model, when set, is the only GPU model the pod may get.
 	Model string
+	// Headroom is free VRAM that must be left on each GPU beyond Bytes: the agent's restore
+	// margin, for a pod whose memory comes back from a checkpoint (Restoring). Zero for a pod
+	// that starts afresh.
+	Headroom int64
+}
+
+// Restoring is the demand of a pod whose GPU memory comes back from a checkpoint onto the
+// node's GPUs: the agent restores only onto GPUs with its restore margin free beyond the
+// memory (GPUNode status restoreMarginBytes).
+func (d Demand) Restoring(gn *kv1.GPUNode) Demand {
+	d.Headroom = max(gn.Status.RestoreMarginBytes, 0)
+	return d
 }
 
 // Whole reports whether the pod takes its GPUs whole.

@@ -159,6 +159,7 @@ func newAgent(ctx context.Context, o *Options, kube kubernetes.Interface, kyb ve
 		HostMemoryStep:    o.HostMemoryStep.Value(),
 		MinInterval:       o.StatusMinInterval,
 		Simulated:         o.Simulate,
+		RestoreMargin:     o.RestoreMargin.Value(),
 	}, kube, kyb, a.gpuNodeFactory.Kybernate().V1alpha1().GPUNodes().Lister(), a.nodeFactory.Core().V1().Nodes().Lister(), clock.RealClock{})
 
 	a.broadcaster = record.NewBroadcaster(record.WithContext(ctx))
@@ -302,6 +303,9 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 		}
 		if srvNode.Tiers, err = a.containerTiers(ctx, srvNode.Checkpoints); err != nil {
 			return nil, err
+		}
+		if a.tiers != nil {
+			a.tierNodes.set(o.NodeName, a.realTierNode(srvNode.Tiers, runtime))
 		}
 	}
 	a.reporter.Add(o.NodeName, node)

@@ -110,6 +110,11 @@ func NewOptions() *Options {
 			KeySecret:     "kybernate-image-key",
 			SweepInterval: 10 * time.Minute,
 			OrphanGrace:   10 * time.Minute,
+			// Well under the kubelet's 2m --runtime-request-timeout, which bounds a create.
+			CreateHold: time.Minute,
+			// The kubelet's restart back-off reaches 5m; a create comes at most that long (plus
+			// a hold and its 10s sync period) after the last.
+			RecreateTimeout: 10 * time.Minute,
 		},
 	}
 }
@@ -153,8 +158,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.THPDir, "thp-dir", o.THPDir, "The kernel's transparent huge page settings (sysfs).")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Folder for the agent's own state that must outlive it but not the boot (the THP window's previous settings).")
 
-	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: GPU memory of suspended pods parked in host memory per node above which the least recently suspended "+
-		"pods are spilled to --disk-tier-dir (and before a suspend that would pass it): a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
+	fs.Var(&o.Tiers.HighWater, "parked-memory-high-water", "Storage tiers: memory of suspended pods parked in host memory per node (their GPU memory; on a real node also the resident memory of frozen pods "+
+		"without GPUs) above which the least recently suspended pods are spilled to --disk-tier-dir (and before a suspend that would pass it): "+
+		"a quantity (200Gi) or a share of the node's memory (60%). Empty: no tiers.")
 	fs.StringVar(&o.Tiers.DiskDir, "disk-tier-dir", o.Tiers.DiskDir, "Storage tiers: absolute folder on the node for spilled images, encrypted (needed with --parked-memory-high-water).")
 	fs.DurationVar(&o.Tiers.DiskIdle, "disk-tier-idle", o.Tiers.DiskIdle, "Storage tiers: how long an image stays on disk before it moves to object storage (with --object-store-secret); 0 keeps images on disk.")
 	fs.Var(&o.Tiers.DiskHighWater, "disk-tier-high-water", "Storage tiers: used bytes of the filesystem holding --disk-tier-dir above which images move to object storage, "+
@@ -168,6 +174,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.Tiers.MoveTimeout, "tier-move-timeout", o.Tiers.MoveTimeout, "Storage tiers: limit of one move of a pod's memory between tiers (spill, upload, fetch and restore).")
 	fs.DurationVar(&o.Tiers.RetryBackoff, "tier-retry-backoff", o.Tiers.RetryBackoff, "Storage tiers: wait after a failed move; it doubles with every failure in a row.")
 	fs.DurationVar(&o.Tiers.MaxBackoff, "tier-max-backoff", o.Tiers.MaxBackoff, "Storage tiers: the longest wait between tries of a failing move.")
+	fs.DurationVar(&o.Tiers.CreateHold, "spilled-create-hold", o.Tiers.CreateHold, "Storage tiers, real nodes: how long the kubelet's create of a spilled, suspended pod's container "+
+		"waits for the pod's Resume before it is refused (the kubelet then backs off and tries again); keep it well under the kubelet's --runtime-request-timeout (2m).")
+	fs.DurationVar(&o.Tiers.RecreateTimeout, "spilled-recreate-timeout", o.Tiers.RecreateTimeout, "Storage tiers, real nodes: how long a Resume of a spilled pod waits for the kubelet to create "+
+		"its container again (its restart back-off reaches 5m) before the resume fails and the pod stays spilled.")
 
 	fs.BoolVar(&o.Simulate, "simulate", o.Simulate, "Simulate the GPUs of the nodes --simulate-node-selector picks (kwok nodes): mock NVML machines, "+
 		"a fake CUDA driver, checkpoint times from --simulate-*-rate. Nothing touches a real GPU; every GPUNode says Simulated=True.")
@@ -239,20 +249,24 @@ func (o *Options) validateTiers() error {
 		}
 	}
 	if o.Tiers.Enabled() && !o.Simulate {
-		errs = append(errs, errors.New("--parked-memory-high-water: the automatic tier policy runs with --simulate only: on a real node the kubelet restarts a spilled "+
-			"container at once and the shim restores it from its image, so the agent would have to hold that restore back until the pod's Resume, which it does not yet; "+
-			"--disk-tier-dir alone gives a real node the agent's Spill, FetchSpilled and ReleaseSpilled"))
+		errs = append(errs, o.validateContainerTiers(true))
 	}
 	if !o.Simulate && !o.Tiers.Enabled() && o.Tiers.DiskDir != "" {
-		return errors.Join(append(errs, o.validateContainerTiers())...)
+		return errors.Join(append(errs, o.validateContainerTiers(false))...)
 	}
 	return errors.Join(append(errs, o.Tiers.Validate(o.ObjectStoreSecret != ""))...)
 }
 
-// validateContainerTiers checks the flags of a real node's storage tiers without the policy:
-// the agent's Spill and the shim's FetchSpilled (package tier, Containers).
-func (o *Options) validateContainerTiers() error {
+// validateContainerTiers checks the flags of a real node's storage tiers: the agent's Spill and
+// the shim's FetchSpilled (package tier, Containers) and, with the policy, its holds.
+func (o *Options) validateContainerTiers(policy bool) error {
 	var errs []error
+	if o.Tiers.CreateHold < 0 || o.Tiers.CreateHold >= 2*time.Minute {
+		errs = append(errs, fmt.Errorf("--spilled-create-hold=%s: want 0 up to under the kubelet's --runtime-request-timeout (2m)", o.Tiers.CreateHold))
+	}
+	if o.Tiers.RecreateTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--spilled-recreate-timeout=%s: want a positive duration", o.Tiers.RecreateTimeout))
+	}
 	if !filepath.IsAbs(o.Tiers.DiskDir) {
 		errs = append(errs, fmt.Errorf("--disk-tier-dir=%q: want an absolute folder on the node", o.Tiers.DiskDir))
 	}
@@ -262,7 +276,7 @@ func (o *Options) validateContainerTiers() error {
 	if o.CheckpointDir == "" {
 		errs = append(errs, errors.New("--disk-tier-dir on a real node needs --checkpoint-dir: the shim restores spilled containers only from images under it"))
 	}
-	if o.Tiers.DiskHighWater.IsSet() {
+	if o.Tiers.DiskHighWater.IsSet() && !policy {
 		errs = append(errs, errors.New("--disk-tier-high-water needs --parked-memory-high-water (the policy)"))
 	}
 	if o.Tiers.MoveTimeout <= 0 {

@@ -48,7 +48,7 @@ func (t *tierNodes) Names() []string {
 func (t *tierNodes) set(name string, n tier.Node) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if n.Engine == nil {
+	if n.Engine == nil && n.Containers == nil {
 		delete(t.m, name)
 		return
 	}
@@ -82,6 +82,12 @@ func (a *agent) newTiers(ctx context.Context) (*tier.Manager, error) {
 		klog.FromContext(ctx).Info("--disk-tier-high-water without --object-store-secret: above the mark images cannot move; the agent reports it (Event DiskTierHighWater, metric) and deletes nothing",
 			"diskTierHighWater", o.Tiers.DiskHighWater.String())
 	}
+	return a.newPolicy(ctx, disk, objects)
+}
+
+// newPolicy is the tier policy over the disk tier and object store, with the watches it needs.
+func (a *agent) newPolicy(ctx context.Context, disk, objects storage.Tier) (*tier.Manager, error) {
+	o := a.o
 	pods := a.podFactory.Core().V1().Pods()
 	m := tier.New(o.Tiers, a.tierNodes, disk, objects, tier.SecretKeys{Client: a.kube, Name: o.Tiers.KeySecret}, a.kube, a.kyb,
 		pods.Lister(), a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
@@ -124,11 +130,25 @@ func (a *agent) containerTiers(ctx context.Context, cp *checkpoint.Checkpointer)
 		}
 		c.Objects = s3
 	}
+	if o.Tiers.Enabled() {
+		// The policy, the same as on simulated nodes: it spills suspended pods' containers
+		// and holds their creates until the pods' Resume (the Gate of FetchSpilled).
+		m, err := a.newPolicy(ctx, disk, c.Objects)
+		if err != nil {
+			return nil, err
+		}
+		c.Gate = m
+		a.tiers = m
+		a.controllerOperator().SetTiers(m)
+		klog.FromContext(ctx).Info("Storage tiers for containers on, with the tier policy", "diskTierDir", o.Tiers.DiskDir, "highWater", o.Tiers.HighWater.String(),
+			"objectStore", o.ObjectStoreSecret != "", "checkpointDir", o.CheckpointDir, "spilledCreateHold", o.Tiers.CreateHold)
+		return c, nil
+	}
 	// The images of pods deleted while spilled are swept as on simulated nodes: a Manager
 	// whose node list stays empty runs no policy, only the sweep.
 	a.sweeper = tier.New(o.Tiers, a.tierNodes, disk, c.Objects, keys, a.kube, a.kyb, a.podFactory.Core().V1().Pods().Lister(),
 		a.ckptFactory.Kybernate().V1alpha1().GPUCheckpoints().Lister(), a.recorder, clock.RealClock{})
-	klog.FromContext(ctx).Info("Storage tiers for containers on (Spill, FetchSpilled, ReleaseSpilled); the automatic policy runs with --simulate only",
+	klog.FromContext(ctx).Info("Storage tiers for containers on (Spill, FetchSpilled, ReleaseSpilled); no tier policy (--parked-memory-high-water)",
 		"diskTierDir", o.Tiers.DiskDir, "objectStore", o.ObjectStoreSecret != "", "checkpointDir", o.CheckpointDir)
 	return c, nil
 }

@@ -124,6 +124,9 @@ type Request struct {
 	// tiers encrypt it onto disk). An error rolls the checkpoint back: the container runs on as
 	// before and the image folder is deleted.
 	Keep func(ctx context.Context, dir string) error
+	// Frozen says the container is frozen already (a suspended pod without GPUs): it is not
+	// paused again, and a rollback leaves it frozen rather than thawing it.
+	Frozen bool
 }
 
 // Step names besides the engine's.
@@ -334,6 +337,9 @@ func (r *run) suspendGPUs(ctx context.Context) (int64, error) {
 func (r *run) freezeAndDump(ctx context.Context) (Cause, error) {
 	id := r.ctr.ID
 	start := r.c.clock.Now()
+	if r.req.Frozen {
+		return r.dump(ctx)
+	}
 	if err := r.c.runtime.Pause(ctx, id); err != nil {
 		return causeOf(ctx, CauseUnsupported), fmt.Errorf("freezing container %s: %w", id, err)
 	}
@@ -344,7 +350,13 @@ func (r *run) freezeAndDump(ctx context.Context) (Cause, error) {
 		}
 		return nil
 	})
-	start = r.c.clock.Now()
+	return r.dump(ctx)
+}
+
+// dump has CRIU write the frozen container into the image folder.
+func (r *run) dump(ctx context.Context) (Cause, error) {
+	id := r.ctr.ID
+	start := r.c.clock.Now()
 	if err := r.c.runtime.Dump(ctx, id, r.req.ImageDir, r.work); err != nil {
 		err = fmt.Errorf("criu dump of container %s: %w%s", id, err, logTail(filepath.Join(r.work, "dump.log")))
 		cause := diskFullOr(r.req.ImageDir, causeOf(ctx, CauseDump), &err)

@@ -99,6 +99,8 @@ func TestCheckpoint(t *testing.T) {
 		gpus         bool
 		suspended    bool
 		leaveRunning bool
+		// frozen: the container is frozen already (a suspended pod without GPUs).
+		frozen bool
 		// keep: the request has a Keep step (recorded as the call "Keep").
 		keep      bool
 		failing   string
@@ -124,6 +126,10 @@ func TestCheckpoint(t *testing.T) {
 			wantCause: CauseImageDir, wantMsg: "keeping the image: Keep exploded"},
 		{name: "keep fails with gpus: memory back", gpus: true, keep: true, failing: "Keep", wantCalls: []string{"Suspend", "Pause", "Dump", "Keep", "Resume", "ResumeGPU"},
 			wantCause: CauseImageDir},
+		{name: "frozen container: not paused again", frozen: true, keep: true, wantCalls: []string{"Dump", "Keep", "Stop"}},
+		{name: "frozen container, keep fails: it stays frozen", frozen: true, keep: true, failing: "Keep", wantCalls: []string{"Dump", "Keep"},
+			wantCause: CauseImageDir},
+		{name: "frozen container, stop fails: it stays frozen", frozen: true, failing: "Stop", wantCalls: []string{"Dump", "Stop"}, wantCause: CauseInternal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,7 +149,7 @@ func TestCheckpoint(t *testing.T) {
 			c := New(Config{Node: "n1"}, rt, gpus, versions, clk)
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "img")
-			req := Request{Pod: image.Pod{Namespace: "ml", Name: "train"}, Container: "trainer", ImageDir: dir, LeaveRunning: tt.leaveRunning}
+			req := Request{Pod: image.Pod{Namespace: "ml", Name: "train"}, Container: "trainer", ImageDir: dir, LeaveRunning: tt.leaveRunning, Frozen: tt.frozen}
 			if tt.keep {
 				req.Keep = func(_ context.Context, kept string) error {
 					if _, err := image.Verify(kept); err != nil {

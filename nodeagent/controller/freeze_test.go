@@ -20,6 +20,8 @@ import (
 	kybfake "github.com/kybernate/kybernate/apis/kybernate/client/clientset/versioned/fake"
 	listers "github.com/kybernate/kybernate/apis/kybernate/client/listers/kybernate/v1alpha1"
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/nodeagent/engine"
 )
 
 const cpuNode = "node-cpu"
@@ -203,4 +205,81 @@ func reasonOf(ck *kv1.GPUCheckpoint) string {
 		return c.Reason
 	}
 	return ""
+}
+
+// fakeTiers holds pods spilled to Disk; Restore brings them back or fails with err.
+type fakeTiers struct {
+	held     map[types.UID]bool
+	err      error
+	restored []string
+}
+
+func (f *fakeTiers) Holds(uid types.UID) (kv1.StorageTier, bool) { return kv1.TierDisk, f.held[uid] }
+func (f *fakeTiers) Restore(_ context.Context, _ string, pod *v1.Pod, to []cuda.UUID) (engine.Result, error) {
+	f.restored = append(f.restored, pod.Name)
+	if f.err != nil {
+		return engine.Result{}, f.err
+	}
+	delete(f.held, pod.UID)
+	return engine.Result{Steps: []engine.Step{{Name: "Recreate", Duration: 2 * time.Second}}}, nil
+}
+func (f *fakeTiers) MakeRoom(context.Context, string, int64) (bool, error) { return true, nil }
+func (f *fakeTiers) Export(context.Context, *v1.Pod, string) (ImageResult, error) {
+	return ImageResult{}, errors.New("not in this test")
+}
+
+// A frozen pod whose container the tier policy spilled resumes from its tier, not by a thaw:
+// Resuming, then Running, without a GPUResident condition (it has no GPUs); a failed restore
+// leaves it Suspended.
+func TestSpilledPodWithoutGPUsResumesFromTier(t *testing.T) {
+	h := newFreezeHarness(t, cpuPod("llm", cpuNode, map[string]string{}))
+	tiers := &fakeTiers{held: map[types.UID]bool{}}
+	h.c.op.SetTiers(tiers)
+	if ck := h.run(t, checkpoint("s1", "llm", kv1.ActionSuspend)); ck.Status.Phase != kv1.PhaseSucceeded {
+		t.Fatalf("suspend %s (%s)", ck.Status.Phase, ck.Status.Message)
+	}
+	tiers.held["uid-llm"] = true
+	tiers.err = errors.New("the kubelet did not create the container within 10m0s")
+	r1 := checkpoint("r1", "llm", kv1.ActionResume)
+	if _, err := h.kyb.KybernateV1alpha1().GPUCheckpoints("ml").Create(t.Context(), r1, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.ckIndex.Add(r1)
+	if p, err := h.kube.CoreV1().Pods("ml").Get(t.Context(), "llm", metav1.GetOptions{}); err == nil {
+		_ = h.podIndex.Update(p)
+	}
+	if err := h.c.Reconcile(t.Context(), "ml/r1"); err == nil || !strings.Contains(err.Error(), "did not create the container") {
+		t.Errorf("Reconcile of a resume whose restore failed: %v, want the restore's error (requeued)", err)
+	}
+	if ck, err := h.kyb.KybernateV1alpha1().GPUCheckpoints("ml").Get(t.Context(), "r1", metav1.GetOptions{}); err != nil || ck.Status.Phase == kv1.PhaseSucceeded {
+		t.Errorf("resume %v (%v), want not Succeeded", ck.Status.Phase, err)
+	}
+	if s := h.state(t, "llm"); s != string(kv1.PodSuspended) {
+		t.Errorf("pod state %q after a failed restore, want Suspended", s)
+	}
+	tiers.err = nil
+	if ck := h.run(t, checkpoint("r2", "llm", kv1.ActionResume)); ck.Status.Phase != kv1.PhaseSucceeded {
+		t.Fatalf("resume %s (%s), want Succeeded", ck.Status.Phase, ck.Status.Message)
+	}
+	if s := h.state(t, "llm"); s != string(kv1.PodRunning) {
+		t.Errorf("pod state %q after the resume, want Running", s)
+	}
+	if want := []string{"freeze llm"}; strings.Join(h.f.calls, ",") != strings.Join(want, ",") {
+		t.Errorf("freezer calls %q, want %q (no thaw of a spilled container)", h.f.calls, want)
+	}
+	if want := []string{"llm", "llm"}; strings.Join(tiers.restored, ",") != strings.Join(want, ",") {
+		t.Errorf("restores %q, want %q", tiers.restored, want)
+	}
+	p, err := h.kube.CoreV1().Pods("ml").Get(t.Context(), "llm", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == kv1.ConditionGPUResident {
+			t.Errorf("a pod without GPUs got condition %s", c.Type)
+		}
+	}
+	if ev := strings.Join(h.events(), "\n"); !strings.Contains(ev, "Normal Resumed Resumed from storage tier Disk: the pod has no GPUs") {
+		t.Errorf("Events:\n%s\nwant Resumed from the tier", ev)
+	}
 }

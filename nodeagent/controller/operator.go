@@ -244,6 +244,13 @@ func (o *Operator) Suspend(ctx context.Context, pod *v1.Pod, lockTimeout time.Du
 // given. When the pod moves, its kybernate.io/gpus annotation is updated.
 func (o *Operator) Resume(ctx context.Context, pod *v1.Pod, targets []string) (engine.Result, error) {
 	if f, ok := o.freezer(pod); ok {
+		if tier, spilled := o.tierOf(pod); spilled {
+			// Its container was spilled (and stopped): it comes back from the tier, not thawed.
+			if len(targets) > 0 {
+				return engine.Result{}, invalid("pod %s/%s has no GPUs: a resume of it takes no target GPUs", pod.Namespace, pod.Name)
+			}
+			return o.resumeFromTier(ctx, pod, tier, nil, nil)
+		}
 		return o.resumeFrozen(ctx, pod, f, targets)
 	}
 	e, from, err := o.prepare(pod, kv1.PodSuspended, kv1.PodResuming)

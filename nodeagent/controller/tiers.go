@@ -83,7 +83,11 @@ func (o *Operator) resumeFromTier(ctx context.Context, pod *v1.Pod, tier kv1.Sto
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodResuming, ""); err != nil {
 		return engine.Result{}, err
 	}
-	o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming from storage tier %s onto GPUs %s", tier, uuidList(target))
+	if withoutGPUs(pod) {
+		o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming from storage tier %s: the container is restored from its image when the kubelet creates it next", tier)
+	} else {
+		o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming from storage tier %s onto GPUs %s", tier, uuidList(target))
+	}
 	res, opErr := o.tiers.Restore(ctx, pod.Spec.NodeName, pod, target)
 	o.changed(pod.Spec.NodeName)
 	if opErr != nil {
@@ -100,7 +104,13 @@ func (o *Operator) resumeFromTier(ctx context.Context, pod *v1.Pod, tier kv1.Sto
 		res.GPUs = target
 	}
 	msg := fmt.Sprintf("Resumed from storage tier %s: moved %s of GPU memory onto GPUs %s in %s", tier, quantity(res.Bytes), uuidList(res.GPUs), describe(res.Steps))
-	if err := errors.Join(o.setState(ctx, pod, kv1.PodResuming, kv1.PodRunning, gpus), o.setResident(ctx, pod, true, msg)); err != nil {
+	var resident error
+	if withoutGPUs(pod) {
+		msg = fmt.Sprintf("Resumed from storage tier %s: the pod has no GPUs; its container was restored from its image in %s", tier, describe(res.Steps))
+	} else {
+		resident = o.setResident(ctx, pod, true, msg)
+	}
+	if err := errors.Join(o.setState(ctx, pod, kv1.PodResuming, kv1.PodRunning, gpus), resident); err != nil {
 		return res, fmt.Errorf("pod resumed, but %w: %w", ErrNotRecorded, err)
 	}
 	o.recorder.Event(pod, v1.EventTypeNormal, EventResumed, msg)

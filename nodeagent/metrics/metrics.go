@@ -187,6 +187,14 @@ var (
 		Help:           "Parked GPU memory moved between tiers by successful moves, in bytes.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"from", "to"})
+	// SpilledCreatesRefused counts the kubelet's creates of spilled containers the agent
+	// refused because their pods were not resumed (real nodes).
+	SpilledCreatesRefused = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      subsystem,
+		Name:           "tier_spilled_creates_refused_total",
+		Help:           "Creates of a spilled, suspended pod's container refused until the pod's Resume (real nodes), by the tier holding its image.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"tier"})
 	// TierMoveFailures counts failed moves by cause.
 	TierMoveFailures = metrics.NewCounterVec(&metrics.CounterOpts{
 		Subsystem:      subsystem,
@@ -243,11 +251,12 @@ func Register() {
 		legacyregistry.MustRegister(OperationDuration, OperationBytes, OperationThroughput, BytesMoved, Failures,
 			ParkedBytes, StatusWrites, InventoryErrors,
 			CheckpointImageBytes, CheckpointImages, CheckpointDirFilesystemBytes, CheckpointImagesDeleted, CheckpointImageBytesDeleted,
-			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures,
+			TierImages, TierBytes, TierMoveDuration, TierMoveBytes, TierMoveFailures, SpilledCreatesRefused,
 			DiskTierUsedBytes, DiskTierHighWaterBytes, DiskTierAboveHighWater, OrphanImagesDeleted, OrphanImages)
 		for _, t := range []string{TierDisk, TierObjectStore} {
 			TierImages.WithLabelValues(t)
 			TierBytes.WithLabelValues(t)
+			SpilledCreatesRefused.WithLabelValues(t)
 			OrphanImagesDeleted.WithLabelValues(t)
 			OrphanImages.WithLabelValues(t)
 		}

@@ -118,7 +118,9 @@ func tierStatus(err error) error {
 		code = codes.AlreadyExists
 	case tier.ContainerNoKey, tier.ContainerNoObjectStore:
 		code = codes.FailedPrecondition
-	case tier.ContainerFetchFailed:
+	case tier.ContainerFetchFailed, tier.ContainerNotYet:
+		// Retryable: the kubelet creates the container again, and after the pod's Resume the
+		// create restores it.
 		code = codes.Unavailable
 	case tier.ContainerImageCorrupt:
 		code = codes.DataLoss

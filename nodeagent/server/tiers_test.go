@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,5 +86,13 @@ func TestSpilledRPCs(t *testing.T) {
 				t.Errorf("error %v, want code %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// A create of a spilled pod's container refused until the pod's Resume is retryable.
+func TestTierStatusNotResumed(t *testing.T) {
+	err := tierStatus(&tier.ContainerError{Cause: tier.ContainerNotYet, Err: errors.New("pod ml/train is Suspended with its memory spilled to Disk")})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "spilled to Disk") {
+		t.Errorf("%v, want Unavailable with the reason", err)
 	}
 }

@@ -111,6 +111,7 @@ func desiredStatus(cur *kv1.GPUNode, obs observation, cfg Config, now metav1.Tim
 		st.CheckpointCapability = Capability(obs.inv.CUDADriverVersion)
 	}
 
+	st.RestoreMarginBytes = cfg.RestoreMargin
 	st.SuspendedPods = slices.Clone(obs.suspended)
 	slices.SortFunc(st.SuspendedPods, comparePods)
 	var parked int64

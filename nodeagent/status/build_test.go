@@ -66,6 +66,8 @@ func TestDesiredStatus(t *testing.T) {
 	parkedInfer := kv1.PodGPUUsage{Namespace: "ml", Name: "infer", UID: "uid-infer", Residency: kv1.Suspended, Bytes: 12 * gib, GPUs: []string{"GPU-b"}}
 	parkedOther := kv1.PodGPUUsage{Namespace: "a", Name: "z", Residency: kv1.Suspended, Bytes: 3 * gib}
 	cfg := Config{HostMemoryReserve: 8 * gib}
+	// The agent's restore margin is written as it is configured.
+	withMargin := Config{HostMemoryReserve: 8 * gib, RestoreMargin: 256 << 20}
 
 	tests := []struct {
 		name string
@@ -77,10 +79,10 @@ func TestDesiredStatus(t *testing.T) {
 		{
 			name: "new node with pods on its gpus",
 			obs:  observation{inv: twoH100s(13000), pods: pods, memAvailable: 100 * gib},
-			cfg:  cfg,
+			cfg:  withMargin,
 			want: kv1.GPUNodeStatus{
 				GPUs: gpusReal, DriverVersion: "580.95.05", CUDADriverVersion: 13000, CheckpointCapability: kv1.CheckpointRemap,
-				HostMemory: kv1.HostMemoryStatus{ParkableBytes: 92 * gib},
+				HostMemory: kv1.HostMemoryStatus{ParkableBytes: 92 * gib}, RestoreMarginBytes: 256 << 20,
 				Conditions: conditions(readyReal, false, t1),
 			},
 		},

@@ -61,6 +61,9 @@ type Config struct {
 	MinInterval time.Duration
 	// Simulated marks every GPUNode with the Simulated condition.
 	Simulated bool
+	// RestoreMargin is the agent's --restore-margin, written to status.restoreMarginBytes so
+	// that the controllers place restores only where the agent will make them.
+	RestoreMargin int64
 }
 
 // PodResolver maps the PID of a GPU process to its pod.

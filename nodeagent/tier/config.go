@@ -103,6 +103,10 @@ type Config struct {
 	// against the pods that exist, and OrphanGrace how long an image whose pod is gone is kept
 	// before it is deleted.
 	SweepInterval, OrphanGrace time.Duration
+	// CreateHold is how long, on a real node, a create of a spilled pod's container waits for
+	// the pod's Resume before it is refused; RecreateTimeout how long a Resume waits for the
+	// kubelet to create the container again.
+	CreateHold, RecreateTimeout time.Duration
 	// KeySecret names the Secret, in each pod's namespace, holding the namespace's image key
 	// (data key "key").
 	KeySecret string

@@ -45,6 +45,10 @@ type Containers struct {
 	ImageRoot string
 	// Timeout bounds one move.
 	Timeout time.Duration
+	// Gate, when set, decides whether a container's create may restore it from its image now
+	// (the policy holds the images of suspended pods until their Resume) and hears how each
+	// restore ended.
+	Gate Gate
 
 	mu   sync.Mutex
 	busy map[storage.ImageID]bool
@@ -67,7 +71,20 @@ const (
 	ContainerStore        ContainerCause = "StoreFailed"
 	ContainerFetchFailed  ContainerCause = "FetchFailed"
 	ContainerImageCorrupt ContainerCause = "ImageCorrupt"
+	// ContainerNotYet: the pod is suspended with its container spilled and not asked to resume;
+	// its container is not created yet (retryable).
+	ContainerNotYet ContainerCause = "NotResumed"
 )
+
+// Gate is the tier policy's hold on spilled containers: a suspended pod's container is
+// restored only once the pod is resumed.
+type Gate interface {
+	// Admit returns nil when the pod's container may be restored from its image now, else a
+	// ContainerError with cause ContainerNotYet saying why; it may wait, bounded, for a resume.
+	Admit(ctx context.Context, pod PodRef) error
+	// Restored tells the policy how the restore of a container the gate admitted ended.
+	Restored(pod PodRef, restored bool)
+}
 
 // ContainerError is a failed move of a container's image; nothing was lost.
 type ContainerError struct {
@@ -127,13 +144,13 @@ func (c *Containers) Spill(ctx context.Context, pod PodRef, to kv1.StorageTier, 
 	}
 	switch to {
 	case kv1.TierDisk:
-		return c.spillToDisk(ctx, pod, lockTimeout)
+		return c.spillToDisk(ctx, pod, lockTimeout, false)
 	case kv1.TierObjectStore:
 		if c.Objects == nil {
 			return Spilled{}, cfail(ContainerNoObjectStore, "no object store configured (--object-store-secret)")
 		}
 		if pod.UID == "" {
-			s, err := c.spillToDisk(ctx, pod, lockTimeout)
+			s, err := c.spillToDisk(ctx, pod, lockTimeout, false)
 			if err != nil {
 				return Spilled{}, err
 			}
@@ -149,10 +166,20 @@ func (c *Containers) Spill(ctx context.Context, pod PodRef, to kv1.StorageTier, 
 	}
 }
 
+// SpillFrozen spills the container of a suspended pod whose containers are frozen already (a
+// pod without GPUs): as Spill to Disk, but a failure leaves the container frozen.
+func (c *Containers) SpillFrozen(ctx context.Context, pod PodRef) (Spilled, error) {
+	if pod.Namespace == "" || pod.Name == "" || pod.UID == "" {
+		return Spilled{}, cfail(ContainerInvalid, "pod namespace, name and uid are required")
+	}
+	return c.spillToDisk(ctx, pod, 0, true)
+}
+
 // spillToDisk checkpoints the container into the staging folder and, with the container still
 // frozen, stores the image encrypted in the disk tier; then the container is stopped. Any
-// failure rolls the checkpoint back (the container runs on) and deletes what was stored.
-func (c *Containers) spillToDisk(ctx context.Context, pod PodRef, lockTimeout time.Duration) (Spilled, error) {
+// failure rolls the checkpoint back (the container runs on, or stays frozen when it was) and
+// deletes what was stored.
+func (c *Containers) spillToDisk(ctx context.Context, pod PodRef, lockTimeout time.Duration, frozen bool) (Spilled, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	start := time.Now()
@@ -200,6 +227,7 @@ func (c *Containers) spillToDisk(ctx context.Context, pod PodRef, lockTimeout ti
 		ImageDir:    dir,
 		LockTimeout: lockTimeout,
 		Keep:        keep,
+		Frozen:      frozen,
 	})
 	if unlock != nil {
 		defer unlock()

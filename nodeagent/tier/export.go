@@ -29,6 +29,9 @@ func (m *Manager) Export(ctx context.Context, pod *v1.Pod, dir string) (controll
 		return controller.ImageResult{}, &controller.ImageError{Cause: cause, RolledBack: true,
 			Err: fmt.Errorf("writing the image of pod %s/%s from %s: %w", pod.Namespace, pod.Name, e.tier, err)}
 	}
+	if e.gate != nil {
+		return fail("Unsupported", errors.New("the container of a real node's spilled pod is restored on its node only, by its next create after a Resume"))
+	}
 	if e.model == "" {
 		return fail("ImageUnverified", errors.New("the GPU model of its memory is not known (the image was taken over by a restarted agent): a migration could not place it"))
 	}

@@ -45,6 +45,11 @@ func (c *Containers) Fetch(ctx context.Context, pod PodRef) (Fetched, error) {
 	if err != nil || from == "" {
 		return Fetched{}, err
 	}
+	if c.Gate != nil {
+		if err := c.Gate.Admit(ctx, pod); err != nil {
+			return Fetched{}, err
+		}
+	}
 	unlock, err := c.lock(id)
 	if err != nil {
 		return Fetched{}, err
@@ -175,6 +180,9 @@ func (c *Containers) Release(ctx context.Context, pod PodRef, dir string, restor
 			errs = append(errs, err)
 		}
 		klog.FromContext(ctx).V(2).Info("Container restored from its spilled image; the image is deleted", "pod", klog.KRef(pod.Namespace, pod.Name), "image", id.String())
+	}
+	if c.Gate != nil {
+		c.Gate.Restored(pod, restored)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return cfail(ContainerStore, "%w", err)

@@ -22,13 +22,14 @@
 // GPUCheckpoint, Events on the pod (SpilledToDisk, UploadedToObjectStore, RestoredFromTier,
 // TierMoveFailed) and the agent's tier metrics.
 //
-// Ending a spilled pod's processes and restoring them from the image in place is what the
-// node gives (Node.End, controller.Images): the simulated nodes of --simulate have both, and
-// the policy runs there only. On a real node, Containers moves a container's image down the
-// tiers on request (the agent's Spill RPC) and brings it back for the shim, which restores the
-// container from it when it is created again (FetchSpilled, ReleaseSpilled); the policy does not
-// drive it there, because the kubelet creates an ended container again at once and the hand-over
-// to the pod's Resume is not built.
+// Ending a spilled pod's processes and restoring them from the image in place is what a
+// simulated node gives (Node.End, controller.Images). On a real node (Node.Containers) the same
+// policy spills a suspended pod by checkpointing its container with CRIU (Containers; its
+// memory, parked GPU memory included, is in its processes) and stopping it; the kubelet then
+// creates the container again at once, and the shim asks the agent (FetchSpilled) whether to
+// restore it: the policy refuses (Admit, a retryable error naming the pod's tier) until the
+// pod's Resume, which lets the next create restore the container and waits for it
+// (realnode.go).
 package tier
 
 import (
@@ -38,6 +39,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -72,6 +74,12 @@ type Node struct {
 	End func(uid types.UID) error
 	// Memory is the node's memory in bytes, for a HighWater given as a share.
 	Memory func() int64
+	// Containers, on a real node, spills the container of a suspended pod and restores it
+	// through the shim; nil on simulated nodes, whose Engine, Images and End the policy uses.
+	Containers *Containers
+	// Parked lists, on a real node, the suspended pods whose memory is in host memory, with
+	// the bytes each holds there.
+	Parked func(ctx context.Context) ([]ParkedPod, error)
 }
 
 // Nodes are the nodes the agent serves.
@@ -148,6 +156,8 @@ type entry struct {
 	failures  int
 	notBefore time.Time
 	lastError string
+	// gate is the hold on a real node's spilled container (nil on simulated nodes).
+	gate *gate
 }
 
 // New returns a Manager. objects may be nil (no object storage).
@@ -251,24 +261,21 @@ func (m *Manager) MakeRoom(ctx context.Context, node string, need int64) (bool, 
 		return true, nil
 	}
 	mark := m.cfg.HighWater.Bytes(n.Memory())
-	var parked []Parked
-	for _, u := range n.Engine.SuspendedPods() {
-		parked = append(parked, Parked{UID: types.UID(u.UID), Bytes: u.Bytes, Since: m.suspendedAt(u.Namespace, u.Name)})
+	parked, names, err := m.parkedOn(ctx, n)
+	if err != nil {
+		return false, fmt.Errorf("listing the suspended pods of node %s: %w", node, err)
 	}
 	plan, enough := SpillPlan(parked, need, mark)
 	var errs []error
 	for _, uid := range plan {
-		u := usageOf(n.Engine.SuspendedPods(), uid)
-		if u == nil {
-			continue
-		}
+		u := names[uid]
 		pod, err := m.pods.Pods(u.Namespace).Get(u.Name)
 		if err != nil || pod.UID != uid {
 			errs = append(errs, fmt.Errorf("pod %s/%s: not in the cache: %v", u.Namespace, u.Name, err))
 			enough = false
 			continue
 		}
-		if err := m.Spill(ctx, node, pod); err != nil {
+		if err := m.spillOn(ctx, node, n, pod, bytesOf(parked, uid)); err != nil {
 			errs = append(errs, err)
 			enough = false
 		}
@@ -277,6 +284,52 @@ func (m *Manager) MakeRoom(ctx context.Context, node string, need int64) (bool, 
 		return enough, fmt.Errorf("spilling on node %s: %v", node, errs)
 	}
 	return enough, nil
+}
+
+// spillOn spills a suspended pod of node n whose memory, bytes of it, is in host memory.
+func (m *Manager) spillOn(ctx context.Context, node string, n Node, pod *v1.Pod, bytes int64) error {
+	if n.Containers != nil {
+		return m.spillContainer(ctx, node, n, pod, bytes)
+	}
+	if usageOf(n.Engine.SuspendedPods(), pod.UID) == nil {
+		return nil // resumed meanwhile
+	}
+	return m.Spill(ctx, node, pod)
+}
+
+// parkedOn lists the node's suspended pods whose memory is in host memory, for the plan, and
+// their names.
+func (m *Manager) parkedOn(ctx context.Context, n Node) ([]Parked, map[types.UID]podmap.PodRef, error) {
+	var parked []Parked
+	names := map[types.UID]podmap.PodRef{}
+	if n.Parked != nil {
+		list, err := n.Parked(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range list {
+			if _, held := m.Holds(p.Pod.UID); held {
+				continue
+			}
+			parked = append(parked, Parked{UID: p.Pod.UID, Bytes: p.Bytes, Since: m.suspendedAt(p.Pod.Namespace, p.Pod.Name)})
+			names[p.Pod.UID] = ref(p.Pod)
+		}
+		return parked, names, nil
+	}
+	for _, u := range n.Engine.SuspendedPods() {
+		parked = append(parked, Parked{UID: types.UID(u.UID), Bytes: u.Bytes, Since: m.suspendedAt(u.Namespace, u.Name)})
+		names[types.UID(u.UID)] = podmap.PodRef{Namespace: u.Namespace, Name: u.Name, UID: types.UID(u.UID)}
+	}
+	return parked, names, nil
+}
+
+func bytesOf(list []Parked, uid types.UID) int64 {
+	for _, p := range list {
+		if p.UID == uid {
+			return p.Bytes
+		}
+	}
+	return 0
 }
 
 func usageOf(list []kv1.PodGPUUsage, uid types.UID) *kv1.PodGPUUsage {
@@ -298,6 +351,12 @@ func (m *Manager) suspendedAt(ns, name string) time.Time {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == kv1.ConditionGPUResident && c.Status == v1.ConditionFalse {
 			return c.LastTransitionTime.Time
+		}
+	}
+	// A pod without GPUs (frozen) has no GPUResident condition: its last Suspend says when.
+	if list, err := m.ckpts.GPUCheckpoints(ns).List(labels.Everything()); err == nil {
+		if last := controller.LastSuspend(list, pod, pod.Spec.NodeName); last != nil && last.Status.CompletionTime != nil {
+			return last.Status.CompletionTime.Time
 		}
 	}
 	return time.Time{}

@@ -67,6 +67,10 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 	if err != nil {
 		return fmt.Errorf("image %s: %w", id, err)
 	}
+	if n.Containers != nil {
+		// A real node's spilled container is stopped already: hold its creates again.
+		return m.recoverContainer(ctx, ck, pod, id, man)
+	}
 	parked, err := controller.RecordedProcesses(ck.Status.Footprint)
 	if err != nil || len(parked) == 0 {
 		return fmt.Errorf("status.footprint of %s: %v", ck.Name, err)
@@ -94,5 +98,23 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 	m.mu.Unlock()
 	m.publish(e.node)
 	klog.FromContext(ctx).V(2).Info("Took over a spilled pod", "pod", klog.KObj(pod), "tier", st.Tier, "image", id.String())
+	return nil
+}
+
+// recoverContainer holds a real node's spilled container again after an agent restart: its
+// creates are refused until the pod's Resume, as before the restart.
+func (m *Manager) recoverContainer(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1.Pod, id storage.ImageID, man storage.Manifest) error {
+	st := ck.Status.Storage
+	since := m.clock.Now()
+	if st.LastMoveTime != nil {
+		since = st.LastMoveTime.Time
+	}
+	e := &entry{pod: ref(pod), node: ck.Status.NodeName, tier: st.Tier, id: id, size: man.Size(), stored: man.StoredSize(),
+		keyID: man.Encryption.KeyID, since: since, lastError: st.LastError, gate: newGate()}
+	m.mu.Lock()
+	m.held[pod.UID] = e
+	m.mu.Unlock()
+	m.publish(e.node)
+	klog.FromContext(ctx).V(2).Info("Took over a spilled container", "pod", klog.KObj(pod), "tier", st.Tier, "image", id.String())
 	return nil
 }

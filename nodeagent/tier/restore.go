@@ -41,6 +41,9 @@ func (m *Manager) Restore(ctx context.Context, node string, pod *v1.Pod, to []cu
 		return engine.Result{}, err
 	}
 	defer m.release(e)
+	if e.gate != nil {
+		return m.restoreContainer(ctx, e, pod)
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()
 	start := m.clock.Now()
@@ -134,12 +137,17 @@ func (m *Manager) deleteImage(ctx context.Context, e *entry) {
 func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	m.mu.Lock()
 	e, ok := m.held[pod.UID]
-	if ok && !e.busy {
+	free := ok && !e.busy
+	if ok && e.gate != nil {
+		e.gate.podGone()        // creates waiting for a resume, or a resume waiting for a create, end
+		delete(m.held, pod.UID) // when busy, the sweep deletes its images
+	}
+	if free {
 		delete(m.held, pod.UID)
 	}
 	delete(m.failedSleeps, pod.UID)
 	m.mu.Unlock()
-	if ok && !e.busy {
+	if free {
 		m.deleteImage(ctx, e)
 		m.publish(e.node)
 	}

@@ -24,9 +24,14 @@ func (m *Manager) spillSleepers(ctx context.Context, node string) {
 	}
 	pods := map[types.UID]*v1.Pod{}
 	var asleep []Asleep
-	for _, u := range n.Engine.SuspendedPods() {
+	parked, names, err := m.parkedOn(ctx, n)
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("Listing the suspended pods of a node failed", "node", node, "err", err)
+		return
+	}
+	for _, u := range names {
 		pod, err := m.pods.Pods(u.Namespace).Get(u.Name)
-		if err != nil || string(pod.UID) != u.UID {
+		if err != nil || pod.UID != u.UID {
 			continue
 		}
 		if a, ok := m.asleep(pod, node); ok {
@@ -41,7 +46,7 @@ func (m *Manager) spillSleepers(ctx context.Context, node string) {
 		}
 		pod := pods[uid]
 		klog.FromContext(ctx).V(2).Info("Spilling a pod put to sleep on disk", "pod", klog.KObj(pod), "node", node, "sleep", kv1.SleepDisk)
-		err := m.Spill(ctx, node, pod)
+		err := m.spillOn(ctx, node, n, pod, bytesOf(parked, uid))
 		m.mu.Lock()
 		if err == nil {
 			delete(m.failedSleeps, uid)

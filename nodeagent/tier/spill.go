@@ -156,7 +156,7 @@ func (m *Manager) upload(ctx context.Context, uid types.UID, why string) (err er
 	defer cancel()
 	start := m.clock.Now()
 	pod := m.podObject(e)
-	res, cerr := storage.Copy(ctx, m.disk, m.objects, e.id)
+	res, cerr := m.copyUp(ctx, e)
 	if errors.Is(cerr, storage.ErrExists) {
 		cerr = nil // an earlier upload finished, its disk copy was not deleted
 	}
@@ -180,4 +180,19 @@ func (m *Manager) upload(ctx context.Context, uid types.UID, why string) (err er
 		why, m.location(kv1.TierObjectStore, e.id), res.Copied, res.Skipped, m.clock.Since(start).Round(1e6))
 	m.record(ctx, e)
 	return nil
+}
+
+// copyUp copies the entry's image from disk to object storage. A real node's container image
+// goes through its Containers, which records on the node that it is there (the shim's
+// FetchSpilled looks in the object store only for such images) and deletes the disk copy.
+func (m *Manager) copyUp(ctx context.Context, e *entry) (storage.CopyResult, error) {
+	if e.gate == nil {
+		return storage.Copy(ctx, m.disk, m.objects, e.id)
+	}
+	n, ok := m.nodes.TierNode(e.node)
+	if !ok || n.Containers == nil {
+		return storage.CopyResult{}, fmt.Errorf("node %s has no storage tiers for containers", e.node)
+	}
+	up, err := n.Containers.upload(ctx, PodRef{Namespace: e.pod.Namespace, Name: e.pod.Name, UID: string(e.pod.UID)})
+	return storage.CopyResult{Manifest: up.Manifest}, err
 }

@@ -13,7 +13,6 @@ package gpufit
 
 import (
 	"context"
-	"fmt"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -43,17 +42,16 @@ var (
 	_ framework.ScorePlugin       = &Fit{}
 )
 
-// New builds the plugin with NodeResourcesFit's default args (LeastAllocated on CPU and
-// memory, weight 1 each, nothing ignored); it takes no args of its own.
+// New builds the plugin with NodeResourcesFit's args (Args): without any, its defaults
+// (LeastAllocated on CPU and memory, weight 1 each, nothing ignored).
 func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework.Plugin, error) {
-	if obj != nil {
-		if u, ok := obj.(*runtime.Unknown); !ok || len(u.Raw) > 0 {
-			return nil, fmt.Errorf("%s takes no args, got %T", Name, obj)
-		}
+	args, err := Args(obj)
+	if err != nil {
+		return nil, err
 	}
 	// kube-scheduler's feature gates, as its in-tree registry reads them.
 	fts := plfeature.NewSchedulerFeaturesFromGates(utilfeature.DefaultFeatureGate)
-	return NewWithArgs(ctx, DefaultArgs(), h, fts)
+	return NewWithArgs(ctx, args, h, fts)
 }
 
 // DefaultArgs are NodeResourcesFit's defaults (kube-scheduler's v1 defaulting).

@@ -5,11 +5,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	plfeature "k8s.io/kubernetes/pkg/scheduler/framework/plugins/feature"
 	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/noderesources"
@@ -121,13 +123,70 @@ func TestPreFilterKeepsThePod(t *testing.T) {
 	}
 }
 
-func TestNewArgs(t *testing.T) {
-	if _, err := New(context.Background(), nil, nil); err != nil {
-		t.Errorf("no args: %v", err)
+// TestArgs: the plugin takes NodeResourcesFit's args, defaulted and validated as
+// kube-scheduler does them; bad args are refused with the field they name.
+func TestArgs(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		obj     runtime.Object
+		want    *config.NodeResourcesFitArgs
+		wantErr string
+	}{
+		{name: "none: NodeResourcesFit's defaults", obj: nil, want: DefaultArgs()},
+		{name: "empty", obj: &runtime.Unknown{Raw: []byte(`{}`)}, want: DefaultArgs()},
+		{name: "most allocated on memory, a resource ignored", obj: &runtime.Unknown{Raw: []byte(
+			`{"apiVersion":"kubescheduler.config.k8s.io/v1","kind":"NodeResourcesFitArgs","ignoredResources":["example.com/fpga"],` +
+				`"scoringStrategy":{"type":"MostAllocated","resources":[{"name":"memory","weight":2}]}}`)},
+			want: &config.NodeResourcesFitArgs{IgnoredResources: []string{"example.com/fpga"}, ScoringStrategy: &config.ScoringStrategy{
+				Type: config.MostAllocated, Resources: []config.ResourceSpec{{Name: "memory", Weight: 2}}}}},
+		{name: "yaml", obj: &runtime.Unknown{Raw: []byte("scoringStrategy:\n  type: MostAllocated\n")},
+			want: &config.NodeResourcesFitArgs{ScoringStrategy: &config.ScoringStrategy{
+				Type: config.MostAllocated, Resources: DefaultArgs().ScoringStrategy.Resources}}},
+		{name: "unknown field", obj: &runtime.Unknown{Raw: []byte(`{"ignoredResourcez":["x"]}`)}, wantErr: "unknown field"},
+		{name: "another kind", obj: &runtime.Unknown{Raw: []byte(`{"kind":"GPUShareArgs"}`)}, wantErr: "want NodeResourcesFitArgs"},
+		{name: "a weight out of range", obj: &runtime.Unknown{Raw: []byte(`{"scoringStrategy":{"type":"LeastAllocated","resources":[{"name":"cpu","weight":101}]}}`)},
+			wantErr: "weight"},
+		{name: "a strategy that does not exist", obj: &runtime.Unknown{Raw: []byte(`{"scoringStrategy":{"type":"Fullest"}}`)}, wantErr: "Fullest"},
+		{name: "typed args of another plugin", obj: &config.NodeResourcesBalancedAllocationArgs{}, wantErr: "want NodeResourcesFitArgs"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Args(tt.obj)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Args: error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Args (-want +got):\n%s", diff)
+			}
+			if _, err := New(context.Background(), tt.obj, nil); err != nil {
+				t.Errorf("New with these args: %v", err)
+			}
+		})
 	}
-	if _, err := New(context.Background(), &runtime.Unknown{Raw: []byte(`{"ignoredResources":["x"]}`)}, nil); err == nil {
-		t.Error("args accepted; the plugin takes none")
+}
+
+// FuzzArgs: any bytes as the plugin's args are decoded or refused with an error, never a panic,
+// and what is accepted is valid NodeResourcesFit args.
+func FuzzArgs(f *testing.F) {
+	for _, seed := range []string{``, `{}`, `{"ignoredResources":["a"]}`, `scoringStrategy: {type: RequestedToCapacityRatio}`,
+		`{"scoringStrategy":{"type":"RequestedToCapacityRatio","requestedToCapacityRatio":{"shape":[{"utilization":0,"score":0},{"utilization":100,"score":10}]}}}`,
+		`{"kind":"NodeResourcesFitArgs","ignoredResourceGroups":["example.com"]}`, `[`, `null`} {
+		f.Add([]byte(seed))
 	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		args, err := Args(&runtime.Unknown{Raw: raw})
+		if err != nil {
+			return
+		}
+		if args.ScoringStrategy == nil {
+			t.Fatalf("accepted args without a scoring strategy: %q", raw)
+		}
+	})
 }
 
 // BenchmarkFilter is one node's Filter of a GPU pod, as the scheduler runs it on hundreds of

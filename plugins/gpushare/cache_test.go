@@ -2,6 +2,7 @@ package gpushare
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -84,9 +85,11 @@ func TestCachedAccountingFollowsChanges(t *testing.T) {
 			clock.SetTime(clock.Now().Add(gpupod.SeenGrace))
 		}, want: fwk.Success},
 		{name: "a new GPUNode object, smaller", change: func() {
-			if err := indexer.Update(gpuNode("n", 20)); err != nil {
+			gn := gpuNode("n", 20)
+			if err := indexer.Update(gn); err != nil {
 				t.Fatal(err)
 			}
+			pl.GPUNodeHandler().OnUpdate(nil, gn) // as the informer does, after its store
 		}, want: fwk.UnschedulableAndUnresolvable},
 	}
 	var want, got []string
@@ -150,9 +153,11 @@ func TestCachedAccountingReused(t *testing.T) {
 			pl.ledger.Reserve(gpupod.OwnerScheduler, placed(gpuPod("r", 1, "20Gi").Obj(), "n2", []string{gpuID("n2", 1)}), 0)
 		}, want: 1},
 		{name: "a new GPUNode object of n0", change: func() {
-			if err := indexer.Update(gpuNode("n0", 80, 80, 80)); err != nil {
+			gn := gpuNode("n0", 80, 80, 80)
+			if err := indexer.Update(gn); err != nil {
 				t.Fatal(err)
 			}
+			pl.GPUNodeHandler().OnUpdate(nil, gn)
 		}, want: 1},
 		{name: "nothing changed again", change: func() {}, want: 0},
 	}
@@ -189,10 +194,93 @@ func TestGPUNodeDeletedForgetsAccounting(t *testing.T) {
 					t.Fatalf("Filter on %s: %v", n, s)
 				}
 			}
-			pl.gpuNodeDeleted(tt.deleted(gn))
-			if pl.cache.get("n") != nil || pl.cache.get("other") == nil {
-				t.Errorf("cached after the delete: n %v, other %v; want only other", pl.cache.get("n") != nil, pl.cache.get("other") != nil)
+			pl.GPUNodeHandler().OnDelete(tt.deleted(gn))
+			n, _ := pl.cache.get("n")
+			other, _ := pl.cache.get("other")
+			if n != nil || other == nil {
+				t.Errorf("cached after the delete: n %v, other %v; want only other", n != nil, other != nil)
 			}
 		})
+	}
+}
+
+// TestAccountingReadBeforeAnEventIsNotKept: an accounting computed from a GPUNode read before
+// an informer event of its node (the informer's store changes before its handlers run) is not
+// kept, whether the event updated or deleted the GPUNode; one computed after the event is.
+func TestAccountingReadBeforeAnEventIsNotKept(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		event func(a *accountings)
+	}{
+		{name: "updated", event: func(a *accountings) { a.gpuNodeEvent("n") }},
+		{name: "deleted", event: func(a *accountings) { a.forget("n") }},
+		{name: "another node deleted", event: func(a *accountings) { a.forget("other") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newAccountings()
+			a.gpuNodeEvent("n")
+			_, events := a.get("n")
+			tt.event(a)
+			a.put("n", &cachedAccounting{events: events})
+			got, _ := a.get("n")
+			if tt.name == "another node deleted" {
+				if got == nil {
+					t.Fatal("an event of another node dropped n's accounting")
+				}
+				return
+			}
+			if got != nil {
+				t.Fatal("an accounting read before the event is served after it")
+			}
+			_, events = a.get("n")
+			a.put("n", &cachedAccounting{events: events})
+			if got, _ := a.get("n"); got == nil {
+				t.Error("an accounting read after the event is not kept")
+			}
+		})
+	}
+}
+
+// TestScoreRemembersEachDemand: Filter and Score of a cached node give for each demand what the
+// accounting computes, also when demands alternate and after the node changed.
+func TestScoreRemembersEachDemand(t *testing.T) {
+	gn := gpuNode("n", 80, 80)
+	gn.Spec.SlotsPerGPU = ptr.To[int32](4)
+	pl := newTestPlugin(t, config.MostAllocated, gn)
+	ni := nodeInfo("n", on(gpuPod("on", 1, "60Gi"), "n", 0)).(*framework.NodeInfo)
+	small, _ := preFilter(t, pl, gpuPod("small", 1, "10Gi").Obj())
+	big, _ := preFilter(t, pl, gpuPod("big", 1, "40Gi").Obj())
+	score := func(state *framework.CycleState) int64 {
+		s, status := pl.Score(t.Context(), state, nil, ni)
+		if !status.IsSuccess() {
+			t.Fatal(status)
+		}
+		return s
+	}
+	// small fits beside the 60Gi pod (the fuller GPU: a high score); big only on the empty one.
+	want := []int64{score(small), score(big)}
+	if want[0] <= want[1] {
+		t.Fatalf("scores small %d, big %d: want small's higher (bin-packed onto the used GPU)", want[0], want[1])
+	}
+	for range 3 {
+		if got := []int64{score(small), score(big)}; !slices.Equal(got, want) {
+			t.Fatalf("scores %v after alternating, want %v", got, want)
+		}
+	}
+	// Filter alternates too: a pod that fits, one the node can never hold, one that waits.
+	huge, _ := preFilter(t, pl, gpuPod("huge", 3, "").Obj())
+	both, _ := preFilter(t, pl, gpuPod("both", 2, "30Gi").Obj())
+	for range 2 {
+		var codes []fwk.Code
+		for _, state := range []*framework.CycleState{small, huge, both} {
+			codes = append(codes, pl.Filter(t.Context(), state, nil, ni).Code())
+		}
+		if want := []fwk.Code{fwk.Success, fwk.UnschedulableAndUnresolvable, fwk.Unschedulable}; !slices.Equal(codes, want) {
+			t.Fatalf("Filter codes %v, want %v", codes, want)
+		}
+	}
+	ni.AddPod(on(gpuPod("more", 1, "30Gi"), "n", 1))
+	if got := score(big); got == want[1] {
+		t.Errorf("big's score stayed %d after a pod took half of the GPU it goes to", got)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -94,9 +93,8 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 	}
 	gpuNodes := factory.Kybernate().V1alpha1().GPUNodes()
 	pl := NewWithLister(h, args, gpuNodes.Lister())
-	// Registered before Start. A node whose GPUNode goes (the node left the cluster) takes
-	// its cached accounting with it.
-	if _, err := gpuNodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: pl.gpuNodeDeleted}); err != nil {
+	// Registered before Start: every GPUNode event invalidates its node's cached accounting.
+	if _, err := gpuNodes.Informer().AddEventHandler(pl.GPUNodeHandler()); err != nil {
 		return nil, fmt.Errorf("watching GPUNodes for the accounting cache: %w", err)
 	}
 	if err := connect.StartInformers(ctx, factory); err != nil {
@@ -119,8 +117,9 @@ func newPlugin(ctx context.Context, obj runtime.Object, h framework.Handle, ledg
 	return pl, nil
 }
 
-// NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync; New uses it with
-// its own informer, tests with a fixed one. args must be valid.
+// NewWithLister builds the plugin on a GPUNode lister the caller keeps in sync, handing every
+// change to the handler of GPUNodeHandler as an informer does; New uses it with its own
+// informer, tests with a fixed one. args must be valid.
 func NewWithLister(h framework.Handle, args *config.GPUShareArgs, gpuNodes listers.GPUNodeLister) *GPUShare {
 	return &GPUShare{handle: h, strategy: args.ScoringStrategy, gpuNodes: gpuNodes, ledger: gpupod.NewLedger(), cache: newAccountings()}
 }
@@ -173,14 +172,15 @@ func (pl *GPUShare) Filter(ctx context.Context, state fwk.CycleState, pod *v1.Po
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	gpus, status := pl.nodeGPUs(nodeInfo)
+	c, status := pl.nodeGPUs(nodeInfo)
 	if status != nil {
 		return status
 	}
-	if !gpus.Possible(s.demand) {
+	v := c.judge(s.demand, pl.strategy)
+	if !v.possible {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, neverFits(s.demand))
 	}
-	if !gpus.FitsNow(s.demand) {
+	if !v.fits {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
 	return nil
@@ -202,11 +202,12 @@ func (pl *GPUShare) Score(ctx context.Context, state fwk.CycleState, pod *v1.Pod
 	if err != nil {
 		return 0, fwk.AsStatus(err)
 	}
-	gpus, status := pl.nodeGPUs(nodeInfo)
+	c, status := pl.nodeGPUs(nodeInfo)
 	if status != nil {
 		return 0, status
 	}
-	score, ok := gpus.ChooseScore(s.demand, pl.strategy)
+	v := c.judge(s.demand, pl.strategy)
+	score, ok := v.score, v.fits
 	if !ok {
 		return 0, fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
@@ -235,11 +236,11 @@ func (pl *GPUShare) Reserve(ctx context.Context, state fwk.CycleState, pod *v1.P
 	}
 	pl.ledger.Lock()
 	defer pl.ledger.Unlock()
-	gpus, status := pl.nodeGPUs(nodeInfo)
+	c, status := pl.nodeGPUs(nodeInfo)
 	if status != nil {
 		return status
 	}
-	chosen := gpus.Choose(s.demand, pl.strategy)
+	chosen := c.accounting.Choose(s.demand, pl.strategy)
 	if chosen == nil {
 		return fwk.NewStatus(fwk.Unschedulable, notNow(s.demand))
 	}
@@ -290,22 +291,22 @@ func (pl *GPUShare) Bind(ctx context.Context, _ fwk.CycleState, pod *v1.Pod, nod
 
 // nodeGPUs accounts the GPUs of a node; a node without a GPUNode can never take a GPU pod. The
 // accounting is kept for later cycles and shared between goroutines: callers only read it.
-func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.Status) {
+func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*cachedAccounting, *fwk.Status) {
 	node := nodeInfo.Node()
 	if node == nil {
 		return nil, fwk.NewStatus(fwk.Error, "node not found")
 	}
+	generation := nodeInfo.GetGeneration()
+	c, events := pl.cache.get(node.Name)
+	if c != nil && c.generation == generation && pl.ledger.Current(node.Name, c.ledger) {
+		return c, nil
+	}
 	gn, err := pl.gpuNodes.Get(node.Name)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			pl.cache.forget(node.Name)
 			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node has no GPUNode: no kybernate agent reports GPUs on it")
 		}
 		return nil, fwk.AsStatus(err)
-	}
-	generation := nodeInfo.GetGeneration()
-	if c := pl.cache.get(node.Name); c != nil && c.generation == generation && c.gpuNode == gn && pl.ledger.Current(node.Name, c.ledger) {
-		return c.accounting, nil
 	}
 	podInfos := nodeInfo.GetPods()
 	pods := make([]*v1.Pod, len(podInfos))
@@ -313,9 +314,9 @@ func (pl *GPUShare) nodeGPUs(nodeInfo fwk.NodeInfo) (*gpupod.Accounting, *fwk.St
 		pods[i] = p.GetPod()
 	}
 	corrected, version := pl.ledger.NodePods(node.Name, pods)
-	a := gpupod.NewAccounting(gn, corrected)
-	pl.cache.put(node.Name, &cachedAccounting{generation: generation, gpuNode: gn, ledger: version, accounting: a})
-	return a, nil
+	c = &cachedAccounting{events: events, generation: generation, ledger: version, accounting: gpupod.NewAccounting(gn, corrected)}
+	pl.cache.put(node.Name, c)
+	return c, nil
 }
 
 func neverFits(d gpupod.Demand) string {

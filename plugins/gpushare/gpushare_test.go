@@ -69,7 +69,11 @@ func newTestPlugin(t testing.TB, strategy config.ScoringStrategyType, gns ...*kv
 			t.Fatal(err)
 		}
 	}
-	return NewWithLister(nil, &config.GPUShareArgs{ScoringStrategy: strategy}, listers.NewGPUNodeLister(indexer))
+	pl := NewWithLister(nil, &config.GPUShareArgs{ScoringStrategy: strategy}, listers.NewGPUNodeLister(indexer))
+	for _, gn := range gns {
+		pl.GPUNodeHandler().OnAdd(gn, true) // as the informer does, after its store
+	}
+	return pl
 }
 
 func nodeInfo(name string, pods ...*v1.Pod) fwk.NodeInfo {

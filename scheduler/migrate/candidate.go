@@ -73,7 +73,7 @@ func (c *Controller) scan(ctx context.Context) error {
 		}
 		gpus := gpupod.AssignedGPUs(cand.pod)
 		estimate := Estimate(cand.bytes, c.args.MigrationBytesPerSecond)
-		if !cand.draining && c.staysHome(ctx, cand, accA, gpus, estimate) {
+		if !cand.draining && c.staysHome(ctx, cand.restoring(src), accA, gpus, estimate) {
 			continue
 		}
 		want := Requirements{Model: modelOf(src, gpus), DriverVersion: src.Status.DriverVersion,
@@ -97,6 +97,13 @@ func (c *Controller) scan(ctx context.Context) error {
 		accs[target].Take(cand.demand.WithModel(want.Model), uuids)
 	}
 	return nil
+}
+
+// restoring is the candidate with the demand of its resume on gn's node: the resume controller
+// brings it back only where the agent's restore margin is left over, and so it is judged here.
+func (cand candidate) restoring(gn *kv1.GPUNode) candidate {
+	cand.demand = cand.demand.Restoring(gn)
+	return cand
 }
 
 // staysHome reports whether a suspended pod on a node that is not cordoned waits where it is:
@@ -244,7 +251,8 @@ func (c *Controller) target(pod *v1.Pod, d gpupod.Demand, want Requirements, acc
 		if err != nil {
 			return "", nil, err
 		}
-		if uuids := acc.Choose(d.WithModel(want.Model), config.MostAllocated); uuids != nil {
+		// The replacement's memory is restored there: the agent keeps its margin free.
+		if uuids := acc.Choose(d.WithModel(want.Model).Restoring(gn), config.MostAllocated); uuids != nil {
 			return gn.Name, uuids, nil
 		}
 	}

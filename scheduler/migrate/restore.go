@@ -183,7 +183,7 @@ func (c *Controller) chooseReplacement(pod *v1.Pod, d gpupod.Demand, want Requir
 	if gn, err := c.gpuNodes.Get(target); err == nil {
 		if ok, _ := want.Compatible(gn); ok {
 			if acc, err := c.accountingWithout(target, pod, accs); err == nil {
-				if uuids := acc.Choose(d.WithModel(want.Model), config.MostAllocated); uuids != nil {
+				if uuids := acc.Choose(d.WithModel(want.Model).Restoring(gn), config.MostAllocated); uuids != nil {
 					return target, uuids, nil
 				}
 			}

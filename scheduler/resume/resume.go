@@ -320,10 +320,12 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 		}
 		from := gpupod.AssignedGPUs(cand.pod)
 		target := from
+		// Its memory is restored: the agent keeps its restore margin free beyond it.
+		restoring := cand.demand.Restoring(gn)
 		// A pod suspended to spread comes back onto the emptiest GPU that holds it (the unused
 		// one it was suspended for, if nothing took it meanwhile), not where it shared.
 		spread := cand.suspension.Spec.Reason == kv1.ReasonSpread
-		if !spread && acc.FitsSlotHeld(cand.demand, from) {
+		if !spread && acc.FitsSlotHeld(restoring, from) {
 			acc.Use(cand.demand, from)
 		} else {
 			// Its slots move with it to other GPUs of the node.
@@ -332,7 +334,7 @@ func (c *Controller) place(ctx context.Context, node string, gn *kv1.GPUNode, on
 			if spread {
 				strategy = config.LeastAllocated
 			}
-			if target = acc.Choose(cand.demand, strategy); target == nil {
+			if target = acc.Choose(restoring, strategy); target == nil {
 				acc.Hold(from)
 				logger.V(4).Info("Suspended pod does not fit on its node yet", "pod", klog.KObj(cand.pod), "node", node)
 				if cand.woken {

@@ -40,6 +40,12 @@ func gpuNode(slots int32, sizesGiB ...int64) *kv1.GPUNode {
 	return gn
 }
 
+// margin sets the agent's restore margin in the GPUNode's status.
+func margin(gn *kv1.GPUNode, bytes int64) *kv1.GPUNode {
+	gn.Status.RestoreMarginBytes = bytes
+	return gn
+}
+
 // pod builds a pod on n1 with one GPU of mem VRAM on GPU-<gpu>, in the given GPU state.
 func pod(name string, prio int32, mem string, gpu int, state kv1.PodGPUState) *v1.Pod {
 	p := st.MakePod().Namespace("ns").Name(name).UID(name).Priority(prio).Node("n1").
@@ -245,6 +251,26 @@ func TestSync(t *testing.T) {
 			},
 			cks:  []*kv1.GPUCheckpoint{suspension("moved", kv1.ReasonSpread, time.Second)},
 			want: outcome{Patched: map[string]map[string]string{"moved": resuming("GPU-0")}, Resumed: map[string]string{"moved": ""}},
+		},
+		{
+			name: "room to the byte but not for the agent's restore margin: it waits",
+			gn:   margin(gpuNode(2, 80), 256<<20),
+			pods: []*v1.Pod{
+				pod("low", 1, "30Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "50Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{}, Resumed: map[string]string{}},
+		},
+		{
+			name: "room for the memory and the restore margin: resume",
+			gn:   margin(gpuNode(2, 80), 256<<20),
+			pods: []*v1.Pod{
+				pod("low", 1, "30Gi", 0, kv1.PodSuspended),
+				pod("hi", 10, "49Gi", 0, ""),
+			},
+			cks:  []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)},
+			want: outcome{Patched: map[string]map[string]string{"low": resuming("GPU-0")}, Resumed: map[string]string{"low": ""}},
 		},
 		{
 			name: "no room anywhere",

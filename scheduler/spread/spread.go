@@ -95,7 +95,10 @@ func New(kybernate versioned.Interface, pods coreinformers.PodInformer, nodes co
 		delay:             cfg.SpreadingDelay.Duration,
 		now:               time.Now,
 	}
-	c.queue = skeleton.Queue("kybernate-spread", "Spreading pods failed", c.sync)
+	// A node's pods must stay put for spreadingDelay before any spreads, so a node's events
+	// wait up to a second and are synced once: a pod bound, started and reported by the agent
+	// cost one sync, not three.
+	c.queue = skeleton.Queue("kybernate-spread", "Spreading pods failed", c.sync).Coalescing(min(time.Second, c.delay))
 	if err := skeleton.QueueNodesOfPods(pods, c.queue); err != nil {
 		return nil, err
 	}

@@ -277,14 +277,17 @@ func (c *Controller) suspendedMember(pod *v1.Pod, now time.Time) *member {
 // fits returns the GPUs the waiting pod would get on the node in the given state, or nil.
 func fits(gn *kv1.GPUNode, state []*v1.Pod, w *member, strategy config.ScoringStrategyType) []string {
 	acc := gpupod.NewAccounting(gn, state)
-	if !w.pending {
-		from := gpupod.AssignedGPUs(w.pod)
-		if acc.FitsSlotHeld(w.demand, from) {
-			return from
-		}
-		acc.Release(from)
+	if w.pending {
+		return acc.Choose(w.demand, strategy)
 	}
-	return acc.Choose(w.demand, strategy)
+	// A suspended pod's memory is restored: the agent keeps its restore margin free beyond it.
+	d := w.demand.Restoring(gn)
+	from := gpupod.AssignedGPUs(w.pod)
+	if acc.FitsSlotHeld(d, from) {
+		return from
+	}
+	acc.Release(from)
+	return acc.Choose(d, strategy)
 }
 
 // asSuspended is the pod as it will be once suspended. A pod in a state the state machine

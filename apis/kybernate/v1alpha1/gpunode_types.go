@@ -115,6 +115,13 @@ type GPUNodeStatus struct {
 	// +optional
 	CheckpointCapability CheckpointCapability `json:"checkpointCapability,omitempty"`
 
+	// restoreMarginBytes is the free GPU memory the agent keeps on a GPU beyond a pod's
+	// footprint before it restores the pod there (its --restore-margin): the controllers that
+	// resume or move pods place them only where that much is left over.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RestoreMarginBytes int64 `json:"restoreMarginBytes,omitempty"`
+
 	// conditions: Ready and Simulated.
 	// +optional
 	// +listType=map

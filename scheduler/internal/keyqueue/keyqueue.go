@@ -17,6 +17,9 @@ type Queue struct {
 	workqueue.TypedRateLimitingInterface[string]
 	sync    func(ctx context.Context, key string) error
 	failure string
+	// coalesce, when set, holds every added key that long: the events of one burst (a pod
+	// bound, started, reported by the agent) cost one sync instead of one each.
+	coalesce time.Duration
 }
 
 // New returns a queue named name (for the workqueue metrics); failure is the message logged
@@ -28,6 +31,22 @@ func New(name, failure string, sync func(ctx context.Context, key string) error)
 		sync:    sync,
 		failure: failure,
 	}
+}
+
+// Coalescing makes Add hold each key for d before it is synced, however often it is added
+// meanwhile; for a controller whose decisions wait for much longer than d anyway.
+func (q *Queue) Coalescing(d time.Duration) *Queue {
+	q.coalesce = d
+	return q
+}
+
+// Add queues the key, after the coalescing time when there is one.
+func (q *Queue) Add(key string) {
+	if q.coalesce > 0 {
+		q.AddAfter(key, q.coalesce)
+		return
+	}
+	q.TypedRateLimitingInterface.Add(key)
 }
 
 // Work starts n workers that process keys until ctx ends or the queue shuts down.

@@ -58,3 +58,50 @@ func TestRetriesFailedKeys(t *testing.T) {
 		t.Errorf("%d keys queued after every sync succeeded, want none", n)
 	}
 }
+
+// A coalescing queue syncs a key added many times in a burst once; a key added after the burst
+// comes after it, so its sync marks the end without waiting for nothing to happen.
+func TestCoalescingSyncsABurstOnce(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	done := make(chan struct{})
+	q := New("test", "sync failed", func(_ context.Context, key string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[key]++
+		if key == "end" {
+			close(done)
+		}
+		return nil
+	}).Coalescing(50 * time.Millisecond)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	q.Work(ctx, 1)
+	for range 5 {
+		q.Add("node")
+	}
+	q.Add("end")
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last key was never synced")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["node"] != 1 {
+		t.Errorf("a key added 5 times in a burst was synced %d times, want 1", calls["node"])
+	}
+}
+
+// Add on a coalescing queue holds the key: nothing is ready to sync right after it.
+func TestCoalescingHoldsAddedKeys(t *testing.T) {
+	q := New("test", "sync failed", func(context.Context, string) error { return nil })
+	defer q.ShutDown()
+	q.Add("plain")
+	held := New("test-held", "sync failed", func(context.Context, string) error { return nil }).Coalescing(time.Hour)
+	defer held.ShutDown()
+	held.Add("node")
+	if q.Len() != 1 || held.Len() != 0 {
+		t.Errorf("ready keys: %d without coalescing (want 1), %d with (want 0)", q.Len(), held.Len())
+	}
+}

@@ -70,7 +70,7 @@ func newContenders(o options, kubeconfig string, baseline *baselineBuild) ([]*co
 			}}
 	}
 	cs := []*contender{
-		{key: "default", label: "default kube-scheduler", scheduler: defaultName,
+		{key: "default", label: "default kube-scheduler", scheduler: defaultName, profiled: true,
 			start: func(ctx context.Context, log string) (*instance, error) {
 				return startScheduler(ctx, o, "default", o.kubeScheduler, schedulerConfig(o, kubeconfig, defaultName, ""), log)
 			}},
@@ -144,9 +144,20 @@ func startScheduler(ctx context.Context, o options, key, path, config, log strin
 	in.procs = append(in.procs, cmd)
 	if err := in.metrics.waitReady(ctx, 2*time.Minute); err != nil {
 		in.stop()
-		return nil, err
+		return nil, fmt.Errorf("%w; %s", err, logTail(log, 20))
 	}
 	return in, nil
+}
+
+// logTail returns the last lines of a process's log for an error message: the cluster folder
+// with the whole log is removed when the bench ends.
+func logTail(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("no log: %v", err)
+	}
+	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return fmt.Sprintf("last lines of %s:\n%s", path, strings.Join(all[max(0, len(all)-lines):], "\n"))
 }
 
 // startExtenderPair starts kybernate-extender (with the controllers, at the schedulers' client

@@ -17,6 +17,10 @@
 // the results as Markdown into test/bench/results (-out) and prints them: pods/s (min, median,
 // max over the repetitions), the p50/p99 latency from creation to binding, and the p99 of the
 // scheduling algorithm and of the scheduling attempt from each kube-scheduler's own metrics.
+// Where the time goes: the CPU seconds per 1000 pods of the contender's processes, kube-apiserver,
+// etcd, kwok, kube-controller-manager and the agent (/proc/<pid>/stat), and kube-apiserver's
+// write requests and watch events per pod (its apiserver_request_total and
+// apiserver_watch_events_total), each between the first creation and the last binding.
 //
 // Latency is measured by this program: from the return of the create call to the first watch
 // event that shows the pod bound.
@@ -67,6 +71,7 @@ type options struct {
 	baselineBinary string
 	out            string
 	skipExtender   bool
+	agentPID       int // the simulated agent, whose CPU time the report counts
 }
 
 func run() int {
@@ -86,7 +91,7 @@ func run() int {
 	flag.BoolVar(&o.keepCluster, "keep-cluster", false, "leave the cluster running")
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "use the running bench cluster of this admin kubeconfig (left running) instead of starting one")
 	flag.DurationVar(&o.profileFor, "cpuprofile-duration", 30*time.Second, "length of the CPU profile, from the start of the repetition")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler (this tree) during its first repetition here, and one of kube-apiserver over the same time to this path + .apiserver")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of kybernate-scheduler (this tree) during its first repetition here, one of the default kube-scheduler to this path + .default, and one of kube-apiserver over the same times to each path + .apiserver")
 	flag.StringVar(&o.baselineRef, "baseline-ref", "", "also measure kybernate-scheduler built from this git commit (a temporary git worktree)")
 	flag.StringVar(&o.baselineBinary, "baseline-binary", "", "also measure this kybernate-scheduler binary as the baseline (instead of -baseline-ref)")
 	flag.StringVar(&o.out, "out", "", "results file (default: test/bench/results/scheduler-<date>.md under -root; - for none)")
@@ -141,11 +146,16 @@ func bench(ctx context.Context, o options) error {
 	agent, err := start(ctx, filepath.Join(root, o.bin, "kybernate-agent"), filepath.Join(o.clusterDir, "logs", "bench-agent.log"),
 		"--simulate", "--kubeconfig", kubeconfig, "--simulate-node-selector", "type=kwok",
 		"--slots-per-gpu", fmt.Sprint(o.slotsPerGPU), "--metrics-bind-address", "", "--socket", "",
+		// The simulated pods' progress annotation is the simulated workload's test instrument, not
+		// something a real agent writes: every 2 s a PATCH of each running GPU pod, which the API
+		// server, etcd, kwok and every pod watcher would pay for during the GPU contenders only.
+		"--simulate-progress-period", "1h",
 		"--kube-api-qps", "500", "--kube-api-burst", "1000")
 	if err != nil {
 		return err
 	}
 	defer stopProcess(agent)
+	o.agentPID = agent.Process.Pid
 	fmt.Fprintf(os.Stderr, "waiting for %d GPUNodes\n", o.nodes)
 	if err := waitGPUNodes(ctx, kc, o.nodes, 5*time.Minute); err != nil {
 		return err
@@ -163,8 +173,11 @@ func bench(ctx context.Context, o options) error {
 			i := (k + rep) % len(contenders) // the order rotates: no contender always goes first
 			c := contenders[i]
 			profile := ""
-			if rep == 0 && c.profiled {
+			if rep == 0 && c.profiled && o.cpuProfile != "" {
 				profile = o.cpuProfile
+				if c.key != "kybernate" {
+					profile += "." + c.key
+				}
 			}
 			ns := fmt.Sprintf("bench-%s-%s-%d", c.key, runID, rep+1)
 			r, err := measureContender(ctx, client, kc, o, c, ns, profile)

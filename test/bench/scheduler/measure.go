@@ -27,6 +27,8 @@ type result struct {
 	latencies []time.Duration
 	algorithm histogram
 	attempt   histogram
+	cpu       cpuTimes // CPU time of each component while the pods were created and bound
+	writes    writes   // kube-apiserver's write requests meanwhile
 }
 
 // measureContender measures one repetition of a contender on an empty cluster: starts its
@@ -66,7 +68,22 @@ func measureContender(ctx context.Context, client kubernetes.Interface, kc versi
 		profiled <- nil
 		profiled <- nil
 	}
+	var pids []int
+	for _, p := range in.procs {
+		pids = append(pids, p.Process.Pid)
+	}
+	writesBefore, err := scrapeWrites(ctx, client)
+	if err != nil {
+		return result{}, err
+	}
+	cpuBefore := sampleCPU(o, pids)
 	r, err := measure(ctx, client, o, ns, c.scheduler, c.gpu)
+	r.cpu = sampleCPU(o, pids).since(cpuBefore)
+	if err != nil {
+		return r, err
+	}
+	writesAfter, err := scrapeWrites(ctx, client)
+	r.writes = writesAfter.since(writesBefore)
 	if err != nil {
 		return r, err
 	}

@@ -14,7 +14,7 @@ import (
 func report(w io.Writer, o options, loadBefore, loadAfter string, cs []*contender, runs [][]result) {
 	fmt.Fprintf(w, "# Scheduler throughput, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "Command: `go run ./test/bench/scheduler %s` (`make bench-scheduler`). %d kwok nodes x %d simulated GPUs "+
-		"(the node agent in --simulate mode), %d slots per GPU. Every scheduler, and the extender, runs with client QPS %d / "+
+		"(the node agent in --simulate mode, its simulated pods' progress annotations off), %d slots per GPU. Every scheduler, and the extender, runs with client QPS %d / "+
 		"burst %d. Each repetition measures every contender once, in a rotating order, on an empty cluster: its "+
 		"processes are started and ready (informers synced), %d pods are created at %d/s, and once all are bound the "+
 		"processes stop and the pods are deleted. The default kube-scheduler gets the pods without the GPU resource; "+
@@ -55,6 +55,8 @@ func report(w io.Writer, o options, loadBefore, loadAfter string, cs []*contende
 				r.attempt.quantile(0.99).Round(100*time.Microsecond))
 		}
 	}
+	cpuReport(w, cs, runs)
+	writesReport(w, cs, runs)
 	fmt.Fprintln(w, "\nLatency: from the return of the create call to the watch event that shows the pod bound, over "+
 		"all repetitions. Algorithm p99: from the kube-scheduler's scheduler_scheduling_algorithm_duration_seconds "+
 		"(PreFilter to Score, the extender's filter and prioritize calls included, without binding); attempt p99: "+

@@ -129,6 +129,9 @@ func useNodeContainerd(t *testing.T, c *framework.Cluster) string {
 func criuPreflight(t *testing.T, c *framework.Cluster) string {
 	t.Helper()
 	criu := filepath.Join(c.Script(t, "hack/install-runtime.sh"), "criu")
+	// A descriptor the test inherited (the lock of `flock LOCK go test`) would be the sleep's
+	// too, and CRIU refuses to dump a task that holds a file lock.
+	closeInheritedOnExec()
 	sleep := exec.Command("sleep", "1000")
 	sleep.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := sleep.Start(); err != nil {
@@ -191,4 +194,18 @@ func parentOf(pid string) string {
 		return ""
 	}
 	return fields[1]
+}
+
+// closeInheritedOnExec marks the descriptors above stderr that the test process inherited
+// close-on-exec, so that its children do not hold them (Go opens its own that way).
+func closeInheritedOnExec() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
