@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,14 +108,28 @@ func useNodeContainerd(t *testing.T, c *framework.Cluster) string {
 		Value any    `json:"value"`
 	}
 	const ctr = "/spec/template/spec/containers/0"
-	patch, err := json.Marshal([]op{
-		{"add", ctr + "/command/-", "--containerd-socket=" + sock},
-		{"add", ctr + "/command/-", "--checkpoint-dir=" + images}, // the shim's checkpointDir (hack/node-up.sh)
-		{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "node-containerd", "hostPath": map[string]any{"path": sock, "type": "Socket"}}},
-		{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "checkpoints", "hostPath": map[string]any{"path": images, "type": "Directory"}}},
-		{"add", ctr + "/volumeMounts/-", map[string]any{"name": "node-containerd", "mountPath": sock}},
-		{"add", ctr + "/volumeMounts/-", map[string]any{"name": "checkpoints", "mountPath": images}},
-	})
+	// An earlier test of the package may have patched the DaemonSet: kubectl apply -k of the
+	// install resets the command but keeps the volumes a JSON patch added. Add what is missing.
+	ds, err := c.Client.AppsV1().DaemonSets(systemNamespace).Get(t.Context(), "kybernate-agent", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []op
+	if !slices.Contains(ds.Spec.Template.Spec.Containers[0].Command, "--containerd-socket="+sock) {
+		ops = append(ops, op{"add", ctr + "/command/-", "--containerd-socket=" + sock},
+			op{"add", ctr + "/command/-", "--checkpoint-dir=" + images}) // the shim's checkpointDir (hack/node-up.sh)
+	}
+	if !slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v v1.Volume) bool { return v.Name == "node-containerd" }) {
+		ops = append(ops,
+			op{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "node-containerd", "hostPath": map[string]any{"path": sock, "type": "Socket"}}},
+			op{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "checkpoints", "hostPath": map[string]any{"path": images, "type": "Directory"}}},
+			op{"add", ctr + "/volumeMounts/-", map[string]any{"name": "node-containerd", "mountPath": sock}},
+			op{"add", ctr + "/volumeMounts/-", map[string]any{"name": "checkpoints", "mountPath": images}})
+	}
+	if len(ops) == 0 {
+		return images
+	}
+	patch, err := json.Marshal(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
