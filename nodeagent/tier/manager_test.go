@@ -156,14 +156,21 @@ func newFixture(t *testing.T, highWater string) *fixture {
 // event returns the first recorded Event with reason, failing when there is none.
 func (f *fixture) event(reason string) string {
 	f.t.Helper()
+	return recordedEvent(f.t, f.events, reason)
+}
+
+// recordedEvent takes the recorder's Events up to the first with reason, failing when there is
+// none.
+func recordedEvent(t testing.TB, events *record.FakeRecorder, reason string) string {
+	t.Helper()
 	for {
 		select {
-		case ev := <-f.events.Events:
+		case ev := <-events.Events:
 			if strings.Contains(ev, " "+reason+" ") {
 				return ev
 			}
 		default:
-			f.t.Fatalf("no %s Event", reason)
+			t.Fatalf("no %s Event", reason)
 			return ""
 		}
 	}

@@ -86,17 +86,7 @@ func newRealFixture(t *testing.T) *realFixture {
 
 func (f *realFixture) event(reason string) string {
 	f.t.Helper()
-	for {
-		select {
-		case ev := <-f.events.Events:
-			if strings.Contains(ev, " "+reason+" ") {
-				return ev
-			}
-		default:
-			f.t.Fatalf("no %s Event", reason)
-			return ""
-		}
-	}
+	return recordedEvent(f.t, f.events, reason)
 }
 
 // spill has the policy spill the pod (over the one-byte mark).
