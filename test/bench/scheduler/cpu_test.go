@@ -22,7 +22,7 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
-func TestParseWrites(t *testing.T) {
+func TestParseCensus(t *testing.T) {
 	metrics := `# HELP apiserver_request_total x
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="kybernate.io",resource="gpunodes",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 40
 apiserver_request_total{code="409",component="apiserver",dry_run="",group="kybernate.io",resource="gpunodes",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 2
@@ -31,15 +31,15 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="",res
 apiserver_request_total_other{verb="PUT",resource="pods"} 5
 apiserver_watch_events_total{group="kybernate.io",resource="gpunodes",version="v1alpha1"} 120
 `
-	got, err := parseWrites(strings.NewReader(metrics))
+	got, err := parseCensus(strings.NewReader(metrics))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := writes{"PUT gpunodes/status": 42, "POST pods/binding": 7, "watch events gpunodes": 120}
+	want := census{"PUT gpunodes/status": 42, "POST pods/binding": 7, "watch events gpunodes": 120}
 	if !maps.Equal(got, want) {
-		t.Errorf("parseWrites = %v, want %v", got, want)
+		t.Errorf("parseCensus = %v, want %v", got, want)
 	}
-	if d := (writes{"PUT gpunodes/status": 50, "POST pods/binding": 7, "watch events gpunodes": 120}).since(want); !maps.Equal(d, writes{"PUT gpunodes/status": 8}) {
+	if d := (census{"PUT gpunodes/status": 50, "POST pods/binding": 7, "watch events gpunodes": 120}).since(want); !maps.Equal(d, census{"PUT gpunodes/status": 8}) {
 		t.Errorf("since = %v, want only the 8 new status writes", d)
 	}
 }

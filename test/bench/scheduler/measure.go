@@ -28,7 +28,7 @@ type result struct {
 	algorithm histogram
 	attempt   histogram
 	cpu       cpuTimes // CPU time of each component while the pods were created and bound
-	writes    writes   // kube-apiserver's write requests meanwhile
+	api       census   // kube-apiserver's write requests and watch events meanwhile
 }
 
 // measureContender measures one repetition of a contender on an empty cluster: starts its
@@ -72,7 +72,7 @@ func measureContender(ctx context.Context, client kubernetes.Interface, kc versi
 	for _, p := range in.procs {
 		pids = append(pids, p.Process.Pid)
 	}
-	writesBefore, err := scrapeWrites(ctx, client)
+	censusBefore, err := scrapeCensus(ctx, client)
 	if err != nil {
 		return result{}, err
 	}
@@ -82,8 +82,8 @@ func measureContender(ctx context.Context, client kubernetes.Interface, kc versi
 	if err != nil {
 		return r, err
 	}
-	writesAfter, err := scrapeWrites(ctx, client)
-	r.writes = writesAfter.since(writesBefore)
+	censusAfter, err := scrapeCensus(ctx, client)
+	r.api = censusAfter.since(censusBefore)
 	if err != nil {
 		return r, err
 	}

@@ -56,7 +56,7 @@ func report(w io.Writer, o options, loadBefore, loadAfter string, cs []*contende
 		}
 	}
 	cpuReport(w, cs, runs)
-	writesReport(w, cs, runs)
+	censusReport(w, cs, runs)
 	fmt.Fprintln(w, "\nLatency: from the return of the create call to the watch event that shows the pod bound, over "+
 		"all repetitions. Algorithm p99: from the kube-scheduler's scheduler_scheduling_algorithm_duration_seconds "+
 		"(PreFilter to Score, the extender's filter and prioritize calls included, without binding); attempt p99: "+

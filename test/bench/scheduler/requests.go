@@ -13,25 +13,25 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// writes counts kube-apiserver's write requests (POST, PUT, PATCH, DELETE) by verb and
+// census counts kube-apiserver's write requests (POST, PUT, PATCH, DELETE) by verb and
 // resource ("PUT gpunodes/status"), from its apiserver_request_total counter, and the events it
 // sent to watchers by resource ("watch events pods"), from apiserver_watch_events_total: which
 // writes a contender's pods cause, and what every watcher decodes.
-type writes map[string]float64
+type census map[string]float64
 
-// scrapeWrites reads the write counters of kube-apiserver's /metrics.
-func scrapeWrites(ctx context.Context, client kubernetes.Interface) (writes, error) {
+// scrapeCensus reads the write counters of kube-apiserver's /metrics.
+func scrapeCensus(ctx context.Context, client kubernetes.Interface) (census, error) {
 	body, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kube-apiserver /metrics: %w", err)
 	}
-	return parseWrites(bytes.NewReader(body))
+	return parseCensus(bytes.NewReader(body))
 }
 
-// parseWrites sums apiserver_request_total over codes and scopes per verb and resource, and
+// parseCensus sums apiserver_request_total over codes and scopes per verb and resource, and
 // apiserver_watch_events_total per resource.
-func parseWrites(r io.Reader) (writes, error) {
-	w := writes{}
+func parseCensus(r io.Reader) (census, error) {
+	w := census{}
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
 	for s.Scan() {
@@ -75,8 +75,8 @@ func promLabels(s string) map[string]string {
 	return out
 }
 
-func (w writes) since(before writes) writes {
-	d := writes{}
+func (w census) since(before census) census {
+	d := census{}
 	for k, v := range w {
 		if n := v - before[k]; n > 0 {
 			d[k] = n
@@ -85,16 +85,16 @@ func (w writes) since(before writes) writes {
 	return d
 }
 
-// writesReport writes the API writes per pod placed (median over the repetitions) of each kind
+// censusReport writes the API writes and watch events per pod placed (median over the repetitions) of each kind
 // that some contender makes at least 0.05 times per pod.
-func writesReport(out io.Writer, cs []*contender, runs [][]result) {
+func censusReport(out io.Writer, cs []*contender, runs [][]result) {
 	per := make([]map[string]float64, len(cs))
 	kinds := map[string]bool{}
 	for i := range cs {
 		per[i] = map[string]float64{}
 		all := map[string][]float64{}
 		for _, r := range runs[i] {
-			for k, v := range r.writes {
+			for k, v := range r.api {
 				all[k] = append(all[k], v/float64(max(1, r.placed)))
 			}
 		}
