@@ -92,12 +92,18 @@ func spillAndResume(t *testing.T, c *framework.Cluster, h *framework.History, ns
 	h.WaitPod(t, pod.Name, time.Minute, "Suspended", func(p *v1.Pod) bool { return gpupod.StateOf(p) == kv1.PodSuspended })
 	spilled := waitForEvent(ctx, t, c, ns, pod.Name, "SpilledToDisk", "", 1, time.Minute)
 	t.Logf("spilled by the policy at %s: %s", spilled[0].FirstTimestamp.Format(time.RFC3339), spilled[0].Message)
-	ck, err := kc.KybernateV1alpha1().GPUCheckpoints(ns).Get(ctx, suspend.Name, metav1.GetOptions{})
+	// The agent records the tier in the Suspend's status after the Event: wait for it.
+	var st *kv1.CheckpointStorage
+	err := framework.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		ck, err := kc.KybernateV1alpha1().GPUCheckpoints(ns).Get(ctx, suspend.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		st = ck.Status.Storage
+		return st != nil && st.Tier == kv1.TierDisk && st.StoredBytes != 0, nil
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if st := ck.Status.Storage; st == nil || st.Tier != kv1.TierDisk || st.StoredBytes == 0 {
-		t.Errorf("status.storage of the Suspend %+v, want tier Disk with the image's size", st)
+		t.Errorf("status.storage of the Suspend %+v, want tier Disk with the image's size (%v)", st, err)
 	}
 
 	// Read before the kubelet's retries: it keeps one dead container, and its log, per name.
