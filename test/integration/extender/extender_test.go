@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -110,7 +109,7 @@ func startPair(t *testing.T, c *framework.Cluster, name, strategy string, contro
 	if !controllers {
 		ctrl = "apiVersion: config.kybernate.io/v1\nkind: ControllerConfiguration\nleaderElection:\n  leaderElect: false\ndisableResume: true\ndisableTimeSlicing: true\ndisableMigration: true\n"
 	}
-	addr := freeAddress(t)
+	addr := framework.FreeAddress(t)
 	p := &pair{url: "http://" + addr}
 	p.extenderArgs = []string{"--kubeconfig", c.Kubeconfig, "--bind-address", addr, "--scoring-strategy", strategy,
 		"--default-min-runtime", "0s", "--controllers-config", c.WriteControllerConfig(t, ctrl), "--v=4"}
@@ -139,26 +138,9 @@ extenders:
 	return p
 }
 
-func freeAddress(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func waitReady(t *testing.T, url string) {
 	t.Helper()
-	framework.WaitFor(t.Context(), t, time.Minute, "extender ready at "+url, func(ctx context.Context) (bool, error) {
-		resp, err := http.Get(url + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
+	framework.WaitHTTPOK(t, url+"/readyz", time.Minute)
 }
 
 func gpuPod(ns, name, scheduler, class, mem string) *util.PodWrapper {

@@ -142,6 +142,9 @@ func NodeReady(node *v1.Node) bool {
 	return false
 }
 
+// PodReady reports whether the pod's Ready condition is True.
+func PodReady(pod *v1.Pod) bool { return podConditionTrue(pod, v1.PodReady) }
+
 func podConditionTrue(pod *v1.Pod, typ v1.PodConditionType) bool {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == typ {

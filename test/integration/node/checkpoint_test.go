@@ -169,30 +169,17 @@ func criuPreflight(t *testing.T, c *framework.Cluster) string {
 // process) in the host's process tree.
 func shimOf(t *testing.T, pod *v1.Pod) string {
 	t.Helper()
-	procs, err := filepath.Glob("/proc/[0-9]*/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cg := range procs {
-		data, err := os.ReadFile(cg)
-		if err != nil || !strings.Contains(string(data), "pod"+string(pod.UID)) {
-			continue
+	pid := strconv.Itoa(podProcess(t, pod))
+	for range 10 {
+		ppid := parentOf(pid)
+		if ppid == "" || ppid == "0" {
+			break
 		}
-		pid := filepath.Base(filepath.Dir(cg))
-		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) == "pause" {
-			continue
+		exe, _ := os.Readlink("/proc/" + ppid + "/exe")
+		if base := filepath.Base(exe); strings.HasPrefix(base, "containerd-shim") {
+			return base
 		}
-		for range 10 {
-			ppid := parentOf(pid)
-			if ppid == "" || ppid == "0" {
-				break
-			}
-			exe, _ := os.Readlink("/proc/" + ppid + "/exe")
-			if base := filepath.Base(exe); strings.HasPrefix(base, "containerd-shim") {
-				return base
-			}
-			pid = ppid
-		}
+		pid = ppid
 	}
 	return ""
 }

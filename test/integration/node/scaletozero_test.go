@@ -50,10 +50,10 @@ func TestScaleToZeroCPU(t *testing.T) {
 	ctx := t.Context()
 	ns := c.CreateNamespace(t)
 	h := c.Record(t, ns)
-	proxy, metrics := freeAddr(t), freeAddr(t)
+	proxy, metrics := framework.FreeAddress(t), framework.FreeAddress(t)
 	c.Start(t, "kybernate-activator", "--kubeconfig", c.Kubeconfig, "--bind-address", proxy, "--metrics-bind-address", metrics,
 		"--interval", "200ms", "--hold-timeout", "90s", "--wake-timeout", "60s", "--retry-after", "3s", "--v=4")
-	waitHTTP(t, "http://"+metrics+"/readyz")
+	framework.WaitHTTPOK(t, "http://"+metrics+"/readyz", time.Minute)
 
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "llm", Namespace: ns, Annotations: map[string]string{
@@ -69,7 +69,7 @@ func TestScaleToZeroCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	ready := framework.WaitForPod(ctx, t, c.Client, ns, pod.Name, 2*time.Minute, "Running and Ready", func(p *v1.Pod) bool {
-		return p.Status.Phase == v1.PodRunning && podIsReady(p)
+		return p.Status.Phase == v1.PodRunning && framework.PodReady(p)
 	})
 	if shim := shimOf(t, ready); shim != shimBinary {
 		t.Errorf("the model server is a child of %q, want %s", shim, shimBinary)
@@ -117,7 +117,7 @@ func TestScaleToZeroCPU(t *testing.T) {
 
 	// The server's own count: the first request and each held one, once; nothing else.
 	awake := framework.WaitForPod(ctx, t, c.Client, ns, pod.Name, time.Minute, "awake", func(p *v1.Pod) bool {
-		return gpupod.StateOf(p) == kv1.PodRunning && podIsReady(p)
+		return gpupod.StateOf(p) == kv1.PodRunning && framework.PodReady(p)
 	})
 	st := serverStats(t, awake.Status.PodIP)
 	if st.PID != first.PID || st.Token != first.Token {
@@ -358,37 +358,6 @@ func serverStats(t *testing.T, podIP string) stats {
 		t.Fatalf("model server stats: %v", err)
 	}
 	return st
-}
-
-func waitHTTP(t *testing.T, url string) {
-	t.Helper()
-	framework.WaitFor(t.Context(), t, time.Minute, url+" answering 200", func(ctx context.Context) (bool, error) {
-		resp, err := http.Get(url)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func podIsReady(p *v1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == v1.PodReady {
-			return c.Status == v1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // containsInOrder reports whether states holds want, in this order (not necessarily adjacent).

@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -92,7 +91,7 @@ func setup(t *testing.T) env {
 func startActivator(t *testing.T, c *framework.Cluster) *activatorProc {
 	t.Helper()
 	model := newModelServer(t)
-	a := &activatorProc{proxy: freeAddr(t), metric: freeAddr(t), model: model}
+	a := &activatorProc{proxy: framework.FreeAddress(t), metric: framework.FreeAddress(t), model: model}
 	a.args = []string{"--kubeconfig", c.Kubeconfig, "--bind-address", a.proxy, "--metrics-bind-address", a.metric,
 		"--simulate-backend-address", model.addr, "--interval", "200ms", "--hold-timeout", "90s", "--wake-timeout", "60s",
 		"--retry-after", "3s", "--v=4"}
@@ -103,24 +102,7 @@ func startActivator(t *testing.T, c *framework.Cluster) *activatorProc {
 
 func (a *activatorProc) waitReady(t *testing.T) {
 	t.Helper()
-	framework.WaitFor(t.Context(), t, time.Minute, "kybernate-activator ready", func(ctx context.Context) (bool, error) {
-		resp, err := http.Get("http://" + a.metric + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	framework.WaitHTTPOK(t, "http://"+a.metric+"/readyz", time.Minute)
 }
 
 // service creates the Service llm: type ExternalName pointing at the activator, its pods
