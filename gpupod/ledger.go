@@ -62,6 +62,8 @@ type Ledger struct {
 	// purges, and a burst of placements holds hundreds of reservations.
 	nextEnd time.Time
 	clock   clock.PassiveClock
+	// informed is the pod informer's store (Watch); nil without one.
+	informed cache.Store
 }
 
 // nodeReservations are the reservations that place pods on one node.
@@ -204,7 +206,7 @@ func (l *Ledger) Observe(pod *v1.Pod) {
 // one) is replaced by its reserved placement, and reserved pods the list lacks are added while
 // their reservations live, also after the informer showed them: a list read before that moment
 // (the scheduler's snapshot, an informer's index read just before the pod informer's event
-// reached the ledger) lacks them too. pods are the node's pods as the caller sees them; the
+// reached the ledger) lacks them too, until the informer shows them deleted. pods are the node's pods as the caller sees them; the
 // result shares them. (A preemption dry run does not leave victims out: it lists them as
 // suspended copies.)
 func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
@@ -213,7 +215,8 @@ func (l *Ledger) Pods(node string, pods []*v1.Pod) []*v1.Pod {
 }
 
 // NodePods is Pods with the version of the node's reservations the result reflects: while
-// Current says the version holds, Pods returns the same for the same list.
+// Current says the version holds, Pods returns the same for the same list (a deletion the
+// informer showed drops a reserved pod before the version changes; it is a pod event too).
 func (l *Ledger) NodePods(node string, pods []*v1.Pod) ([]*v1.Pod, NodeVersion) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -233,7 +236,7 @@ func (l *Ledger) NodePods(node string, pods []*v1.Pod) ([]*v1.Pod, NodeVersion) 
 		out = append(out, p)
 	}
 	for uid, r := range nr.pods {
-		if !listed[uid] && live(r, now) {
+		if !listed[uid] && live(r, now) && !l.deleted(r) {
 			out = append(out, r.pod)
 		}
 		if end := r.end(); end.After(now) && (version.until.IsZero() || end.Before(version.until)) {
@@ -241,6 +244,25 @@ func (l *Ledger) NodePods(node string, pods []*v1.Pod) ([]*v1.Pod, NodeVersion) 
 		}
 	}
 	return out, version
+}
+
+// deleted reports whether the informer showed the reserved pod and holds it no more: the pod
+// was deleted. The informer's store changes before any handler hears of it, so a controller
+// that looks again on the deletion event never sees the deleted pod's memory as taken, even
+// if the ledger's own handler (which releases the reservation) runs after it; l.mu is held.
+func (l *Ledger) deleted(r *reservation) bool {
+	if r.seen.IsZero() || l.informed == nil {
+		return false
+	}
+	obj, ok, err := l.informed.Get(r.pod)
+	switch {
+	case err != nil:
+		return false
+	case !ok:
+		return true
+	}
+	pod, isPod := obj.(*v1.Pod)
+	return isPod && pod.UID != r.pod.UID // a new pod of the same name
 }
 
 // Current reports whether the node's reservations are still as they were when NodePods
@@ -259,6 +281,9 @@ func (l *Ledger) Current(node string, v NodeVersion) bool {
 // goes to Observe, a deleted pod's reservation ends. Call it once per ledger, before the
 // informer starts.
 func (l *Ledger) Watch(pods cache.SharedIndexInformer) error {
+	l.mu.Lock()
+	l.informed = pods.GetStore()
+	l.mu.Unlock()
 	_, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { l.observe(obj) },
 		UpdateFunc: func(_, obj interface{}) { l.observe(obj) },

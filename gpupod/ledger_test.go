@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/kybernate/kybernate/apis/config"
@@ -204,6 +205,46 @@ func TestLedgerSeenPodCountsForAnOlderList(t *testing.T) {
 	clk.SetTime(clk.Now().Add(SeenGrace))
 	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": true}, free(l, nil)); diff != "" {
 		t.Errorf("after the grace the list is the truth (-want +got):\n%s", diff)
+	}
+}
+
+// A reserved pod the informer showed and then deleted frees its GPUs at once, also for a
+// controller whose deletion handler runs before the ledger's own (which releases the
+// reservation): the resume controller left a preempted pod suspended for a minute because it
+// looked on the preemptor's deletion and still found the preemptor's reservation counting.
+func TestLedgerDeletedPodFreesAtOnce(t *testing.T) {
+	clk := testingclock.NewFakePassiveClock(time.Unix(1000, 0))
+	l := NewLedgerWithClock(clk)
+	l.informed = cache.NewStore(cache.MetaNamespaceKeyFunc)
+	placed := ledgerPod("a", "n1", "GPU-0", "")
+	l.Reserve(OwnerScheduler, placed, 0)
+	if err := l.informed.Add(placed); err != nil {
+		t.Fatal(err)
+	}
+	l.Observe(placed)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": false, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("shown and not deleted, for a list that lacks it (-want +got):\n%s", diff)
+	}
+	// A new pod of the same name does not keep the deleted one's reservation alive.
+	renamed := ledgerPod("a", "n1", "", "")
+	renamed.UID = "a-2"
+	if err := l.informed.Update(renamed); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("replaced by a new pod of its name (-want +got):\n%s", diff)
+	}
+	if err := l.informed.Delete(renamed); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": true}, free(l, nil)); diff != "" {
+		t.Errorf("deleted, before the ledger's handler released it (-want +got):\n%s", diff)
+	}
+	// Not yet shown: the informer lacking it says nothing, the reservation counts.
+	unseen := ledgerPod("b", "n1", "GPU-1", "")
+	l.Reserve(OwnerScheduler, unseen, 0)
+	if diff := cmp.Diff(map[string]bool{"GPU-0": true, "GPU-1": false}, free(l, nil)); diff != "" {
+		t.Errorf("reserved, not yet shown (-want +got):\n%s", diff)
 	}
 }
 

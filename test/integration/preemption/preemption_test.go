@@ -63,8 +63,13 @@ func setup(t *testing.T) env {
 	setupOnce.Do(func() {
 		// The tests name the victims of a preemption by the suspensions they see: the spreading
 		// controller's moves onto unused GPUs (also a suspension and a resume, 30 s after the
-		// pods settled) would count as victims.
-		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{"disableSpreading: false": "disableSpreading: true"},
+		// pods settled) and time-slice turns (a suspended low-priority victim waits beside
+		// running low-priority pods, and the shipped 60 s quantum is shorter than some of these
+		// tests) would count as victims. Turns are tested in test/integration/timeslice.
+		k := c.StartKybernate(t, map[string]int32{low: 100, high: 10000}, map[string]string{
+			"disableSpreading: false": "disableSpreading: true",
+			"timeSliceQuantum: 60s":   "timeSliceQuantum: 1h",
+		},
 			"--slots-per-gpu", fmt.Sprint(slotsPerGPU),
 			"--simulate-checkpoint-rate", fmt.Sprint(int64(checkpointRate)), "--simulate-restore-rate", fmt.Sprint(int64(restoreRate)),
 			"--simulate-progress-period", "500ms")
@@ -324,8 +329,7 @@ func TestDefaultPreemptionLosesWork(t *testing.T) {
 }
 
 // preemption: Never and min-runtime protect pods from a higher-priority pod, and a pod of equal
-// priority waits for a time-slice turn (quantum 60 s in the shipped profile, more than this test
-// runs): kybernate-scheduler tries to preempt for the preemptor and finds no victim (or, for
+// priority waits for a time-slice turn (quantum 1 h in these tests): kybernate-scheduler tries to preempt for the preemptor and finds no victim (or, for
 // equal priority, nominates it for a turn), and in the whole history nothing is suspended, no
 // GPUCheckpoint is made and the preemptor never binds. Turns themselves are tested in
 // test/integration/timeslice.
