@@ -133,6 +133,8 @@ type Spilled struct {
 	VRAMBytes int64
 	// Pod is the container's pod as the image records it.
 	Pod image.Pod
+	// Upload is what the move to object storage copied.
+	Upload storage.CopyResult
 }
 
 // Spill moves the image of pod's container to tier to: Disk checkpoints the running container
@@ -285,7 +287,7 @@ func (c *Containers) upload(ctx context.Context, pod PodRef) (Spilled, error) {
 	klog.FromContext(ctx).V(2).Info("Uploaded container image to object storage", "pod", klog.KRef(pod.Namespace, pod.Name), "image", id.String(),
 		"copied", res.Copied, "resumed", res.Skipped, "duration", time.Since(start))
 	return Spilled{Tier: kv1.TierObjectStore, Location: c.location(kv1.TierObjectStore, id), Manifest: man, Pod: podOf(pod),
-		Steps: []engine.Step{{Name: "Upload", Duration: time.Since(start), Bytes: man.StoredSize()}}}, nil
+		Steps: []engine.Step{{Name: "Upload", Duration: time.Since(start), Bytes: man.StoredSize()}}, Upload: res}, nil
 }
 
 // lock holds the image against other moves; a second one fails with ContainerBusy.

@@ -283,6 +283,10 @@ func TestRealNodeUploadThenResume(t *testing.T) {
 	if ok, err := storageExists(t, f.c); ok || err != nil {
 		t.Errorf("the disk copy is still there (%v)", err)
 	}
+	// The Event counts the files the upload copied (a real node's first run said 0).
+	if ev := f.event(EventUploadedToObjectStore); strings.Contains(ev, "(0 files copied") || !strings.Contains(ev, "files copied, 0 resumed") {
+		t.Errorf("Event %q, want the files the upload copied counted", ev)
+	}
 	resumed := make(chan error, 1)
 	go func() {
 		_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)

@@ -194,5 +194,5 @@ func (m *Manager) copyUp(ctx context.Context, e *entry) (storage.CopyResult, err
 		return storage.CopyResult{}, fmt.Errorf("node %s has no storage tiers for containers", e.node)
 	}
 	up, err := n.Containers.upload(ctx, PodRef{Namespace: e.pod.Namespace, Name: e.pod.Name, UID: string(e.pod.UID)})
-	return storage.CopyResult{Manifest: up.Manifest}, err
+	return up.Upload, err
 }
