@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Starts a single-process SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one
-# process) as an S3-compatible object store on loopback, with its data in DIR. Every port is
-# picked free; the web UIs, WebDAV, the Iceberg and Lance endpoints and telemetry are off.
+# process) as an S3-compatible object store on loopback (or SEAWEEDFS_IP), with its data in
+# DIR. Every port is picked free; the web UIs, WebDAV, the Iceberg and Lance endpoints and telemetry are off.
 # Writes DIR/s3.env (S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY_ID,
 # S3_SECRET_ACCESS_KEY; the keys are made up per start) and DIR/weed.pid, and returns once the
 # S3 endpoint answers. Stop it with hack/seaweedfs-down.sh DIR.
 #
 # Usage: hack/seaweedfs-up.sh DIR
-# Env:   KYBERNATE_BIN_DIR (weed from hack/build-seaweedfs.sh), S3_BUCKET (default kybernate).
+# Env:   KYBERNATE_BIN_DIR (weed from hack/build-seaweedfs.sh), S3_BUCKET (default kybernate),
+#        SEAWEEDFS_IP (default 127.0.0.1: the address it binds and serves on; a real node's pods
+#        reach the node's bridge address, not its loopback).
 set -euo pipefail
 
 # shellcheck source=hack/lib.sh
@@ -22,6 +24,7 @@ if [[ -f "${DIR}/weed.pid" ]] && pid_matches "$(<"${DIR}/weed.pid")" "${WEED}" "
 fi
 
 bucket="${S3_BUCKET:-kybernate}"
+ip="${SEAWEEDFS_IP:-127.0.0.1}"
 access_key="kyb$(openssl rand -hex 8)"
 secret_key="$(openssl rand -hex 20)"
 mkdir -p "${DIR}/data"
@@ -46,7 +49,7 @@ pick_port admin
 pick_port admin_grpc
 
 # setsid: the store outlives this script and is not in the caller's process group.
-setsid "${WEED}" mini -dir="${DIR}/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+setsid "${WEED}" mini -dir="${DIR}/data" -ip="${ip}" -ip.bind="${ip}" \
   -master.port="${master}" -master.port.grpc="${master_grpc}" -master.telemetry=false \
   -volume.port="${volume}" -volume.port.grpc="${volume_grpc}" \
   -filer.port="${filer}" -filer.port.grpc="${filer_grpc}" \
@@ -61,18 +64,18 @@ echo "${pid}" >"${DIR}/weed.pid"
 echo "${WEED}" >"${DIR}/weed.bin"
 
 cat >"${DIR}/s3.env" <<ENV
-S3_ENDPOINT=127.0.0.1:${s3}
+S3_ENDPOINT=${ip}:${s3}
 S3_BUCKET=${bucket}
 S3_REGION=us-east-1
 S3_ACCESS_KEY_ID=${access_key}
 S3_SECRET_ACCESS_KEY=${secret_key}
 ENV
 
-# http_status PORT PATH: the status code of a GET on loopback, empty when nothing answers.
+# http_status PORT PATH: the status code of a GET to weed, empty when nothing answers.
 http_status() {
   local line
-  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 0
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  { exec 3<>"/dev/tcp/${ip}/$1"; } 2>/dev/null || return 0
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "${ip}" >&3
   IFS=' ' read -r -t 5 _ line _ <&3 || true
   exec 3>&-
   echo "${line}"
@@ -92,4 +95,4 @@ until [[ "$(http_status "${s3}" "/${bucket}")" =~ ^[2-4][0-9][0-9]$ ]]; do
   fi
   sleep 0.5
 done
-log "seaweedfs (pid ${pid}) serves S3 on 127.0.0.1:${s3}, bucket ${bucket}; data in ${DIR}"
+log "seaweedfs (pid ${pid}) serves S3 on ${ip}:${s3}, bucket ${bucket}; data in ${DIR}"

@@ -30,16 +30,25 @@ type Server struct {
 
 // Build builds weed (seconds when it is up to date; the first build takes long).
 func Build(ctx context.Context, root string) error {
-	out, err := run(ctx, root, "hack/build-seaweedfs.sh")
+	out, err := run(ctx, root, nil, "hack/build-seaweedfs.sh")
 	if err != nil {
 		return fmt.Errorf("hack/build-seaweedfs.sh: %w\n%s", err, out)
 	}
 	return nil
 }
 
-// Start starts a server with its data in dir and waits until its S3 endpoint answers.
-func Start(ctx context.Context, root, dir string) (*Server, error) {
-	if out, err := run(ctx, root, "hack/seaweedfs-up.sh", dir); err != nil {
+// Start starts a server on loopback with its data in dir and waits until its S3 endpoint
+// answers.
+func Start(ctx context.Context, root, dir string) (*Server, error) { return StartOn(ctx, root, dir, "") }
+
+// StartOn is Start on the given address of this machine ("": loopback), e.g. a real node's
+// bridge address, which its pods reach.
+func StartOn(ctx context.Context, root, dir, ip string) (*Server, error) {
+	var env []string
+	if ip != "" {
+		env = []string{"SEAWEEDFS_IP=" + ip}
+	}
+	if out, err := run(ctx, root, env, "hack/seaweedfs-up.sh", dir); err != nil {
 		return nil, fmt.Errorf("hack/seaweedfs-up.sh: %w\n%s", err, out)
 	}
 	s := &Server{root: root, Dir: dir}
@@ -75,7 +84,7 @@ func ReadConfig(path string) (storage.S3Config, error) {
 func (s *Server) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if out, err := run(ctx, s.root, "hack/seaweedfs-down.sh", s.Dir); err != nil {
+	if out, err := run(ctx, s.root, nil, "hack/seaweedfs-down.sh", s.Dir); err != nil {
 		return fmt.Errorf("hack/seaweedfs-down.sh: %w\n%s", err, out)
 	}
 	return nil
@@ -88,9 +97,10 @@ func (s *Server) Log(lines int) string {
 	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }
 
-func run(ctx context.Context, root, script string, args ...string) (string, error) {
+func run(ctx context.Context, root string, env []string, script string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(root, script), args...)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
