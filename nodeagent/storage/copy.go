@@ -27,7 +27,8 @@ type CopyResult struct {
 // again. A source object that does not match its manifest stops the copy with ErrCorrupt
 // naming the file; the source is never changed. It refuses (ErrExists) when the destination
 // already holds a complete image under id, and returns ErrCorrupt when the destination holds
-// one with a damaged manifest.
+// one with a damaged manifest. An interrupted Copy's unfinished multipart uploads under id are
+// aborted first (see UploadAborter).
 func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 	m, data, err := readManifestData(ctx, from, id)
 	if err != nil {
@@ -38,6 +39,7 @@ func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return CopyResult{}, err
 	}
+	abortUploads(ctx, to, id)
 	start := time.Now()
 	res := CopyResult{Manifest: m}
 	for _, f := range m.Files {
@@ -62,6 +64,26 @@ func Copy(ctx context.Context, from, to Tier, id ImageID) (CopyResult, error) {
 	klog.FromContext(ctx).V(2).Info("Copied image", "image", id.String(), "from", from.String(), "to", to.String(),
 		"copied", res.Copied, "skipped", res.Skipped, "bytes", res.BytesCopied, "duration", time.Since(start))
 	return res, nil
+}
+
+// UploadAborter is a tier that keeps the parts of unfinished multipart uploads (S3): an
+// upload cut off by a killed agent or a lost connection leaves them stored, invisible to Get
+// and Stat, until they are aborted.
+type UploadAborter interface {
+	AbortUploads(ctx context.Context, prefix string) error
+}
+
+// abortUploads aborts the unfinished uploads under id in t, if t keeps any. Only the image's
+// one mover (its node's agent, holding it) copies to it, so they are an earlier Copy's. A
+// failure is logged, not returned: the parts cost storage, not correctness.
+func abortUploads(ctx context.Context, t Tier, id ImageID) {
+	a, ok := t.(UploadAborter)
+	if !ok {
+		return
+	}
+	if err := a.AbortUploads(ctx, id.prefix()); err != nil {
+		klog.FromContext(ctx).Info("Aborting the unfinished uploads of an image failed; their parts stay stored", "image", id.String(), "tier", t.String(), "err", err)
+	}
 }
 
 // holds reports whether t already has the stored object of f under key.

@@ -51,7 +51,10 @@ type S3 struct {
 	client *minio.Client
 }
 
-var _ Tier = (*S3)(nil)
+var (
+	_ Tier          = (*S3)(nil)
+	_ UploadAborter = (*S3)(nil)
+)
 
 // metaSHA256 is the user metadata that carries an object's SHA-256 (x-amz-meta-kybernate-sha256).
 const metaSHA256 = "Kybernate-Sha256"
