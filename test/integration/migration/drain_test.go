@@ -79,11 +79,14 @@ func TestDrainMovesSuspendedPod(t *testing.T) {
 	framework.WaitForPod(t.Context(), t, e.c.Client, ns, repl[0].Name, time.Minute, "progress on from where it stopped", func(p *v1.Pod) bool {
 		return sim.ProgressOf(p) > parked
 	})
-	evs, err := e.c.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=train,reason=Migrating"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(evs.Items) != 1 || !strings.Contains(evs.Items[0].Message, "Node "+from+" is cordoned") {
-		t.Errorf("Migrating Events %+v, want one saying node %s is cordoned", evs.Items, from)
+	// Events are sent asynchronously: wait for it rather than list once.
+	var evs *v1.EventList
+	err := framework.Poll(t.Context(), 30*time.Second, func(ctx context.Context) (bool, error) {
+		var err error
+		evs, err = e.c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=train,reason=Migrating"})
+		return err == nil && len(evs.Items) > 0, err
+	})
+	if err != nil || len(evs.Items) != 1 || !strings.Contains(evs.Items[0].Message, "Node "+from+" is cordoned") {
+		t.Errorf("Migrating Events %+v, want one saying node %s is cordoned (%v)", evs, from, err)
 	}
 }
