@@ -15,6 +15,7 @@ import (
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc"
@@ -89,6 +90,11 @@ func (c *Containerd) FindContainer(ctx context.Context, pod image.Pod, name stri
 		}
 		found = append(found, ctr)
 	}
+	if len(found) > 1 && name != "" {
+		// The kubelet keeps a restarted container's last attempt, stopped (its logs): the
+		// container is the attempt whose task lives.
+		found = c.live(ctx, found)
+	}
 	switch {
 	case len(found) == 0 && name != "":
 		return Container{}, fmt.Errorf("pod %s/%s has no container %q in containerd namespace %s", pod.Namespace, pod.Name, name, c.namespace)
@@ -101,7 +107,7 @@ func (c *Containerd) FindContainer(ctx context.Context, pod image.Pod, name stri
 		}
 		slices.Sort(names)
 		if name != "" {
-			return Container{}, fmt.Errorf("pod %s/%s has %d containers named %q (attempts of a restarted container?): %s", pod.Namespace, pod.Name, len(found), name, strings.Join(names, ", "))
+			return Container{}, fmt.Errorf("pod %s/%s has %d containers named %q, attempts of a restarted container, and not one of them alone runs: %s", pod.Namespace, pod.Name, len(found), name, strings.Join(names, ", "))
 		}
 		return Container{}, fmt.Errorf("pod %s/%s has %d containers, name one: %s", pod.Namespace, pod.Name, len(found), strings.Join(names, ", "))
 	}
@@ -120,6 +126,26 @@ func (c *Containerd) FindContainer(ctx context.Context, pod image.Pod, name stri
 		out.Annotations = spec.Annotations
 	}
 	return out, nil
+}
+
+// live are the containers whose task runs or is frozen; all of them when that is not one
+// (the caller names them in its error).
+func (c *Containerd) live(ctx context.Context, ctrs []*containersapi.Container) []*containersapi.Container {
+	var out []*containersapi.Container
+	for _, ctr := range ctrs {
+		resp, err := c.tasks.Get(c.ctx(ctx), &tasksapi.GetRequest{ContainerID: ctr.GetID()})
+		if err != nil {
+			continue // no task: a past attempt
+		}
+		switch resp.GetProcess().GetStatus() {
+		case tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+			out = append(out, ctr)
+		}
+	}
+	if len(out) != 1 {
+		return ctrs
+	}
+	return out
 }
 
 // Pause freezes the task.

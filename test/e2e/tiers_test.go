@@ -37,7 +37,7 @@ type tierEnv struct {
 
 // startObjectStore builds weed (up to date in the cache after the first build) and starts a
 // SeaweedFS for the test, stopped when it ends.
-func startObjectStore(t *testing.T) *objectstore.Server {
+func startObjectStore(t testing.TB) *objectstore.Server {
 	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
@@ -69,7 +69,7 @@ func startObjectStore(t *testing.T) *objectstore.Server {
 	return s
 }
 
-func newTierEnv(t *testing.T) *tierEnv {
+func newTierEnv(t testing.TB) *tierEnv {
 	t.Helper()
 	if criuBroken != "" {
 		ci.Skip(t, "CHECKPOINT/RESTORE CANNOT RUN: "+criuBroken)
@@ -113,7 +113,7 @@ func newTierEnv(t *testing.T) *tierEnv {
 }
 
 // startAgent starts the test agent.
-func (e *tierEnv) startAgent(t *testing.T) {
+func (e *tierEnv) startAgent(t testing.TB) {
 	t.Helper()
 	e.proc = exec.Command(agentBin, e.agentArgs...)
 	e.proc.Stdout, e.proc.Stderr = os.Stderr, os.Stderr
@@ -123,7 +123,7 @@ func (e *tierEnv) startAgent(t *testing.T) {
 }
 
 // killAgent kills the test agent with SIGKILL, as a node loses its agent.
-func (e *tierEnv) killAgent(t *testing.T) {
+func (e *tierEnv) killAgent(t testing.TB) {
 	t.Helper()
 	_ = e.proc.Process.Kill()
 	_ = e.proc.Wait()
@@ -132,7 +132,7 @@ func (e *tierEnv) killAgent(t *testing.T) {
 // waitAgent waits until the agent serves. The shims refuse to create a container of a
 // Kybernate pod while the agent cannot say whether it was spilled; an empty question is
 // refused once it serves.
-func (e *tierEnv) waitAgent(t *testing.T) {
+func (e *tierEnv) waitAgent(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -157,7 +157,7 @@ func kybernatePod(pod, name string) map[string]string {
 
 // token is the counter's token (COUNTER_TOKEN) in every "token T N" line of its stderr; the
 // test fails when there is none or they differ.
-func (c *ctr) token(t *testing.T) string {
+func (c *ctr) token(t testing.TB) string {
 	t.Helper()
 	tok := ""
 	for _, l := range strings.Split(strings.TrimSpace(c.stderr.String()), "\n") {
@@ -181,7 +181,8 @@ func (c *ctr) token(t *testing.T) string {
 // no agent (killed), then, with the next agent, the shim asks it,
 // which fetches the image from SeaweedFS, verifies and decrypts it, and the shim restores the
 // container from it with CRIU. The restored process goes on at N+1 with the token it drew
-// before the spill (the same process, not a new start), and the stored images are deleted.
+// before the spill (the same process, not a new start), the stored images are deleted, and it
+// can be spilled again.
 func TestSpillToObjectStoreAndRestore(t *testing.T) {
 	e := newTierEnv(t)
 	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Minute)
@@ -260,6 +261,16 @@ func TestSpillToObjectStoreAndRestore(t *testing.T) {
 	}
 	if entries, _ := filepath.Glob(filepath.Join(imagesRoot, "ml", "spilled-*")); len(entries) != 0 {
 		t.Errorf("decrypted images left in the checkpoint folder: %v", entries)
+	}
+
+	// The restored container spills again, beside its stopped earlier attempts (a kubelet
+	// keeps the last one): the agent takes the attempt whose task lives.
+	if _, err := e.agent.Spill(ctx, &agentv1.SpillRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train", Container: "counter"}, Tier: "Disk"}); err != nil {
+		t.Fatalf("spilling the restored container again: %v", err)
+	}
+	restored.waitExit(t)
+	if ok, err := storage.Exists(ctx, e.disk, id); !ok || err != nil {
+		t.Errorf("no image on disk after the second spill (%v)", err)
 	}
 }
 
