@@ -91,6 +91,10 @@ bench-timeslice: ## Simulated time slicing vs kill-preemption vs FIFO on an over
 bench-storage: ## Image store spill/fetch throughput vs a plain copy and a plain upload to SeaweedFS (same run).
 	$(GO) run ./test/bench/storage | tee test/bench/results/storage-$$(date -u +%Y-%m-%d).md
 
+.PHONY: bench-tiers
+bench-tiers: runtime ## Resume time per storage tier (disk, SeaweedFS) of a BALLAST_MIB (8192) MiB container vs its cold start, on containerd, runc, CRIU, the shim and the agent (root); writes test/bench/results/tiers-<date>.md.
+	hack/bench-tiers.sh
+
 .PHONY: seaweedfs
 seaweedfs: ## Build SeaweedFS's weed (the S3-compatible store of the storage tests) into .cache/bin.
 	hack/build-seaweedfs.sh

@@ -39,7 +39,7 @@ type checkpointEnv struct {
 	images string
 }
 
-func newCheckpointEnv(t *testing.T) *checkpointEnv {
+func newCheckpointEnv(t testing.TB) *checkpointEnv {
 	t.Helper()
 	if criuBroken != "" {
 		ci.Skip(t, "CHECKPOINT/RESTORE CANNOT RUN: "+criuBroken)
@@ -68,7 +68,7 @@ func newCheckpointEnv(t *testing.T) *checkpointEnv {
 
 // testImages is a folder of this test's images in namespace ml's folder under imagesRoot,
 // removed when the test ends.
-func testImages(t *testing.T) string {
+func testImages(t testing.TB) string {
 	t.Helper()
 	ns, err := image.NamespaceDir(imagesRoot, "ml")
 	if err != nil {

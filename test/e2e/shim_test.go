@@ -33,20 +33,20 @@ const (
 // env is one test's containerd client in a namespace of its own: runc keeps its state under
 // /run/containerd/runc/<namespace> for every daemon on the machine.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	client *containerd.Client
 	ctx    context.Context
 	ns     string
 	image  containerd.Image
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	return newEnvOn(t, socket)
 }
 
 // newEnvOn is newEnv on the containerd daemon listening on sock.
-func newEnvOn(t *testing.T, sock string) *env {
+func newEnvOn(t testing.TB, sock string) *env {
 	t.Helper()
 	if skipReason != "" {
 		ci.Skip(t, skipReason)
@@ -202,7 +202,7 @@ func (e *env) mustRun(id string, o ctrOpts) *ctr {
 }
 
 // waitExit waits for the task's exit status.
-func (c *ctr) waitExit(t *testing.T) uint32 {
+func (c *ctr) waitExit(t testing.TB) uint32 {
 	t.Helper()
 	select {
 	case st := <-c.exit:
@@ -218,7 +218,7 @@ func (c *ctr) waitExit(t *testing.T) uint32 {
 }
 
 // eventually polls cond every 50ms for up to d.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -230,7 +230,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // count is the counter's last complete number, 0 before the first.
-func (c *ctr) count(t *testing.T) int {
+func (c *ctr) count(t testing.TB) int {
 	t.Helper()
 	lines := c.stdout.lines()
 	if len(lines) == 0 {
@@ -244,7 +244,7 @@ func (c *ctr) count(t *testing.T) int {
 }
 
 // counting waits until the counter has passed n.
-func (c *ctr) counting(t *testing.T, n int) {
+func (c *ctr) counting(t testing.TB, n int) {
 	t.Helper()
 	eventually(t, 20*time.Second, fmt.Sprintf("container %s to count past %d (stdout %q, stderr %q)", c.c.ID(), n, c.stdout.String(), c.stderr.String()),
 		func() bool { return c.count(t) > n })
