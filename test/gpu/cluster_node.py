@@ -364,7 +364,9 @@ serializeImagePulls: false
     def container(path):
         """The first container of the workload in PATH."""
         import yaml
-        for doc in yaml.safe_load_all(open(path)):
+        with open(path) as f:
+            docs = list(yaml.safe_load_all(f))
+        for doc in docs:
             if doc and doc.get("kind") in ("DaemonSet", "Deployment"):
                 return doc["spec"]["template"]["spec"]["containers"][0]
         raise RuntimeError(f"no workload in {path}")

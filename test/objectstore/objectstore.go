@@ -39,7 +39,9 @@ func Build(ctx context.Context, root string) error {
 
 // Start starts a server on loopback with its data in dir and waits until its S3 endpoint
 // answers.
-func Start(ctx context.Context, root, dir string) (*Server, error) { return StartOn(ctx, root, dir, "") }
+func Start(ctx context.Context, root, dir string) (*Server, error) {
+	return StartOn(ctx, root, dir, "")
+}
 
 // StartOn is Start on the given address of this machine ("": loopback), e.g. a real node's
 // bridge address, which its pods reach.
