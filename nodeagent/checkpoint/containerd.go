@@ -90,9 +90,10 @@ func (c *Containerd) FindContainer(ctx context.Context, pod image.Pod, name stri
 		}
 		found = append(found, ctr)
 	}
-	if len(found) > 1 && name != "" {
+	if len(found) > 1 {
 		// The kubelet keeps a restarted container's last attempt, stopped (its logs): the
-		// container is the attempt whose task lives.
+		// container is the one whose task lives, also when the caller names none (the pod's
+		// only container).
 		found = c.live(ctx, found)
 	}
 	switch {

@@ -264,8 +264,9 @@ func TestSpillToObjectStoreAndRestore(t *testing.T) {
 	}
 
 	// The restored container spills again, beside its stopped earlier attempts (a kubelet
-	// keeps the last one): the agent takes the attempt whose task lives.
-	if _, err := e.agent.Spill(ctx, &agentv1.SpillRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train", Container: "counter"}, Tier: "Disk"}); err != nil {
+	// keeps the last one): the agent takes the attempt whose task lives. No container named,
+	// as the tier policy asks for a pod's only container.
+	if _, err := e.agent.Spill(ctx, &agentv1.SpillRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train"}, Tier: "Disk"}); err != nil {
 		t.Fatalf("spilling the restored container again: %v", err)
 	}
 	restored.waitExit(t)
