@@ -35,6 +35,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -70,6 +71,11 @@ const (
 	// heldRecheck is when a node is looked at again after a candidate was passed over because
 	// the ledger still held a placement of it.
 	heldRecheck = time.Second
+	// resyncPeriod is how often every node is looked at again, whatever happened. Events bring
+	// a node back whenever room may have freed there, but some room frees without one (a
+	// ledger reservation that runs out unseen), and a suspended pod must not wait beside free
+	// memory for an event that does not come.
+	resyncPeriod = 30 * time.Second
 )
 
 // Controller resumes suspended pods when their node has room.
@@ -87,6 +93,7 @@ type Controller struct {
 	// defaultMinRuntime protects pods from a wake's preemption as from any other.
 	defaultMinRuntime time.Duration
 	now               func() time.Time
+	resync            time.Duration
 }
 
 // New wires the controller to informers that the caller starts and to the program's ledger of
@@ -110,6 +117,7 @@ func New(client kubernetes.Interface, kybernate versioned.Interface, pods corein
 		now:         time.Now,
 
 		defaultMinRuntime: cfg.DefaultMinRuntime.Duration,
+		resync:            resyncPeriod,
 	}
 	c.queue = skeleton.Queue("kybernate-resume", "Resuming pods failed", c.sync)
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -166,10 +174,13 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrashWithContext(ctx)
 	logger := klog.FromContext(ctx)
 	logger.Info("Starting resume controller")
-	// Suspended pods from before a restart get their chance at once.
-	for _, gn := range c.gpuNodeNames() {
-		c.queue.Add(gn)
-	}
+	// Suspended pods from before a restart get their chance at once, and every node again
+	// each resync period.
+	go wait.UntilWithContext(ctx, func(context.Context) {
+		for _, gn := range c.gpuNodeNames() {
+			c.queue.Add(gn)
+		}
+	}, c.resync)
 	c.queue.Work(ctx, workers)
 	<-ctx.Done()
 	logger.Info("Stopping resume controller")

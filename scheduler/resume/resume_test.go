@@ -1,6 +1,7 @@
 package resume
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -720,5 +721,54 @@ func TestSyncSharesTheLedger(t *testing.T) {
 	acc := gpupod.NewAccounting(gn, ledger.Pods("n1", []*v1.Pod{low}))
 	if acc.Fits(gpupod.Demand{Count: 1, Bytes: 60 * gi}, []string{"GPU-0"}) {
 		t.Error("the scheduler's accounting has room for 60Gi beside the pod being resumed")
+	}
+}
+
+// Room that frees without an event (a reservation of the scheduler's that runs out unseen) is
+// found by the periodic resync: the pod suspended beside it resumes although nothing happened.
+func TestRunResyncsWithoutEvents(t *testing.T) {
+	gn := gpuNode(4, 80)
+	low := pod("low", 1, "60Gi", 0, kv1.PodSuspended)
+	ledger := gpupod.NewLedger()
+	// Reserved for a pod the informer never shows: it counts until its time to live ends.
+	const ttl = 300 * time.Millisecond
+	reserved := time.Now()
+	ledger.Reserve(gpupod.OwnerScheduler, pod("never-shown", 1, "60Gi", 0, ""), ttl)
+	env := controllertest.New([]*v1.Pod{low})
+	c, err := New(env.Client, env.Kybernate, env.Pods, env.GPUNodes, env.Checkpoints, events.NewFakeRecorder(100), config.ControllerConfiguration{}, ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.now = func() time.Time { return now }
+	c.resync = 50 * time.Millisecond
+	env.Fill(t, []*v1.Pod{low}, nil, []*kv1.GPUNode{gn}, []*kv1.GPUCheckpoint{suspension("low", kv1.ReasonPreemption, time.Minute)})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		c.Run(ctx, 1)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		c.ShutDown()
+		<-done
+	}()
+	resumed := func() bool {
+		for _, a := range env.Kybernate.Actions() {
+			if cr, ok := a.(k8stesting.CreateAction); ok && cr.GetObject().(*kv1.GPUCheckpoint).Spec.Action == kv1.ActionResume {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !resumed() {
+		if time.Now().After(deadline) {
+			t.Fatal("the suspended pod was not resumed within 10s after the reservation that held its room ran out")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(reserved); d < ttl {
+		t.Errorf("resumed %s after the reservation was made, within its time to live %s", d, ttl)
 	}
 }
