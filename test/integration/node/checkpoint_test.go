@@ -102,40 +102,60 @@ func useNodeContainerd(t *testing.T, c *framework.Cluster) string {
 	if err := os.MkdirAll(images, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	type op struct {
-		Op    string `json:"op"`
-		Path  string `json:"path"`
-		Value any    `json:"value"`
-	}
-	const ctr = "/spec/template/spec/containers/0"
+	const ctr = agentContainer
 	// An earlier test of the package may have patched the DaemonSet: kubectl apply -k of the
 	// install resets the command but keeps the volumes a JSON patch added. Add what is missing.
 	ds, err := c.Client.AppsV1().DaemonSets(systemNamespace).Get(t.Context(), "kybernate-agent", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ops []op
+	var ops []patchOp
 	if !slices.Contains(ds.Spec.Template.Spec.Containers[0].Command, "--containerd-socket="+sock) {
-		ops = append(ops, op{"add", ctr + "/command/-", "--containerd-socket=" + sock},
-			op{"add", ctr + "/command/-", "--checkpoint-dir=" + images}) // the shim's checkpointDir (hack/node-up.sh)
+		// --checkpoint-dir: the shim's checkpointDir (hack/node-up.sh).
+		ops = append(ops, agentFlags("--containerd-socket="+sock, "--checkpoint-dir="+images)...)
 	}
 	if !slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v v1.Volume) bool { return v.Name == "node-containerd" }) {
 		ops = append(ops,
-			op{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "node-containerd", "hostPath": map[string]any{"path": sock, "type": "Socket"}}},
-			op{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "checkpoints", "hostPath": map[string]any{"path": images, "type": "Directory"}}},
-			op{"add", ctr + "/volumeMounts/-", map[string]any{"name": "node-containerd", "mountPath": sock}},
-			op{"add", ctr + "/volumeMounts/-", map[string]any{"name": "checkpoints", "mountPath": images}})
+			patchOp{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "node-containerd", "hostPath": map[string]any{"path": sock, "type": "Socket"}}},
+			patchOp{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "checkpoints", "hostPath": map[string]any{"path": images, "type": "Directory"}}},
+			patchOp{"add", ctr + "/volumeMounts/-", map[string]any{"name": "node-containerd", "mountPath": sock}},
+			patchOp{"add", ctr + "/volumeMounts/-", map[string]any{"name": "checkpoints", "mountPath": images}})
 	}
-	if len(ops) == 0 {
-		return images
+	if len(ops) > 0 {
+		patchAgent(t, c, ops...)
 	}
+	return images
+}
+
+// patchOp is one operation of a JSON patch of the agent's DaemonSet.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
+// agentContainer is the JSON pointer to the agent's container in its DaemonSet.
+const agentContainer = "/spec/template/spec/containers/0"
+
+// agentFlags are the operations that add flags to the agent's command.
+func agentFlags(flags ...string) []patchOp {
+	ops := make([]patchOp, len(flags))
+	for i, f := range flags {
+		ops[i] = patchOp{"add", agentContainer + "/command/-", f}
+	}
+	return ops
+}
+
+// patchAgent applies ops to the agent's DaemonSet and waits for the rollout: the agent
+// restarts.
+func patchAgent(t *testing.T, c *framework.Cluster, ops ...patchOp) {
+	t.Helper()
 	patch, err := json.Marshal(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Kubectl(t, "-n", systemNamespace, "patch", "daemonset", "kybernate-agent", "--type=json", "-p", string(patch))
 	c.Kubectl(t, "-n", systemNamespace, "rollout", "status", "daemonset/kybernate-agent", "--timeout=90s")
-	return images
 }
 
 // criuPreflight dumps a host sleep with the CRIU the node's runc uses, bounded by 20 s: on some

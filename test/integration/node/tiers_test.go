@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -101,7 +100,7 @@ func restartIntoObjectStore(t *testing.T, c *framework.Cluster, h *framework.His
 	sp := spillPod(t, c, h, ns, "dozer", node)
 	secret := startObjectStore(t, c, node)
 	before := agentPod(t, c)
-	patchAgent(t, c, "--object-store-secret="+systemNamespace+"/"+secret, "--disk-tier-idle=2s")
+	patchAgent(t, c, agentFlags("--object-store-secret="+systemNamespace+"/"+secret, "--disk-tier-idle=2s")...)
 	if after := agentPod(t, c); after.UID == before.UID {
 		t.Fatalf("the agent pod %s is the one from before the patch: not restarted", after.Name)
 	}
@@ -303,51 +302,10 @@ func useTierPolicy(t *testing.T, c *framework.Cluster) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	type op struct {
-		Op    string `json:"op"`
-		Path  string `json:"path"`
-		Value any    `json:"value"`
-	}
-	const ctr = "/spec/template/spec/containers/0"
-	patch, err := json.Marshal([]op{
-		{"add", ctr + "/command/-", "--disk-tier-dir=" + dir},
-		{"add", ctr + "/command/-", "--parked-memory-high-water=1"},
-		{"add", ctr + "/command/-", "--tier-interval=1s"},
-		{"add", ctr + "/command/-", "--spilled-create-hold=" + spilledCreateHold.String()},
-		{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "tiers", "hostPath": map[string]any{"path": dir, "type": "Directory"}}},
-		{"add", ctr + "/volumeMounts/-", map[string]any{"name": "tiers", "mountPath": dir}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rollAgent(t, c, patch)
-}
-
-// rollAgent applies a JSON patch to the agent's DaemonSet and waits for the rollout: the agent
-// restarts.
-func rollAgent(t *testing.T, c *framework.Cluster, patch []byte) {
-	t.Helper()
-	c.Kubectl(t, "-n", systemNamespace, "patch", "daemonset", "kybernate-agent", "--type=json", "-p", string(patch))
-	c.Kubectl(t, "-n", systemNamespace, "rollout", "status", "daemonset/kybernate-agent", "--timeout=90s")
-}
-
-// patchAgent adds flags to the agent's command and waits for the rollout: the agent restarts.
-func patchAgent(t *testing.T, c *framework.Cluster, flags ...string) {
-	t.Helper()
-	type op struct {
-		Op    string `json:"op"`
-		Path  string `json:"path"`
-		Value string `json:"value"`
-	}
-	var ops []op
-	for _, f := range flags {
-		ops = append(ops, op{"add", "/spec/template/spec/containers/0/command/-", f})
-	}
-	patch, err := json.Marshal(ops)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rollAgent(t, c, patch)
+	ops := agentFlags("--disk-tier-dir="+dir, "--parked-memory-high-water=1", "--tier-interval=1s", "--spilled-create-hold="+spilledCreateHold.String())
+	patchAgent(t, c, append(ops,
+		patchOp{"add", "/spec/template/spec/volumes/-", map[string]any{"name": "tiers", "hostPath": map[string]any{"path": dir, "type": "Directory"}}},
+		patchOp{"add", agentContainer + "/volumeMounts/-", map[string]any{"name": "tiers", "mountPath": dir}})...)
 }
 
 // waitForEvent waits for Events of reason on the pod, whose message contains msg, counted
