@@ -89,6 +89,17 @@ func (f *realFixture) event(reason string) string {
 	return recordedEvent(f.t, f.events, reason)
 }
 
+// resume runs the pod's Restore, which waits for the container's next create; its error comes
+// on the channel.
+func (f *realFixture) resume() <-chan error {
+	resumed := make(chan error, 1)
+	go func() {
+		_, err := f.mgr.Restore(f.t.Context(), node, f.pod, nil)
+		resumed <- err
+	}()
+	return resumed
+}
+
 // spill has the policy spill the pod (over the one-byte mark).
 func (f *realFixture) spill() {
 	f.t.Helper()
@@ -228,11 +239,7 @@ func TestRealNodeResumeFails(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newRealFixture(t)
 			f.spill()
-			resumed := make(chan error, 1)
-			go func() {
-				_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)
-				resumed <- err
-			}()
+			resumed := f.resume()
 			tt.restore(f)
 			if err := <-resumed; err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("resume: %v, want %q", err, tt.want)
@@ -287,11 +294,7 @@ func TestRealNodeUploadThenResume(t *testing.T) {
 	if ev := f.event(EventUploadedToObjectStore); strings.Contains(ev, "(0 files copied") || !strings.Contains(ev, "files copied, 0 resumed") {
 		t.Errorf("Event %q, want the files the upload copied counted", ev)
 	}
-	resumed := make(chan error, 1)
-	go func() {
-		_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)
-		resumed <- err
-	}()
+	resumed := f.resume()
 	f.waitForTimers()
 	r := <-f.fetch()
 	if r.err != nil || r.out.Tier != kv1.TierObjectStore || r.out.Dir == "" {
@@ -338,11 +341,7 @@ func TestRealNodeRecoverAfterRestart(t *testing.T) {
 func TestRealNodeForgetEndsWaitingResume(t *testing.T) {
 	f := newRealFixture(t)
 	f.spill()
-	resumed := make(chan error, 1)
-	go func() {
-		_, err := f.mgr.Restore(t.Context(), node, f.pod, nil)
-		resumed <- err
-	}()
+	resumed := f.resume()
 	f.waitForTimers()
 	f.mgr.Forget(t.Context(), f.pod)
 	if err := <-resumed; err == nil || !strings.Contains(err.Error(), "deleted") {

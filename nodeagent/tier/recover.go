@@ -67,9 +67,13 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 	if err != nil {
 		return fmt.Errorf("image %s: %w", id, err)
 	}
+	e := m.recovered(ck, pod, id, man)
 	if n.Containers != nil {
-		// A real node's spilled container is stopped already: hold its creates again.
-		return m.recoverContainer(ctx, ck, pod, id, man)
+		// A real node's spilled container is stopped already: its creates are refused again
+		// until the pod's Resume, as before the restart.
+		e.gate = newGate()
+		m.takeOver(ctx, e)
+		return nil
 	}
 	parked, err := controller.RecordedProcesses(ck.Status.Footprint)
 	if err != nil || len(parked) == 0 {
@@ -87,34 +91,29 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 		return fmt.Errorf("ending the pod's processes: %w", err)
 	}
 	n.Engine.Forget(pod.UID)
-	since := m.clock.Now()
-	if st.LastMoveTime != nil {
-		since = st.LastMoveTime.Time
-	}
-	e := &entry{pod: ref(pod), node: ck.Status.NodeName, tier: st.Tier, id: id, vram: vram, size: man.Size(), stored: man.StoredSize(),
-		keyID: man.Encryption.KeyID, since: since, parked: parked, gpus: gpus, lastError: st.LastError}
-	m.mu.Lock()
-	m.held[pod.UID] = e
-	m.mu.Unlock()
-	m.publish(e.node)
-	klog.FromContext(ctx).V(2).Info("Took over a spilled pod", "pod", klog.KObj(pod), "tier", st.Tier, "image", id.String())
+	e.vram, e.parked, e.gpus = vram, parked, gpus
+	m.takeOver(ctx, e)
 	return nil
 }
 
-// recoverContainer holds a real node's spilled container again after an agent restart: its
-// creates are refused until the pod's Resume, as before the restart.
-func (m *Manager) recoverContainer(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1.Pod, id storage.ImageID, man storage.Manifest) error {
+// recovered is the entry of a pod an earlier agent spilled, from its Suspend's status.storage
+// and its image's manifest.
+func (m *Manager) recovered(ck *kv1.GPUCheckpoint, pod *v1.Pod, id storage.ImageID, man storage.Manifest) *entry {
 	st := ck.Status.Storage
 	since := m.clock.Now()
 	if st.LastMoveTime != nil {
 		since = st.LastMoveTime.Time
 	}
-	e := &entry{pod: ref(pod), node: ck.Status.NodeName, tier: st.Tier, id: id, size: man.Size(), stored: man.StoredSize(),
-		keyID: man.Encryption.KeyID, since: since, lastError: st.LastError, gate: newGate()}
+	return &entry{pod: ref(pod), node: ck.Status.NodeName, tier: st.Tier, id: id, size: man.Size(), stored: man.StoredSize(),
+		keyID: man.Encryption.KeyID, since: since, lastError: st.LastError}
+}
+
+// takeOver holds the entry of a pod an earlier agent spilled.
+func (m *Manager) takeOver(ctx context.Context, e *entry) {
 	m.mu.Lock()
-	m.held[pod.UID] = e
+	m.held[e.pod.UID] = e
 	m.mu.Unlock()
 	m.publish(e.node)
-	klog.FromContext(ctx).V(2).Info("Took over a spilled container", "pod", klog.KObj(pod), "tier", st.Tier, "image", id.String())
-	return nil
+	klog.FromContext(ctx).V(2).Info("Took over a spilled pod", "pod", klog.KRef(e.pod.Namespace, e.pod.Name), "tier", e.tier, "image", e.id.String(),
+		"container", e.gate != nil)
 }

@@ -139,10 +139,9 @@ func (m *Manager) Forget(ctx context.Context, pod *v1.Pod) {
 	e, ok := m.held[pod.UID]
 	free := ok && !e.busy
 	if ok && e.gate != nil {
-		e.gate.podGone()        // creates waiting for a resume, or a resume waiting for a create, end
-		delete(m.held, pod.UID) // when busy, the sweep deletes its images
+		e.gate.podGone() // creates waiting for a resume, or a resume waiting for a create, end
 	}
-	if free {
+	if free || ok && e.gate != nil { // a busy container's images: the sweep deletes them
 		delete(m.held, pod.UID)
 	}
 	delete(m.failedSleeps, pod.UID)

@@ -156,18 +156,12 @@ func (m *Manager) upload(ctx context.Context, uid types.UID, why string) (err er
 	defer cancel()
 	start := m.clock.Now()
 	pod := m.podObject(e)
-	res, cerr := m.copyUp(ctx, e)
-	if errors.Is(cerr, storage.ErrExists) {
-		cerr = nil // an earlier upload finished, its disk copy was not deleted
-	}
+	res, cerr := m.moveUp(ctx, e)
 	if cerr != nil {
 		m.moveFailed(ctx, e, pod, kv1.TierDisk, kv1.TierObjectStore, "UploadFailed", cerr,
 			"Upload to object storage failed; the image stays on disk and is tried again in %v: %v")
 		m.observe(kv1.TierDisk, kv1.TierObjectStore, start, nil, cerr)
 		return cerr
-	}
-	if err := storage.Delete(ctx, m.disk, e.id); err != nil {
-		klog.FromContext(ctx).Info("Image uploaded, but deleting its disk copy failed", "image", e.id.String(), "err", err)
 	}
 	m.mu.Lock()
 	e.tier, e.since, e.failures, e.notBefore, e.lastError = kv1.TierObjectStore, m.clock.Now(), 0, start, ""
@@ -182,17 +176,25 @@ func (m *Manager) upload(ctx context.Context, uid types.UID, why string) (err er
 	return nil
 }
 
-// copyUp copies the entry's image from disk to object storage. A real node's container image
-// goes through its Containers, which records on the node that it is there (the shim's
-// FetchSpilled looks in the object store only for such images) and deletes the disk copy.
-func (m *Manager) copyUp(ctx context.Context, e *entry) (storage.CopyResult, error) {
-	if e.gate == nil {
-		return storage.Copy(ctx, m.disk, m.objects, e.id)
+// moveUp moves the entry's image from disk to object storage: copied, then its disk copy
+// deleted. A real node's container image goes through its Containers, which also records on
+// the node that it is there (the shim's FetchSpilled looks in the object store only for such
+// images).
+func (m *Manager) moveUp(ctx context.Context, e *entry) (storage.CopyResult, error) {
+	if e.gate != nil {
+		n, ok := m.nodes.TierNode(e.node)
+		if !ok || n.Containers == nil {
+			return storage.CopyResult{}, fmt.Errorf("node %s has no storage tiers for containers", e.node)
+		}
+		up, err := n.Containers.upload(ctx, PodRef{Namespace: e.pod.Namespace, Name: e.pod.Name, UID: string(e.pod.UID)})
+		return up.Upload, err
 	}
-	n, ok := m.nodes.TierNode(e.node)
-	if !ok || n.Containers == nil {
-		return storage.CopyResult{}, fmt.Errorf("node %s has no storage tiers for containers", e.node)
+	res, err := storage.Copy(ctx, m.disk, m.objects, e.id)
+	if err != nil && !errors.Is(err, storage.ErrExists) { // exists: an earlier upload finished, its disk copy was not deleted
+		return res, err
 	}
-	up, err := n.Containers.upload(ctx, PodRef{Namespace: e.pod.Namespace, Name: e.pod.Name, UID: string(e.pod.UID)})
-	return up.Upload, err
+	if err := storage.Delete(ctx, m.disk, e.id); err != nil {
+		klog.FromContext(ctx).Info("Image uploaded, but deleting its disk copy failed", "image", e.id.String(), "err", err)
+	}
+	return res, nil
 }
