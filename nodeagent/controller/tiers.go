@@ -103,11 +103,12 @@ func (o *Operator) resumeFromTier(ctx context.Context, pod *v1.Pod, tier kv1.Sto
 	if len(res.GPUs) == 0 {
 		res.GPUs = target
 	}
-	msg := fmt.Sprintf("Resumed from storage tier %s: moved %s of GPU memory onto GPUs %s in %s", tier, quantity(res.Bytes), uuidList(res.GPUs), describe(res.Steps))
+	var msg string
 	var resident error
 	if withoutGPUs(pod) {
 		msg = fmt.Sprintf("Resumed from storage tier %s: the pod has no GPUs; its container was restored from its image in %s", tier, describe(res.Steps))
 	} else {
+		msg = fmt.Sprintf("Resumed from storage tier %s: moved %s of GPU memory onto GPUs %s in %s", tier, quantity(res.Bytes), uuidList(res.GPUs), describe(res.Steps))
 		resident = o.setResident(ctx, pod, true, msg)
 	}
 	if err := errors.Join(o.setState(ctx, pod, kv1.PodResuming, kv1.PodRunning, gpus), resident); err != nil {
