@@ -54,14 +54,6 @@ func New(ctx context.Context, obj runtime.Object, h framework.Handle) (framework
 	return NewWithArgs(ctx, args, h, fts)
 }
 
-// DefaultArgs are NodeResourcesFit's defaults (kube-scheduler's v1 defaulting).
-func DefaultArgs() *config.NodeResourcesFitArgs {
-	return &config.NodeResourcesFitArgs{ScoringStrategy: &config.ScoringStrategy{
-		Type:      config.LeastAllocated,
-		Resources: []config.ResourceSpec{{Name: string(v1.ResourceCPU), Weight: 1}, {Name: string(v1.ResourceMemory), Weight: 1}},
-	}}
-}
-
 // NewWithArgs builds the plugin on NodeResourcesFit with the given args and features.
 func NewWithArgs(ctx context.Context, args *config.NodeResourcesFitArgs, h framework.Handle, fts plfeature.Features) (*Fit, error) {
 	p, err := noderesources.NewFit(ctx, args, h, fts)

@@ -43,7 +43,7 @@ func pod(cpu string, gpus string) *v1.Pod {
 
 func newFit(t testing.TB) *Fit {
 	t.Helper()
-	f, err := NewWithArgs(context.Background(), DefaultArgs(), nil, plfeature.Features{})
+	f, err := NewWithArgs(context.Background(), defaultArgs(), nil, plfeature.Features{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func newFit(t testing.TB) *Fit {
 
 func inTree(t testing.TB) framework.Plugin {
 	t.Helper()
-	p, err := noderesources.NewFit(context.Background(), DefaultArgs(), nil, plfeature.Features{})
+	p, err := noderesources.NewFit(context.Background(), defaultArgs(), nil, plfeature.Features{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +132,8 @@ func TestArgs(t *testing.T) {
 		want    *config.NodeResourcesFitArgs
 		wantErr string
 	}{
-		{name: "none: NodeResourcesFit's defaults", obj: nil, want: DefaultArgs()},
-		{name: "empty", obj: &runtime.Unknown{Raw: []byte(`{}`)}, want: DefaultArgs()},
+		{name: "none: NodeResourcesFit's defaults", obj: nil, want: defaultArgs()},
+		{name: "empty", obj: &runtime.Unknown{Raw: []byte(`{}`)}, want: defaultArgs()},
 		{name: "most allocated on memory, a resource ignored", obj: &runtime.Unknown{Raw: []byte(
 			`{"apiVersion":"kubescheduler.config.k8s.io/v1","kind":"NodeResourcesFitArgs","ignoredResources":["example.com/fpga"],` +
 				`"scoringStrategy":{"type":"MostAllocated","resources":[{"name":"memory","weight":2}]}}`)},
@@ -141,7 +141,7 @@ func TestArgs(t *testing.T) {
 				Type: config.MostAllocated, Resources: []config.ResourceSpec{{Name: "memory", Weight: 2}}}}},
 		{name: "yaml", obj: &runtime.Unknown{Raw: []byte("scoringStrategy:\n  type: MostAllocated\n")},
 			want: &config.NodeResourcesFitArgs{ScoringStrategy: &config.ScoringStrategy{
-				Type: config.MostAllocated, Resources: DefaultArgs().ScoringStrategy.Resources}}},
+				Type: config.MostAllocated, Resources: defaultArgs().ScoringStrategy.Resources}}},
 		{name: "unknown field", obj: &runtime.Unknown{Raw: []byte(`{"ignoredResourcez":["x"]}`)}, wantErr: "unknown field"},
 		{name: "another kind", obj: &runtime.Unknown{Raw: []byte(`{"kind":"GPUShareArgs"}`)}, wantErr: "want NodeResourcesFitArgs"},
 		{name: "a weight out of range", obj: &runtime.Unknown{Raw: []byte(`{"scoringStrategy":{"type":"LeastAllocated","resources":[{"name":"cpu","weight":101}]}}`)},
@@ -211,4 +211,13 @@ func BenchmarkFilter(b *testing.B) {
 			}
 		})
 	}
+}
+
+// defaultArgs are NodeResourcesFit's defaults as kube-scheduler's v1 defaulting gives them,
+// written out: what Args must give without args.
+func defaultArgs() *config.NodeResourcesFitArgs {
+	return &config.NodeResourcesFitArgs{ScoringStrategy: &config.ScoringStrategy{
+		Type:      config.LeastAllocated,
+		Resources: []config.ResourceSpec{{Name: string(v1.ResourceCPU), Weight: 1}, {Name: string(v1.ResourceMemory), Weight: 1}},
+	}}
 }
