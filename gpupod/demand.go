@@ -64,6 +64,13 @@ func (d Demand) AtLeast(bytes int64) Demand {
 	return d
 }
 
+// WithoutGPUs reports whether the pod asks for no GPU and was placed on none: a pod the agent
+// suspends by freezing its containers.
+func WithoutGPUs(pod *v1.Pod) bool {
+	d, err := PodDemand(pod)
+	return err == nil && d.Count == 0 && len(AssignedGPUs(pod)) == 0
+}
+
 // PodDemand reads a pod's GPU demand: the kybernate.io/gpu it requests, counted as the
 // scheduler and the kubelet count requests (k8s.io/component-helpers' PodRequests: containers
 // and sidecars summed, init containers at their peak), and its kybernate.io/gpu-memory and

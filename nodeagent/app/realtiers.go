@@ -1,15 +1,12 @@
 package app
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -19,6 +16,7 @@ import (
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
 	"github.com/kybernate/kybernate/nodeagent/image"
+	"github.com/kybernate/kybernate/nodeagent/status"
 	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
@@ -48,7 +46,7 @@ func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime) tie
 		return out, nil
 	}
 	memory := func() int64 {
-		n, err := memTotal(filepath.Join(procRoot, "meminfo"))
+		n, err := status.Meminfo{Path: filepath.Join(procRoot, "meminfo")}.MemTotal()
 		if err != nil {
 			klog.Background().Error(err, "Reading the node's memory for --parked-memory-high-water failed")
 		}
@@ -63,11 +61,7 @@ func frozenSpillable(pod *v1.Pod, node string) bool {
 	if pod.Spec.NodeName != node || pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning || len(pod.Spec.Containers) != 1 {
 		return false
 	}
-	if gpupod.StateOf(pod) != kv1.PodSuspended {
-		return false
-	}
-	d, err := gpupod.PodDemand(pod)
-	return err == nil && d.Count == 0 && len(gpupod.AssignedGPUs(pod)) == 0
+	return gpupod.StateOf(pod) == kv1.PodSuspended && gpupod.WithoutGPUs(pod)
 }
 
 // podResident is the resident memory (VmRSS) of the processes of the pod's only container.
@@ -86,42 +80,12 @@ func podResident(ctx context.Context, runtime checkpoint.Runtime, procRoot strin
 		if err != nil {
 			continue // gone
 		}
-		n, err := statusField(data, "VmRSS:")
+		// A process without the line (a kernel thread) has none.
+		n, _, err := status.KiBField(bytes.NewReader(data), "process status", "VmRSS")
 		if err != nil {
 			return 0, fmt.Errorf("/proc/%d/status: %w", pid, err)
 		}
 		total += n
 	}
 	return total, nil
-}
-
-// memTotal reads MemTotal from a meminfo file.
-func memTotal(path string) (int64, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return statusField(data, "MemTotal:")
-}
-
-// statusField reads a "Key:   123 kB" line of /proc/PID/status or /proc/meminfo, in bytes; a
-// process without the line (a kernel thread) has 0.
-func statusField(data []byte, key string) (int64, error) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), key)
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("%s %q: want a number of kB", key, strings.TrimSpace(rest))
-		}
-		n, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil || n < 0 {
-			return 0, errors.Join(fmt.Errorf("%s %q: want a number of kB", key, strings.TrimSpace(rest)), err)
-		}
-		return n << 10, nil
-	}
-	return 0, sc.Err()
 }

@@ -57,7 +57,7 @@ func (o *Operator) SetFreezers(f Freezers) { o.freezers = f }
 
 // freezer is the freezer of a pod without GPUs on a node that has one.
 func (o *Operator) freezer(pod *v1.Pod) (Freezer, bool) {
-	if o.freezers == nil || !withoutGPUs(pod) {
+	if o.freezers == nil || !gpupod.WithoutGPUs(pod) {
 		return nil, false
 	}
 	return o.freezers.Freezer(pod.Spec.NodeName)
@@ -78,13 +78,7 @@ func (o *Operator) serves(pod *v1.Pod, node string) bool {
 	if _, ok := o.engines.Engine(node); ok {
 		return true
 	}
-	return withoutGPUs(pod) && o.freezes(node)
-}
-
-// withoutGPUs reports whether the pod asks for no GPU and was placed on none.
-func withoutGPUs(pod *v1.Pod) bool {
-	d, err := gpupod.PodDemand(pod)
-	return err == nil && d.Count == 0 && len(gpupod.AssignedGPUs(pod)) == 0
+	return gpupod.WithoutGPUs(pod) && o.freezes(node)
 }
 
 // suspendFrozen suspends a pod without GPUs: its containers frozen.

@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/gpupod"
 )
 
 // An agent whose CUDA driver is not usable (no driver, cuInit failed) still is its node's
@@ -41,7 +42,7 @@ func (o *Operator) SetDriverUnavailable(node, why string) {
 // driverUnavailable reports why this agent cannot act on a pod with GPUs on the pod's node,
 // when that node is this agent's but has no GPU engine. Pods without GPUs are frozen instead.
 func (o *Operator) driverUnavailable(pod *v1.Pod) (string, bool) {
-	if withoutGPUs(pod) {
+	if gpupod.WithoutGPUs(pod) {
 		return "", false
 	}
 	if _, ok := o.engines.Engine(pod.Spec.NodeName); ok {

@@ -83,7 +83,7 @@ func (o *Operator) resumeFromTier(ctx context.Context, pod *v1.Pod, tier kv1.Sto
 	if err := o.setState(ctx, pod, gpupod.StateOf(pod), kv1.PodResuming, ""); err != nil {
 		return engine.Result{}, err
 	}
-	if withoutGPUs(pod) {
+	if gpupod.WithoutGPUs(pod) {
 		o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming from storage tier %s: the container is restored from its image when the kubelet creates it next", tier)
 	} else {
 		o.recorder.Eventf(pod, v1.EventTypeNormal, EventResuming, "Resuming from storage tier %s onto GPUs %s", tier, uuidList(target))
@@ -105,7 +105,7 @@ func (o *Operator) resumeFromTier(ctx context.Context, pod *v1.Pod, tier kv1.Sto
 	}
 	var msg string
 	var resident error
-	if withoutGPUs(pod) {
+	if gpupod.WithoutGPUs(pod) {
 		msg = fmt.Sprintf("Resumed from storage tier %s: the pod has no GPUs; its container was restored from its image in %s", tier, describe(res.Steps))
 	} else {
 		msg = fmt.Sprintf("Resumed from storage tier %s: moved %s of GPU memory onto GPUs %s in %s", tier, quantity(res.Bytes), uuidList(res.GPUs), describe(res.Steps))

@@ -233,3 +233,36 @@ func TestParseMemAvailable(t *testing.T) {
 		})
 	}
 }
+
+// KiBField reads any "key: <n> kB" line: a process's VmRSS, the host's MemTotal; a file without
+// the line says so (a kernel thread has no VmRSS), a malformed line is an error naming it.
+func TestKiBField(t *testing.T) {
+	for _, tt := range []struct {
+		name, in, key string
+		want          int64
+		found         bool
+		wantErr       string
+	}{
+		{name: "VmRSS", in: "Name:\tsh\nVmRSS:\t    3048 kB\nThreads:\t1\n", key: "VmRSS", want: 3048 << 10, found: true},
+		{name: "kernel thread", in: "Name:\tkthreadd\nThreads:\t1\n", key: "VmRSS"},
+		{name: "prefix of another key", in: "VmRSSx: 1 kB\n", key: "VmRSS"},
+		{name: "bad unit", in: "VmRSS: 1 MB\n", key: "VmRSS", found: true, wantErr: `malformed status line "VmRSS: 1 MB"`},
+		{name: "negative", in: "VmRSS: -1 kB\n", key: "VmRSS", found: true, wantErr: "malformed status line"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, found, err := KiBField(strings.NewReader(tt.in), "status", tt.key)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want || found != tt.found {
+				t.Errorf("got %d, %v, %v; want %d, %v", got, found, err, tt.want, tt.found)
+			}
+		})
+	}
+	if n, err := (Meminfo{Path: "testdata/meminfo"}).MemTotal(); err != nil || n != 2113396476*1024 {
+		t.Errorf("MemTotal of the fixture: %d, %v; want %d", n, err, 2113396476*1024)
+	}
+}

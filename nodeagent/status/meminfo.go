@@ -2,6 +2,7 @@ package status
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -35,28 +36,56 @@ func (m Meminfo) MemAvailable() (int64, error) {
 	return ParseMemAvailable(f)
 }
 
+// MemTotal returns MemTotal from the file, in bytes.
+func (m Meminfo) MemTotal() (int64, error) {
+	path := m.Path
+	if path == "" {
+		path = "/proc/meminfo"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading host memory: %w", err)
+	}
+	defer f.Close()
+	n, found, err := KiBField(f, "meminfo", "MemTotal")
+	if err == nil && !found {
+		err = errors.New("meminfo has no MemTotal line")
+	}
+	return n, err
+}
+
 // ParseMemAvailable reads the MemAvailable line of a meminfo file ("MemAvailable: 123 kB").
 func ParseMemAvailable(r io.Reader) (int64, error) {
+	n, found, err := KiBField(r, "meminfo", "MemAvailable")
+	if err == nil && !found {
+		err = fmt.Errorf("meminfo has no MemAvailable line (kernel older than 3.14?)")
+	}
+	return n, err
+}
+
+// KiBField reads the "key: <n> kB" line of a /proc file (what: meminfo, a process's status),
+// in bytes; found is false when the file has no such line.
+func KiBField(r io.Reader, what, key string) (bytes int64, found bool, err error) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:")
+		rest, ok := strings.CutPrefix(sc.Text(), key+":")
 		if !ok {
 			continue
 		}
 		fields := strings.Fields(rest)
 		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, fmt.Errorf("malformed meminfo line %q: want \"MemAvailable: <n> kB\"", sc.Text())
+			return 0, true, fmt.Errorf("malformed %s line %q: want \"%s: <n> kB\"", what, sc.Text(), key)
 		}
 		kb, err := strconv.ParseInt(fields[0], 10, 64)
 		if err != nil || kb < 0 {
-			return 0, fmt.Errorf("malformed meminfo line %q: %w", sc.Text(), err)
+			return 0, true, fmt.Errorf("malformed %s line %q: want \"%s: <n> kB\"", what, sc.Text(), key)
 		}
-		return kb * 1024, nil
+		return kb * 1024, true, nil
 	}
 	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("reading meminfo: %w", err)
+		return 0, false, fmt.Errorf("reading %s: %w", what, err)
 	}
-	return 0, fmt.Errorf("meminfo has no MemAvailable line (kernel older than 3.14?)")
+	return 0, false, nil
 }
 
 // FixedMemory is HostMemory with a constant value, for tests.

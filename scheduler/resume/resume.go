@@ -378,9 +378,9 @@ func (c *Controller) candidate(pod *v1.Pod) (cand candidate, wait time.Time, ok 
 	if kv1.PodGPUState(pod.Annotations[kv1.AnnotationState]) != kv1.PodSuspended || pod.DeletionTimestamp != nil {
 		return cand, wait, false
 	}
-	d, err := gpupod.PodDemand(pod)
 	// A pod without GPUs (which the agent suspends by freezing its containers) needs no room.
-	noGPUs := err == nil && d.Count == 0 && len(gpupod.AssignedGPUs(pod)) == 0
+	noGPUs := gpupod.WithoutGPUs(pod)
+	d, err := gpupod.PodDemand(pod)
 	if !noGPUs && (err != nil || d.Count == 0 || len(gpupod.AssignedGPUs(pod)) != d.Count) {
 		return cand, wait, false
 	}
