@@ -305,7 +305,7 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 			return nil, err
 		}
 		if a.tiers != nil {
-			a.tierNodes.set(o.NodeName, a.realTierNode(srvNode.Tiers, runtime))
+			a.tierNodes.set(o.NodeName, a.realTierNode(srvNode.Tiers, runtime, srvNode.Engine))
 		}
 	}
 	a.reporter.Add(o.NodeName, node)

@@ -7,33 +7,45 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/checkpoint"
+	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/image"
 	"github.com/kybernate/kybernate/nodeagent/status"
 	"github.com/kybernate/kybernate/nodeagent/tier"
 )
 
-// realTierNode is the agent's own node for the tier policy: its suspended pods are those
-// without GPUs whose single container is frozen (Suspended), holding the resident memory of
-// their processes; the policy spills them through the node's Containers.
-func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime) tier.Node {
+// realTierNode is the agent's own node for the tier policy: its suspended pods are those in
+// state Suspended with one container that the kubelet creates again after a spill: without
+// GPUs their container is frozen, holding the resident memory of its processes; with GPUs
+// (engine not nil) their GPU memory is parked in their processes' host memory. The policy
+// spills them through the node's Containers.
+func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime, e *engine.Engine) tier.Node {
 	node, procRoot := a.o.NodeName, a.o.ProcRoot
 	pods := a.podFactory.Core().V1().Pods().Lister()
+	kept := &keptInMemory{recorder: a.recorder}
 	parked := func(ctx context.Context) ([]tier.ParkedPod, error) {
 		list, err := pods.List(labels.Everything())
 		if err != nil {
 			return nil, err
 		}
 		var out []tier.ParkedPod
+		var never []*v1.Pod
 		for _, pod := range list {
-			if !frozenSpillable(pod, node) {
+			if !suspendedOn(pod, node, e != nil) {
+				continue
+			}
+			if !tier.Recreated(pod) {
+				never = append(never, pod)
 				continue
 			}
 			n, err := podResident(ctx, runtime, procRoot, pod)
@@ -43,6 +55,7 @@ func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime) tie
 			}
 			out = append(out, tier.ParkedPod{Pod: pod, Bytes: n})
 		}
+		kept.tell(never)
 		return out, nil
 	}
 	memory := func() int64 {
@@ -52,16 +65,39 @@ func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime) tie
 		}
 		return n
 	}
-	return tier.Node{Containers: c, Parked: parked, Memory: memory}
+	return tier.Node{Engine: e, Containers: c, Parked: parked, Memory: memory}
 }
 
-// frozenSpillable: a running pod of node without GPUs, Suspended (its containers frozen), with
-// one container (a spill checkpoints the pod's only container).
-func frozenSpillable(pod *v1.Pod, node string) bool {
+// suspendedOn: a running pod of node in state Suspended with one container (a spill
+// checkpoints the pod's only container), without GPUs, or with GPUs when gpus (the node's CUDA
+// driver is usable).
+func suspendedOn(pod *v1.Pod, node string, gpus bool) bool {
 	if pod.Spec.NodeName != node || pod.DeletionTimestamp != nil || pod.Status.Phase != v1.PodRunning || len(pod.Spec.Containers) != 1 {
 		return false
 	}
-	return gpupod.StateOf(pod) == kv1.PodSuspended && gpupod.WithoutGPUs(pod)
+	return gpupod.StateOf(pod) == kv1.PodSuspended && (gpus || gpupod.WithoutGPUs(pod))
+}
+
+// keptInMemory tells each suspended pod that the policy leaves in host memory because the
+// kubelet would not create its container again (restartPolicy Never), once per pod.
+type keptInMemory struct {
+	recorder record.EventRecorder
+	mu       sync.Mutex
+	told     map[types.UID]bool
+}
+
+func (k *keptInMemory) tell(pods []*v1.Pod) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := make(map[types.UID]bool, len(pods))
+	for _, pod := range pods {
+		now[pod.UID] = true
+		if !k.told[pod.UID] {
+			k.recorder.Eventf(pod, v1.EventTypeNormal, tier.EventKeptInHostMemory,
+				"Not spilled to the storage tiers: its restartPolicy is Never, so the kubelet would not create its container again for the restore; its memory stays in host memory")
+		}
+	}
+	k.told = now
 }
 
 // podResident is the resident memory (VmRSS) of the processes of the pod's only container.

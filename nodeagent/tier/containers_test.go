@@ -22,6 +22,8 @@ import (
 type fakeRuntime struct {
 	calls   []string
 	failing string
+	// gpus is the container's kybernate.io/gpus; empty: none.
+	gpus string
 }
 
 func (f *fakeRuntime) call(name string) error {
@@ -36,8 +38,12 @@ func (f *fakeRuntime) FindContainer(_ context.Context, pod image.Pod, name strin
 	if pod.Name != "train" {
 		return checkpoint.Container{}, errors.New("no such pod")
 	}
-	return checkpoint.Container{ID: "c1", Name: "trainer", Image: "img", Runtime: "io.containerd.kybernate.v1",
-		Pod: image.Pod{Namespace: "ml", Name: "train", UID: "uid-train"}}, nil
+	ctr := checkpoint.Container{ID: "c1", Name: "trainer", Image: "img", Runtime: "io.containerd.kybernate.v1",
+		Pod: image.Pod{Namespace: "ml", Name: "train", UID: "uid-train"}}
+	if f.gpus != "" {
+		ctr.Annotations = map[string]string{kv1.AnnotationGPUs: f.gpus}
+	}
+	return ctr, nil
 }
 func (f *fakeRuntime) Pause(context.Context, string) error         { return f.call("Pause") }
 func (f *fakeRuntime) Resume(context.Context, string) error        { return f.call("Resume") }

@@ -67,6 +67,8 @@ const (
 
 // Node is what the policy needs of a node the agent serves.
 type Node struct {
+	// Engine is the node's checkpoint engine; on a real node nil where the CUDA driver is not
+	// usable (pods with GPUs are not spilled there).
 	Engine *engine.Engine
 	// Images writes a suspended pod's checkpoint image and restores it in place.
 	Images controller.Images

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -12,6 +13,8 @@ import (
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
+	"github.com/kybernate/kybernate/cuda"
+	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/engine"
 	"github.com/kybernate/kybernate/nodeagent/metrics"
 )
@@ -24,6 +27,17 @@ import (
 // Config.CreateHold for a Resume before it is refused, so a Resume that comes while a create
 // waits restores at once instead of after the kubelet's back-off. The Resume opens the gate and
 // waits, up to Config.RecreateTimeout, for the create that restores the container (Restored).
+
+// EventKeptInHostMemory: a suspended pod the policy does not spill, because its container would
+// not be created again (Recreated).
+const EventKeptInHostMemory = "KeptInHostMemory"
+
+// Recreated reports whether the kubelet creates a pod's container again after a spill stopped
+// it (a killed container exits non-zero): under restartPolicy Always or OnFailure. A pod with
+// restartPolicy Never would end Failed instead, so the policy leaves it in host memory.
+func Recreated(pod *v1.Pod) bool {
+	return pod.Spec.RestartPolicy != v1.RestartPolicyNever
+}
 
 // StepRecreate is the step of a resume from a tier on a real node: from the Resume to the end
 // of the shim's restore in the container's next create.
@@ -74,8 +88,11 @@ func (g *gate) podGone() {
 }
 
 // spillContainer spills a suspended pod of a real node: its container is checkpointed with
-// CRIU (frozen already when the pod has no GPUs), stored encrypted on disk and stopped. The
-// gate is closed before the container stops, so that the kubelet's create right after finds it.
+// CRIU, stored encrypted on disk and stopped. A pod without GPUs is frozen already; a pod with
+// GPUs has its GPU memory parked in its processes' host memory, so the image holds it, and the
+// engine holds the pod meanwhile (no resume can start) and forgets its parked processes once
+// the container is stopped. The gate is closed before the container stops, so that the
+// kubelet's create right after finds it.
 func (m *Manager) spillContainer(ctx context.Context, node string, n Node, pod *v1.Pod, bytes int64) error {
 	start := m.clock.Now()
 	e := &entry{pod: ref(pod), node: node, tier: kv1.TierDisk, id: imageID(pod), vram: bytes, since: start, busy: true, gate: newGate()}
@@ -88,7 +105,7 @@ func (m *Manager) spillContainer(ctx context.Context, node string, n Node, pod *
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()
-	out, err := n.Containers.SpillFrozen(ctx, PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID)})
+	out, err := m.checkpointContainer(ctx, n, pod, e)
 	if err != nil {
 		m.mu.Lock()
 		if m.held[pod.UID] == e {
@@ -96,19 +113,56 @@ func (m *Manager) spillContainer(ctx context.Context, node string, n Node, pod *
 		}
 		e.gate.wakeAll()
 		m.mu.Unlock()
-		m.recorder.Eventf(pod, v1.EventTypeWarning, EventTierMoveFailed, "Spill to disk failed (%s); the pod stays suspended in host memory: %v", ContainerCauseOf(err), err)
+		if engine.CauseOf(err) == engine.CauseBusy {
+			return err // another operation (a resume) has the pod: nothing failed
+		}
+		cause := string(ContainerCauseOf(err))
+		if cause == "" {
+			cause = string(engine.CauseOf(err))
+		}
+		m.recorder.Eventf(pod, v1.EventTypeWarning, EventTierMoveFailed, "Spill to disk failed (%s); the pod stays suspended in host memory: %v", cause, err)
 		return fmt.Errorf("spilling pod %s/%s to disk: %w", pod.Namespace, pod.Name, err)
 	}
 	m.mu.Lock()
 	e.size, e.stored, e.keyID, e.busy = out.Manifest.Size(), out.Manifest.StoredSize(), out.Manifest.Encryption.KeyID, false
 	m.mu.Unlock()
+	what := "the container (" + quantity(bytes) + " in host memory)"
+	if e.vram > 0 && len(e.gpus) > 0 {
+		what = fmt.Sprintf("the container (%s of parked GPU memory from GPUs %s, %s in host memory)", quantity(e.vram), uuidList(e.gpus), quantity(bytes))
+	}
 	m.recorder.Eventf(pod, v1.EventTypeNormal, EventSpilledToDisk,
-		"Spilled to disk: the container (%s in host memory) checkpointed with CRIU into %s (%s, stored encrypted with key %s) in %v and stopped; host memory freed. "+
+		"Spilled to disk: %s checkpointed with CRIU into %s (%s, stored encrypted with key %s) in %v and stopped; host memory freed. "+
 			"The pod stays Suspended: the kubelet's creates of the container are refused until the pod is resumed, which restores it from the image",
-		quantity(bytes), m.location(kv1.TierDisk, e.id), quantity(e.size), e.keyID, m.clock.Since(start).Round(time.Millisecond))
-	klog.FromContext(ctx).V(2).Info("Spilled container to disk", "pod", klog.KObj(pod), "node", node, "image", e.id.String(), "bytes", bytes, "imageBytes", e.size)
+		what, m.location(kv1.TierDisk, e.id), quantity(e.size), e.keyID, m.clock.Since(start).Round(time.Millisecond))
+	klog.FromContext(ctx).V(2).Info("Spilled container to disk", "pod", klog.KObj(pod), "node", node, "image", e.id.String(), "bytes", bytes, "imageBytes", e.size, "gpus", e.gpus)
 	m.record(ctx, e)
 	return nil
+}
+
+// checkpointContainer writes the pod's container into the disk tier and stops it. For a pod
+// with GPUs it runs while the engine holds the pod, records its parked processes in e (what a
+// restore needs free) and has the engine drop them once the container is stopped.
+func (m *Manager) checkpointContainer(ctx context.Context, n Node, pod *v1.Pod, e *entry) (Spilled, error) {
+	podRef := PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID)}
+	if gpupod.WithoutGPUs(pod) {
+		return n.Containers.SpillFrozen(ctx, podRef)
+	}
+	if n.Engine == nil {
+		return Spilled{}, cfail(ContainerInvalid, "the pod has GPUs, but the CUDA driver is not usable on this node")
+	}
+	var out Spilled
+	err := n.Engine.WithParked(ctx, ref(pod), func(parked []engine.Process) (bool, error) {
+		var err error
+		if out, err = n.Containers.Spill(ctx, podRef, kv1.TierDisk, 0); err != nil {
+			return false, err
+		}
+		gpus, vram := parkedOnGPUs(parked)
+		m.mu.Lock()
+		e.parked, e.gpus, e.vram = parked, gpus, vram
+		m.mu.Unlock()
+		return true, nil
+	})
+	return out, err
 }
 
 // Admit implements Gate: a create of a spilled pod's container may restore it only once the
@@ -159,9 +213,13 @@ func (m *Manager) Restored(pod PodRef, restored bool) {
 // restoreContainer resumes a spilled pod of a real node: it opens the gate and waits for the
 // kubelet's next create of the container, in which the shim fetches the image and restores the
 // container from it. On failure or timeout the gate closes again and the pod stays spilled.
-func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (engine.Result, error) {
+func (m *Manager) restoreContainer(ctx context.Context, n Node, e *entry, pod *v1.Pod, to []cuda.UUID) (engine.Result, error) {
 	start := m.clock.Now()
 	from := e.tier
+	target, err := m.checkContainerTarget(ctx, n, e, pod, to)
+	if err != nil {
+		return engine.Result{}, err
+	}
 	m.mu.Lock()
 	e.gate.open, e.gate.done = true, make(chan bool, 1)
 	e.gate.wakeAll()
@@ -169,7 +227,6 @@ func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (
 	m.mu.Unlock()
 	t := m.clock.NewTimer(m.cfg.RecreateTimeout)
 	defer t.Stop()
-	var err error
 	select {
 	case ok := <-done:
 		if !ok {
@@ -191,8 +248,11 @@ func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (
 	}
 	took := m.clock.Since(start)
 	now := metav1.NewTime(m.clock.Now())
-	res := engine.Result{Steps: []engine.Step{{Name: StepRecreate, Duration: took, Bytes: e.size}},
+	res := engine.Result{Steps: []engine.Step{{Name: StepRecreate, Duration: took, Bytes: e.size}}, GPUs: target,
 		Storage: &kv1.CheckpointStorage{Tier: from, Location: m.location(from, e.id), SizeBytes: e.size, StoredBytes: e.stored, KeyID: e.keyID, LastMoveTime: &now}}
+	if len(target) > 0 {
+		res.Bytes = e.vram
+	}
 	m.mu.Lock()
 	delete(m.held, pod.UID)
 	m.mu.Unlock()
@@ -202,4 +262,42 @@ func (m *Manager) restoreContainer(ctx context.Context, e *entry, pod *v1.Pod) (
 	m.clear(ctx, e)
 	klog.FromContext(ctx).V(2).Info("Restored container from tier", "pod", klog.KObj(pod), "tier", from, "took", took)
 	return res, nil
+}
+
+// checkContainerTarget is the restore guard of a spilled container with GPU memory, before the
+// gate opens: the shim restores its memory onto the GPUs of the pod's kybernate.io/gpus, so a
+// resume onto other GPUs is refused (CauseInvalidTarget), and those GPUs must have what its
+// processes had in use free (CauseInsufficientGPUMemory): a restore the driver refuses for
+// lack of memory destroys the processes' GPU state. It returns the GPUs the memory goes to;
+// none for a container without GPU memory.
+func (m *Manager) checkContainerTarget(ctx context.Context, n Node, e *entry, pod *v1.Pod, to []cuda.UUID) ([]cuda.UUID, error) {
+	if len(e.gpus) == 0 {
+		return nil, nil
+	}
+	fail := func(cause engine.Cause, err error) ([]cuda.UUID, error) {
+		return nil, &engine.Error{Op: "resume", Pod: pod.Namespace + "/" + pod.Name, Cause: cause, Err: err}
+	}
+	names, err := gpupod.ParseGPUs(pod.Annotations[kv1.AnnotationGPUs])
+	if err != nil {
+		return fail(engine.CauseInvalidTarget, fmt.Errorf("the pod's %s: %w", kv1.AnnotationGPUs, err))
+	}
+	own := make([]cuda.UUID, 0, len(names))
+	for _, g := range names {
+		u, err := cuda.ParseUUID(g)
+		if err != nil {
+			return fail(engine.CauseInvalidTarget, fmt.Errorf("the pod's %s: %w", kv1.AnnotationGPUs, err))
+		}
+		own = append(own, u)
+	}
+	if len(to) > 0 && !slices.Equal(to, own) {
+		return fail(engine.CauseInvalidTarget, fmt.Errorf(
+			"the container is spilled to %s; its restore puts its GPU memory onto the GPUs of its %s (%s), not onto %s", e.tier, kv1.AnnotationGPUs, uuidList(own), uuidList(to)))
+	}
+	if n.Engine == nil {
+		return fail(engine.CauseUnsupported, errors.New("the CUDA driver is not usable on this node"))
+	}
+	if err := n.Engine.CheckRestore(ctx, e.pod, e.parked, e.gpus, own); err != nil {
+		return nil, err
+	}
+	return own, nil
 }

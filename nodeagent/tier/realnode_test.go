@@ -48,8 +48,14 @@ type realFixture struct {
 
 func newRealFixture(t *testing.T) *realFixture {
 	t.Helper()
+	return newRealFixtureWith(t, testingclock.NewFakeClock(epoch), nil)
+}
+
+// newRealFixtureWith is newRealFixture; gpus, when set, makes the pod one with GPUs: it changes
+// the pod and the node before the Manager is made.
+func newRealFixtureWith(t *testing.T, clk *testingclock.FakeClock, gpus func(cf *containersFixture, pod *v1.Pod, n *Node)) *realFixture {
+	t.Helper()
 	cf := newContainers(t)
-	clk := testingclock.NewFakeClock(epoch)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train", UID: "uid-train", Annotations: map[string]string{kv1.AnnotationState: string(kv1.PodSuspended)}},
 		Spec:       v1.PodSpec{NodeName: node, Containers: []v1.Container{{Name: "trainer", Image: "img"}}},
@@ -76,6 +82,9 @@ func newRealFixture(t *testing.T) *realFixture {
 	n := Node{Containers: cf.c, Memory: func() int64 { return 100 * gib }, Parked: func(context.Context) ([]ParkedPod, error) {
 		return []ParkedPod{{Pod: pod, Bytes: 3 << 20}}, nil
 	}}
+	if gpus != nil {
+		gpus(cf, pod, &n)
+	}
 	newManager := func() *Manager {
 		mgr := New(cfg, singleNode{n}, cf.c.Disk, cf.c.Objects, cf.c.Keys, kube, kyb, corelisters.NewPodLister(podIdx), listers.NewGPUCheckpointLister(ckIdx), events, clk)
 		cf.c.Gate = mgr

@@ -10,7 +10,6 @@ import (
 	"k8s.io/klog/v2"
 
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
-	"github.com/kybernate/kybernate/cuda"
 	"github.com/kybernate/kybernate/gpupod"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/storage"
@@ -70,8 +69,13 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 	e := m.recovered(ck, pod, id, man)
 	if n.Containers != nil {
 		// A real node's spilled container is stopped already: its creates are refused again
-		// until the pod's Resume, as before the restart.
+		// until the pod's Resume, as before the restart. A pod with GPUs recorded what its
+		// processes had in use (the restore guard's need).
 		e.gate = newGate()
+		if parked, err := controller.RecordedProcesses(ck.Status.Footprint); err == nil && len(parked) > 0 {
+			e.parked = parked
+			e.gpus, e.vram = parkedOnGPUs(parked)
+		}
 		m.takeOver(ctx, e)
 		return nil
 	}
@@ -79,14 +83,7 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 	if err != nil || len(parked) == 0 {
 		return fmt.Errorf("status.footprint of %s: %v", ck.Name, err)
 	}
-	var gpus []cuda.UUID
-	var vram int64
-	for _, p := range parked {
-		vram += p.Bytes
-		if !containsUUID(gpus, p.GPU) {
-			gpus = append(gpus, p.GPU)
-		}
-	}
+	gpus, vram := parkedOnGPUs(parked)
 	if err := n.End(pod.UID); err != nil {
 		return fmt.Errorf("ending the pod's processes: %w", err)
 	}

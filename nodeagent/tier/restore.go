@@ -42,7 +42,7 @@ func (m *Manager) Restore(ctx context.Context, node string, pod *v1.Pod, to []cu
 	}
 	defer m.release(e)
 	if e.gate != nil {
-		return m.restoreContainer(ctx, e, pod)
+		return m.restoreContainer(ctx, n, e, pod, to)
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()

@@ -115,16 +115,21 @@ func (m *Manager) writeImage(ctx context.Context, n Node, pod *v1.Pod, id storag
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("storing the image: %w", err), storage.Delete(context.WithoutCancel(ctx), m.disk, id))
 	}
-	var gpus []cuda.UUID
-	var vram int64
+	gpus, vram := parkedOnGPUs(parked)
+	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, model: img.Image.GPUModel, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
+		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
+}
+
+// parkedOnGPUs is the GPUs parked processes were on, in order of first appearance, and the
+// GPU memory they parked.
+func parkedOnGPUs(parked []engine.Process) (gpus []cuda.UUID, vram int64) {
 	for _, p := range parked {
 		vram += p.Bytes
 		if !containsUUID(gpus, p.GPU) {
 			gpus = append(gpus, p.GPU)
 		}
 	}
-	return &entry{pod: ref(pod), tier: kv1.TierDisk, id: id, simulated: img.Image.Simulated, model: img.Image.GPUModel, vram: vram, size: man.Size(), stored: man.StoredSize(), keyID: man.Encryption.KeyID,
-		since: m.clock.Now(), parked: parked, gpus: gpus}, nil
+	return gpus, vram
 }
 
 func containsUUID(list []cuda.UUID, u cuda.UUID) bool {
