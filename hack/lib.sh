@@ -170,3 +170,17 @@ pick_port() {
   done
   die "no free port found"
 }
+
+# pack_criu CRIU_PREFIX BUILD DST: DST/criu.tar.xz holds criu (from CRIU_PREFIX/bin, as
+# hack/install-runtime.sh installs it) with only the libraries it loads, re-patched to run from
+# /tmp/kyb/criu on the GPU machine (test/gpu: run-container.sh, run-cluster.sh unpack it there).
+pack_criu() {
+	local criu=$1 build=$2 dst=$3 c l
+	[[ -s $dst/criu.tar.xz && $dst/criu.tar.xz -nt $criu/bin/criu ]] && return 0
+	c=$build/criu
+	rm -rf "$c" && mkdir -p "$c/bin" "$c/lib"
+	cp "$criu/bin/criu" "$c/bin/criu"
+	for l in $(ldd "$criu/bin/criu" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do cp -L "$l" "$c/lib/"; done
+	patchelf --set-interpreter /tmp/kyb/criu/lib/ld-linux-x86-64.so.2 --force-rpath --set-rpath /tmp/kyb/criu/lib "$c/bin/criu"
+	tar -C "$build" -cJf "$dst/criu.tar.xz" criu
+}

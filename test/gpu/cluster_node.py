@@ -172,8 +172,9 @@ current-context: kyb
                 {"type": "bridge", "bridge": "kybgpu0", "isGateway": True,
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.124.0.0/24"}]]}}]}, f)
         with open(self.p("shim.yaml"), "w") as f:
+            # checkpointDir: the agent's --checkpoint-dir, where it decrypts spilled images.
             f.write(f"driverRoot: {driver_root}\ndeviceNodes: All\nagentSocket: {self.p('run-kybernate', 'agent.sock')}\n"
-                    "agentTimeout: 5m\ncriuTimeout: 5m\n")
+                    f"agentTimeout: 5m\ncriuTimeout: 5m\ncheckpointDir: {self.p('images')}\n")
         with open(f"{n}/containerd.toml", "w") as f:
             f.write(f"""version = 2
 root = "{n}/containerd/root"
@@ -300,7 +301,8 @@ serializeImagePulls: false
             {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
                 self.container(f"{d}/manifests/agent/daemonset.yaml")["command"],
                 {"--metrics-bind-address": f":{PORTS['agent-metrics']}", "--slots-per-gpu": "4",
-                 "--containerd-socket": sock},
+                 "--containerd-socket": sock, **TIER_FLAGS, "--checkpoint-dir": self.p("images"),
+                 "--disk-tier-dir": self.p("tiers")},
                 # Rehearsal on a machine without a GPU only: the agent's simulated GPUs.
                 ["--simulate", "--simulate-node-selector=kybernate.io/gpu-node=true"] if simulate else [])},
             {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
@@ -322,6 +324,16 @@ serializeImagePulls: false
             where = {"run": self.p("run-kybernate"), "images": self.p("images"), "containerd": self.p("node")}.get(v["name"])
             if where:
                 agent.append({"op": "replace", "path": f"/spec/template/spec/volumes/{i}/hostPath/path", "value": where})
+        # The images and the disk tier at the same paths as on the host: the agent names image
+        # folders to the shim, which runs on the host.
+        mounts = self.container(f"{d}/manifests/agent/daemonset.yaml")["volumeMounts"]
+        agent.append({"op": "replace", "value": self.p("images"),
+                      "path": f"/spec/template/spec/containers/0/volumeMounts/{[m['name'] for m in mounts].index('images')}/mountPath"})
+        os.makedirs(self.p("tiers"), exist_ok=True)
+        agent += [{"op": "add", "path": "/spec/template/spec/volumes/-",
+                   "value": {"name": "tiers", "hostPath": {"path": self.p("tiers"), "type": "Directory"}}},
+                  {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                   "value": {"name": "tiers", "mountPath": self.p("tiers")}}]
         probe = lambda: {"httpGet": {"path": "/healthz", "port": PORTS["kyb-scheduler"], "scheme": "HTTPS"}}
         sched = host_net + [
             {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
@@ -390,6 +402,12 @@ serializeImagePulls: false
                 proc.wait(max(0.1, end - time.time()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+# The storage tiers: a mark no scenario's parked memory reaches (a pod that sleeps on disk is
+# spilled whatever the mark: scenario 8), the policy looking every second, and a create of a
+# spilled container held long enough for the scenario's Resume to restore it at once.
+TIER_FLAGS = {"--parked-memory-high-water": "100Gi", "--tier-interval": "1s", "--spilled-create-hold": "90s"}
 
 
 def with_flags(command, values, extra=()):

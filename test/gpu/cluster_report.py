@@ -81,6 +81,7 @@ def render(R):
                 f"| while it held the memory | {s6.get('while_held')} |",
                 f"| resumed after it ended | {_v(s6.get('resumed_after_s'), ' s')} |", ""]
     out += cluster_wake_report.report(sc.get("s7"))
+    out += tiers_report(sc.get("s8"))
     out += ["## Checks", "", "| scenario | check | result | detail |", "|---|---|---|---|"]
     for c in R.get("checks", []):
         d = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:400]
@@ -88,6 +89,27 @@ def render(R):
     if R.get("errors"):
         out += ["", "## Errors", ""] + ["```", *[e.strip()[-1500:] for e in R["errors"]], "```"]
     return "\n".join(out) + "\n"
+
+
+def tiers_report(s8):
+    """Scenario 8's figures: the spill of a suspended GPU pod to disk and its restore."""
+    if not s8:
+        return []
+    sleep, wake = s8.get("sleep", {}), s8.get("wake", {})
+    st = sleep.get("storage", {})
+    return [f"## Scenario 8: {s8.get('title')}", "",
+            f"Agent flags: {s8.get('tier_flags')}; the pod has {s8.get('ballast_gib')} GiB of tensors beside PyTorch, "
+            "`kybernate.io/sleep: Disk`, restartPolicy OnFailure; put to sleep by a GPUCheckpoint Suspend (reason Idle, as the "
+            "activator does) and woken by a Resume (reason Manual).", "",
+            "| step | figure |", "|---|---|",
+            f"| suspend (driver checkpoint into host memory) | {_v(_get(sleep, 'suspend', 's'), ' s')}, {_v(_get(sleep, 'suspend', 'gbps'), ' GB/s')} |",
+            f"| Suspend created -> SpilledToDisk Event | {_v(sleep.get('spilled_after_sleep_s'), ' s')} |",
+            f"| RSS running / parked | {_v(sleep.get('rss_running_gib'), ' GiB')} / {_v(sleep.get('rss_parked_gib'), ' GiB')} |",
+            f"| MemAvailable freed by the spill | {_v(sleep.get('mem_available_freed_gib'), ' GiB')} |",
+            f"| image in the disk tier (plaintext / stored) | {_v(st.get('sizeBytes'), ' B')} / {_v(st.get('storedBytes'), ' B')} |",
+            f"| Resume created -> Succeeded | {_v(wake.get('resume_s'), ' s')} ({_get(wake, 'resume', 'steps')}) |",
+            f"| kubelet restart count at the end | {s8.get('restart_count')} |", "",
+            f"SpilledToDisk: {sleep.get('event')}", "", f"RestoredFromTier: {wake.get('restored_event')}", ""]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ CGROUP_MARK = "/kybernate-gpu/"
 S1_SEED, S1_STEPS = 11, 900
 S4_SEED, S4_STEPS = 41, 900
 S3_SEEDS, S3_REF_STEPS = (31, 32, 33), 4000
-REFERENCES = [(S1_SEED, S1_STEPS), (S4_SEED, S4_STEPS)] + [(s, S3_REF_STEPS) for s in S3_SEEDS]
+S8_SEED, S8_STEPS = 81, 900
+REFERENCES = [(S1_SEED, S1_STEPS), (S4_SEED, S4_STEPS), (S8_SEED, S8_STEPS)] + [(s, S3_REF_STEPS) for s in S3_SEEDS]
 
 
 class Ctx:
@@ -32,7 +33,7 @@ class Ctx:
 
 # ------------------------------------------------------------------------------ helpers
 def gpu_pod(ctx, name, prio, declared, ballast_gib, steps, seed, scenario, scheduler="kybernate-scheduler",
-            gpus=None, limit=1, pace=0.02, start_file=None, labels=None):
+            gpus=None, limit=1, pace=0.02, start_file=None, labels=None, restart="Never"):
     env = {"SEED": str(seed), "STEPS": str(steps), "PACE": str(pace), "BALLAST_GIB": f"{ballast_gib:.4f}",
            "LOSSES": "/results/$(POD_NAME).jsonl", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "PYTHONUNBUFFERED": "1",
            "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
@@ -51,7 +52,7 @@ def gpu_pod(ctx, name, prio, declared, ballast_gib, steps, seed, scenario, sched
         "metadata": {"name": name, "namespace": NS, "annotations": ann, "labels": dict(labels or {}, scenario=scenario)},
         "spec": {
             "schedulerName": scheduler, "runtimeClassName": "kybernate", "priorityClassName": prio,
-            "restartPolicy": "Never", "hostNetwork": True, "enableServiceLinks": False,
+            "restartPolicy": restart, "hostNetwork": True, "enableServiceLinks": False,
             "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 10,
             "containers": [{
                 "name": "train", "image": "docker.io/kybernate/host-python:dev", "imagePullPolicy": "Never",

@@ -11,6 +11,8 @@ Scenarios (cluster_scenarios.py), each an automated check:
   5 deleting a suspended pod returns its host memory
   7 scale to zero: cold start vs wake from suspension through kybernate-activator
     (cluster_wake.py; not in the default list: --scenarios 7)
+  8 storage tiers: a suspended pod with GPUs spilled to disk by the agent's policy and restored
+    (cluster_tiers.py; not in the default list: --scenarios 8)
 
 Everything measured goes to $OUT/results.json as it comes; at the end cluster_report.py writes
 $OUT/results.md from it. The exit status is 1 when any check failed (or the run broke off), 0
@@ -32,6 +34,7 @@ import cluster_images  # noqa: E402
 import cluster_node  # noqa: E402
 import cluster_report  # noqa: E402
 import cluster_scenarios  # noqa: E402
+import cluster_tiers  # noqa: E402
 import cluster_wake  # noqa: E402
 
 AP = argparse.ArgumentParser()
@@ -52,7 +55,7 @@ AP.add_argument("--simulate-agent", action="store_true",
 ARGS = AP.parse_args()
 WAKE = "7" in ARGS.scenarios.split(",")
 cluster_wake.SIZES = tuple(int(x) for x in ARGS.wake_sizes.split(","))
-RUN = dict(cluster_scenarios.RUN, **{"7": cluster_wake.s7})
+RUN = dict(cluster_scenarios.RUN, **{"7": cluster_wake.s7, "8": cluster_tiers.s8})
 
 T0 = time.time()
 OUT = ARGS.out
@@ -356,7 +359,7 @@ def main():
         if gpu:
             sampler = Sampler()
             sampler.start()
-            if {"1", "3", "4"} & set(ARGS.scenarios.split(",")):
+            if {"1", "3", "4", "8"} & set(ARGS.scenarios.split(",")):
                 refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
             grow = grow_host_memory(int(0.62 * gpu["memory_bytes"]))
         weights = cluster_wake.prepare(ARGS.work, ARGS.python, ARGS.repo, bool(gpu), log) if WAKE else None

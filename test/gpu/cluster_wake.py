@@ -47,9 +47,12 @@ WORK_GIB = 0.5
 WAKES = {8: 3, 32: 2}  # wakes per size, fewer when time is short
 RESERVE_S = 150  # time the 32 GiB size needs (cold start and two wakes), kept when the 8 GiB one repeats its wake
 SC = "s7"
-DISK_WAKE = ("not run: the storage tiers (kybernate.io/sleep: Disk) run with the simulated agent only; on a real node "
-             "a container spilled to disk would have to be restored in place by the shim, which does not exist yet "
-             "(docs/scale-to-zero.md, Sleeping on disk)")
+DISK_WAKE = ("after the wakes from host memory, the first size sleeps once more with kybernate.io/sleep: Disk: the "
+             "agent's tier policy spills its container (CRIU image with the parked GPU memory, encrypted on disk), "
+             "a request wakes it from there (the kubelet's held create, the shim's restore, the agent's driver restore)")
+# Disk the spill needs beside what is there, per GiB the server holds asleep: the plaintext
+# image while it is encrypted into the disk tier, and the stored copy.
+DISK_PER_GIB = 2.2
 
 
 # ------------------------------------------------------------------------ install hooks
@@ -137,7 +140,7 @@ def service(name, port):
             "spec": {"type": "ExternalName", "externalName": "kybernate-activator.kybernate-system.svc.cluster.local"}}
 
 
-def model_pod(ctx, name, gib, port, gpu):
+def model_pod(ctx, name, gib, port, gpu, restart="Never"):
     """The model server's pod: the host's Python tree read-only (as the suite's other pods),
     modelserver.py and the weights folder by hostPath, readiness on /health every second."""
     mounts = [{"name": f"host{i}", "mountPath": b, "readOnly": True} for i, b in enumerate(ctx.binds)]
@@ -163,7 +166,7 @@ def model_pod(ctx, name, gib, port, gpu):
         # process is the CPU server under runc (the shim would expose GPUs that do not exist).
         c["command"][c["command"].index("cuda")] = "cpu"
     spec = {"schedulerName": "kybernate-scheduler", "runtimeClassName": "kybernate",
-            "priorityClassName": "kybernate-interactive-high", "restartPolicy": "Never", "hostNetwork": True,
+            "priorityClassName": "kybernate-interactive-high", "restartPolicy": restart, "hostNetwork": True,
             "enableServiceLinks": False, "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 5,
             "containers": [c], "volumes": vols}
     if gpu:
@@ -331,12 +334,14 @@ def nvml_after(ctx, t, n=4, timeout=10):
 
 
 # ---------------------------------------------------------------------------- scenario
-def cold_start(ctx, R, name, gib, port, gpu):
-    """Creates the Service and the pod; the first request goes out right after the pod's creation."""
+def cold_start(ctx, R, name, gib, port, gpu, restart="Never"):
+    """Creates the Service and the pod; the first request goes out right after the pod's creation.
+    A pod that will sleep on disk has restartPolicy OnFailure: the kubelet creates its spilled
+    container again, and the shim restores it."""
     host = f"{name}.{NS}"
     cs.create(ctx, service(name, port), "services")
     R["route_before_pod"] = wait_route(ctx, host)
-    t_create = cs.create(ctx, model_pod(ctx, name, gib, port, gpu))
+    t_create = cs.create(ctx, model_pod(ctx, name, gib, port, gpu, restart))
     t_ok, body, others = until_ok(ctx, host, 420, name)
     R["cold_start_s"] = round(t_ok - t_create, 2)
     # The suite's watch may see the pod Ready a moment after the answer.
@@ -392,13 +397,13 @@ def wake_once(ctx, R, name, host, gib):
     return w, t_ok
 
 
-def one_size(ctx, gib, port, gpu, reserve=0):
+def one_size(ctx, gib, port, gpu, reserve=0, disk=False):
     R = ctx.R["scenarios"][SC].setdefault("sizes", {}).setdefault(str(gib), {"gib": gib})
     gen, waited = wait_weights(ctx, gib)
     R["weights"] = {"file": weights_path(ctx.weights, gib), "generated": gen.get(gib), "waited_s": waited}
     name = f"llm-{gib}".replace(".", "-")
     sim = getattr(ctx, "simulated", False)
-    host = cold_start(ctx, R, name, gib, port, gpu)
+    host = cold_start(ctx, R, name, gib, port, gpu, "OnFailure" if disk else "Never")
     if not gpu:
         return
     pid = server_pid(name)
@@ -423,6 +428,8 @@ def one_size(ctx, gib, port, gpu, reserve=0):
     wakes = [w["wake_s"] for w in R["wakes"]]
     R["wake_median_s"] = round(statistics.median(wakes), 3) if wakes else None
     R["ratio"] = round(R["cold_start_s"] / R["wake_median_s"], 1) if wakes else None
+    if disk:
+        disk_wake(ctx, R, name, host, gib, t_last)
     sleeps = [w["sleep"] for w in R["wakes"]]
     pre = "SIMULATED agent, no NVML: " if sim else ""
     ctx.check(SC, pre + f"{gib} GiB: idle -> put to sleep (GPUCheckpoint Suspend, reason Idle) and NVML shows its GPU "
@@ -454,7 +461,7 @@ def s7(ctx):
     for i, gib in enumerate(sizes):
         port = 19800 + i
         try:
-            one_size(ctx, gib, port, True, RESERVE_S if i + 1 < len(sizes) else 0)
+            one_size(ctx, gib, port, True, RESERVE_S if i + 1 < len(sizes) else 0, disk=i == 0)
         except Exception as e:  # noqa: BLE001 - the next size still runs
             ctx.check(SC, f"{gib} GiB completed", False, f"{type(e).__name__}: {e}")
             ctx.R["errors"].append(traceback.format_exc())
@@ -509,3 +516,35 @@ def rehearse(ctx):
     finally:
         cs.cleanup(ctx)
         R["activator_metrics"] = activator_metrics()
+
+
+def disk_wake(ctx, R, name, host, gib, t_last):
+    """One more sleep, on disk: the pod's kybernate.io/sleep patched to Disk, its idle sleep
+    spilled to the disk tier by the agent's policy, then a request wakes it from the image."""
+    import cluster_tiers
+    D = R.setdefault("disk", {})
+    need = DISK_PER_GIB * (gib + WORK_GIB + 3) * GIB
+    free = shutil.disk_usage(ctx.node.p("tiers")).free
+    D["disk_free_gib"], D["disk_needed_gib"] = cs.gib(free), cs.gib(need)
+    if free < need:
+        D["skipped"] = f"not run: {cs.gib(free)} GiB free on the disk tier's filesystem, {cs.gib(need)} GiB needed"
+        ctx.check(SC, f"{gib} GiB: wake from a disk image", False, D["skipped"])
+        return
+    ctx.node.api("PATCH", f"/api/v1/namespaces/{NS}/pods/{name}", {"metadata": {"annotations": {"kybernate.io/sleep": "Disk"}}},
+                 ctype="application/merge-patch+json")
+    pid = server_pid(name)
+    sl, _ = sleep_once(ctx, R, name, gib, t_last)
+    ev = cluster_tiers.wait_event(ctx, name, "SpilledToDisk", 300)
+    ctx.node.wait(lambda: server_pid(name) is None, 60, f"{name}'s spilled process gone")
+    D.update({"sleep": sl, "spilled": ev.get("message"), "pid_before": pid})
+    w, _ = wake_once(ctx, R, name, host, gib)
+    w["restored"] = (cluster_tiers.events(ctx, name, "RestoredFromTier") or [{}])[-1].get("message")
+    w["pid_after"] = server_pid(name)
+    D["wake"] = w
+    D["ratio"] = round(R["cold_start_s"] / w["wake_s"], 1) if w["wake_s"] else None
+    ctx.log(f"s7 {gib} GiB: wake from disk {w['wake_s']} s {w.get('split_s')}")
+    ctx.check(SC, f"{gib} GiB: wake from a disk image (spilled by the tier policy, its process ended) answered 200 through "
+                  "one Resume with the answer given before the sleep (its GPU memory intact)",
+              w["same_answer"] and w["resumes"] == 1 and "parked GPU memory" in (ev.get("message") or ""),
+              f"{w['wake_s']} s (cold start {R['cold_start_s']} s: {D['ratio']}x), split {w.get('split_s')}, "
+              f"{len(w['other_answers'])} other answers; {(ev.get('message') or '')[:200]}")

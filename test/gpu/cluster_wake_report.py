@@ -49,6 +49,17 @@ def report(s7):
                        f"{v(m.get('bytes') and round(m['bytes'] / 1e9, 2), ' GB')}, {v(m.get('gbps'), ' GB/s')} | "
                        f"{v(su.get('s'), ' s')} ({v(su.get('gbps'), ' GB/s')}), {v(sl.get('nvml_used_gib_asleep'), ' GiB')} |")
     out += ["", f"Wake from a disk image: {s7.get('disk_wake', '–')}.", ""]
+    for gib, z in sorted((s7.get("sizes") or {}).items(), key=lambda kv: float(kv[0])):
+        d = z.get("disk")
+        if not d:
+            continue
+        if d.get("skipped"):
+            out += [f"- {gib} GiB: {d['skipped']}", ""]
+            continue
+        w = d.get("wake") or {}
+        out += [f"| weights | cold start | wake from disk (request -> answer) | cold / disk wake | split (s) |", "|---|---|---|---|---|",
+                f"| {gib} GiB | {z.get('cold_start_s')} s | {w.get('wake_s')} s | {d.get('ratio')}x | {w.get('split_s')} |", "",
+                f"SpilledToDisk: {d.get('spilled')}", "", f"RestoredFromTier: {w.get('restored')}", ""]
     if s7.get("activator_metrics"):
         out += ["The activator's metrics at the end (`kybernate_activator_*`, histogram buckets left out):", "",
                 "```", *s7["activator_metrics"], "```", ""]

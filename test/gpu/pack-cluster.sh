@@ -10,6 +10,8 @@
 #   containerd.xz       containerd 1.7 (the module go.mod pins) with CRI, without aufs, btrfs,
 #                       devmapper, zfs and tracing
 #   runc.xz, libseccomp.so.2, pause.xz (test/images/pause)
+#   criu.tar.xz         CRIU from hack/install-runtime.sh with the libraries it loads, for
+#                       /tmp/kyb/criu (the storage tiers spill containers with it: scenario 8)
 #   pki/                a throwaway CA (with its key: kube-controller-manager signs with it) and the
 #                       certificates of the control plane, the admin and the kubelet (node kyb-gpu-node)
 #   repo/               manifests/ and test/gpu/*.py of this tree: what the run installs and runs
@@ -73,6 +75,8 @@ fi
 cp -fp "$(command -v runc)" "$build/runc"
 cp -fL "$(ldd "$(command -v runc)" | awk '/libseccomp/ {print $3}')" "$dst/libseccomp.so.2"
 
+pack_criu "$KYBERNATE_CACHE_DIR/runtime/criu" "$build" "$dst"
+
 for b in kyb containerd runc pause; do
 	if [[ ! -s $dst/$b.xz || $dst/$b.xz -ot $build/$b ]]; then
 		# One dictionary over the whole binary: its parts share much.
@@ -112,7 +116,7 @@ rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu" "$dst/repo/test/modelserver"
 cp -r "$root/manifests" "$dst/repo/"
 cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,report_common.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
-cp -f "$root"/test/gpu/{cluster_wake.py,cluster_wake_report.py} "$dst/repo/test/gpu/"
+cp -f "$root"/test/gpu/{cluster_wake.py,cluster_wake_report.py,cluster_tiers.py} "$dst/repo/test/gpu/"
 cp -f "$root"/test/modelserver/modelserver.py "$dst/repo/test/modelserver/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
 echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"

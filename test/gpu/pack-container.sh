@@ -51,16 +51,7 @@ for b in "$cache/bin/etcd" "$cache/bin/kube-apiserver" "$build/kybernate-agent" 
 	pack "$b"
 done
 
-# CRIU with the libraries it loads, for /tmp/kyb/criu on the GPU machine.
-criu=$cache/runtime/criu
-if [[ ! -s $dst/criu.tar.xz || $dst/criu.tar.xz -ot $criu/bin/criu ]]; then
-	c=$build/criu
-	rm -rf "$c" && mkdir -p "$c/bin" "$c/lib"
-	cp "$criu/bin/criu" "$c/bin/criu"
-	for l in $(ldd "$criu/bin/criu" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do cp -L "$l" "$c/lib/"; done
-	patchelf --set-interpreter /tmp/kyb/criu/lib/ld-linux-x86-64.so.2 --force-rpath --set-rpath /tmp/kyb/criu/lib "$c/bin/criu"
-	tar -C "$build" -cJf "$dst/criu.tar.xz" criu
-fi
+pack_criu "$cache/runtime/criu" "$build" "$dst"
 
 python3 - "$root/manifests/crds" "$dst/crds.json" <<'PY'
 import glob, json, sys, yaml

@@ -45,6 +45,9 @@ for b in kyb containerd runc pause; do
 		(xz -dc "$carry/$b.xz" >"$work/bin/$b" && chmod +x "$work/bin/$b") &
 	fi
 done
+if [[ -s $carry/criu.tar.xz ]]; then # patched to run from /tmp/kyb/criu (pack_criu)
+	tar -C "$work" -xJf "$carry/criu.tar.xz" &
+fi
 wait
 for p in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kybernate-scheduler \
 	kybernate-agent kybernate-activator containerd-shim-kybernate-v1 containerd-shim-runc-v2 ctr-import; do
@@ -54,6 +57,8 @@ if ! ldconfig -p | grep -q 'libseccomp\.so\.2 '; then
 	cp "$carry/libseccomp.so.2" "$work/lib/" && export LD_LIBRARY_PATH=$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 echo "[run-cluster] unpacked in $((SECONDS - t0))s; $(uname -r); $(nvidia-smi -L 2>/dev/null | head -1)"
+# runc, started by the shim under containerd, finds criu on PATH.
+[[ -x $work/criu/bin/criu ]] && export PATH=$work/criu/bin:$PATH && echo "[run-cluster] $("$work/criu/bin/criu" --version | head -1)"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 python3 "$carry/repo/test/gpu/cluster_suite.py" --bin "$work/bin" --pki "$carry/pki" --repo "$carry/repo" \
 	--work "$work" --out "$out" "$@"
