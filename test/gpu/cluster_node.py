@@ -301,7 +301,7 @@ serializeImagePulls: false
             {"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": with_flags(
                 self.container(f"{d}/manifests/agent/daemonset.yaml")["command"],
                 {"--metrics-bind-address": f":{PORTS['agent-metrics']}", "--slots-per-gpu": "4",
-                 "--containerd-socket": sock, **TIER_FLAGS, "--checkpoint-dir": self.p("images"),
+                 "--containerd-socket": sock, **AGENT_FLAGS, "--checkpoint-dir": self.p("images"),
                  "--disk-tier-dir": self.p("tiers")},
                 # Rehearsal on a machine without a GPU only: the agent's simulated GPUs.
                 ["--simulate", "--simulate-node-selector=kybernate.io/gpu-node=true"] if simulate else [])},
@@ -408,6 +408,9 @@ serializeImagePulls: false
 # spilled whatever the mark: scenario 8), the policy looking every second, and a create of a
 # spilled container held long enough for the scenario's Resume to restore it at once.
 TIER_FLAGS = {"--parked-memory-high-water": "100Gi", "--tier-interval": "1s", "--spilled-create-hold": "90s"}
+# The agent's flags beyond the manifests' besides paths and ports: the tiers, and huge pages for
+# the driver's checkpoint buffers while checkpoints run (issue 22's THP window).
+AGENT_FLAGS = dict(TIER_FLAGS, **{"--thp-window": "true"})
 
 
 def with_flags(command, values, extra=()):

@@ -29,7 +29,8 @@ def render(R):
             f"| node | kubelet (cgroupfs, cgroupRoot /kybernate-gpu), containerd 1.7 CRI, snapshotter {s.get('snapshotter')}, "
             "runtime handler `kybernate` = containerd-shim-kybernate-v1, runc |",
             "| Kybernate | `kubectl apply -k` of an overlay of manifests/ (cluster_node.py says what it changes and why); "
-            f"quantum {s.get('quantum')}, min quantum factor {s.get('factor')}, slots per GPU 4 |",
+            f"quantum {s.get('quantum')}, min quantum factor {s.get('factor')}, slots per GPU 4"
+            + (f"; agent flags {' '.join(f'{k}={v}' for k, v in s['agent_flags'].items())}" if s.get("agent_flags") else "") + " |",
             f"| driver for the shim and the agent | root {_get(s, 'driver', 'root')}, libraries {_get(s, 'driver', 'libdir')} |",
             f"| pods | host network; image host-python (empty root) + the host's Python tree read-only: "
             f"{', '.join(s.get('host_mounts') or [])}; `{_get(s, 'python', 'python')}` |",

@@ -239,6 +239,7 @@ def setup(node, gpu):
     build = os.path.join(ARGS.repo, "BUILD")
     s["build"] = open(build).read().strip() if os.path.exists(build) else None
     s["quantum"], s["factor"] = ARGS.quantum, ARGS.factor
+    s["agent_flags"] = cluster_node.AGENT_FLAGS
     if gpu and not libdir:
         raise RuntimeError("no folder with libcuda.so.1 and libnvidia-ml.so.1 found (ldconfig -p)")
     node.control_plane()

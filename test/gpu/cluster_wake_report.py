@@ -48,6 +48,20 @@ def report(s7):
                        f"({v(sp.get('controller'))}) / {v(sp.get('proxy'))} | {v(m.get('s'), ' s')}, "
                        f"{v(m.get('bytes') and round(m['bytes'] / 1e9, 2), ' GB')}, {v(m.get('gbps'), ' GB/s')} | "
                        f"{v(su.get('s'), ' s')} ({v(su.get('gbps'), ' GB/s')}), {v(sl.get('nvml_used_gib_asleep'), ' GiB')} |")
+    unc = [(gib, z["cold_uncached"]) for gib, z in sorted((s7.get("sizes") or {}).items(), key=lambda kv: float(kv[0]))
+           if z.get("cold_uncached")]
+    if unc:
+        out += ["", "A second cold start per size with the node's page cache dropped before it (`echo 3 > "
+                "/proc/sys/vm/drop_caches`: the weights, PyTorch and Python read from disk, as on a node that has not "
+                "served the model lately):", "",
+                "| weights | cold start, page cache dropped | of it: load (incl. CUDA init) | median wake | cold / wake |",
+                "|---|---|---|---|---|"]
+        for gib, c in unc:
+            if c.get("skipped"):
+                out.append(f"| {gib} GiB | {c['skipped']} | | | |")
+            else:
+                out.append(f"| {gib} GiB | {c.get('cold_start_s')} s | {c.get('server_ready_line', {}).get('load_s')} s | "
+                           f"{(s7['sizes'][gib] or {}).get('wake_median_s')} s | {c.get('ratio')}x |")
     out += ["", f"Wake from a disk image: {s7.get('disk_wake', '–')}.", ""]
     for gib, z in sorted((s7.get("sizes") or {}).items(), key=lambda kv: float(kv[0])):
         d = z.get("disk")
