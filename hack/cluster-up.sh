@@ -156,7 +156,10 @@ await() {
   local name="$1" deadline=$((SECONDS + 120))
   until healthy "${name}"; do
     if ! running "${name}"; then
-      log "${name} exited; last lines of ${LOGS}/${name}.log:"
+      local pid
+      pid="$(cat "${RUN}/${name}.pid" 2>/dev/null || true)"
+      log "${name} exited (pid ${pid}: state '$(proc_state "${pid}")', exe '$(readlink "/proc/${pid}/exe" 2>/dev/null || true)'," \
+        "argv0 '$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | head -1 || true)'); last lines of ${LOGS}/${name}.log:"
       tail -n 30 "${LOGS}/${name}.log" >&2 || true
       return 1
     fi

@@ -119,17 +119,19 @@ stop_daemon() {
 }
 
 # await_exec PID BINARY: waits (5 s at most) until the background child PID, started as
-# `setsid BINARY ... &`, runs BINARY or is gone. Until setsid execs it, PID runs the shell or
-# setsid, and pid_matches would read a starting daemon as one that exited.
+# `setsid BINARY ... &`, runs BINARY with its arguments in place, or is gone. Until setsid
+# execs it, PID runs the shell or setsid, and pid_matches would read a starting daemon as one
+# that exited. Inside the exec /proc/PID/exe names BINARY a moment before /proc/PID/cmdline
+# holds its arguments (empty meanwhile): wait for argv0, or pid_matches, which looks for an
+# argument, reads it as gone (CI saw "kube-apiserver exited" with an empty log that way).
 await_exec() {
-  local pid="$1" binary="$2" exe argv0 i
+  local pid="$1" binary="$2" argv0 i
   for ((i = 0; i < 100; i++)); do
-    # Gone or a zombie: the caller finds it exited. A failed readlink alone is no proof: it
-    # can fail while the exec is under way.
+    # Gone or a zombie: the caller finds it exited. A failed read alone is no proof: it can
+    # fail while the exec is under way.
     [[ "$(proc_state "${pid}")" =~ ^[^ZX]$ ]] || return 0
-    exe="$(readlink "/proc/${pid}/exe" 2>/dev/null || true)"
     argv0="$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | head -1 || true)"
-    [[ "${exe% (deleted)}" != "${binary}" && "${argv0}" != "${binary}" ]] || return 0
+    [[ "${argv0}" != "${binary}" ]] || return 0
     sleep 0.05
   done
 }
