@@ -58,6 +58,24 @@ func newRealGPUFixture(t *testing.T) *realGPUFixture {
 	return g
 }
 
+// refusedResume is a Resume onto to that the guard must refuse before the gate opens; one
+// that opens it would wait for a create that never comes, so it fails after 10 s.
+func (f *realGPUFixture) refusedResume(to cuda.UUID) error {
+	f.t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.mgr.Restore(f.t.Context(), node, f.pod, []cuda.UUID{to})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		f.t.Fatalf("the Resume onto %s was not refused: it waits for the kubelet's create", to)
+		return nil
+	}
+}
+
 // The policy spills a suspended pod with GPUs on a real node: its container is checkpointed
 // with its GPU memory parked in host memory (not suspended again: no GPU steps), stopped, and
 // the engine no longer holds its parked processes. A Resume onto another GPU than its
@@ -82,14 +100,14 @@ func TestRealNodeSpillsPodWithGPUs(t *testing.T) {
 		t.Errorf("Event %q does not say %q", ev, want)
 	}
 
-	_, err := f.mgr.Restore(t.Context(), node, f.pod, []cuda.UUID{f.gpus[1]})
+	err := f.refusedResume(f.gpus[1])
 	if engine.CauseOf(err) != engine.CauseInvalidTarget || !strings.Contains(err.Error(), f.gpus[0].String()) {
 		t.Errorf("resume onto the other GPU: %v, want %s naming the pod's own GPU", err, engine.CauseInvalidTarget)
 	}
 	if err := f.machine.SetForeignMemory(map[int]uint64{0: 75 << 30}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.mgr.Restore(t.Context(), node, f.pod, []cuda.UUID{f.gpus[0]})
+	err = f.refusedResume(f.gpus[0])
 	if engine.CauseOf(err) != engine.CauseInsufficientGPUMemory {
 		t.Errorf("resume onto a full GPU: %v, want %s", err, engine.CauseInsufficientGPUMemory)
 	}
