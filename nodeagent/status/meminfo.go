@@ -24,20 +24,22 @@ var _ HostMemory = Meminfo{}
 
 // MemAvailable returns MemAvailable from the file, in bytes.
 func (m Meminfo) MemAvailable() (int64, error) {
-	path := m.Path
-	if path == "" {
-		path = "/proc/meminfo"
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, fmt.Errorf("reading host memory: %w", err)
-	}
-	defer f.Close()
-	return ParseMemAvailable(f)
+	return m.read(ParseMemAvailable)
 }
 
 // MemTotal returns MemTotal from the file, in bytes.
 func (m Meminfo) MemTotal() (int64, error) {
+	return m.read(func(r io.Reader) (int64, error) {
+		n, found, err := KiBField(r, "meminfo", "MemTotal")
+		if err == nil && !found {
+			err = errors.New("meminfo has no MemTotal line")
+		}
+		return n, err
+	})
+}
+
+// read opens the file (default /proc/meminfo) and parses it with parse.
+func (m Meminfo) read(parse func(io.Reader) (int64, error)) (int64, error) {
 	path := m.Path
 	if path == "" {
 		path = "/proc/meminfo"
@@ -47,11 +49,7 @@ func (m Meminfo) MemTotal() (int64, error) {
 		return 0, fmt.Errorf("reading host memory: %w", err)
 	}
 	defer f.Close()
-	n, found, err := KiBField(f, "meminfo", "MemTotal")
-	if err == nil && !found {
-		err = errors.New("meminfo has no MemTotal line")
-	}
-	return n, err
+	return parse(f)
 }
 
 // ParseMemAvailable reads the MemAvailable line of a meminfo file ("MemAvailable: 123 kB").

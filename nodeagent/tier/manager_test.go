@@ -86,15 +86,22 @@ func (f *flakyTier) Stat(ctx context.Context, key string) (storage.ObjectInfo, e
 	return f.Tier.Stat(ctx, key)
 }
 
-func newFixture(t *testing.T, highWater string) *fixture {
+// simEngine is a simulated machine of gpus H100s with 100Gi of host memory (SIMULATED CUDA
+// driver) and the checkpoint engine over it, both on clk.
+func simEngine(t *testing.T, gpus int, clk *testingclock.FakeClock) (*sim.Machine, *engine.Engine) {
 	t.Helper()
-	clk := testingclock.NewFakeClock(epoch)
-	m, err := sim.NewMachine(node, "NVIDIA-H100-80GB-HBM3", 1, clk)
+	m, err := sim.NewMachine(node, "NVIDIA-H100-80GB-HBM3", gpus, clk)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.SetHostMemory(100 * gib)
-	e := engine.New(m.Driver(), m, m, m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1, RestoreMargin: 256 << 20}, clk)
+	return m, engine.New(m.Driver(), m, m, m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1, RestoreMargin: 256 << 20}, clk)
+}
+
+func newFixture(t *testing.T, highWater string) *fixture {
+	t.Helper()
+	clk := testingclock.NewFakeClock(epoch)
+	m, e := simEngine(t, 1, clk)
 	imgs := &sim.Images{Machine: m, Engine: e, Clock: clk}
 
 	pod := &v1.Pod{

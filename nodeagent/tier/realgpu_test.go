@@ -32,13 +32,7 @@ func newRealGPUFixture(t *testing.T) *realGPUFixture {
 	t.Helper()
 	// The machine and the engine have a clock of their own: the engine's driver calls leave
 	// timers behind, and the tests wait for the policy's.
-	mclk := testingclock.NewFakeClock(epoch)
-	m, err := sim.NewMachine(node, "NVIDIA-H100-80GB-HBM3", 2, mclk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.SetHostMemory(100 * gib)
-	e := engine.New(m.Driver(), m, m, m, m, engine.Config{LockTimeout: time.Second, StepTimeout: time.Minute, RestoreRetries: 1, RestoreMargin: 256 << 20}, mclk)
+	m, e := simEngine(t, 2, testingclock.NewFakeClock(epoch))
 	g := &realGPUFixture{machine: m, engine: e, gpus: m.GPUs()}
 	g.realFixture = newRealFixtureWith(t, testingclock.NewFakeClock(epoch), func(cf *containersFixture, pod *v1.Pod, n *Node) {
 		pod.Annotations[kv1.AnnotationGPUs] = g.gpus[0].String()
