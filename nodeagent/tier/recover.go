@@ -67,28 +67,26 @@ func (m *Manager) recoverPod(ctx context.Context, ck *kv1.GPUCheckpoint, pod *v1
 		return fmt.Errorf("image %s: %w", id, err)
 	}
 	e := m.recovered(ck, pod, id, man)
+	// A pod with GPUs recorded what its processes had in use: the restore guard's need.
+	parked, err := controller.RecordedProcesses(ck.Status.Footprint)
+	if err == nil && len(parked) > 0 {
+		e.parked = parked
+		e.gpus, e.vram = parkedOnGPUs(parked)
+	}
 	if n.Containers != nil {
 		// A real node's spilled container is stopped already: its creates are refused again
-		// until the pod's Resume, as before the restart. A pod with GPUs recorded what its
-		// processes had in use (the restore guard's need).
+		// until the pod's Resume, as before the restart.
 		e.gate = newGate()
-		if parked, err := controller.RecordedProcesses(ck.Status.Footprint); err == nil && len(parked) > 0 {
-			e.parked = parked
-			e.gpus, e.vram = parkedOnGPUs(parked)
-		}
 		m.takeOver(ctx, e)
 		return nil
 	}
-	parked, err := controller.RecordedProcesses(ck.Status.Footprint)
 	if err != nil || len(parked) == 0 {
 		return fmt.Errorf("status.footprint of %s: %v", ck.Name, err)
 	}
-	gpus, vram := parkedOnGPUs(parked)
 	if err := n.End(pod.UID); err != nil {
 		return fmt.Errorf("ending the pod's processes: %w", err)
 	}
 	n.Engine.Forget(pod.UID)
-	e.vram, e.parked, e.gpus = vram, parked, gpus
 	m.takeOver(ctx, e)
 	return nil
 }

@@ -37,6 +37,7 @@ import traceback
 
 import cluster_node
 import cluster_scenarios as cs
+import cluster_tiers
 
 NS = cs.NS
 GIB = 1 << 30
@@ -522,7 +523,6 @@ def rehearse(ctx):
 def disk_wake(ctx, R, name, host, gib, t_last):
     """One more sleep, on disk: the pod's kybernate.io/sleep patched to Disk, its idle sleep
     spilled to the disk tier by the agent's policy, then a request wakes it from the image."""
-    import cluster_tiers
     D = R.setdefault("disk", {})
     need = DISK_PER_GIB * (gib + WORK_GIB + 3) * GIB
     free = shutil.disk_usage(ctx.node.p("tiers")).free
