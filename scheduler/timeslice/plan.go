@@ -27,6 +27,8 @@ type member struct {
 	since time.Time
 	// pending is a waiting pod that is not bound yet.
 	pending bool
+	// yielded: a suspended pod whose last suspension ended its time-slice turn.
+	yielded bool
 }
 
 // turn is one rotation decided by a sync: the running pods that give their GPUs up and the
@@ -99,10 +101,15 @@ func (c *Controller) members(p *plan, onNode, nominated []*v1.Pod, now time.Time
 }
 
 // label gives the pods that take part in time slicing, running and waiting pods of a priority
-// that has both, their time-slice label and GPU time.
+// that has both, their time-slice label and GPU time. A priority one of whose waiting pods
+// yielded a turn takes part while none of its pods runs too: between one pod's suspension and
+// the next one's resume the rotation goes on, and its labels do not flap.
 func (p *plan) label(running, waiting []*member) {
 	shared := map[int32]bool{}
 	for _, w := range waiting {
+		if w.yielded {
+			shared[w.priority] = true
+		}
 		for _, r := range running {
 			if r.priority == w.priority {
 				shared[w.priority] = true
@@ -271,7 +278,8 @@ func (c *Controller) suspendedMember(pod *v1.Pod, now time.Time) *member {
 	if last == nil || (last.Spec.Reason != kv1.ReasonTimeSlice && last.Spec.Reason != kv1.ReasonPreemption) {
 		return nil
 	}
-	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: UsageOf(pod, cks, now), since: started(last)}
+	return &member{pod: pod, demand: d, priority: corev1helpers.PodPriority(pod), usage: UsageOf(pod, cks, now), since: started(last),
+		yielded: last.Spec.Reason == kv1.ReasonTimeSlice}
 }
 
 // fits returns the GPUs the waiting pod would get on the node in the given state, or nil.

@@ -560,6 +560,22 @@ func TestSyncKeepsTheLabelOfASpreadPod(t *testing.T) {
 	}
 }
 
+// Between one pod's suspension for a turn and the next one's resume no pod of the rotation
+// runs: the suspended pods keep their Waiting label (CI saw all three labels of a rotation
+// removed at such a moment).
+func TestSyncKeepsTheLabelsBetweenTurns(t *testing.T) {
+	yielded := suspended(running("a", 1, "60Gi", 0, time.Hour))
+	yielded.Labels = map[string]string{kv1.LabelTimeSlice: kv1.TimeSliceWaiting}
+	next := suspended(running("b", 1, "60Gi", 0, 2*time.Hour))
+	next.Labels = map[string]string{kv1.LabelTimeSlice: kv1.TimeSliceWaiting}
+	got := runSync(t, gpuNode(4, 80), []*v1.Pod{yielded, next}, []*kv1.GPUCheckpoint{
+		moved("a", kv1.ActionSuspend, kv1.ReasonTimeSlice, 2*time.Second, time.Second),
+		moved("b", kv1.ActionSuspend, kv1.ReasonTimeSlice, time.Minute, time.Second)})
+	if len(got.Labels) != 0 {
+		t.Errorf("labels patched %v between two turns, want none", got.Labels)
+	}
+}
+
 func TestTurnName(t *testing.T) {
 	start := time.Unix(1700000000, 0)
 	if got := turnName(&v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "Train-1"}}, start); got != "train-1-turn-1700000000" {
