@@ -283,19 +283,7 @@ func newNodeAgent(ctx context.Context, o *Options, kube kubernetes.Interface, ky
 			return inv.DriverVersion, inv.CUDADriverVersion
 		}
 		srvNode.Checkpoints = checkpoint.New(checkpoint.Config{Node: o.NodeName, Timeout: o.DumpTimeout}, runtime, gpus, versions, clock.RealClock{})
-		model := func(ctx context.Context, uuid string) string {
-			inv, err := a.nvml.Read(ctx)
-			if err != nil {
-				return ""
-			}
-			for _, g := range inv.GPUs {
-				if g.UUID == uuid {
-					return g.Model
-				}
-			}
-			return ""
-		}
-		a.images.set(o.NodeName, &controller.ContainerdImages{Checkpointer: srvNode.Checkpoints, Model: model})
+		a.images.set(o.NodeName, &controller.ContainerdImages{Checkpointer: srvNode.Checkpoints, Model: a.gpuModel})
 	}
 	if o.Tiers.DiskDir != "" {
 		if srvNode.Checkpoints == nil {

@@ -65,7 +65,21 @@ func (a *agent) realTierNode(c *tier.Containers, runtime checkpoint.Runtime, e *
 		}
 		return n
 	}
-	return tier.Node{Engine: e, Containers: c, Parked: parked, Memory: memory}
+	return tier.Node{Engine: e, Containers: c, Parked: parked, Memory: memory, Model: a.gpuModel}
+}
+
+// gpuModel is the model of the node's GPU with this UUID, "" when NVML does not list it.
+func (a *agent) gpuModel(ctx context.Context, uuid string) string {
+	inv, err := a.nvml.Read(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, g := range inv.GPUs {
+		if g.UUID == uuid {
+			return g.Model
+		}
+	}
+	return ""
 }
 
 // suspendedOn: a running pod of node in state Suspended with one container (a spill

@@ -76,3 +76,84 @@ func TestExportFromObjectStore(t *testing.T) {
 		t.Error("the tampered image was deleted")
 	}
 }
+
+// exportDir is a migration's image folder: in its namespace's folder, not there yet.
+func exportDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "ml", "train-migration")
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// A real node's spilled container is exported as its CRIU image, verified and described, for
+// the replacement's shim to restore from; the pod stays spilled with its stored image, and the
+// kubelet's creates of its container stay refused.
+func TestExportSpilledContainer(t *testing.T) {
+	f := newRealFixture(t)
+	f.spill()
+	dir := exportDir(t)
+	res, err := f.mgr.Export(t.Context(), f.pod, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := image.Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Pod.UID != "uid-train" || m.Container.Name != "trainer" || len(m.GPUs) != 0 {
+		t.Errorf("exported image metadata %+v, want the pod's container without GPUs", m)
+	}
+	if res.Image.Simulated || res.Image.GPUModel != "" || res.Image.Files != int32(len(m.Files)) || !strings.HasPrefix(res.Image.Digest, "sha256:") {
+		t.Errorf("exported image %+v", res.Image)
+	}
+	if tier, held := f.mgr.Holds(f.pod.UID); !held || tier != kv1.TierDisk {
+		t.Errorf("after the export the pod is held in %q (%v), want Disk", tier, held)
+	}
+	if ok, err := storageExists(t, f.c); !ok || err != nil {
+		t.Errorf("the stored image is gone after the export (%v)", err)
+	}
+	res2 := f.fetch()
+	f.waitForTimers()
+	f.clk.Step(createHold)
+	if r := <-res2; ContainerCauseOf(r.err) != ContainerNotYet {
+		t.Errorf("create after the export: %+v, %v; want it refused (%s)", r.out, r.err, ContainerNotYet)
+	}
+}
+
+// A spilled container with GPU memory is exported with the model of the GPU its image names;
+// when the node does not know that GPU's model the export is refused and no folder is left.
+func TestExportSpilledContainerWithGPUs(t *testing.T) {
+	f := newRealGPUFixture(t)
+	f.spill()
+	dir := exportDir(t)
+	res, err := f.mgr.Export(t.Context(), f.pod, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := image.Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.GPUs) != 1 || m.GPUs[0] != f.gpus[0].String() {
+		t.Errorf("exported image names GPUs %v, want %s", m.GPUs, f.gpus[0])
+	}
+	if res.Image.GPUModel != "NVIDIA H200 (simulated)" {
+		t.Errorf("exported image %+v, want the model of %s", res.Image, f.gpus[0])
+	}
+
+	clear(f.models)
+	dir2 := dir + "-2"
+	_, err = f.mgr.Export(t.Context(), f.pod, dir2)
+	var ie *controller.ImageError
+	if !errors.As(err, &ie) || ie.Cause != "ImageUnverified" || !strings.Contains(err.Error(), f.gpus[0].String()) {
+		t.Fatalf("export with the GPU's model unknown: %v, want ImageUnverified naming the GPU", err)
+	}
+	if _, err := os.Stat(dir2); !os.IsNotExist(err) {
+		t.Errorf("the refused export left its folder: %v", err)
+	}
+	if tier, held := f.mgr.Holds(f.pod.UID); !held || tier != kv1.TierDisk {
+		t.Errorf("after the refused export the pod is held in %q (%v), want Disk", tier, held)
+	}
+}

@@ -82,6 +82,9 @@ type Node struct {
 	// Parked lists, on a real node, the suspended pods whose memory is in host memory, with
 	// the bytes each holds there.
 	Parked func(ctx context.Context) ([]ParkedPod, error)
+	// Model, on a real node, is the model of the node's GPU with this UUID ("" when unknown):
+	// the image of a spilled container that a migration exports names it.
+	Model func(ctx context.Context, uuid string) string
 }
 
 // Nodes are the nodes the agent serves.

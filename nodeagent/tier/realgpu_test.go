@@ -1,6 +1,7 @@
 package tier
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,8 @@ type realGPUFixture struct {
 	machine *sim.Machine
 	engine  *engine.Engine
 	gpus    []cuda.UUID
+	// models is what the node's Model says of its GPUs (NVML on a real node).
+	models map[string]string
 }
 
 func newRealGPUFixture(t *testing.T) *realGPUFixture {
@@ -33,7 +36,10 @@ func newRealGPUFixture(t *testing.T) *realGPUFixture {
 	// The machine and the engine have a clock of their own: the engine's driver calls leave
 	// timers behind, and the tests wait for the policy's.
 	m, e := simEngine(t, 2, testingclock.NewFakeClock(epoch))
-	g := &realGPUFixture{machine: m, engine: e, gpus: m.GPUs()}
+	g := &realGPUFixture{machine: m, engine: e, gpus: m.GPUs(), models: map[string]string{}}
+	for _, u := range g.gpus {
+		g.models[u.String()] = "NVIDIA H200 (simulated)"
+	}
 	g.realFixture = newRealFixtureWith(t, testingclock.NewFakeClock(epoch), func(cf *containersFixture, pod *v1.Pod, n *Node) {
 		pod.Annotations[kv1.AnnotationGPUs] = g.gpus[0].String()
 		pod.Annotations[kv1.AnnotationGPUMemory] = "10Gi"
@@ -48,6 +54,7 @@ func newRealGPUFixture(t *testing.T) *realGPUFixture {
 		cf.rt.gpus = g.gpus[0].String()
 		cf.c.Checkpointer = checkpoint.New(checkpoint.Config{Node: node}, cf.rt, e, nil, clock.RealClock{})
 		n.Engine = e
+		n.Model = func(_ context.Context, uuid string) string { return g.models[uuid] }
 	})
 	return g
 }

@@ -1,16 +1,20 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/namespaces"
 
+	agentv1 "github.com/kybernate/kybernate/apis/agent/v1"
 	"github.com/kybernate/kybernate/nodeagent/image"
+	"github.com/kybernate/kybernate/nodeagent/storage"
 )
 
 // startDaemon starts a second private containerd (own root, state, socket and config, our shim
@@ -85,5 +89,64 @@ func TestMigrateBetweenDaemons(t *testing.T) {
 	}
 	if _, err := b.client.LoadContainer(b.ctx, "counter-migrated"); err != nil {
 		t.Errorf("daemon B does not have the restored container: %v", err)
+	}
+}
+
+// A spilled container migrates between nodes, at the runtime level: a counter spilled to the
+// disk tier under daemon A (the agent's Spill: CRIU image, encrypted, the container stopped) is
+// written out of the tier into the folder both daemons share as the agent's migration export
+// does for a real node's spilled pod (tier.Manager.Export reads it with storage.Restore: every
+// file checked against the manifest and decrypted), and restored under daemon B by our shim
+// from kybernate.io/restore-from. It goes on at N+1 with the token it drew before the spill,
+// and the stored image is kept until the original is deleted.
+func TestMigrateSpilledContainerBetweenDaemons(t *testing.T) {
+	a := newTierEnv(t)
+	sockB := startDaemon(t, "daemon-b")
+	b := newEnvOn(t, sockB)
+	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Minute)
+	defer cancel()
+	id := storage.ImageID{Namespace: "ml", Name: "train-uid-train"}
+
+	orig := a.mustRun("counter", ctrOpts{labels: podLabels("train", "counter"), annotations: kybernatePod("train", "counter"),
+		env: []string{"COUNTER_INTERVAL=0.05", "COUNTER_TOKEN=1"}})
+	orig.counting(t, 5)
+	token := orig.token(t)
+	if _, err := a.agent.Spill(ctx, &agentv1.SpillRequest{Pod: &agentv1.PodRef{Namespace: "ml", Name: "train", Container: "counter"}, Tier: "Disk"}); err != nil {
+		t.Fatalf("spill to disk under daemon A: %v", err)
+	}
+	orig.waitExit(t)
+	last := orig.count(t)
+
+	key, err := storage.ParseKey([]byte(strings.Repeat("e2e-key!", 4))) // the agent's --image-key-file
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(testImages(t), "train-1")
+	if _, err := storage.Restore(ctx, a.disk, id, key, dir); err != nil {
+		t.Fatalf("writing the spilled image out of the disk tier: %v", err)
+	}
+	m, err := image.Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Pod.UID != "uid-train" || m.Container.Name != "counter" {
+		t.Errorf("exported image of pod %+v, container %+v; want ml/train's counter", m.Pod, m.Container)
+	}
+
+	restored := b.mustRun("counter-migrated", ctrOpts{labels: podLabels("train-m1", "counter"), annotations: restoreFrom(dir),
+		env: []string{"COUNTER_INTERVAL=0.05", "COUNTER_TOKEN=1"}})
+	restored.counting(t, last+3)
+	first, err := strconv.Atoi(restored.stdout.lines()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != last+1 {
+		t.Errorf("counter restored under daemon B started at %d, want %d (it was spilled at %d under daemon A)", first, last+1, last)
+	}
+	if got := restored.token(t); got != token {
+		t.Errorf("restored counter's token %s, want %s: the process started afresh instead of being restored", got, token)
+	}
+	if ok, err := storage.Exists(ctx, a.disk, id); !ok || err != nil {
+		t.Errorf("the stored image is gone after the export (%v): the original must keep it until it is deleted", err)
 	}
 }
