@@ -82,7 +82,8 @@ def render(R):
                 f"| while it held the memory | {s6.get('while_held')} |",
                 f"| resumed after it ended | {_v(s6.get('resumed_after_s'), ' s')} |", ""]
     out += cluster_wake_report.report(sc.get("s7"))
-    out += tiers_report(sc.get("s8"))
+    out += tiers_report(sc.get("s8"), 8)
+    out += tiers_report(sc.get("s9"), 9)
     out += ["## Checks", "", "| scenario | check | result | detail |", "|---|---|---|---|"]
     for c in R.get("checks", []):
         d = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:400]
@@ -92,14 +93,20 @@ def render(R):
     return "\n".join(out) + "\n"
 
 
-def tiers_report(s8):
-    """Scenario 8's figures: the spill of a suspended GPU pod to disk and its restore."""
+def tiers_report(s8, n):
+    """Scenario 8's or 9's figures: the spill of a suspended GPU pod to disk (and on to object
+    storage) and its restore."""
     if not s8:
         return []
-    sleep, wake = s8.get("sleep", {}), s8.get("wake", {})
+    sleep, wake, up = s8.get("sleep", {}), s8.get("wake", {}), s8.get("upload")
     st = sleep.get("storage", {})
-    return [f"## Scenario 8: {s8.get('title')}", "",
-            f"Agent flags: {s8.get('tier_flags')}; the pod has {s8.get('ballast_gib')} GiB of tensors beside PyTorch, "
+    rows = []
+    if up:
+        ust = up.get("storage", {})
+        rows = [f"| SpilledToDisk -> UploadedToObjectStore Event | {_v(up.get('uploaded_after_spill_s'), ' s')} |",
+                f"| image in the object store (stored) | {_v(ust.get('storedBytes'), ' B')} at {ust.get('location')} |"]
+    return [f"## Scenario {n}: {s8.get('title')}", "",
+            f"Agent flags: {s8.get('tier_flags')}" + (f", then {s8.get('agent_flags')}" if s8.get("agent_flags") else "") + "; the pod has {s8.get('ballast_gib')} GiB of tensors beside PyTorch, "
             "`kybernate.io/sleep: Disk`, restartPolicy OnFailure; put to sleep by a GPUCheckpoint Suspend (reason Idle, as the "
             "activator does) and woken by a Resume (reason Manual).", "",
             "| step | figure |", "|---|---|",
@@ -108,9 +115,12 @@ def tiers_report(s8):
             f"| RSS running / parked | {_v(sleep.get('rss_running_gib'), ' GiB')} / {_v(sleep.get('rss_parked_gib'), ' GiB')} |",
             f"| MemAvailable freed by the spill | {_v(sleep.get('mem_available_freed_gib'), ' GiB')} |",
             f"| image in the disk tier (plaintext / stored) | {_v(st.get('sizeBytes'), ' B')} / {_v(st.get('storedBytes'), ' B')} |",
+            *rows,
             f"| Resume created -> Succeeded | {_v(wake.get('resume_s'), ' s')} ({_get(wake, 'resume', 'steps')}) |",
             f"| kubelet restart count at the end | {s8.get('restart_count')} |", "",
-            f"SpilledToDisk: {sleep.get('event')}", "", f"RestoredFromTier: {wake.get('restored_event')}", ""]
+            f"SpilledToDisk: {sleep.get('event')}", "",
+            *([f"UploadedToObjectStore: {up.get('event')}", ""] if up else []),
+            f"RestoredFromTier: {wake.get('restored_event')}", ""]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ Scenarios (cluster_scenarios.py), each an automated check:
     (cluster_wake.py; not in the default list: --scenarios 7)
   8 storage tiers: a suspended pod with GPUs spilled to disk by the agent's policy and restored
     (cluster_tiers.py; not in the default list: --scenarios 8)
+  9 the same image moved on to object storage (SeaweedFS, carried by test/gpu/pack-weed.sh in a
+    call just before) and restored from there (cluster_tiers.py; --scenarios 9, run it last: it
+    rolls the agent out with the object store)
 
 Everything measured goes to $OUT/results.json as it comes; at the end cluster_report.py writes
 $OUT/results.md from it. The exit status is 1 when any check failed (or the run broke off), 0
@@ -55,7 +58,7 @@ AP.add_argument("--simulate-agent", action="store_true",
 ARGS = AP.parse_args()
 WAKE = "7" in ARGS.scenarios.split(",")
 cluster_wake.SIZES = tuple(int(x) for x in ARGS.wake_sizes.split(","))
-RUN = dict(cluster_scenarios.RUN, **{"7": cluster_wake.s7, "8": cluster_tiers.s8})
+RUN = dict(cluster_scenarios.RUN, **{"7": cluster_wake.s7, "8": cluster_tiers.s8, "9": cluster_tiers.s9})
 
 T0 = time.time()
 OUT = ARGS.out
@@ -328,6 +331,16 @@ def wake_rehearsal(node, binds, python, weights):
             r.stop = True
 
 
+def store_rehearsal(node):
+    """No GPU: scenario 9's object store setup (cluster_tiers.rehearse)."""
+    ctx = cluster_scenarios.Ctx(node=node, gpu=None, R=R, log=log, check=check, save=save, remaining=remaining, work=ARGS.work)
+    try:
+        cluster_tiers.rehearse(ctx)
+    except Exception as e:  # noqa: BLE001 - reported; the run fails at "no GPU" next
+        check("s9", "rehearsal completed", False, f"{type(e).__name__}: {e}")
+        R["errors"].append(traceback.format_exc())
+
+
 def gpunode_ready(node):
     gn = node.api("GET", f"/apis/kybernate.io/v1alpha1/gpunodes/{cluster_node.NODE}", ok404=True)
     if gn and any(c["type"] == "Ready" and c["status"] == "True" for c in gn.get("status", {}).get("conditions", [])):
@@ -360,7 +373,7 @@ def main():
         if gpu:
             sampler = Sampler()
             sampler.start()
-            if {"1", "3", "4", "8"} & set(ARGS.scenarios.split(",")):
+            if {"1", "3", "4", "8", "9"} & set(ARGS.scenarios.split(",")):
                 refs = start_references(ARGS.work, ARGS.python, cluster_scenarios.REFERENCES)
             grow = grow_host_memory(int(0.62 * gpu["memory_bytes"]))
         weights = cluster_wake.prepare(ARGS.work, ARGS.python, ARGS.repo, bool(gpu), log) if WAKE else None
@@ -375,6 +388,8 @@ def main():
         smoke(node, binds, py["python"], bool(gpu))
         if not gpu and WAKE:
             wake_rehearsal(node, binds, py["python"], weights)
+        if not gpu and "9" in ARGS.scenarios.split(","):
+            store_rehearsal(node)
         if not gpu:
             raise RuntimeError("no GPU: the scenarios need one (the setup above ran without it)")
         pods = Recorder(node, f"/api/v1/namespaces/{cluster_scenarios.NS}/pods", "pods")

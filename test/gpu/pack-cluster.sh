@@ -14,7 +14,8 @@
 #                       /tmp/kyb/criu (the storage tiers spill containers with it: scenario 8)
 #   pki/                a throwaway CA (with its key: kube-controller-manager signs with it) and the
 #                       certificates of the control plane, the admin and the kubelet (node kyb-gpu-node)
-#   repo/               manifests/ and test/gpu/*.py of this tree: what the run installs and runs
+#   repo/               manifests/, test/gpu/*.py and hack/'s SeaweedFS scripts of this tree: what the
+#                       run installs and runs (SeaweedFS itself: pack-weed.sh, a call of its own)
 #   run-cluster.sh
 #
 # Usage: KYBERNATE_CACHE_DIR=... test/gpu/pack-cluster.sh   (x86-64, Go, xz, openssl)
@@ -112,12 +113,14 @@ if [[ ! -s $pki/kubelet.crt ]]; then
 fi
 
 # ------------------------------------------------------------------ scripts and manifests
-rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu" "$dst/repo/test/modelserver"
+rm -rf "$dst/repo" && mkdir -p "$dst/repo/test/gpu" "$dst/repo/test/modelserver" "$dst/repo/hack"
 cp -r "$root/manifests" "$dst/repo/"
 cp -f "$root"/test/gpu/{cluster_suite.py,cluster_node.py,cluster_images.py,cluster_scenarios.py,cluster_report.py,report_common.py,losses.py,train.py} \
 	"$dst/repo/test/gpu/"
 cp -f "$root"/test/gpu/{cluster_wake.py,cluster_wake_report.py,cluster_tiers.py} "$dst/repo/test/gpu/"
 cp -f "$root"/test/modelserver/modelserver.py "$dst/repo/test/modelserver/"
+# Scenario 9 starts SeaweedFS (pack-weed.sh) with the project's own scripts.
+cp -f "$root"/hack/{lib.sh,seaweedfs-up.sh,seaweedfs-down.sh} "$dst/repo/hack/"
 cp -f "$root/test/gpu/run-cluster.sh" "$dst/"
 echo "$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) ($(cd "$root" && git log -1 --format=%s 2>/dev/null))" >"$dst/repo/BUILD"
 ls -l "$dst"

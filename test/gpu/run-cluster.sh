@@ -48,6 +48,11 @@ done
 if [[ -s $carry/criu.tar.xz ]]; then # patched to run from /tmp/kyb/criu (pack_criu)
 	tar -C "$work" -xJf "$carry/criu.tar.xz" &
 fi
+# SeaweedFS for scenario 9, left by an earlier call on this machine (test/gpu/pack-weed.sh).
+weed=${KYB_WEED_XZ:-$carry/../weed/weed.xz}
+if [[ -s $weed ]]; then
+	(xz -dc "$weed" >"$work/bin/weed" && chmod +x "$work/bin/weed") &
+fi
 wait
 for p in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kybernate-scheduler \
 	kybernate-agent kybernate-activator containerd-shim-kybernate-v1 containerd-shim-runc-v2 ctr-import; do
