@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	v1 "k8s.io/api/core/v1"
+
 	kv1 "github.com/kybernate/kybernate/apis/kybernate/v1alpha1"
 	"github.com/kybernate/kybernate/nodeagent/controller"
 	"github.com/kybernate/kybernate/nodeagent/image"
@@ -20,18 +22,7 @@ import (
 func TestExportFromObjectStore(t *testing.T) {
 	f := newFixture(t, "5Gi")
 	f.spillAndUpload()
-	dir := filepath.Join(t.TempDir(), "ml", "train-migration")
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	res, err := f.mgr.Export(t.Context(), f.pod, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := image.Verify(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, res, m := export(t, f.mgr, f.pod)
 	if m.Pod.UID != "uid-train" || m.VRAMBytes != 10*gib || len(m.GPUs) != 1 {
 		t.Errorf("exported image metadata %+v", m)
 	}
@@ -77,14 +68,23 @@ func TestExportFromObjectStore(t *testing.T) {
 	}
 }
 
-// exportDir is a migration's image folder: in its namespace's folder, not there yet.
-func exportDir(t *testing.T) string {
+// export has mgr export pod into a migration's image folder (in its namespace's folder, not
+// there before) and verifies what it wrote.
+func export(t *testing.T, mgr *Manager, pod *v1.Pod) (string, controller.ImageResult, image.Metadata) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ml", "train-migration")
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	res, err := mgr.Export(t.Context(), pod, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := image.Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, res, m
 }
 
 // A real node's spilled container is exported as its CRIU image, verified and described, for
@@ -93,15 +93,7 @@ func exportDir(t *testing.T) string {
 func TestExportSpilledContainer(t *testing.T) {
 	f := newRealFixture(t)
 	f.spill()
-	dir := exportDir(t)
-	res, err := f.mgr.Export(t.Context(), f.pod, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := image.Verify(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, res, m := export(t, f.mgr, f.pod)
 	if m.Pod.UID != "uid-train" || m.Container.Name != "trainer" || len(m.GPUs) != 0 {
 		t.Errorf("exported image metadata %+v, want the pod's container without GPUs", m)
 	}
@@ -127,15 +119,7 @@ func TestExportSpilledContainer(t *testing.T) {
 func TestExportSpilledContainerWithGPUs(t *testing.T) {
 	f := newRealGPUFixture(t)
 	f.spill()
-	dir := exportDir(t)
-	res, err := f.mgr.Export(t.Context(), f.pod, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := image.Verify(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, res, m := export(t, f.mgr, f.pod)
 	if len(m.GPUs) != 1 || m.GPUs[0] != f.gpus[0].String() {
 		t.Errorf("exported image names GPUs %v, want %s", m.GPUs, f.gpus[0])
 	}
@@ -145,7 +129,7 @@ func TestExportSpilledContainerWithGPUs(t *testing.T) {
 
 	clear(f.models)
 	dir2 := dir + "-2"
-	_, err = f.mgr.Export(t.Context(), f.pod, dir2)
+	_, err := f.mgr.Export(t.Context(), f.pod, dir2)
 	var ie *controller.ImageError
 	if !errors.As(err, &ie) || ie.Cause != "ImageUnverified" || !strings.Contains(err.Error(), f.gpus[0].String()) {
 		t.Fatalf("export with the GPU's model unknown: %v, want ImageUnverified naming the GPU", err)

@@ -250,6 +250,20 @@ func (c *ctr) counting(t testing.TB, n int) {
 		func() bool { return c.count(t) > n })
 }
 
+// resumedAt checks that a restored counter goes on where the original stopped, at last: it
+// counts past last+3 and its first line is last+1 (a new start would begin at 1).
+func (c *ctr) resumedAt(t testing.TB, last int) {
+	t.Helper()
+	c.counting(t, last+3)
+	first, err := strconv.Atoi(c.stdout.lines()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != last+1 {
+		t.Errorf("restored counter %s started at %d, want %d (the original stopped at %d)", c.c.ID(), first, last+1, last)
+	}
+}
+
 // observed is what a runtime did with the passthrough scenarios.
 type observed struct {
 	ExitCode             uint32
