@@ -297,7 +297,7 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*r
 	}
 	var rs *restore
 	if restoreFrom != "" {
-		if rs, err = s.prepareRestore(r, &sp, restoreFrom, uuids, cfg); err != nil {
+		if rs, err = s.prepareRestore(r, &sp, restoreFrom, uuids, cfg, spilled != nil); err != nil {
 			s.releaseSpilled(ctx, r.ID, &restore{cfg: cfg, spilled: spilled}, false)
 			return nil, err
 		}
@@ -319,8 +319,11 @@ func (s *Service) prepare(ctx context.Context, r *taskAPI.CreateTaskRequest) (*r
 }
 
 // prepareRestore checks the image and turns the create into a restore from it. gpus are the
-// container's kybernate.io/gpus: where an image's GPU memory goes.
-func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, dir string, gpus []string, cfg spec.Config) (*restore, error) {
+// container's kybernate.io/gpus: where an image's GPU memory goes. fetched: the folder is the
+// agent's answer to FetchSpilled, decrypted and verified against the tier's manifest moments
+// ago, so its files are checked for presence and size only; any other image is verified
+// (every file's SHA-256) before runc reads it.
+func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, dir string, gpus []string, cfg spec.Config, fetched bool) (*restore, error) {
 	fail := func(err error) (*restore, error) { return nil, err }
 	if r.Checkpoint != "" {
 		return fail(fmt.Errorf("annotation %s=%s and a containerd checkpoint (%s) at once: %w", kv1.AnnotationRestoreFrom, dir, r.Checkpoint, errdefs.ErrInvalidArgument))
@@ -337,7 +340,11 @@ func (s *Service) prepareRestore(r *taskAPI.CreateTaskRequest, sp *specs.Spec, d
 				sp.Annotations[criSandboxNamespace], cfg.CheckpointDir, err, errdefs.ErrFailedPrecondition))
 		}
 	}
-	m, err := image.Verify(dir)
+	check := image.Verify
+	if fetched {
+		check = image.Check
+	}
+	m, err := check(dir)
 	if err != nil {
 		if errors.Is(err, image.ErrMissing) {
 			return fail(fmt.Errorf("restore: %w: %w", err, errdefs.ErrNotFound))

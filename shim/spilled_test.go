@@ -166,3 +166,40 @@ func TestCreateSpilledCases(t *testing.T) {
 		})
 	}
 }
+
+// The shim hashes the files of an image named by kybernate.io/restore-from before runc reads
+// them; the folder FetchSpilled hands over was decrypted and checked against the tier's
+// manifest by the agent moments ago, so only its files' presence and sizes are checked.
+func TestCreateHashesImagesTheAgentDidNotFetch(t *testing.T) {
+	meta := image.Metadata{Pod: image.Pod{Namespace: "ml", Name: "train", UID: "u1"}, Container: image.Container{Name: "trainer", ID: "c0"}}
+	for _, tc := range []struct {
+		name    string
+		damage  string // inventory.img's new content ("criu" at first)
+		fetched bool
+		wantErr string
+	}{
+		{name: "restore-from, a byte changed", damage: "CRIU", wantErr: "inventory.img has sha256"},
+		{name: "spilled, a byte changed", damage: "CRIU", fetched: true},
+		{name: "spilled, a file cut short", damage: "cri", fetched: true, wantErr: "inventory.img has 3 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, img := testImage(t, meta)
+			if err := os.WriteFile(filepath.Join(img, "inventory.img"), []byte(tc.damage), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			annotations, agent := restoreOf(img), Agent(nil)
+			if tc.fetched {
+				annotations, agent = podContainer(), &fakeAgent{fetchDir: img}
+			}
+			dir, _ := bundle(t, annotations)
+			in := &creator{starter: &starter{}}
+			_, err := New(in, configWith(root), nil, agent).Create(t.Context(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: dir})
+			switch {
+			case tc.wantErr == "" && (err != nil || in.created == nil || in.created.Checkpoint != img):
+				t.Fatalf("Create: %v; want a restore from %s", err, img)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || in.created != nil):
+				t.Fatalf("Create: %v; want a refusal containing %q and no container", err, tc.wantErr)
+			}
+		})
+	}
+}

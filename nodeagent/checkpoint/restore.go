@@ -46,7 +46,9 @@ const (
 const StepPids = "Pids"
 
 // Restore puts the GPU memory of a container restored from an image onto GPUs of this node:
-// it verifies the image, lists the container's processes through containerd, and has the
+// it checks the image (metadata.json and every file present at its size: the checksums were
+// verified before the runc restore read the files, and nothing but the metadata is used
+// here), lists the container's processes through containerd, and has the
 // engine restore the checkpointed CUDA processes among them onto req.TargetGPUs (pairs over
 // every GPU of the node) and unlock them. An image without GPUs needs nothing: it is verified
 // and the call succeeds.
@@ -60,7 +62,7 @@ func (c *Checkpointer) Restore(ctx context.Context, req RestoreRequest) (Restore
 	failed := func(cause Cause, format string, args ...any) error {
 		return &Error{Cause: cause, Restore: true, Err: fmt.Errorf(format, args...)}
 	}
-	m, err := image.Verify(req.ImageDir)
+	m, err := image.Check(req.ImageDir)
 	if err != nil {
 		if errors.Is(err, image.ErrMissing) {
 			return RestoreResult{}, failed(CauseNotFound, "%w", err)

@@ -44,7 +44,7 @@ func TestRestore(t *testing.T) {
 		gpus        []string // of the image
 		noDriver    bool
 		req         RestoreRequest
-		corrupt     bool
+		corrupt     string // pages-1.img's new content
 		failing     string
 		wantCause   Cause
 		wantErr     string
@@ -59,7 +59,11 @@ func TestRestore(t *testing.T) {
 			wantCalls:   []string{"Pids", "RestoreImage"},
 			wantRestore: &engine.ImageRestore{PIDs: []int{1, 42}, From: []cuda.UUID{mustUUID(gpu)}, To: []cuda.UUID{mustUUID(gpu)}, Bytes: 5 << 30}},
 		{name: "missing image", req: RestoreRequest{ImageDir: "/nonexistent/img", ContainerID: "c"}, wantCause: CauseNotFound},
-		{name: "corrupt image", gpus: []string{gpu}, corrupt: true, req: RestoreRequest{ContainerID: "c"}, wantCause: CauseImage, wantErr: "pages-1.img"},
+		{name: "corrupt image: a file cut short", gpus: []string{gpu}, corrupt: "pag", req: RestoreRequest{ContainerID: "c"}, wantCause: CauseImage, wantErr: "pages-1.img"},
+		// The shim verified the checksums before runc read the files; only the metadata is used here.
+		{name: "a file's bytes changed at its size after the runc restore: not hashed again", gpus: []string{gpu}, corrupt: "PAGES",
+			req: RestoreRequest{ContainerID: "c"}, wantCalls: []string{"Pids", "RestoreImage"},
+			wantRestore: &engine.ImageRestore{PIDs: []int{1, 42}, From: []cuda.UUID{mustUUID(gpu)}, To: []cuda.UUID{mustUUID(gpu)}, Bytes: 5 << 30}},
 		{name: "no driver", gpus: []string{gpu}, noDriver: true, req: RestoreRequest{ContainerID: "c"}, wantCause: CauseUnsupported},
 		{name: "no container", gpus: []string{gpu}, req: RestoreRequest{}, wantCause: CauseInvalid},
 		{name: "bad target", gpus: []string{gpu}, req: RestoreRequest{ContainerID: "c", TargetGPUs: []string{"GPU-nope"}}, wantCause: CauseInvalid},
@@ -83,8 +87,8 @@ func TestRestore(t *testing.T) {
 			if req.ImageDir == "" {
 				req.ImageDir = writeImage(t, tt.gpus...)
 			}
-			if tt.corrupt {
-				if err := os.WriteFile(filepath.Join(req.ImageDir, "pages-1.img"), []byte("PAGES"), 0o600); err != nil {
+			if tt.corrupt != "" {
+				if err := os.WriteFile(filepath.Join(req.ImageDir, "pages-1.img"), []byte(tt.corrupt), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}

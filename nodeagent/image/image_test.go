@@ -63,12 +63,16 @@ func TestWriteVerify(t *testing.T) {
 	}
 }
 
+// TestVerifyRefuses damages an image and runs Verify and Check on it: Check refuses all that
+// Verify does but a changed byte (it reads no file's contents).
 func TestVerifyRefuses(t *testing.T) {
 	tests := []struct {
 		name    string
 		damage  func(t *testing.T, dir string)
 		wantErr error
 		wantMsg string
+		// checkPasses: Check does not see this damage.
+		checkPasses bool
 	}{
 		{name: "missing folder", damage: func(t *testing.T, dir string) { must(t, os.RemoveAll(dir)) }, wantErr: ErrMissing, wantMsg: "no such folder"},
 		{name: "no metadata", damage: func(t *testing.T, dir string) { must(t, os.Remove(filepath.Join(dir, MetadataFile))) }, wantErr: ErrMissing, wantMsg: "has no metadata.json"},
@@ -76,7 +80,7 @@ func TestVerifyRefuses(t *testing.T) {
 		{name: "truncated", damage: func(t *testing.T, dir string) { must(t, os.Truncate(filepath.Join(dir, "pages-1.img"), 10)) }, wantErr: ErrCorrupt, wantMsg: "has 10 bytes, metadata says 5000"},
 		{name: "flipped byte", damage: func(t *testing.T, dir string) {
 			must(t, os.WriteFile(filepath.Join(dir, "pages-1.img"), []byte(strings.Repeat("p", 4999)+"q"), 0o600))
-		}, wantErr: ErrCorrupt, wantMsg: "pages-1.img has sha256"},
+		}, wantErr: ErrCorrupt, wantMsg: "pages-1.img has sha256", checkPasses: true},
 		{name: "garbage metadata", damage: func(t *testing.T, dir string) {
 			must(t, os.WriteFile(filepath.Join(dir, MetadataFile), []byte("{"), 0o600))
 		}, wantErr: ErrCorrupt, wantMsg: "metadata.json"},
@@ -91,12 +95,21 @@ func TestVerifyRefuses(t *testing.T) {
 			tt.damage(t, dir)
 			_, err := Verify(dir)
 			if !errors.Is(err, tt.wantErr) || !strings.Contains(err.Error(), tt.wantMsg) {
-				t.Errorf("error %v, want %v containing %q", err, tt.wantErr, tt.wantMsg)
+				t.Errorf("Verify: error %v, want %v containing %q", err, tt.wantErr, tt.wantMsg)
+			}
+			m, err := Check(dir)
+			switch {
+			case tt.checkPasses && (err != nil || len(m.Files) == 0):
+				t.Errorf("Check: %v, %d files; want the metadata and no error", err, len(m.Files))
+			case !tt.checkPasses && (!errors.Is(err, tt.wantErr) || !strings.Contains(err.Error(), tt.wantMsg)):
+				t.Errorf("Check: error %v, want %v containing %q", err, tt.wantErr, tt.wantMsg)
 			}
 		})
 	}
-	if _, err := Verify("relative/image"); err == nil || !strings.Contains(err.Error(), "want an absolute path") {
-		t.Errorf("relative path: %v", err)
+	for _, f := range []func(string) (Metadata, error){Verify, Check} {
+		if _, err := f("relative/image"); err == nil || !strings.Contains(err.Error(), "want an absolute path") {
+			t.Errorf("relative path: %v", err)
+		}
 	}
 }
 
