@@ -154,6 +154,16 @@ proc_start_time() {
   awk '{ print $20 }' <<<"${stat}"
 }
 
+# port_listening PORT: whether something listens on 127.0.0.1:PORT (ss where it is installed,
+# else a connect through bash's /dev/tcp, as on the GPU machine).
+port_listening() {
+  if command -v ss >/dev/null; then
+    [[ -n "$(ss -Htln "sport = :$1")" ]]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
 # pick_port VAR: sets VAR to a TCP port on 127.0.0.1 that nothing listens on now,
 # drawn at random below the kernel's ephemeral range (so outgoing connections do not
 # take it) and never one handed out before in this shell. Not run in a subshell, so
@@ -164,7 +174,7 @@ pick_port() {
   for ((i = 0; i < 100; i++)); do
     port=$((20000 + RANDOM % 12000))
     [[ "${PORTS_TAKEN}" != *" ${port} "* ]] || continue
-    if [[ -z "$(ss -Htln "sport = :${port}")" ]]; then
+    if ! port_listening "${port}"; then
       PORTS_TAKEN+="${port} "
       printf -v "$1" '%s' "${port}"
       return 0
