@@ -106,7 +106,7 @@ def tiers_report(s8, n):
         rows = [f"| SpilledToDisk -> UploadedToObjectStore Event | {_v(up.get('uploaded_after_spill_s'), ' s')} |",
                 f"| image in the object store (stored) | {_v(ust.get('storedBytes'), ' B')} at {ust.get('location')} |"]
     return [f"## Scenario {n}: {s8.get('title')}", "",
-            f"Agent flags: {s8.get('tier_flags')}" + (f", then {s8.get('agent_flags')}" if s8.get("agent_flags") else "") + "; the pod has {s8.get('ballast_gib')} GiB of tensors beside PyTorch, "
+            f"Agent flags: {s8.get('tier_flags')}" + (f", then {s8.get('agent_flags')}" if s8.get("agent_flags") else "") + f"; the pod has {s8.get('ballast_gib')} GiB of tensors beside PyTorch, "
             "`kybernate.io/sleep: Disk`, restartPolicy OnFailure; put to sleep by a GPUCheckpoint Suspend (reason Idle, as the "
             "activator does) and woken by a Resume (reason Manual).", "",
             "| step | figure |", "|---|---|",

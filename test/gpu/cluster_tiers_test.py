@@ -17,10 +17,11 @@ class ObjectStoreTest(unittest.TestCase):
                                "--object-store-secret=kybernate-system/kybernate-object-store"])
 
     def test_report_shows_the_upload_only_for_scenario_9(self):
-        s = {"title": "t", "tier_flags": {}, "sleep": {"storage": {}}, "wake": {"resume_s": 3.1, "restored_event": "Restored from ObjectStore (x)"}}
+        s = {"title": "t", "tier_flags": {}, "ballast_gib": 8, "sleep": {"storage": {}}, "wake": {"resume_s": 3.1, "restored_event": "Restored from ObjectStore (x)"}}
         disk = "\n".join(cluster_report.tiers_report(s, 8))
         self.assertIn("## Scenario 8: t", disk)
         self.assertNotIn("UploadedToObjectStore", disk)
+        self.assertIn("the pod has 8 GiB of tensors beside PyTorch", disk)
         s9 = dict(s, agent_flags=cluster_tiers.OBJECT_STORE_FLAGS,
                   upload={"uploaded_after_spill_s": 7.5, "event": "Uploaded 12 files", "storage": {"storedBytes": 42, "location": "s3://b/k"}})
         got = "\n".join(cluster_report.tiers_report(s9, 9))
