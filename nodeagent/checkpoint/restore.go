@@ -50,7 +50,7 @@ const StepPids = "Pids"
 // verified before the runc restore read the files, and nothing but the metadata is used
 // here), lists the container's processes through containerd, and has the
 // engine restore the checkpointed CUDA processes among them onto req.TargetGPUs (pairs over
-// every GPU of the node) and unlock them. An image without GPUs needs nothing: it is verified
+// every GPU of the node) and unlock them. An image without GPUs needs nothing: it is checked
 // and the call succeeds.
 //
 // Nothing is rolled back here and nothing is deleted: a restored process whose memory cannot
